@@ -1,0 +1,5 @@
+import sys
+
+from MedAnalysisLib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""Atomic output: write to a temporary name beside the target, then rename into place.
+
+A reader (or a crash) therefore sees either the old file or the complete new one, never a half-written file,
+and two processes writing the same name never interleave their bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _temporary_sibling(target: Path, directory: bool = False) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the final suffix(es) so that writers that choose the format by extension (SimpleITK) still work.
+    suffix = "".join(target.suffixes[-2:]) if target.name.endswith((".nii.gz", ".seg.nrrd")) else target.suffix
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{suffix}", dir=target.parent)
+    os.close(handle)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``, on error removed.
+
+    Example:
+        >>> with atomic_path(out / "label.nii.gz") as tmp:
+        ...     sitk.WriteImage(image, str(tmp))
+    """
+    target = Path(target)
+    temporary = _temporary_sibling(target)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` as a whole."""
+    target = Path(target)
+    temporary = _temporary_sibling(target, directory=True)
+    try:
+        yield temporary
+        if target.exists():
+            backup = _temporary_sibling(target.with_name(target.name + ".old"), directory=True)
+            backup.rmdir()
+            os.replace(target, backup)
+            os.replace(temporary, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(target, text.encode("utf-8"))

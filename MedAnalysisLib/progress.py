@@ -1,0 +1,159 @@
+"""Progress reporting and cooperative cancellation, shared by every long command.
+
+The JSON-lines protocol (``--progress jsonl``) is how the Slicer panel and any other parent process follow a
+``medanalysis`` child. Every line on stdout is one JSON object with a ``"type"`` key:
+
+* ``{"type": "progress", "stage": str, "fraction": float 0..1, "eta_s": float|null, "message": str, ...}``
+* ``{"type": "metrics", "stage": str, "epoch": int, "step": int|null, "metrics": {name: float}}``
+* ``{"type": "log", "level": "info"|"warning", "message": str}``
+* ``{"type": "result", ...}`` exactly once on success (paths of the outputs, summary figures)
+* ``{"type": "error", "error_type": str, "message": str}`` exactly once on failure
+
+Human-readable logging goes to stderr in every mode, so stdout stays machine-readable. Messages never carry
+patient identifiers (callers pass only paths, counts and figures).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from typing import IO, Any
+
+from MedAnalysisLib.errors import CancelledError
+
+PROTOCOL_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    """Make a value JSON-safe: numpy scalars to Python, NaN/Inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Reporter:
+    """Sends progress, metrics, logs and the final result to the chosen sink.
+
+    Args:
+        mode: ``"jsonl"`` (one JSON object per line on ``stream``), ``"bar"`` (a one-line bar with ETA on stderr,
+            for terminals), ``"log"`` (plain lines on stderr) or ``"none"``. ``"auto"`` picks ``"bar"`` when stderr
+            is a terminal and ``"log"`` otherwise.
+        stream: Where JSON lines go (stdout by default).
+    """
+
+    def __init__(self, mode: str = "auto", stream: IO[str] | None = None) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        if mode not in ("jsonl", "bar", "log", "none"):
+            raise ValueError(f"expected progress mode jsonl, bar, log, none or auto, got {mode!r}")
+        self.mode = mode
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+        self._stage_start: dict[str, float] = {}
+        self._last_log = 0.0
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self.stream.write(json.dumps(_clean(message), separators=(",", ":")) + "\n")
+            self.stream.flush()
+
+    def progress(self, stage: str, done: float, total: float, message: str = "", **extra: Any) -> None:
+        """Report ``done`` of ``total`` units of ``stage``; the ETA is extrapolated from the stage's start."""
+        now = time.monotonic()
+        start = self._stage_start.setdefault(stage, now)
+        fraction = 0.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+        eta = (now - start) * (1 - fraction) / fraction if fraction > 0 else None
+        if self.mode == "jsonl":
+            self._emit({"type": "progress", "stage": stage, "fraction": fraction, "eta_s": eta, "message": message, **extra})
+        elif self.mode == "bar":
+            width = 30
+            filled = int(round(width * fraction))
+            eta_text = f" ETA {format_duration(eta)}" if eta is not None else ""
+            sys.stderr.write(f"\r{stage:>10} [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%}{eta_text} {message[:40]:<40}")
+            if fraction >= 1:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif self.mode == "log" and (fraction >= 1 or now - self._last_log > 5 or done == 0):
+            self._last_log = now
+            eta_text = f", ETA {format_duration(eta)}" if eta is not None and fraction < 1 else ""
+            print(f"[{stage}] {fraction:.0%}{eta_text} {message}".rstrip(), file=sys.stderr, flush=True)
+
+    def metrics(self, stage: str, epoch: int, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.mode == "jsonl":
+            self._emit({"type": "metrics", "stage": stage, "epoch": epoch, "step": step, "metrics": metrics})
+        elif self.mode != "none":
+            text = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+            if self.mode == "bar":
+                sys.stderr.write("\n")
+            print(f"[{stage}] epoch {epoch}: {text}", file=sys.stderr, flush=True)
+
+    def log(self, message: str, level: str = "info") -> None:
+        if self.mode == "jsonl":
+            self._emit({"type": "log", "level": level, "message": message})
+        elif self.mode != "none":
+            print(f"{level}: {message}" if level != "info" else message, file=sys.stderr, flush=True)
+
+    def result(self, **payload: Any) -> None:
+        if self.mode == "jsonl":
+            self._emit({"type": "result", "protocol": PROTOCOL_VERSION, **payload})
+
+    def error(self, error: BaseException) -> None:
+        if self.mode == "jsonl":
+            self._emit({"type": "error", "error_type": type(error).__name__, "message": str(error)})
+        else:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class StopFlag:
+    """Set by SIGTERM (or by a caller); long loops poll it at safe points (batch or case boundaries).
+
+    ``install()`` replaces the SIGTERM and SIGINT handlers for the life of the process; the first signal only sets
+    the flag so the work can stop cleanly and save a checkpoint, a second SIGINT raises KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str = "stop requested") -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_set(self) -> None:
+        if self._event.is_set():
+            raise CancelledError(self.reason or "stopped on request")
+
+    def install(self) -> StopFlag:
+        def handler(signum: int, _frame: Any) -> None:
+            if signum == signal.SIGINT and self.is_set():
+                raise KeyboardInterrupt
+            self.set(f"stopped by {signal.Signals(signum).name}")
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+        return self

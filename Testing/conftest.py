@@ -1,0 +1,61 @@
+"""Shared fixtures. Real data is read from ../shared/data beside the project root; it is never copied here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from MedAnalysisLib.volume import Volume, rotation_about_axis  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDANALYSIS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public images (see shared/data/README.md). Their absence is an error, not a skip."""
+    if not (SHARED_DATA / "README.md").is_file():
+        raise FileNotFoundError(
+            f"expected the shared test data at {SHARED_DATA} (set MEDANALYSIS_SHARED_DATA to override), found nothing"
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture
+def oblique_volume_factory() -> Callable[..., Volume]:
+    """Build an oblique, anisotropic volume (20 degrees about z, then 10 about x) with a bright cube.
+
+    Returns a function ``make(shape=(20, 30, 40), spacing=(0.8, 1.1, 2.5), cube_center_ijk=None, cube_half=3,
+    dtype=np.float32)``; the volume's metadata holds ``cube_center_lps`` (the physical centre of the cube).
+    """
+
+    def make(
+        shape: tuple[int, int, int] = (20, 30, 40),
+        spacing: tuple[float, float, float] = (0.8, 1.1, 2.5),
+        cube_center_ijk: tuple[int, int, int] | None = None,
+        cube_half: int = 3,
+        dtype: type = np.float32,
+    ) -> Volume:
+        rng = np.random.default_rng(0)
+        array = rng.normal(0, 1, size=shape).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(shape, dtype)
+        k, j, i = shape
+        ci, cj, ck = cube_center_ijk or (i // 2, j // 2, k // 2)
+        array[
+            max(ck - cube_half, 0) : ck + cube_half + 1,
+            max(cj - cube_half, 0) : cj + cube_half + 1,
+            max(ci - cube_half, 0) : ci + cube_half + 1,
+        ] = 100
+        direction = rotation_about_axis("z", 20) @ rotation_about_axis("x", 10)
+        volume = Volume(array, spacing=spacing, origin=(-12.5, 30.25, 7.0), direction=direction)
+        center = volume.index_to_physical((ci, cj, ck))
+        return volume.with_array(array, cube_center_lps=tuple(float(c) for c in center))
+
+    return make
