@@ -1,0 +1,57 @@
+"""``medanalysis convert IN OUT``: convert a DICOM series or an image file to NIfTI, NRRD or MetaImage.
+
+Geometry is kept exactly; DICOM tags are never copied into the output header (no patient data in outputs). The
+output is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from MedAnalysisLib.progress import Reporter
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        parents=parents,
+        help="convert a DICOM series or an image file to .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd",
+        description="Convert a DICOM folder (one series, chosen with --series when there are several) or an image "
+        "file to another format. The format follows OUT's extension.",
+    )
+    parser.add_argument("input", help="DICOM folder or .dcm file, or a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file")
+    parser.add_argument("output", help="output file: .nii, .nii.gz, .nrrd, .seg.nrrd, .nhdr, .mha or .mhd")
+    parser.add_argument(
+        "--series", default=None, help="SeriesInstanceUID or index from 'medanalysis dicom ls' (DICOM input only)"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("image", "label"),
+        default="image",
+        help="'label' checks that voxel values are integers and stores them as integers (default: image)",
+    )
+    parser.add_argument(
+        "--allow-2d", action="store_true", help="accept a 2D image and store it as a one-slice volume"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    from MedAnalysisLib.io import load_volume, write_volume
+
+    reporter.progress("convert", 0, 2, "reading")
+    volume = load_volume(args.input, series=args.series, kind=args.kind, allow_2d=args.allow_2d)
+    reporter.progress("convert", 1, 2, "writing")
+    path = write_volume(volume, args.output)
+    reporter.progress("convert", 2, 2, "done")
+    reporter.result(
+        output=str(path),
+        shape_kji=list(volume.shape),
+        spacing=list(volume.spacing),
+        orientation=volume.orientation_code(),
+        dtype=str(volume.array.dtype),
+    )
+    if reporter.mode != "jsonl":
+        print(f"wrote {path} ({volume.describe_geometry()}, {volume.array.dtype})")
+    return 0

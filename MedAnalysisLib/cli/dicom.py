@@ -1,0 +1,86 @@
+"""``medanalysis dicom ls DIR`` and ``medanalysis dicom info DIR``: list DICOM series without patient identifiers.
+
+Only headers are read (no pixel data). The listing shows, for each series, its index (usable as ``--series``), the
+modality, the series description, the in-plane size, the slice count, the voxel spacing and any problem found
+(missing slices, gantry tilt, localizers left out, ...). Patient names, IDs and birth dates are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from MedAnalysisLib.progress import Reporter
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "dicom",
+        help="list the DICOM series in a folder (headers only, no patient data)",
+        description="Inspect DICOM folders: list series (ls) or describe one series in detail (info).",
+    )
+    actions = parser.add_subparsers(dest="dicom_command", metavar="ACTION", required=True)
+
+    ls = actions.add_parser(
+        "ls", parents=parents, help="list series: modality, description, size, slices, spacing, problems"
+    )
+    ls.add_argument("folder", help="folder to scan (recursively) or a single .dcm file")
+    ls.add_argument("--no-recursive", action="store_true", help="scan only the folder itself, not its sub-folders")
+    ls.add_argument("--json", action="store_true", help="print one JSON object per series instead of a table")
+    ls.set_defaults(func=run_ls)
+
+    info = actions.add_parser("info", parents=parents, help="geometry and checks of one series")
+    info.add_argument("folder", help="folder to scan (recursively) or a single .dcm file")
+    info.add_argument("--series", default=None, help="SeriesInstanceUID or index from 'dicom ls' (default: the only one)")
+    info.set_defaults(func=run_info)
+
+
+def _series_rows(folder: str, recursive: bool) -> list[dict[str, Any]]:
+    from MedAnalysisLib.io.dicom import scan_dicom_folder
+
+    return [series.to_dict() for series in scan_dicom_folder(folder, recursive=recursive)]
+
+
+def _format_spacing(spacing: Any) -> str:
+    if not spacing:
+        return "-"
+    return "x".join(f"{value:.4g}" for value in spacing)
+
+
+def run_ls(args: argparse.Namespace, reporter: Reporter) -> int:
+    rows = _series_rows(args.folder, recursive=not args.no_recursive)
+    if args.json or reporter.mode == "jsonl":
+        if reporter.mode == "jsonl":
+            reporter.result(series=rows)
+        else:
+            for row in rows:
+                print(json.dumps(row))
+        return 0
+    if not rows:
+        print("no DICOM image series found")
+        return 0
+    header = f"{'#':>3}  {'modality':<8} {'size (i x j)':<12} {'slices':>6}  {'spacing i x j x k mm':<22} description"
+    print(header)
+    for row in rows:
+        size = "x".join(str(s) for s in row["size"][:2]) if row["size"] else "-"
+        print(
+            f"{row['index']:>3}  {row['modality'] or '-':<8} {size:<12} {row['n_slices']:>6}  "
+            f"{_format_spacing(row['spacing']):<22} {row['series_description'] or '-'}"
+        )
+        print(f"     uid {row['series_instance_uid']}")
+        for problem in row["problems"]:
+            print(f"     ! {problem}")
+    return 0
+
+
+def run_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    from MedAnalysisLib.io.dicom import select_series
+
+    series = select_series(args.folder, args.series)
+    row = series.to_dict()
+    if reporter.mode == "jsonl":
+        reporter.result(series=row)
+    else:
+        print(json.dumps(row, indent=2))
+    return 0
