@@ -1,0 +1,89 @@
+"""``medanalysis plan DATA``: measure a dataset fingerprint and derive a preprocessing plan.
+
+The plan is printed as JSON (the same JSON that ``medanalysis train --plan`` accepts) and, with ``--out``, written
+atomically to a file. ``--set key=value`` overrides any plan field after it was derived, for example
+``--set patch_size=32,32,32 --set batch_size=4 --set normalization.scheme=zscore``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from MedAnalysisLib.errors import PlanError
+from MedAnalysisLib.progress import Reporter
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``plan`` sub-command to the ``medanalysis`` parser."""
+    parser = subparsers.add_parser(
+        "plan",
+        parents=parents,
+        help="measure a dataset and print its preprocessing plan (JSON)",
+        description="Read every case of DATA once (an MSD folder with dataset.json, a CSV manifest, or a folder of "
+        "DICOM series), measure spacings, shapes and intensities, and derive the preprocessing plan: target "
+        "spacing, orientation, normalisation, patch and batch size, recommended model.",
+    )
+    parser.add_argument("data", type=Path, metavar="DATA", help="MSD folder, CSV manifest or folder of DICOM series")
+    parser.add_argument("--out", type=Path, default=None, help="write the plan JSON here (atomically)")
+    parser.add_argument("--fingerprint-out", type=Path, default=None, help="also write the fingerprint JSON here")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a plan field, e.g. patch_size=32,32,32 or normalization.scheme=zscore (repeatable)",
+    )
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=None,
+        help="memory one training step may use, in MiB; the default suits a CPU (raise it for a GPU)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="threads reading cases (default 2)")
+    parser.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """Turn ``["a=1", "b.c=x"]`` into ``{"a": "1", "b.c": "x"}``; values stay text until the plan parses them."""
+    overrides: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PlanError(f"expected --set KEY=VALUE (for example patch_size=32,32,32), got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.io.atomic import write_text_atomic
+    from MedAnalysisLib.preprocessing.fingerprint import fingerprint_dataset
+    from MedAnalysisLib.preprocessing.plan import DEFAULT_MEMORY_BUDGET_MB, make_plan
+
+    overrides = parse_overrides(args.overrides)
+    dataset = load_dataset(args.data)
+    reporter.log(f"{len(dataset.cases)} cases, task {dataset.task}, modality {dataset.modality}")
+    fingerprint = fingerprint_dataset(dataset, workers=args.workers, reporter=reporter)
+    budget = args.memory_budget_mb if args.memory_budget_mb is not None else DEFAULT_MEMORY_BUDGET_MB
+    plan = make_plan(fingerprint, overrides=overrides, memory_budget_mb=budget)
+    for line in fingerprint.summary_lines():
+        reporter.log(line)
+    text = plan.to_json()
+    if args.out is not None:
+        write_text_atomic(args.out, text + "\n")
+        reporter.log(f"plan written to {args.out}")
+    if args.fingerprint_out is not None:
+        write_text_atomic(args.fingerprint_out, json.dumps(fingerprint.to_dict(), indent=1) + "\n")
+    if reporter.mode == "jsonl":
+        reporter.result(
+            plan=plan.to_dict(),
+            fingerprint_summary=fingerprint.summary(),
+            plan_path=str(args.out) if args.out else None,
+        )
+    else:
+        print(text)
+    return 0
