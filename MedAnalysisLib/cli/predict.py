@@ -1,0 +1,100 @@
+"""``medanalysis predict BUNDLE INPUT... --out DIR``: run a trained bundle on scans.
+
+INPUT may be image files (NIfTI, NRRD, MetaImage), DICOM folders (one series, or every series of a study) or a
+folder of cases. Each case gets a label map (or a classification table), an optional probability map and a JSON
+sidecar with provenance; existing outputs are skipped so a re-run resumes, and ``--shard i/n`` splits the cases
+deterministically between parallel jobs (Slurm arrays, Kubernetes jobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from MedAnalysisLib.errors import InputError
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``"i/n"`` (1-based shard i of n) into ``(i, n)``; an argparse type."""
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shard as i/n with integers, e.g. 2/8, got {text!r}") from None
+    if count < 1 or not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected 1 <= i <= n in shard i/n, got {text!r}")
+    return index, count
+
+
+def overlap_fraction(text: str) -> float:
+    """An argparse type for a window overlap in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected an overlap in [0, 1), got {value}")
+    return value
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``predict`` and ``evaluate``."""
+    parser.add_argument("--overlap", type=overlap_fraction, default=None,
+                        help="sliding-window overlap in [0, 1) (default: the bundle's, usually 0.5)")
+    parser.add_argument("--tta", choices=("on", "off"), default=None,
+                        help="test-time augmentation by flips (default: the bundle's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per model call (default: automatic)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="float32",
+                        help="compute precision; bfloat16 is faster on CPUs with AVX-512 BF16 (default: float32)")
+    parser.add_argument("--memory-budget-mb", type=int, default=None,
+                        help="cap on the memory of the accumulation buffers; batches shrink and the volume is "
+                        "processed in slabs to stay under it")
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        parents=parents,
+        help="run a trained model bundle on scans (files, DICOM folders, folders of cases)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", help="model bundle folder or .zip")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, DICOM folders or folders of cases")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--format", dest="formats", action="append",
+                   choices=("nifti", "nrrd", "seg.nrrd", "dicom-seg"),
+                   help="label map format(s); repeat for several (default: nifti; dicom-seg needs DICOM input)")
+    p.add_argument("--probabilities", action="store_true", help="also write the probability map (NIfTI)")
+    p.add_argument("--postprocess", action="append", choices=("largest-component", "fill-holes"),
+                   help="post-processing of label maps; repeat for both (default: the bundle's)")
+    p.add_argument("--series", default=None, help="SeriesInstanceUID or index when a DICOM folder has several")
+    p.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
+                   help="process only shard I of N of the cases (deterministic, 1-based)")
+    p.add_argument("--overwrite", action="store_true", help="recompute cases whose outputs already exist")
+    add_inference_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, reporter: Any) -> int:
+    from MedAnalysisLib.inference.batch import BatchOptions, run_batch
+    from MedAnalysisLib.progress import StopFlag
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
+    options = BatchOptions(
+        formats=tuple(args.formats or ("nifti",)),
+        write_probabilities=args.probabilities,
+        postprocess=tuple(args.postprocess) if args.postprocess else None,
+        overlap=args.overlap,
+        tta=None if args.tta is None else args.tta == "on",
+        batch_size=args.batch_size,
+        precision=args.precision,
+        memory_budget_mb=args.memory_budget_mb,
+        series=args.series,
+        shard=args.shard,
+        overwrite=args.overwrite,
+    )
+    summary = run_batch(args.bundle, args.inputs, args.out, options, reporter=reporter, stop_flag=StopFlag().install())
+    reporter.result(**summary.to_dict())
+    return 0 if not summary.failed else 1
