@@ -110,7 +110,7 @@ def make_phantom(
     # Millimetre coordinates of voxel centres in the scan's own frame, centred on the grid centre: (k, j, i) arrays.
     size_ijk = np.array(shape_kji[::-1], dtype=np.float64)
     half_extent = (size_ijk - 1) * np.array(spacing_ijk) / 2  # (x, y, z) half field of view in mm
-    axes = [np.arange(n) * s - h for n, s, h in zip(size_ijk.astype(int), spacing_ijk, half_extent)]
+    axes = [np.arange(n) * s - h for n, s, h in zip(size_ijk.astype(int), spacing_ijk, half_extent, strict=True)]
     z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     points = (x, y, z)
     scale = float(min(half_extent[0], half_extent[1]))  # in-plane radius of the field of view, mm
@@ -311,10 +311,10 @@ def _ellipsoid_sdf(
     points: tuple[np.ndarray, np.ndarray, np.ndarray], center: np.ndarray, semi_axes: np.ndarray, rotation: np.ndarray
 ) -> np.ndarray:
     """Approximate signed distance (mm) to a rotated ellipsoid; exact on the surface, scaled by the mean radius."""
-    offsets = [p - c for p, c in zip(points, center)]
+    offsets = [p - c for p, c in zip(points, center, strict=True)]
     # Coordinates in the ellipsoid's own axes: rotation columns are its axes.
     local = [sum(rotation[row, col] * offsets[row] for row in range(3)) for col in range(3)]
-    radius = np.sqrt(sum((q / a) ** 2 for q, a in zip(local, semi_axes)))
+    radius = np.sqrt(sum((q / a) ** 2 for q, a in zip(local, semi_axes, strict=True)))
     return (radius - 1.0) * float(np.mean(semi_axes))
 
 
@@ -336,7 +336,7 @@ def _smooth_noise(
     """Unit-variance Gaussian random field with a Gaussian correlation of ``correlation_mm`` (FFT filtering)."""
     white = rng.normal(0.0, 1.0, shape_kji)
     frequencies = np.meshgrid(
-        *(np.fft.fftfreq(n, d=s) for n, s in zip(shape_kji, spacing_ijk[::-1])), indexing="ij", sparse=True
+        *(np.fft.fftfreq(n, d=s) for n, s in zip(shape_kji, spacing_ijk[::-1], strict=True)), indexing="ij", sparse=True
     )
     squared = sum(f * f for f in frequencies)
     field = np.fft.ifftn(np.fft.fftn(white) * np.exp(-2.0 * (np.pi * correlation_mm) ** 2 * squared)).real
