@@ -1,0 +1,431 @@
+"""Datasets: which scans (and labels or targets) make up a training set, and how to split them.
+
+Three layouts are read by :func:`load_dataset`:
+
+* a Medical Segmentation Decathlon folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``), also in the nnU-Net v2
+  variant with one file per channel (``imagesTr/<case>_0000.nii.gz``);
+* a CSV manifest: one row per case, columns ``image`` (and ``image2``, ``image3``, ... for more channels), ``label``
+  (a label-map path, segmentation) or ``target`` (a class value, classification), optional ``group`` or
+  ``patient_id`` (cases of one group always land on the same side of a split), optional ``case_id``; paths are
+  relative to the CSV's folder;
+* a folder of DICOM series (one unlabelled case per series, found recursively).
+
+Datasets hold paths only; :func:`read_case` reads the voxels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from MedAnalysisLib.errors import ImageValidationError, InputError
+from MedAnalysisLib.volume import Volume
+
+TASKS = ("segmentation", "classification")
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training or inference case.
+
+    Attributes:
+        case_id: Name of the case (file stem or manifest ``case_id``), never a patient identifier.
+        images: One path per channel: an image file, a DICOM file, or a DICOM folder.
+        label: Label-map path (segmentation), or None.
+        target: Class value (classification), or None.
+        group: Cases sharing a group (e.g. one patient) stay together in splits; None means the case is its own group.
+        series: SeriesInstanceUID to pick when an image path is a DICOM folder holding several series.
+    """
+
+    case_id: str
+    images: tuple[str, ...]
+    label: str | None = None
+    target: float | int | None = None
+    group: str | None = None
+    series: str | None = None
+
+
+@dataclass
+class Dataset:
+    """A list of cases plus what they mean.
+
+    Attributes:
+        cases: The cases, in a stable order.
+        task: ``"segmentation"`` or ``"classification"``.
+        labels: Label value -> name (segmentation labels including background 0, or classification classes).
+        modality: ``"CT"``, ``"MRI"``, ... (one modality for the dataset; the first channel's for multi-channel MSD).
+        channel_names: One name per image channel.
+        root: Where the dataset was loaded from.
+    """
+
+    cases: list[Case]
+    task: str = "segmentation"
+    labels: dict[int, str] = field(default_factory=dict)
+    modality: str = "unknown"
+    channel_names: list[str] = field(default_factory=lambda: ["image"])
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(f"expected task in {TASKS}, got {self.task!r}")
+        n_channels = len(self.channel_names)
+        for case in self.cases:
+            if len(case.images) != n_channels:
+                raise InputError(
+                    f"expected {n_channels} image(s) per case ({self.channel_names}), got {len(case.images)} for case "
+                    f"{case.case_id!r}"
+                )
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    modality: str | None = None,
+    image_columns: Sequence[str] | None = None,
+    label_column: str = "label",
+    target_column: str = "target",
+    group_column: str | None = None,
+) -> Dataset:
+    """Load an MSD folder, a CSV manifest or a folder of DICOM series (see the module docstring).
+
+    Args:
+        path: Folder with ``dataset.json``, a ``.csv`` file, or a folder of DICOM files.
+        task: Force the task; by default segmentation when labels are given, classification when targets are.
+        modality: Modality for CSV and DICOM datasets (default: the manifest's ``modality`` column, the DICOM
+            Modality tag, or ``"unknown"``).
+        image_columns: CSV columns holding the channel paths (default ``image``, ``image2``, ``image3``, ...).
+        label_column: CSV column with label-map paths.
+        target_column: CSV column with class values.
+        group_column: CSV column grouping cases (default ``group``, else ``patient_id`` when present).
+
+    Raises:
+        InputError: The path is missing or not one of the layouts, a listed file is missing, or a value is invalid.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _load_csv(path, task, modality, image_columns, label_column, target_column, group_column)
+    if path.is_dir() and (path / "dataset.json").is_file():
+        return _load_msd(path, task)
+    if path.is_dir():
+        return _load_dicom_folder(path, modality)
+    raise InputError(
+        f"expected an MSD folder with dataset.json, a .csv manifest or a folder of DICOM series, got {str(path)!r} "
+        f"({'missing' if not path.exists() else 'unsupported'})"
+    )
+
+
+def _case_stem(name: str) -> str:
+    for suffix in sorted(_IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _load_msd(root: Path, task: str | None) -> Dataset:
+    try:
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"expected a readable JSON dataset.json in {root}, got: {error}") from None
+    # MSD: "modality" {"0": "MRI"}; nnU-Net v2: "channel_names" {"0": "T2"} and "file_ending".
+    channels = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
+    channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
+    labels_meta = meta.get("labels", {})
+    try:
+        # MSD maps value -> name; nnU-Net v2 maps name -> value.
+        if labels_meta and all(str(k).lstrip("-").isdigit() for k in labels_meta):
+            labels = {int(k): str(v) for k, v in labels_meta.items()}
+        else:
+            labels = {int(v): str(k) for k, v in labels_meta.items()}
+    except (TypeError, ValueError):
+        raise InputError(f"expected integer label values in {root / 'dataset.json'}, got {labels_meta}") from None
+    cases: list[Case] = []
+    training = meta.get("training")
+    if isinstance(training, list) and training:
+        for entry in training:
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise InputError(f"expected training entries with an 'image' key in dataset.json, got {entry!r}")
+            image = (root / entry["image"]).resolve()
+            label = (root / entry["label"]).resolve() if entry.get("label") else None
+            images = _channel_files(image, len(channel_names))
+            cases.append(Case(_case_stem(image.name), images, str(label) if label else None))
+    else:
+        ending = meta.get("file_ending", ".nii.gz")
+        folder = root / "imagesTr"
+        stems = sorted({p.name[: -len(ending) - 5] for p in folder.glob(f"*_0000{ending}") if not p.name.startswith("._")})
+        for stem in stems:
+            images = tuple(str(folder / f"{stem}_{c:04d}{ending}") for c in range(len(channel_names)))
+            label = root / "labelsTr" / f"{stem}{ending}"
+            cases.append(Case(stem, images, str(label) if label.exists() else None))
+    if not cases:
+        raise InputError(f"expected training cases in {root} (dataset.json 'training' or imagesTr/), found none")
+    for case in cases:
+        for p in (*case.images, *((case.label,) if case.label else ())):
+            if not Path(p).exists():
+                raise InputError(f"expected the file {p} listed for case {case.case_id!r} to exist, it does not")
+    modality = channel_names[0]
+    return Dataset(cases, task or "segmentation", labels, modality, channel_names, root)
+
+
+def _channel_files(image: Path, n_channels: int) -> tuple[str, ...]:
+    """MSD lists one (possibly 4D) file per case; nnU-Net v2 style folders have ``<case>_0000`` per channel."""
+    if n_channels == 1:
+        return (str(image),)
+    if image.exists():  # one 4D file holding every channel
+        return tuple(f"{image}#{c}" for c in range(n_channels))
+    stem = _case_stem(image.name)
+    ending = image.name[len(stem) :]
+    return tuple(str(image.with_name(f"{stem}_{c:04d}{ending}")) for c in range(n_channels))
+
+
+def _load_csv(
+    path: Path,
+    task: str | None,
+    modality: str | None,
+    image_columns: Sequence[str] | None,
+    label_column: str,
+    target_column: str,
+    group_column: str | None,
+) -> Dataset:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    if not rows:
+        raise InputError(f"expected at least one case row in {path}, got none (columns {columns})")
+    if image_columns is None:
+        image_columns = ["image"] + [c for c in (f"image{n}" for n in range(2, 100)) if c in columns]
+    missing = [c for c in image_columns if c not in columns]
+    if missing:
+        raise InputError(f"expected the image column(s) {missing} in {path}, got columns {columns}")
+    has_label = label_column in columns
+    has_target = target_column in columns
+    if task is None:
+        task = "segmentation" if has_label else "classification" if has_target else "segmentation"
+    if task == "segmentation" and not has_label and has_target:
+        raise InputError(f"expected a {label_column!r} column for segmentation in {path}, got columns {columns}")
+    if task == "classification" and not has_target:
+        raise InputError(f"expected a {target_column!r} column for classification in {path}, got columns {columns}")
+    if group_column is None:
+        group_column = "group" if "group" in columns else "patient_id" if "patient_id" in columns else None
+    elif group_column not in columns:
+        raise InputError(f"expected the group column {group_column!r} in {path}, got columns {columns}")
+    base = path.parent
+    cases: list[Case] = []
+    for number, row in enumerate(rows, start=2):
+        images = []
+        for column in image_columns:
+            value = (row.get(column) or "").strip()
+            if not value:
+                raise InputError(f"expected an image path in column {column!r} on line {number} of {path}, got nothing")
+            images.append(str((base / value).resolve()))
+        label = (row.get(label_column) or "").strip() if has_label else ""
+        target: float | int | None = None
+        if task == "classification":
+            target = _parse_target(row.get(target_column, ""), number, path)
+        case_id = (row.get("case_id") or "").strip() or f"{_case_stem(Path(images[0]).name)}"
+        group = (row.get(group_column) or "").strip() or None if group_column else None
+        cases.append(Case(case_id, tuple(images), str((base / label).resolve()) if label else None, target, group))
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        cases = [Case(f"{c.case_id}_{n:04d}", c.images, c.label, c.target, c.group) for n, c in enumerate(cases)]
+    for case in cases:
+        for p in (*case.images, *((case.label,) if case.label else ())):
+            if not Path(p).exists():
+                raise InputError(f"expected {p} (case {case.case_id!r}, listed in {path.name}) to exist, it does not")
+    if modality is None:
+        values = {(row.get("modality") or "").strip() for row in rows} - {""}
+        modality = values.pop() if len(values) == 1 else "unknown"
+    labels: dict[int, str] = {}
+    if task == "classification":
+        targets = [c.target for c in cases]
+        if all(float(t).is_integer() for t in targets):  # type: ignore[arg-type]
+            labels = {int(t): str(int(t)) for t in sorted(set(targets))}  # type: ignore[arg-type]
+    names = ["image"] if len(image_columns) == 1 else list(image_columns)
+    return Dataset(cases, task, labels, modality, names, path.parent)
+
+
+def _parse_target(text: str | None, line: int, path: Path) -> float | int:
+    text = (text or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"expected a numeric target on line {line} of {path}, got {text!r}") from None
+    if not np.isfinite(value):
+        raise InputError(f"expected a finite target on line {line} of {path}, got {text!r}")
+    return int(value) if value.is_integer() else value
+
+
+def _load_dicom_folder(root: Path, modality: str | None) -> Dataset:
+    import SimpleITK as sitk
+
+    cases: list[Case] = []
+    modalities: set[str] = set()
+    for directory, _dirs, files in sorted(os.walk(root)):
+        if not files:
+            continue
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)
+        for uid in sorted(series_ids):
+            names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
+            if not names:
+                continue
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(names[0])
+            reader.ReadImageInformation()
+            if reader.HasMetaDataKey("0008|0060"):
+                modalities.add(reader.GetMetaData("0008|0060").strip())
+            relative = Path(directory).relative_to(root).as_posix()
+            case_id = f"{root.name if relative == '.' else relative.replace('/', '_')}_{len(cases):03d}"
+            cases.append(Case(case_id, (directory,), series=uid))
+    if not cases:
+        raise InputError(f"expected an MSD folder, a CSV manifest or DICOM series in {root}, found none")
+    if modality is None:
+        modality = modalities.pop() if len(modalities) == 1 else "unknown"
+    return Dataset(cases, "segmentation", {}, modality, ["image"], root)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _read_volume(path: str, kind: str = "image", series: str | None = None) -> Volume:
+    """Read one image (file, DICOM file or DICOM folder) as a Volume; ``path#c`` picks channel c of a 4D file."""
+    import SimpleITK as sitk
+
+    from MedAnalysisLib.errors import UnreadableFileError
+
+    channel = None
+    if "#" in path and path.rsplit("#", 1)[1].isdigit():
+        path, index = path.rsplit("#", 1)
+        channel = int(index)
+    p = Path(path)
+    try:
+        if p.is_dir():
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+            if not uids:
+                raise UnreadableFileError(f"expected DICOM files in {p}, found none")
+            uid = series or (uids[0] if len(uids) == 1 else None)
+            if uid is None:
+                raise InputError(f"expected one DICOM series in {p} or a chosen series, got {len(uids)} series")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), uid))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(p))
+    except RuntimeError as error:
+        raise UnreadableFileError(f"expected a readable image at {p}, got: {str(error).splitlines()[0][:200]}") from None
+    if image.GetDimension() == 4 and channel is not None:
+        size = list(image.GetSize())
+        size[3] = 0
+        image = sitk.Extract(image, size, [0, 0, 0, channel])
+    elif image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    volume = Volume.from_sitk(image)
+    if channel is not None and volume.array.ndim == 4:
+        volume = volume.with_array(volume.array[..., channel])
+    if kind == "label":
+        array = volume.array
+        if not np.issubdtype(array.dtype, np.integer):
+            if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+                raise ImageValidationError(f"expected integer label values in {p}, got non-integer values")
+            array = array.astype(np.int16 if np.abs(array).max() < 2**15 else np.int32)
+        volume = volume.with_array(array)
+    return volume
+
+
+def read_case(case: Case) -> tuple[list[Volume], Volume | None]:
+    """Read a case's image channels and label map (label maps come back with an integer dtype).
+
+    Returns:
+        The channel volumes (``(k, j, i)`` each, in the order of ``case.images``) and the label volume or None.
+    """
+    images = [_read_volume(path, "image", case.series) for path in case.images]
+    label = _read_volume(case.label, "label") if case.label else None
+    return images, label
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def _groups(cases: Sequence[Case]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for index, case in enumerate(cases):
+        groups.setdefault(case.group if case.group is not None else f"\0{case.case_id}", []).append(index)
+    return groups
+
+
+def split_cases(cases: Sequence[Case], val_fraction: float, seed: int = 0) -> tuple[list[Case], list[Case]]:
+    """Seeded train/validation split; cases of the same ``group`` always land on the same side.
+
+    Args:
+        cases: The cases to split.
+        val_fraction: Share of cases (by count) for validation, in [0, 1).
+        seed: Seed of the shuffle; the same cases and seed always give the same split.
+
+    Returns:
+        ``(train, val)``, each in the input order. With at least two groups and ``val_fraction > 0`` both sides get
+        at least one group.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"expected val_fraction in [0, 1), got {val_fraction}")
+    groups = _groups(cases)
+    keys = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    wanted = val_fraction * len(cases)
+    val_indices: set[int] = set()
+    for position in order:
+        if len(val_indices) >= wanted:
+            break
+        val_indices.update(groups[keys[position]])
+    if len(keys) >= 2 and len(val_indices) == len(cases):  # one huge group must not empty the training side
+        val_indices -= set(groups[keys[order[-1]]])
+    train = [c for n, c in enumerate(cases) if n not in val_indices]
+    val = [c for n, c in enumerate(cases) if n in val_indices]
+    return train, val
+
+
+def kfold_splits(cases: Sequence[Case], k: int, seed: int = 0) -> list[tuple[list[Case], list[Case]]]:
+    """Seeded k-fold cross-validation by group: every case is in exactly one validation fold.
+
+    Groups are shuffled, then assigned largest-first to the fold with the fewest cases so far, so folds stay
+    balanced even with uneven groups.
+
+    Returns:
+        ``k`` pairs ``(train, val)``, each list in the input order.
+    """
+    groups = _groups(cases)
+    if k < 2 or k > len(groups):
+        raise InputError(f"expected 2 <= k <= number of groups ({len(groups)}), got k={k}")
+    keys = sorted(groups)
+    shuffled = [keys[n] for n in np.random.default_rng(seed).permutation(len(keys))]
+    shuffled.sort(key=lambda key: -len(groups[key]))  # stable: equal sizes keep the seeded order
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for key in shuffled:
+        smallest = min(range(k), key=lambda f: (len(folds[f]), f))
+        folds[smallest].extend(groups[key])
+    splits = []
+    for fold in folds:
+        members = set(fold)
+        splits.append(([c for n, c in enumerate(cases) if n not in members], [c for n, c in enumerate(cases) if n in members]))
+    return splits
+
+
+def case_from_paths(images: Sequence[str | os.PathLike[str]], label: str | os.PathLike[str] | None = None, **kwargs: Any) -> Case:
+    """Convenience: a Case from paths (``case_id`` defaults to the first image's file stem)."""
+    paths = tuple(str(Path(p)) for p in images)
+    case_id = kwargs.pop("case_id", None) or _case_stem(Path(paths[0]).name)
+    return Case(case_id, paths, str(label) if label is not None else None, **kwargs)
