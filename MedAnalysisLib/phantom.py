@@ -242,7 +242,7 @@ def write_phantom_dataset(
         dataset.json            MSD description: labels, modality, training list
         imagesTr/phantom_000.nii.gz ...
         labelsTr/phantom_000.nii.gz ...
-        classification.csv      case_id, image, label, target (1 = the scan contains a lesion), group
+        classification.csv      case_id, image, label, target (1 = the scan contains a lesion), group, modality
         slices.csv              case_id, slice (k index), contains_organ, contains_vessel, contains_lesion
         phantoms.json           per case: seed and the info dict of :func:`make_phantom` (targets, volumes)
 
@@ -276,7 +276,7 @@ def write_phantom_dataset(
             sitk.WriteImage(image.to_sitk(), str(tmp / image_rel), useCompression=True)
             sitk.WriteImage(label.to_sitk(), str(tmp / label_rel), useCompression=True)
             training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
-            manifest_rows.append([case_id, image_rel, label_rel, info["scan_target"], case_id])
+            manifest_rows.append([case_id, image_rel, label_rel, info["scan_target"], case_id, "MRI"])
             for k in range(image.shape[0]):
                 slice_rows.append([case_id, k, *(info["slice_labels"][name][k] for name in ("organ", "vessel", "lesion"))])
             infos[case_id] = info
@@ -296,7 +296,7 @@ def write_phantom_dataset(
         }
         (tmp / "dataset.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         (tmp / MANIFEST_NAME).write_text(
-            _csv_text(["case_id", "image", "label", "target", "group"], manifest_rows), encoding="utf-8"
+            _csv_text(["case_id", "image", "label", "target", "group", "modality"], manifest_rows), encoding="utf-8"
         )
         (tmp / SLICE_TABLE_NAME).write_text(
             _csv_text(["case_id", "slice", "contains_organ", "contains_vessel", "contains_lesion"], slice_rows),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from MedAnalysisLib.progress import Reporter
+from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.progress import Reporter, StopFlag
 
 
 def _positive_int(text: str) -> int:
@@ -46,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction, parents: list[argparse.Argu
         "--cases",
         type=_positive_int,
         default=None,
-        help="number of phantom scans to generate (default: 40, or 10 with --quick)",
+        help="number of phantom scans to generate, a fifth of them held out for evaluation (default: 40, or 8 "
+        "with --quick)",
     )
     parser.set_defaults(func=run)
 
@@ -57,9 +59,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
     config = DemoConfig.quick() if args.quick else DemoConfig.full()
     if args.cases is not None:
-        config = config.replace(n_cases=args.cases)
+        if args.cases < 4:
+            raise InputError(f"expected --cases of at least 4 (2 to train, 2 held out), got {args.cases}")
+        config = config.with_cases(args.cases)
     config = config.replace(seed=args.seed)
-    summary = run_demo(args.out, config=config, reporter=reporter)
+    summary = run_demo(args.out, config=config, reporter=reporter, stop_flag=StopFlag().install())
     if reporter.mode == "jsonl":
         reporter.result(**summary.to_dict())
     else:
