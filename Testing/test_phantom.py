@@ -156,3 +156,17 @@ def test_rewriting_a_dataset_replaces_it(tmp_path) -> None:
 def test_module_docstring_example_runs() -> None:
     failures, _ = doctest.testmod(phantom_module, verbose=False)
     assert failures == 0
+
+
+def test_dataset_loads_as_segmentation_and_classification_data(tmp_path) -> None:
+    from MedAnalysisLib.data.datasets import load_dataset
+
+    out = write_phantom_dataset(tmp_path / "phantoms", 4, seed=5, **SMALL)
+    segmentation = load_dataset(out)
+    assert segmentation.task == "segmentation" and segmentation.modality == "MRI"
+    assert segmentation.labels == {0: "background", 1: "organ", 2: "vessel", 3: "lesion"}
+    assert [c.case_id for c in segmentation.cases] == [f"phantom_{n:03d}" for n in range(4)]
+    classification = load_dataset(out / "classification.csv", task="classification")
+    assert classification.task == "classification" and classification.modality == "MRI"
+    assert [c.target for c in classification.cases] == [1, 0, 1, 0]
+    assert all(c.label is not None and c.group == c.case_id for c in classification.cases)
