@@ -1,0 +1,781 @@
+"""DICOM series: scan folders reading headers only, then load one series as a Volume with exact geometry.
+
+How a series becomes a volume:
+
+1. :func:`scan_dicom_folder` reads only the header tags it needs from every file (pydicom, pixel data not read,
+   patient name/ID/birth date never parsed), groups the images by SeriesInstanceUID and, inside a series, leaves out
+   localizer images (ImageType ``LOCALIZER``) and images without position/orientation, reporting what it left out.
+2. Slices are sorted by the projection of ImagePositionPatient on the slice normal (the cross product of the two
+   ImageOrientationPatient rows), never by file name or InstanceNumber.
+3. The stack is checked: one orientation and one image size, no two slices at the same position, uniform spacing
+   (a gap of about a whole multiple of the spacing is reported as missing slices), no gantry tilt (slice positions
+   must move along the normal). A series that fails a check is listed with its problem and refused on load with a
+   :class:`DicomSeriesError` or :class:`GeometryError`; nothing is resampled or guessed.
+4. :func:`load_dicom_series` reads the pixels of the sorted files: uncompressed little-endian data straight from
+   the byte offsets found in step 1, anything else (JPEG, JPEG-LS, JPEG 2000, RLE, big endian, color) through
+   SimpleITK's ``ImageSeriesReader`` (GDCM) with the same sorted file list, whose geometry is checked against ours.
+   The modality LUT (RescaleSlope/RescaleIntercept, per slice) is applied: CT comes back in HU.
+
+Geometry: origin = ImagePositionPatient of the first sorted slice; direction columns = the row direction (i), the
+column direction (j) and the slice normal (k), all in LPS; spacing = (column spacing, row spacing, slice distance)
+in mm. Voxels are ``(k, j, i)``.
+
+Privacy: no function here reads, logs or raises with patient names, IDs or birth dates; :class:`SeriesInfo` and
+``Volume.metadata`` hold only Modality, SeriesDescription, the Study/Series/FrameOfReference UIDs and the file list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from MedAnalysisLib.errors import (
+    DicomSeriesError,
+    GeometryError,
+    ImageValidationError,
+    UnreadableFileError,
+)
+from MedAnalysisLib.io.validate import check_finite, check_memory_budget
+from MedAnalysisLib.volume import Volume, check_direction, orientation_code
+
+logger = logging.getLogger(__name__)
+
+#: The only header elements read from each file. Patient-identifying elements are deliberately absent.
+HEADER_TAGS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "ImageType",
+    "Modality",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "PixelData",
+)
+#: Metadata keys copied into ``Volume.metadata`` (besides ``source_files``). Nothing that identifies a patient.
+METADATA_KEYS = ("Modality", "SeriesDescription", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+
+_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_TRANSFER_SYNTAX_NAMES = {
+    "1.2.840.10008.1.2": "implicit little endian",
+    "1.2.840.10008.1.2.1": "explicit little endian",
+    "1.2.840.10008.1.2.2": "explicit big endian",
+    "1.2.840.10008.1.2.1.99": "deflated",
+    "1.2.840.10008.1.2.5": "RLE",
+    "1.2.840.10008.1.2.4.50": "JPEG baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG extended",
+    "1.2.840.10008.1.2.4.57": "JPEG lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+}
+_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC", "RWV"}
+
+#: Relative tolerance on slice distances (plus an absolute 0.01 mm): positions are often stored with few decimals.
+SPACING_REL_TOL = 0.01
+SPACING_ABS_TOL = 0.01
+#: Largest in-plane drift of the slice stack, in mm, before it is called a gantry tilt / sheared stack.
+TILT_ABS_TOL = 0.02
+#: Tolerance between SimpleITK's geometry and ours (mm for origin/spacing, cosine for direction).
+SITK_GEOMETRY_TOL = 0.01
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Header facts of one image file (no patient data)."""
+
+    path: str
+    instance_uid: str
+    series_uid: str
+    study_uid: str
+    frame_uid: str
+    modality: str
+    description: str
+    series_number: int | None
+    instance_number: int | None
+    transfer_syntax: str
+    image_type: tuple[str, ...]
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    n_frames: int
+    orientation: tuple[float, ...] | None
+    position: tuple[float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    slope: float
+    intercept: float
+    pixel_offset: int | None
+    pixel_length: int | None
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One DICOM image series as found by :func:`scan_dicom_folder` (headers only, no patient data).
+
+    Attributes:
+        index: Position in the scan's list; usable as ``series=`` in :func:`load_dicom_series`.
+        series_instance_uid, study_instance_uid, frame_of_reference_uid: DICOM UIDs.
+        modality: ``"CT"``, ``"MR"``, ...
+        series_description: As stored (may be empty).
+        series_number: As stored, or None.
+        size: ``(columns, rows, slices)`` = ITK ``(i, j, k)`` order.
+        spacing: ``(i, j, k)`` in mm, or None when it cannot be determined.
+        origin: LPS mm of the first voxel of the sorted stack, or None.
+        direction: 3x3 tuple-of-tuples (columns i, j, k in LPS), or None.
+        transfer_syntaxes: Human names of the transfer syntaxes used by the files.
+        files: Image files in slice order (along the slice normal).
+        excluded: ``(file, reason)`` for images of this series left out (localizers, no position).
+        problems: Human-readable findings; the ones that block loading come first.
+        blocking: The subset of ``problems`` that make :func:`load_dicom_series` refuse the series.
+        is_localizer: Every image of the series is a localizer (listed only on request).
+    """
+
+    index: int
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    series_description: str
+    series_number: int | None
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None
+    origin: tuple[float, float, float] | None
+    direction: tuple[tuple[float, float, float], ...] | None
+    transfer_syntaxes: tuple[str, ...]
+    files: tuple[str, ...]
+    excluded: tuple[tuple[str, str], ...] = ()
+    problems: tuple[str, ...] = ()
+    blocking: tuple[str, ...] = ()
+    is_localizer: bool = False
+    _slices: tuple[_Slice, ...] = field(default=(), repr=False, compare=False)
+    _error_type: str = field(default="DicomSeriesError", repr=False, compare=False)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.files)
+
+    @property
+    def loadable(self) -> bool:
+        return not self.blocking
+
+    @property
+    def orientation(self) -> str:
+        """Three-letter LPS-style orientation code of the (i, j, k) axes, e.g. ``"LPS"``; empty when unknown."""
+        return orientation_code(np.array(self.direction)) if self.direction is not None else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (file names are not included, only their count)."""
+        return {
+            "index": self.index,
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "frame_of_reference_uid": self.frame_of_reference_uid,
+            "modality": self.modality,
+            "series_description": self.series_description,
+            "series_number": self.series_number,
+            "size": list(self.size),
+            "n_slices": self.n_slices,
+            "spacing": list(self.spacing) if self.spacing else None,
+            "origin": list(self.origin) if self.origin else None,
+            "orientation": self.orientation,
+            "transfer_syntaxes": list(self.transfer_syntaxes),
+            "n_excluded": len(self.excluded),
+            "problems": list(self.problems),
+            "loadable": self.loadable,
+            "is_localizer": self.is_localizer,
+        }
+
+    def describe(self) -> str:
+        """One line for error messages and listings (no patient data)."""
+        description = f" '{self.series_description}'" if self.series_description else ""
+        return f"[{self.index}] {self.modality or '?'}{description}, {self.n_slices} slice(s), uid {self.series_instance_uid}"
+
+
+# ------------------------------------------------------------------------------------------------ header reading
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in (value if isinstance(value, Iterable) and not isinstance(value, str) else [value]))
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == n and all(np.isfinite(values)) else None
+
+
+def _int_or(value: Any, default: int | None) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _float_or(value: Any, default: float | None) -> float | None:
+    try:
+        result = float(value) if value is not None and value != "" else default
+    except (TypeError, ValueError):
+        return default
+    return result if result is None or np.isfinite(result) else default
+
+
+def _read_slice(path: str) -> _Slice | str:
+    """Header facts of ``path``, or the reason it is not an image we can use (a short string)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(path, defer_size=1024, specific_tags=list(HEADER_TAGS))
+    except InvalidDicomError:
+        return "not a DICOM file"
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as error:
+        return f"unreadable DICOM header ({type(error).__name__})"
+    try:
+        meta = getattr(dataset, "file_meta", None)
+        transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+        if str(getattr(meta, "MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10":
+            return "DICOMDIR (a directory record, not an image)"
+        modality = str(dataset.get("Modality", "") or "")
+        pixel = dataset.get_item("PixelData", keep_deferred=True) if "PixelData" in dataset else None
+        if pixel is None or modality in _NON_IMAGE_MODALITIES or dataset.get("Rows") is None:
+            return f"not an image ({modality or 'no pixel data'})"
+        length = getattr(pixel, "length", None)
+        defined = length is not None and length != 0xFFFFFFFF
+        image_type = tuple(str(v).upper() for v in (dataset.get("ImageType") or ()))
+        return _Slice(
+            path=path,
+            instance_uid=str(dataset.get("SOPInstanceUID", "") or ""),
+            series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
+            study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
+            frame_uid=str(dataset.get("FrameOfReferenceUID", "") or ""),
+            modality=modality,
+            description=str(dataset.get("SeriesDescription", "") or ""),
+            series_number=_int_or(dataset.get("SeriesNumber"), None),
+            instance_number=_int_or(dataset.get("InstanceNumber"), None),
+            transfer_syntax=transfer_syntax,
+            image_type=image_type,
+            rows=int(dataset.Rows),
+            columns=int(dataset.get("Columns", 0) or 0),
+            samples_per_pixel=_int_or(dataset.get("SamplesPerPixel"), 1) or 1,
+            photometric=str(dataset.get("PhotometricInterpretation", "") or ""),
+            bits_allocated=_int_or(dataset.get("BitsAllocated"), 16) or 16,
+            bits_stored=_int_or(dataset.get("BitsStored"), None) or _int_or(dataset.get("BitsAllocated"), 16) or 16,
+            pixel_representation=_int_or(dataset.get("PixelRepresentation"), 0) or 0,
+            n_frames=_int_or(dataset.get("NumberOfFrames"), 1) or 1,
+            orientation=_floats(dataset.get("ImageOrientationPatient"), 6),
+            position=_floats(dataset.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            pixel_spacing=_floats(dataset.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            slice_thickness=_float_or(dataset.get("SliceThickness"), None),
+            spacing_between_slices=_float_or(dataset.get("SpacingBetweenSlices"), None),
+            slope=_float_or(dataset.get("RescaleSlope"), 1.0) or 1.0,
+            intercept=_float_or(dataset.get("RescaleIntercept"), 0.0) or 0.0,
+            pixel_offset=int(pixel.value_tell) if defined and getattr(pixel, "value_tell", None) is not None else None,
+            pixel_length=int(length) if defined else None,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as error:
+        return f"malformed DICOM header ({type(error).__name__})"
+
+
+def _candidate_files(root: Path, recursive: bool) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise UnreadableFileError(f"expected a DICOM folder or file, got nothing at {root}")
+    if recursive:
+        found = [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
+    else:
+        found = [entry for entry in root.iterdir() if entry.is_file()]
+    return sorted(p for p in found if not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------------------------ series analysis
+def _normal(orientation: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    row = np.array(orientation[:3], dtype=np.float64)
+    column = np.array(orientation[3:], dtype=np.float64)
+    row /= np.linalg.norm(row) or 1.0
+    column /= np.linalg.norm(column) or 1.0
+    return row, column, np.cross(row, column)
+
+
+def _orientation_key(s: _Slice) -> tuple[float, ...]:
+    return tuple(round(v, 3) + 0.0 for v in s.orientation or ())
+
+
+def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str, str]]) -> SeriesInfo:
+    """Sort and check the slices of one series; collect problems instead of raising."""
+    excluded = list(skipped)
+    problems: list[str] = []
+    blocking: list[str] = []
+    error_type = "DicomSeriesError"
+
+    images = []
+    seen: set[str] = set()
+    for s in slices:
+        if s.instance_uid and s.instance_uid in seen:
+            excluded.append((s.path, "duplicate of an instance already in the series (same SOPInstanceUID)"))
+        elif "LOCALIZER" in s.image_type:
+            excluded.append((s.path, "localizer"))
+        elif s.orientation is None or s.position is None:
+            excluded.append((s.path, "no ImagePositionPatient/ImageOrientationPatient"))
+        else:
+            images.append(s)
+        seen.add(s.instance_uid)
+    is_localizer = not images and all(reason == "localizer" for _, reason in excluded) and bool(slices)
+    reasons = Counter(reason for _, reason in excluded)
+    for reason, count in sorted(reasons.items()):
+        problems.append(f"{count} image(s) left out: {reason}")
+
+    first = (images or slices or [None])[0]
+    assert first is not None  # a series always has at least one file
+    size: tuple[int, int, int] = (first.columns, first.rows, len(images))
+    spacing = origin = direction = None
+    ordered = images
+
+    if not images:
+        blocking.append("no image with a position and orientation to build a volume from")
+    groups = Counter((s.rows, s.columns, s.samples_per_pixel, _orientation_key(s)) for s in images)
+    if len(groups) > 1:
+        listing = "; ".join(
+            f"{n} of {c}x{r} oriented {list(o)}" for (r, c, _, o), n in groups.most_common()
+        )
+        blocking.append(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
+    multiframe = [s for s in images if s.n_frames > 1]
+    if multiframe:
+        blocking.append(
+            f"expected single-frame images, got {len(multiframe)} multi-frame file(s) ({multiframe[0].n_frames} "
+            "frames); multi-frame DICOM is not supported"
+        )
+
+    if images and len(groups) == 1:
+        row, column, normal = _normal(images[0].orientation)  # type: ignore[arg-type]
+        if abs(float(row @ column)) > 1e-3:
+            blocking.append(
+                f"expected orthogonal ImageOrientationPatient rows, got a cosine of {float(row @ column):.4g} between them"
+            )
+            error_type = "GeometryError"
+        positions = np.array([s.position for s in images], dtype=np.float64)
+        distances = positions @ normal
+        order = np.argsort(distances, kind="stable")
+        ordered = [images[i] for i in order]
+        positions, distances = positions[order], distances[order]
+        pixel_spacing = ordered[0].pixel_spacing
+        if pixel_spacing is None:
+            problems.append("no PixelSpacing: 1 mm assumed in-plane")
+            pixel_spacing = (1.0, 1.0)
+        if len({s.pixel_spacing for s in ordered}) > 1:
+            blocking.append(
+                f"expected one PixelSpacing, got {sorted({s.pixel_spacing for s in ordered if s.pixel_spacing})}"
+            )
+        gaps = np.diff(distances)
+        if len(ordered) == 1:
+            slice_spacing = ordered[0].spacing_between_slices or ordered[0].slice_thickness or 1.0
+            problems.append(f"single slice: slice spacing {slice_spacing:g} mm taken from the header")
+        else:
+            step = float(np.median(gaps))
+            tolerance = SPACING_ABS_TOL + SPACING_REL_TOL * abs(step)
+            duplicates = int(np.sum(gaps < tolerance))
+            if duplicates:
+                blocking.append(
+                    f"expected one slice per position, got {duplicates} slice(s) sharing a position with another: the "
+                    "series holds several volumes (echoes, phases or time points)"
+                )
+                slice_spacing = step
+            else:
+                slice_spacing = float((distances[-1] - distances[0]) / (len(ordered) - 1))
+                irregular = np.flatnonzero(np.abs(gaps - step) > tolerance)
+                if irregular.size:
+                    ratios = gaps[irregular] / step
+                    whole = np.abs(ratios - np.round(ratios)) < SPACING_REL_TOL * 5
+                    missing = int(np.sum(np.round(ratios[whole]) - 1))
+                    if whole.all() and missing > 0:
+                        where = ", ".join(f"after slice {int(i)}" for i in irregular[:5])
+                        blocking.append(
+                            f"expected uniformly spaced slices {step:.4g} mm apart, got {irregular.size} gap(s) of "
+                            f"{', '.join(f'{g:.4g}' for g in gaps[irregular][:5])} mm ({where}): about {missing} "
+                            "slice(s) missing; the series is refused rather than interpolated"
+                        )
+                    else:
+                        blocking.append(
+                            f"expected uniformly spaced slices, got distances from {gaps.min():.4g} to "
+                            f"{gaps.max():.4g} mm (median {step:.4g} mm) between neighbouring slices"
+                        )
+                    slice_spacing = step
+            offsets = positions - positions[0]
+            drift = offsets - np.outer(offsets @ normal, normal)
+            worst = float(np.linalg.norm(drift, axis=1).max())
+            if worst > TILT_ABS_TOL:
+                span = float(distances[-1] - distances[0]) or 1.0
+                angle = float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), span)))
+                blocking.append(
+                    f"expected slices stacked along their normal, got an in-plane drift of {worst:.3g} mm across the "
+                    f"stack (gantry tilt of about {angle:.2f} degrees); a tilted stack is a sheared grid that a volume "
+                    "cannot represent, resample it first (for example with Slicer's acquisition transform)"
+                )
+                error_type = "GeometryError" if len(blocking) == 1 else error_type
+        spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), float(slice_spacing))
+        origin = tuple(float(v) for v in positions[0])
+        direction = tuple(tuple(float(v) for v in r) for r in np.column_stack([row, column, normal]))
+        if spacing[2] <= 0 or min(spacing) <= 0:
+            blocking.append(f"expected positive spacing, got {spacing} mm")
+        size = (ordered[0].columns, ordered[0].rows, len(ordered))
+
+    syntaxes = sorted({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax) for s in ordered or slices})
+    return SeriesInfo(
+        index=index,
+        series_instance_uid=uid,
+        study_instance_uid=first.study_uid,
+        frame_of_reference_uid=first.frame_uid,
+        modality=first.modality,
+        series_description=first.description,
+        series_number=first.series_number,
+        size=size,
+        spacing=spacing,  # type: ignore[arg-type]
+        origin=origin,  # type: ignore[arg-type]
+        direction=direction,
+        transfer_syntaxes=tuple(syntaxes),
+        files=tuple(s.path for s in ordered),
+        excluded=tuple(excluded),
+        problems=tuple(blocking + problems),
+        blocking=tuple(blocking),
+        is_localizer=is_localizer,
+        _slices=tuple(ordered),
+        _error_type=error_type,
+    )
+
+
+@dataclass
+class ScanReport:
+    """What a scan found besides image series: files that are not DICOM images, and localizer-only series."""
+
+    not_dicom: list[str] = field(default_factory=list)
+    not_image: list[tuple[str, str]] = field(default_factory=list)
+    localizer_series: list[SeriesInfo] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = []
+        if self.not_dicom:
+            parts.append(f"{len(self.not_dicom)} file(s) not DICOM")
+        if self.not_image:
+            parts.append(f"{len(self.not_image)} DICOM file(s) without an image or unreadable")
+        if self.localizer_series:
+            parts.append(f"{len(self.localizer_series)} localizer series")
+        return ", ".join(parts) or "nothing else"
+
+
+def scan_dicom_folder(
+    path: str | os.PathLike[str],
+    recursive: bool = True,
+    *,
+    include_localizers: bool = False,
+    report: ScanReport | None = None,
+) -> list[SeriesInfo]:
+    """List the DICOM image series under ``path`` from headers only.
+
+    Args:
+        path: Folder (or a single DICOM file).
+        recursive: Descend into sub-folders.
+        include_localizers: Also list series made only of localizer images (flagged ``is_localizer``).
+        report: Filled with the files that were skipped (not DICOM, not images) and the localizer series.
+
+    Returns:
+        Series ordered by StudyInstanceUID, SeriesNumber and SeriesInstanceUID, each with its index.
+    """
+    root = Path(path)
+    report = report if report is not None else ScanReport()
+    by_series: dict[str, list[_Slice]] = defaultdict(list)
+    for file in _candidate_files(root, recursive):
+        result = _read_slice(str(file))
+        if isinstance(result, str):
+            if result == "not a DICOM file":
+                report.not_dicom.append(str(file))
+            else:
+                report.not_image.append((str(file), result))
+            continue
+        by_series[result.series_uid].append(result)
+    keys = sorted(
+        by_series,
+        key=lambda uid: (by_series[uid][0].study_uid, by_series[uid][0].series_number or 0, uid),
+    )
+    series: list[SeriesInfo] = []
+    for uid in keys:
+        info = _analyse(len(series), uid, by_series[uid], [])
+        if info.is_localizer and not include_localizers:
+            report.localizer_series.append(info)
+            continue
+        series.append(info)
+    if report.not_dicom or report.not_image or report.localizer_series:
+        logger.info("DICOM scan of %s: %d image series; skipped %s", root.name or str(root), len(series), report.summary())
+    return series
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def _choices(series: Sequence[SeriesInfo]) -> str:
+    return "; ".join(s.describe() for s in series)
+
+
+def select_series(path: str | os.PathLike[str], series: str | int | None = None, recursive: bool = True) -> SeriesInfo:
+    """Scan ``path`` and return the series chosen by UID or index (None: the only one).
+
+    Raises:
+        DicomSeriesError: No image series, several series and none chosen, or an unknown UID/index; the message
+            lists the series found (index, modality, description, slices, UID).
+        UnreadableFileError: ``path`` is a single file that is not a readable DICOM image.
+    """
+    root = Path(path)
+    report = ScanReport()
+    found = scan_dicom_folder(root, recursive, report=report)
+    if not found:
+        if root.is_file():
+            reason = (report.not_image[0][1] if report.not_image else "not a DICOM file")
+            raise UnreadableFileError(f"expected a DICOM image file, got {root.name}: {reason}")
+        raise DicomSeriesError(
+            f"expected at least one DICOM image series in {root.name or root}, got none ({report.summary()})"
+        )
+    if series is None:
+        if len(found) == 1:
+            return found[0]
+        raise DicomSeriesError(
+            f"expected one series or a choice among the {len(found)} series found, got no choice; pass a "
+            f"SeriesInstanceUID or an index: {_choices(found)}"
+        )
+    if isinstance(series, (int, np.integer)) or (isinstance(series, str) and series.strip().isdigit() and "." not in series):
+        number = int(series)
+        if 0 <= number < len(found):
+            return found[number]
+        raise DicomSeriesError(f"expected a series index from 0 to {len(found) - 1}, got {number}: {_choices(found)}")
+    for info in found:
+        if info.series_instance_uid == str(series).strip():
+            return info
+    raise DicomSeriesError(f"expected one of the series found, got unknown SeriesInstanceUID {series!r}: {_choices(found)}")
+
+
+# ------------------------------------------------------------------------------------------------ pixels
+def _raw_dtype(s: _Slice) -> np.dtype:
+    kind = "i" if s.pixel_representation == 1 else "u"
+    return np.dtype(f"<{kind}{s.bits_allocated // 8}")
+
+
+def _native_ok(slices: Sequence[_Slice]) -> bool:
+    first = slices[0]
+    for s in slices:
+        if (
+            s.transfer_syntax not in _NATIVE_LITTLE_ENDIAN
+            or s.samples_per_pixel != 1
+            or s.bits_allocated not in (8, 16, 32)
+            or s.n_frames != 1
+            or s.pixel_offset is None
+            or (s.bits_allocated, s.pixel_representation) != (first.bits_allocated, first.pixel_representation)
+        ):
+            return False
+    return True
+
+
+def _read_native(slices: Sequence[_Slice]) -> np.ndarray:
+    """Stack uncompressed slices by reading each file's pixel bytes at the offset found in the header scan."""
+    first = slices[0]
+    dtype = _raw_dtype(first)
+    out = np.empty((len(slices), first.rows, first.columns), dtype=dtype)
+    expected = first.rows * first.columns * dtype.itemsize
+    for index, s in enumerate(slices):
+        if s.pixel_length is not None and s.pixel_length < expected:
+            raise UnreadableFileError(
+                f"expected {expected} bytes of pixel data ({first.columns}x{first.rows}, {first.bits_allocated} bit) "
+                f"in {Path(s.path).name}, got a pixel data element of {s.pixel_length} bytes"
+            )
+        with open(s.path, "rb") as handle:
+            handle.seek(s.pixel_offset or 0)
+            got = handle.readinto(memoryview(out[index]).cast("B"))
+        if got != expected:
+            raise UnreadableFileError(
+                f"expected {expected} bytes of pixel data in {Path(s.path).name}, got {got}: the file is truncated"
+            )
+    bits = first.bits_stored
+    if bits < first.bits_allocated:
+        if first.pixel_representation == 0:
+            np.bitwise_and(out, np.array((1 << bits) - 1, dtype=dtype), out=out)
+        else:
+            shift = np.array(first.bits_allocated - bits, dtype=dtype)
+            if out.min() < -(1 << (bits - 1)) or out.max() >= (1 << (bits - 1)):
+                np.left_shift(out, shift, out=out)
+                np.right_shift(out, shift, out=out)
+    return out
+
+
+def _read_with_sitk(info: SeriesInfo) -> np.ndarray:
+    """Decode through SimpleITK/GDCM (compressed, big endian, color); returns rescaled values as GDCM does."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(info.files))
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UnreadableFileError(
+            f"expected decodable pixel data in series {info.series_instance_uid}, got a decoding error "
+            f"({info.n_slices} file(s), {', '.join(info.transfer_syntaxes)}): {lines[-1][:200] if lines else error}"
+        ) from error
+    size = image.GetSize()
+    expected_size = info.size if len(size) == 3 else info.size[:2]
+    if tuple(size[: len(expected_size)]) != tuple(expected_size):
+        raise GeometryError(f"expected SimpleITK to read a grid of size {info.size}, got {size}")
+    if len(size) == 3 and info.spacing is not None and info.direction is not None and info.n_slices > 1:
+        ours = np.array(info.direction)
+        theirs = np.array(image.GetDirection()).reshape(3, 3)
+        if (
+            np.abs(np.subtract(image.GetOrigin(), info.origin)).max() > SITK_GEOMETRY_TOL
+            or np.abs(np.subtract(image.GetSpacing()[:2], info.spacing[:2])).max() > SITK_GEOMETRY_TOL
+            or np.abs(ours - theirs).max() > SITK_GEOMETRY_TOL
+        ):
+            raise GeometryError(
+                "expected SimpleITK/GDCM to find the geometry computed from the headers (origin "
+                f"{info.origin}, spacing {info.spacing}), got origin {image.GetOrigin()}, spacing {image.GetSpacing()}, "
+                f"direction {np.round(theirs, 5).tolist()}"
+            )
+    array = sitk.GetArrayFromImage(image)
+    return array if array.ndim >= 3 else array[np.newaxis]
+
+
+def _rescaled(raw: np.ndarray, slices: Sequence[_Slice]) -> np.ndarray:
+    """Apply each slice's RescaleSlope/RescaleIntercept; keep an integer type when the result is integral."""
+    pairs = [(s.slope, s.intercept) for s in slices]
+    if all(p == (1.0, 0.0) for p in pairs):
+        return raw
+    integral = all(float(a).is_integer() and float(b).is_integer() for a, b in pairs)
+    if integral:
+        low, high = int(raw.min()), int(raw.max())
+        candidates = [a * v + b for a, b in set(pairs) for v in (low, high)]
+        lo, hi = int(min(candidates)), int(max(candidates))
+        fitting = [
+            np.dtype(name)
+            for name in (raw.dtype.name, "int16", "int32", "int64")
+            if np.iinfo(name).min <= lo and hi <= np.iinfo(name).max
+        ]
+        if not fitting:
+            integral = False
+    if integral:
+        dtype = fitting[0]
+        out = raw if dtype == raw.dtype else raw.astype(dtype)
+        for index, (a, b) in enumerate(pairs):
+            if a != 1.0:
+                out[index] *= dtype.type(a)
+            if b != 0.0:
+                out[index] += dtype.type(b)
+        return out
+    out = raw.astype(np.float32)
+    slopes = np.array([a for a, _ in pairs], dtype=np.float32).reshape((-1,) + (1,) * (raw.ndim - 1))
+    intercepts = np.array([b for _, b in pairs], dtype=np.float32).reshape(slopes.shape)
+    out *= slopes
+    out += intercepts
+    return out
+
+
+def _raise_blocking(info: SeriesInfo) -> None:
+    error_class = GeometryError if info._error_type == "GeometryError" else DicomSeriesError
+    raise error_class(f"series {info.describe()}: {info.blocking[0]}")
+
+
+def load_dicom_series(
+    path: str | os.PathLike[str],
+    series: str | int | None = None,
+    *,
+    memory_budget_bytes: int | None = None,
+    allow_2d: bool = False,
+    info: SeriesInfo | None = None,
+) -> Volume:
+    """Load one DICOM series (or one DICOM file) as a :class:`Volume`.
+
+    Args:
+        path: Folder scanned recursively, or a single DICOM file (that file alone is loaded).
+        series: SeriesInstanceUID, or the index from :func:`scan_dicom_folder` / ``medanalysis dicom ls``; None
+            when there is exactly one series.
+        memory_budget_bytes: Largest voxel array allowed, checked from the headers (None = half the RAM).
+        allow_2d: Accept a single-slice series as a one-slice volume ``(1, j, i)``.
+        info: A :class:`SeriesInfo` from an earlier scan (skips scanning again; ``path``/``series`` are ignored).
+
+    Returns:
+        Voxels ``(k, j, i)`` (``(k, j, i, 3)`` for color) after the modality LUT (HU for CT), slices ordered along
+        the normal; LPS geometry; ``metadata`` with Modality, SeriesDescription, the UIDs and ``source_files``.
+
+    Raises:
+        DicomSeriesError: No/ambiguous/unknown series, mixed sizes or orientations, missing slices, several volumes.
+        GeometryError: Gantry tilt or inconsistent geometry.
+        UnreadableFileError: Truncated or undecodable pixel data; a file that is not DICOM.
+        ImageValidationError: One slice without ``allow_2d``; non-finite values.
+        MemoryBudgetError: The volume would exceed the budget.
+    """
+    info = info or select_series(path, series)
+    if not info.loadable:
+        _raise_blocking(info)
+    if info.n_slices == 1 and not allow_2d:
+        raise ImageValidationError(
+            f"expected a 3D series, got a single slice ({info.describe()}); pass allow_2d=True to load it as a "
+            "one-slice volume"
+        )
+    slices = info._slices
+    first = slices[0]
+    rescaling = any((s.slope, s.intercept) != (1.0, 0.0) for s in slices)
+    item = 4 if rescaling else max(first.bits_allocated // 8, 1)
+    shape = (info.n_slices, first.rows, first.columns) + ((first.samples_per_pixel,) if first.samples_per_pixel > 1 else ())
+    check_memory_budget(shape, np.dtype(f"u{item}"), memory_budget_bytes)
+    if _native_ok(slices):
+        array = _rescaled(_read_native(slices), slices)
+    else:
+        array = _read_with_sitk(info)
+        if np.issubdtype(array.dtype, np.floating) and all(
+            float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices
+        ):
+            if np.all(np.isfinite(array)) and np.array_equal(array, np.round(array)):
+                low, high = float(array.min()), float(array.max())
+                target = next(
+                    (np.dtype(t) for t in ("int16", "int32") if np.iinfo(t).min <= low and high <= np.iinfo(t).max),
+                    array.dtype,
+                )
+                array = array.astype(target)
+    if array.shape[:3] != shape[:3]:
+        raise GeometryError(f"expected voxels of shape {shape} (k, j, i), got {array.shape}")
+    metadata: dict[str, Any] = {
+        "Modality": info.modality,
+        "SeriesDescription": info.series_description,
+        "SeriesInstanceUID": info.series_instance_uid,
+        "StudyInstanceUID": info.study_instance_uid,
+        "FrameOfReferenceUID": info.frame_of_reference_uid,
+        "source_files": list(info.files),
+    }
+    assert info.spacing is not None and info.origin is not None and info.direction is not None
+    direction = np.array(info.direction)
+    check_direction(direction)
+    volume = Volume(array, spacing=info.spacing, origin=info.origin, direction=direction, metadata=metadata)
+    check_finite(volume, what=f"series {info.series_instance_uid}")
+    return volume
+
