@@ -213,11 +213,18 @@ def check_direction(direction: np.ndarray, tolerance: float = 1e-4) -> None:
 def orientation_code(direction: np.ndarray) -> str:
     """Closest LPS axis letters of each column of a 3x3 direction matrix (see :meth:`Volume.orientation_code`)."""
     letters = (("L", "R"), ("P", "A"), ("S", "I"))
-    code = ""
-    for column in np.asarray(direction).T:
-        axis = int(np.argmax(np.abs(column)))
-        code += letters[axis][0] if column[axis] > 0 else letters[axis][1]
-    return code
+    matrix = np.asarray(direction, dtype=np.float64)
+    # Each index axis gets a distinct patient axis: pairs are taken by decreasing |cosine| (as ITK does), so an
+    # oblique direction never yields an impossible code such as "SAI".
+    axis_of_column: dict[int, int] = {}
+    for flat in np.argsort(-np.abs(matrix), axis=None, kind="stable"):
+        row, column = divmod(int(flat), 3)
+        if column not in axis_of_column and row not in axis_of_column.values():
+            axis_of_column[column] = row
+    return "".join(
+        letters[axis][0] if matrix[axis, column] > 0 else letters[axis][1]
+        for column, axis in sorted(axis_of_column.items())
+    )
 
 
 def geometry_differences(
