@@ -306,6 +306,75 @@ def write_phantom_dataset(
     return out_dir
 
 
+def write_phantom_dicom(image: Volume, out_dir: str | Path, *, seed: int = 0, series_description: str = "phantom") -> Path:
+    """Write a phantom image as a DICOM MR series (one file per axial slice), e.g. to try DICOM input and DICOM SEG.
+
+    The files are MR Image Storage instances, explicit VR little endian, int16 pixels, with the image's exact
+    geometry (ImageOrientationPatient from the i and j axes, ImagePositionPatient of every slice along k,
+    PixelSpacing, SliceThickness). Patient name and ID say "PHANTOM"; UIDs are derived from ``seed`` and the
+    series description, so the same arguments give byte-identical files. ``out_dir`` is replaced as a whole.
+
+    Args:
+        image: A 3D single-component Volume whose values fit int16 (a phantom image).
+        out_dir: Folder to create; files are named ``slice_000.dcm``, ``slice_001.dcm``, ...
+        seed: Seed of the UIDs.
+        series_description: SeriesDescription; also part of the UID seed.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    array = np.asarray(image.array)
+    if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"expected a 3D integer (k, j, i) image, got shape {array.shape} and dtype {array.dtype}")
+    if array.size and (array.min() < -32768 or array.max() > 32767):
+        raise ValueError(f"expected values that fit int16, got the range [{array.min()}, {array.max()}]")
+
+    def uid(*parts: object) -> str:
+        return str(generate_uid(entropy_srcs=["MedAnalysisLib.phantom", str(int(seed)), series_description,
+                                              *map(str, parts)]))
+
+    study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
+    row_axis, column_axis, slice_axis = image.direction[:, 0], image.direction[:, 1], image.direction[:, 2]
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        for k in range(array.shape[0]):
+            sop_uid = uid("instance", k)
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = MRImageStorage
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = DicomDataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop_uid
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+            ds.Modality, ds.SeriesDescription, ds.StudyDescription = "MR", series_description, "MedAnalysis phantom"
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "PHANTOM", "PHANTOM", "", "O"
+            ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+            ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
+            ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = "1", 1, k + 1, ""
+            ds.ReferringPhysicianName, ds.Manufacturer = "", "MedAnalysis phantom"
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+            ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = 15.0, 500.0, 1
+            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.ImageOrientationPatient = [round(float(v), 8) for v in (*row_axis, *column_axis)]
+            position = np.asarray(image.origin) + k * image.spacing[2] * slice_axis
+            ds.ImagePositionPatient = [round(float(v), 6) for v in position]
+            ds.SliceLocation = round(float(position @ np.cross(row_axis, column_axis)), 6)
+            ds.PixelSpacing = [image.spacing[1], image.spacing[0]]  # rows (j), then columns (i)
+            ds.SliceThickness = ds.SpacingBetweenSlices = image.spacing[2]
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows, ds.Columns = int(array.shape[1]), int(array.shape[2])
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+            ds.PixelData = np.ascontiguousarray(array[k], dtype="<i2").tobytes()
+            ds.save_as(tmp / f"slice_{k:03d}.dcm", enforce_file_format=True)
+    return out_dir
+
+
 # ---------------------------------------------------------------------- shape helpers
 def _ellipsoid_sdf(
     points: tuple[np.ndarray, np.ndarray, np.ndarray], center: np.ndarray, semi_axes: np.ndarray, rotation: np.ndarray

@@ -170,3 +170,27 @@ def test_dataset_loads_as_segmentation_and_classification_data(tmp_path) -> None
     assert classification.task == "classification" and classification.modality == "MRI"
     assert [c.target for c in classification.cases] == [1, 0, 1, 0]
     assert all(c.label is not None and c.group == c.case_id for c in classification.cases)
+
+
+def test_dicom_series_round_trips_voxels_and_oblique_geometry(tmp_path) -> None:
+    import pydicom
+
+    from MedAnalysisLib.io.dicom import load_dicom_series
+    from MedAnalysisLib.phantom import write_phantom_dicom
+
+    image, _, _ = make_phantom(6, **SMALL)
+    first = write_phantom_dicom(image, tmp_path / "a", seed=6)
+    second = write_phantom_dicom(image, tmp_path / "b", seed=6)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == [f"slice_{k:03d}.dcm" for k in range(image.shape[0])]
+    assert all((first / n).read_bytes() == (second / n).read_bytes() for n in names)
+    loaded = load_dicom_series(first)
+    assert np.array_equal(loaded.array, image.array)
+    assert same_geometry(loaded, image, spacing_tol=1e-5, origin_tol=1e-4, direction_tol=1e-6)
+    header = pydicom.dcmread(first / names[0])
+    assert header.Modality == "MR" and header.SOPClassUID == pydicom.uid.MRImageStorage
+    assert str(header.PatientName) == "PHANTOM"
+    other = write_phantom_dicom(image, tmp_path / "c", seed=7)
+    assert pydicom.dcmread(other / names[0]).SeriesInstanceUID != header.SeriesInstanceUID
+    with pytest.raises(ValueError, match="expected a 3D integer"):
+        write_phantom_dicom(image.with_array(image.array.astype(np.float32)), tmp_path / "d")
