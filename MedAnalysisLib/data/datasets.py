@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -272,28 +272,20 @@ def _parse_target(text: str | None, line: int, path: Path) -> float | int:
 
 
 def _load_dicom_folder(root: Path, modality: str | None) -> Dataset:
-    import SimpleITK as sitk
+    from MedAnalysisLib.io.dicom import scan_dicom_folder
 
     cases: list[Case] = []
     modalities: set[str] = set()
-    for directory, _dirs, files in sorted(os.walk(root)):
-        if not files:
+    for info in scan_dicom_folder(root, recursive=True):
+        if not info.loadable:
             continue
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)
-        for uid in sorted(series_ids):
-            names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
-            if not names:
-                continue
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(names[0])
-            reader.ReadImageInformation()
-            if reader.HasMetaDataKey("0008|0060"):
-                modalities.add(reader.GetMetaData("0008|0060").strip())
-            relative = Path(directory).relative_to(root).as_posix()
-            case_id = f"{root.name if relative == '.' else relative.replace('/', '_')}_{len(cases):03d}"
-            cases.append(Case(case_id, (directory,), series=uid))
+        # Read from the folder that holds the series' files (not the whole tree), picking the series by UID.
+        folder = Path(os.path.commonpath([str(Path(f).parent) for f in info.files]))
+        modalities.add(info.modality or "unknown")
+        case_id = f"series{info.index:03d}_{info.modality or 'unknown'}"
+        cases.append(Case(case_id, (str(folder),), series=info.series_instance_uid))
     if not cases:
-        raise InputError(f"expected an MSD folder, a CSV manifest or DICOM series in {root}, found none")
+        raise InputError(f"expected an MSD folder, a CSV manifest or loadable DICOM series in {root}, found none")
     if modality is None:
         modality = modalities.pop() if len(modalities) == 1 else "unknown"
     return Dataset(cases, "segmentation", {}, modality, ["image"], root)
@@ -302,48 +294,25 @@ def _load_dicom_folder(root: Path, modality: str | None) -> Dataset:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _read_volume(path: str, kind: str = "image", series: str | None = None) -> Volume:
+def _read_volume(path: str, kind: Literal["image", "label"] = "image", series: str | None = None) -> Volume:
     """Read one image (file, DICOM file or DICOM folder) as a Volume; ``path#c`` picks channel c of a 4D file."""
-    import SimpleITK as sitk
-
-    from MedAnalysisLib.errors import UnreadableFileError
+    from MedAnalysisLib.io import is_dicom_path, load_volume
 
     channel = None
     if "#" in path and path.rsplit("#", 1)[1].isdigit():
         path, index = path.rsplit("#", 1)
         channel = int(index)
-    p = Path(path)
-    try:
-        if p.is_dir():
-            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
-            if not uids:
-                raise UnreadableFileError(f"expected DICOM files in {p}, found none")
-            uid = series or (uids[0] if len(uids) == 1 else None)
-            if uid is None:
-                raise InputError(f"expected one DICOM series in {p} or a chosen series, got {len(uids)} series")
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), uid))
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(p))
-    except RuntimeError as error:
-        raise UnreadableFileError(f"expected a readable image at {p}, got: {str(error).splitlines()[0][:200]}") from None
-    if image.GetDimension() == 4 and channel is not None:
-        size = list(image.GetSize())
-        size[3] = 0
-        image = sitk.Extract(image, size, [0, 0, 0, channel])
-    elif image.GetDimension() == 2:
-        image = sitk.JoinSeries(image)
-    volume = Volume.from_sitk(image)
-    if channel is not None and volume.array.ndim == 4:
+    volume = load_volume(
+        path,
+        series=series if is_dicom_path(path) else None,
+        kind=kind,
+        allow_2d=True,
+        allow_4d=channel is not None,
+    )
+    if channel is not None:
+        if volume.array.ndim != 4 or channel >= volume.array.shape[3]:
+            raise ImageValidationError(f"expected a 4D image with a channel {channel} in {path}, got shape {volume.array.shape}")
         volume = volume.with_array(volume.array[..., channel])
-    if kind == "label":
-        array = volume.array
-        if not np.issubdtype(array.dtype, np.integer):
-            if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-                raise ImageValidationError(f"expected integer label values in {p}, got non-integer values")
-            array = array.astype(np.int16 if np.abs(array).max() < 2**15 else np.int32)
-        volume = volume.with_array(array)
     return volume
 
 

@@ -21,7 +21,6 @@ Arrays are ``(k, j, i)`` or ``(k, j, i, C)``; spacings ``(i, j, k)`` mm; points 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,8 +110,8 @@ def reorientation_to(direction: np.ndarray, code: str) -> Reorientation:
     """The permutation/flip that brings a direction matrix closest to an orientation code (e.g. ``"LPS"``).
 
     Each code letter names the patient direction the i, j, k axis should point to (as
-    :meth:`Volume.orientation_code`). For oblique directions the permutation maximising the total alignment is
-    chosen, so every axis goes to the patient axis it is closest to.
+    :meth:`Volume.orientation_code`). Axes are paired with patient axes by decreasing alignment, so for oblique
+    directions every axis goes to the patient axis it is closest to and no voxel is interpolated.
     """
     if not code:
         return Reorientation()
@@ -123,12 +122,17 @@ def reorientation_to(direction: np.ndarray, code: str) -> Reorientation:
     if len(targets) != 3 or sorted(a for a, _ in targets) != [0, 1, 2]:
         raise PlanError(f"expected an orientation code naming each patient axis once, such as 'LPS', got {code!r}")
     direction = np.asarray(direction, dtype=np.float64)
-    best = max(
-        itertools.permutations(range(3)),
-        key=lambda perm: (sum(abs(direction[targets[t][0], perm[t]]) for t in range(3)), tuple(-p for p in perm)),
-    )
-    flips = tuple(bool(np.sign(direction[targets[t][0], best[t]]) != targets[t][1]) for t in range(3))
-    return Reorientation(tuple(int(a) for a in best), flips)  # type: ignore[arg-type]
+    # Pair index axes with patient axes by decreasing |cosine| (as Volume.orientation_code and ITK do), so the
+    # result's orientation code is exactly ``code`` even for oblique scans.
+    patient_axis_of: dict[int, int] = {}
+    for flat in np.argsort(-np.abs(direction), axis=None, kind="stable"):
+        row, column = divmod(int(flat), 3)
+        if column not in patient_axis_of and row not in patient_axis_of.values():
+            patient_axis_of[column] = row
+    column_of = {row: column for column, row in patient_axis_of.items()}
+    axes = tuple(column_of[targets[t][0]] for t in range(3))
+    flips = tuple(bool(np.sign(direction[targets[t][0], axes[t]]) != targets[t][1]) for t in range(3))
+    return Reorientation(axes, flips)  # type: ignore[arg-type]
 
 
 def _reorient_array(array: np.ndarray, r: Reorientation) -> np.ndarray:
