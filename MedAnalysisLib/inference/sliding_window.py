@@ -247,8 +247,10 @@ def sliding_window_predict(
         if estimate["total"] > budget:
             hint = " (output='labels' needs no probability volume)" if output == "probabilities" else ""
             raise MemoryBudgetError(
-                f"expected sliding-window inference to fit {memory_budget_mb:.0f} MB, got an estimate of "
-                f"{estimate['total'] / 2**20:.0f} MB with batch size 1 ({', '.join(f'{k} {v / 2**20:.0f} MB' for k, v in estimate.items() if k != 'total')}){hint}"
+                f"expected sliding-window inference to fit {memory_budget_mb:.1f} MB, got an estimate of "
+                f"{estimate['total'] / 2**20:.1f} MB with batch size 1 ("
+                + ", ".join(f"{k} {v / 2**20:.1f} MB" for k, v in estimate.items() if k != "total")
+                + f"){hint}"
             )
 
     # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).

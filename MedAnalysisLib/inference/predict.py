@@ -1,0 +1,422 @@
+"""Run a model bundle on one scan and return the result in the scan's own geometry.
+
+``predict(bundle, images)`` does, for every task and family:
+
+1. validate the input (Volumes, channel count, finite voxels, a real 3D volume for 3D models);
+2. apply the bundle's preprocessing plan (:func:`~MedAnalysisLib.preprocessing.transforms.apply_plan`, or
+   :func:`~MedAnalysisLib.preprocessing.transforms.prepare_slices` for 2D and slice-sequence models);
+3. run the model: sliding windows for ``unet3d``, batches of slices for ``unet2d`` and ``slice_cnn``, the whole
+   sequence for ``cnn_rnn``, the whole volume for ``cnn3d``;
+4. invert the plan (probabilities are interpolated, then the arg-max is taken on the input grid), map class indices
+   to label values, post-process;
+5. build tables with label names (volumes per label for segmentation, probabilities per class for classifiers).
+
+Segmentation results have exactly the input's shape, spacing, origin and direction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from MedAnalysisLib.errors import ImageValidationError, InputError, MemoryBudgetError, PlanError
+from MedAnalysisLib.volume import Volume
+
+#: Families run with 3D sliding windows / slice by slice / whole sequence / whole volume.
+SLIDING_3D = {"unet3d"}
+SLICE_SEGMENTATION = {"unet2d"}
+SLICE_CLASSIFIERS = {"slice_cnn"}
+SEQUENCE_CLASSIFIERS = {"cnn_rnn"}
+VOLUME_CLASSIFIERS = {"cnn3d"}
+
+#: Source metadata kept on results (needed to reference the source series in DICOM SEG); never patient data.
+SOURCE_KEYS = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SeriesDescription")
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict` for one case.
+
+    Attributes:
+        task: ``"segmentation"`` or ``"classification"``.
+        label: Segmentation label map on the input grid (uint8/uint16 label *values*, 0 = background), else None.
+        probabilities: ``(k, j, i, n_classes)`` float32 on the input grid when requested, else None.
+        table: Rows with label names: per label ``value, name, voxels, volume_mm3, volume_ml`` (segmentation), or
+            per class ``value, name, probability`` (whole-scan classification), or the per-slice rows.
+        per_slice: Per-slice rows for slice classifiers (``slice`` index along the input's k axis where the plan
+            keeps it, ``position_lps`` of the slice centre, one probability per class, ``predicted``).
+        scan: Whole-scan result for ``cnn_rnn``/``cnn3d``: ``{"predicted": name, "value": int, "probabilities":
+            {name: p}}``.
+        timings: Seconds per stage (``preprocess``, ``model``, ``postprocess``, ``total``).
+        bundle_name: The bundle's name.
+        bundle_sha256: sha256 of the bundle weights that produced this result.
+        details: How it ran (precision, overlap, tta, windows, batch size, post-processing, output mode).
+        source: Non-identifying facts about the input (Modality and UIDs when it was DICOM).
+    """
+
+    task: str
+    label: Volume | None
+    probabilities: Volume | None
+    table: list[dict[str, Any]]
+    per_slice: list[dict[str, Any]] | None
+    scan: dict[str, Any] | None
+    timings: dict[str, float]
+    bundle_name: str
+    bundle_sha256: str
+    details: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def label_volume_table(label_volume: Volume, labels: Sequence[Any] | dict[int, str]) -> list[dict[str, Any]]:
+    """One row per foreground label: ``value``, ``name``, ``voxels``, ``volume_mm3``, ``volume_ml``.
+
+    Args:
+        label_volume: Integer label map with its spacing (mm).
+        labels: ``LabelInfo`` objects or a ``{value: name}`` dict; the background (0) is left out.
+    """
+    names = labels if isinstance(labels, dict) else {int(label.value): str(label.name) for label in labels}
+    counts = np.bincount(np.asarray(label_volume.array).ravel().astype(np.int64), minlength=max(names, default=0) + 1)
+    voxel_mm3 = float(np.prod(label_volume.spacing))
+    rows = []
+    for value, name in sorted(names.items()):
+        if value == 0:
+            continue
+        voxels = int(counts[value]) if value < len(counts) else 0
+        rows.append({"value": int(value), "name": name, "voxels": voxels, "volume_mm3": voxels * voxel_mm3,
+                     "volume_ml": voxels * voxel_mm3 / 1000.0})
+    return rows
+
+
+def _as_volumes(images: Volume | Sequence[Volume]) -> list[Volume]:
+    if isinstance(images, Volume):
+        return [images]
+    if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
+        raise InputError(
+            f"expected a Volume or a list of Volumes (one per channel), got {type(images).__name__}; wrap arrays "
+            "with MedAnalysisLib.Volume(array, spacing, origin, direction) so the result keeps their geometry"
+        )
+    volumes = list(images)
+    if not volumes or not all(isinstance(v, Volume) for v in volumes):
+        raise InputError(f"expected one Volume per channel, got {[type(v).__name__ for v in volumes]}")
+    return volumes
+
+
+def _validate(volumes: list[Volume], family: str, plan: Any) -> None:
+    channels = sum(v.n_components for v in volumes)
+    if channels != plan.n_channels:
+        raise InputError(
+            f"expected {plan.n_channels} image channel(s) {list(plan.channel_names)} for this model, got {channels}"
+        )
+    for volume in volumes:
+        bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
+        if bad:
+            raise ImageValidationError(f"expected finite voxel values, got {bad} NaN/Inf voxels in the input image")
+        if family in SLIDING_3D | VOLUME_CLASSIFIERS and min(volume.shape) < 2:
+            raise ImageValidationError(
+                f"expected a 3D volume for the 3D model {family!r}, got a 2D image of shape (k, j, i) {volume.shape}; "
+                "use a 2D model (unet2d, slice_cnn) for single slices"
+            )
+
+
+def _load(bundle: Any) -> Any:
+    from MedAnalysisLib.bundle import LoadedBundle, load_bundle
+
+    if isinstance(bundle, LoadedBundle):
+        return bundle
+    if isinstance(bundle, (str, os.PathLike)):
+        return load_bundle(Path(bundle))
+    raise InputError(f"expected a LoadedBundle or a bundle path, got {type(bundle).__name__}")
+
+
+def _class_values(config: Any) -> np.ndarray:
+    """Label value of each model output channel (the plan's label_values order, as in training)."""
+    values = list(config.plan.label_values)
+    if len(values) != config.n_classes:
+        values = sorted(label.value for label in config.labels)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _label_dtype(values: np.ndarray) -> type:
+    return np.uint8 if values.max(initial=0) <= 255 else np.uint16
+
+
+class _Runner:
+    """A cached ``predict_fn`` per (bundle, precision, output key): tracing happens once per process."""
+
+    _cache: dict[tuple[int, str, str | None], Any] = {}
+
+    @classmethod
+    def get(cls, model: Any, precision: str, output_key: str | None = None, patch: tuple[int, ...] | None = None) -> Any:
+        from MedAnalysisLib.inference.model_runner import keras_predict_fn
+
+        key = (id(model), precision, output_key)
+        if key not in cls._cache:
+            if len(cls._cache) > 8:
+                cls._cache.clear()
+            cls._cache[key] = keras_predict_fn(model, precision=precision, output_key=output_key,  # type: ignore[arg-type]
+                                               patch_size=patch)
+        return cls._cache[key]
+
+
+def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool) -> np.ndarray:
+    """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta``."""
+    flips: list[tuple[int, ...]] = [()] + ([(1,), (2,), (1, 2)] if tta else [])
+    total = None
+    for axes in flips:
+        y = np.asarray(predict_fn(np.ascontiguousarray(np.flip(x, axes)) if axes else x), np.float32)
+        y = np.flip(y, axes) if axes else y
+        total = y if total is None else total + y
+    assert total is not None
+    return total / len(flips)
+
+
+def _class_probabilities(raw: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(..., n_classes)`` probabilities from a sigmoid ``(..., 1)`` (binary) or soft-max output."""
+    raw = np.asarray(raw, np.float32)
+    if raw.shape[-1] == 1 and n_classes == 2:
+        return np.concatenate([1.0 - raw, raw], axis=-1)
+    if raw.shape[-1] != n_classes:
+        raise InputError(f"expected the model to output {n_classes} classes, got {raw.shape[-1]}")
+    return raw
+
+
+def predict(
+    bundle: Any,
+    images: Volume | Sequence[Volume],
+    *,
+    overlap: float | None = None,
+    tta: bool | None = None,
+    postprocess: str | Sequence[str] | None = None,
+    batch_size: int | None = None,
+    precision: str = "float32",
+    memory_budget_mb: float | None = None,
+    return_probabilities: bool = False,
+    reporter: Any = None,
+    stop_flag: Any = None,
+) -> Prediction:
+    """Run ``bundle`` on one case.
+
+    Args:
+        bundle: A :class:`~MedAnalysisLib.bundle.LoadedBundle` or a bundle path (folder or .zip).
+        images: One Volume per input channel (or one multi-component Volume), any geometry.
+        overlap: Sliding-window overlap in [0, 1) (default: the bundle's).
+        tta: Test-time augmentation by flips (default: the bundle's).
+        postprocess: ``"largest_component"``/``"fill_holes"`` or a list of both (default: the bundle's).
+        batch_size: Windows or slices per model call (default: the plan's batch size for 3D, 16 slices for 2D).
+        precision: ``"float32"``, ``"bfloat16"`` or ``"auto"`` (bfloat16 on CPUs with AVX-512 BF16).
+        memory_budget_mb: Cap on the sliding-window buffers; above it the batch shrinks, then only the label map
+            is accumulated (no probability map).
+        return_probabilities: Also return the probability map on the input grid (segmentation).
+        reporter: A :class:`~MedAnalysisLib.progress.Reporter` for progress lines, or None.
+        stop_flag: A :class:`~MedAnalysisLib.progress.StopFlag`; when set, :class:`CancelledError` is raised at the
+            next model call.
+
+    Returns:
+        A :class:`Prediction`.
+
+    Raises:
+        InputError: Wrong channel count, non-Volume input, a 2D image for a 3D model (ImageValidationError), NaN/Inf.
+        BundleError: The bundle fails its checks.
+    """
+    from MedAnalysisLib.inference.postprocess import normalise_steps, postprocess_labels
+    from MedAnalysisLib.inference.sliding_window import make_grid, sliding_window_predict
+    from MedAnalysisLib.preprocessing.transforms import apply_plan, invert_plan, prepare_slices
+
+    started = time.perf_counter()
+    loaded = _load(bundle)
+    config = loaded.config
+    plan = config.plan
+    family = config.family
+    volumes = _as_volumes(images)
+    _validate(volumes, family, plan)
+    defaults = config.inference
+    overlap = float(defaults["overlap"] if overlap is None else overlap)
+    tta = bool(defaults["tta"] if tta is None else tta)
+    steps = normalise_steps(defaults["postprocess"] if postprocess is None else postprocess)
+    values = _class_values(config)
+    names = config.label_names()
+    n_classes = config.n_classes
+    should_stop = stop_flag.is_set if stop_flag is not None else None
+    timings: dict[str, float] = {}
+    details: dict[str, Any] = {"family": family, "overlap": overlap, "tta": tta, "postprocess": list(steps)}
+    source = {k: volumes[0].metadata[k] for k in SOURCE_KEYS if k in volumes[0].metadata}
+
+    def progress(done: int, total: int) -> None:
+        if reporter is not None:
+            reporter.progress("predict", done, total, f"{done}/{total} model calls")
+
+    label: Volume | None = None
+    probabilities: Volume | None = None
+    table: list[dict[str, Any]] = []
+    per_slice: list[dict[str, Any]] | None = None
+    scan: dict[str, Any] | None = None
+
+    if config.task == "segmentation" and family in SLIDING_3D:
+        t0 = time.perf_counter()
+        prepared = apply_plan(plan, volumes)
+        timings["preprocess"] = time.perf_counter() - t0
+        patch = tuple(int(p) for p in plan.patch_size)
+        predict_fn = _Runner.get(loaded.model, precision, None, patch)
+        details.update(precision=predict_fn.precision, patch_size=list(patch),
+                       windows=len(make_grid([max(s, p) for s, p in zip(prepared.image.shape[:3], patch)], patch, overlap)))
+        batch = int(batch_size or plan.batch_size)
+        t0 = time.perf_counter()
+        output = "probabilities"
+        try:
+            result = sliding_window_predict(
+                predict_fn, prepared.image, patch, n_classes=n_classes, overlap=overlap, batch_size=batch, tta_flips=tta,
+                memory_budget_mb=memory_budget_mb, progress=progress, should_stop=should_stop,
+            )
+        except MemoryBudgetError:
+            if return_probabilities:
+                raise
+            output = "labels"
+            result = sliding_window_predict(
+                predict_fn, prepared.image, patch, n_classes=n_classes, overlap=overlap, batch_size=batch, tta_flips=tta,
+                memory_budget_mb=memory_budget_mb, output="labels", progress=progress, should_stop=should_stop,
+            )
+        timings["model"] = time.perf_counter() - t0
+        details["output"] = output
+        t0 = time.perf_counter()
+        if output == "probabilities":
+            restored = invert_plan(plan, result, prepared.inverse, kind="probability")
+            classes = np.argmax(restored.array, axis=-1)
+            if return_probabilities:
+                probabilities = restored
+        else:
+            classes = invert_plan(plan, result, prepared.inverse, kind="label").array
+        label_array = values[classes].astype(_label_dtype(values))
+    elif config.task == "segmentation" and family in SLICE_SEGMENTATION:
+        t0 = time.perf_counter()
+        slices, inverse = prepare_slices(plan, volumes)
+        timings["preprocess"] = time.perf_counter() - t0
+        predict_fn = _Runner.get(loaded.model, precision)
+        details.update(precision=predict_fn.precision, slices=int(slices.shape[0]))
+        batch = int(batch_size or 16)
+        t0 = time.perf_counter()
+        outputs = []
+        for start in range(0, len(slices), batch):
+            if should_stop is not None and should_stop():
+                from MedAnalysisLib.errors import CancelledError
+
+                raise CancelledError("prediction stopped on request")
+            outputs.append(_class_probabilities(_flip_tta_2d(predict_fn, slices[start : start + batch], tta), n_classes))
+            progress(min(start + batch, len(slices)), len(slices))
+        result = np.concatenate(outputs, axis=0)
+        timings["model"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        restored = invert_plan(plan, result, inverse, kind="probability")
+        if return_probabilities:
+            probabilities = restored
+        label_array = values[np.argmax(restored.array, axis=-1)].astype(_label_dtype(values))
+        details["output"] = "probabilities"
+    elif config.task == "classification":
+        return _classify(loaded, volumes, plan, family, values, names, n_classes, batch_size, precision, tta,
+                         details, timings, source, started, progress, should_stop)
+    else:
+        raise PlanError(f"expected a segmentation family {sorted(SLIDING_3D | SLICE_SEGMENTATION)} or a "
+                        f"classification task, got task {config.task!r} with family {family!r}")
+
+    label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
+    label = volumes[0].with_array(label_array)
+    label = Volume(label.array, label.spacing, label.origin, label.direction,
+                   metadata={"bundle": config.name, "kind": "label"})
+    table = label_volume_table(label, names)
+    timings["postprocess"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    return Prediction(config.task, label, probabilities, table, per_slice, scan, timings, config.name,
+                      loaded.weights_sha256, details, source)
+
+
+def _classify(
+    loaded: Any, volumes: list[Volume], plan: Any, family: str, values: np.ndarray, names: dict[int, str],
+    n_classes: int, batch_size: int | None, precision: str, tta: bool, details: dict[str, Any],
+    timings: dict[str, float], source: dict[str, Any], started: float, progress: Any, should_stop: Any,
+) -> Prediction:
+    from MedAnalysisLib.preprocessing.transforms import apply_plan, prepare_slices
+
+    config = loaded.config
+    class_names = [names.get(int(v), str(int(v))) for v in values]
+    per_slice: list[dict[str, Any]] | None = None
+    scan: dict[str, Any] | None = None
+
+    def scan_result(probs: np.ndarray) -> dict[str, Any]:
+        best = int(np.argmax(probs))
+        return {"predicted": class_names[best], "value": int(values[best]),
+                "probabilities": {name: float(p) for name, p in zip(class_names, probs)}}
+
+    t0 = time.perf_counter()
+    if family in SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS:
+        slices, inverse = prepare_slices(plan, volumes)
+        timings["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if family in SEQUENCE_CLASSIFIERS:
+            import tensorflow as tf
+
+            outputs = loaded.model({"slices": tf.convert_to_tensor(slices[None]),
+                                    "mask": tf.ones((1, len(slices)), tf.bool)}, training=False)
+            slice_probs = _class_probabilities(np.asarray(outputs["slices"])[0], n_classes)
+            scan = scan_result(_class_probabilities(np.asarray(outputs["scan"]), n_classes)[0])
+            details.update(precision="float32")
+        else:
+            predict_fn = _Runner.get(loaded.model, precision)
+            details.update(precision=predict_fn.precision)
+            batch = int(batch_size or 32)
+            chunks = []
+            for start in range(0, len(slices), batch):
+                if should_stop is not None and should_stop():
+                    from MedAnalysisLib.errors import CancelledError
+
+                    raise CancelledError("prediction stopped on request")
+                chunks.append(_class_probabilities(predict_fn(slices[start : start + batch]), n_classes))
+                progress(min(start + batch, len(slices)), len(slices))
+            slice_probs = np.concatenate(chunks, axis=0)
+        timings["model"] = time.perf_counter() - t0
+        per_slice = []
+        original = volumes[0]
+        centre_ij = ((inverse.prepared.shape[2] - 1) / 2.0, (inverse.prepared.shape[1] - 1) / 2.0)
+        for s, probs in enumerate(slice_probs):
+            position = inverse.prepared.index_to_physical((centre_ij[0], centre_ij[1], float(s)))
+            k_original = float(original.physical_to_index(position)[2])
+            row: dict[str, Any] = {"slice": int(round(k_original)) if abs(k_original - round(k_original)) < 0.25 else s,
+                                   "position_lps": [round(float(c), 3) for c in position]}
+            row.update({f"p_{name}": float(p) for name, p in zip(class_names, probs)})
+            row["predicted"] = class_names[int(np.argmax(probs))]
+            per_slice.append(row)
+        table = per_slice
+        details["slices"] = len(per_slice)
+    elif family in VOLUME_CLASSIFIERS:
+        prepared = apply_plan(plan, volumes)
+        image = prepared.image
+        fixed = loaded.model.input_shape[1:4]
+        if all(s is not None for s in fixed):  # centre crop/pad to a fixed input size
+            pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2)) for s, f in zip(image.shape[:3], fixed)]
+            image = np.pad(image, [*pads, (0, 0)])
+            starts = [(s - f) // 2 for s, f in zip(image.shape[:3], fixed)]
+            image = image[tuple(slice(a, a + f) for a, f in zip(starts, fixed))]
+        timings["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        predict_fn = _Runner.get(loaded.model, precision)
+        details.update(precision=predict_fn.precision)
+        probs = _class_probabilities(predict_fn(image[None]), n_classes)[0]
+        if tta:
+            for axes in ((1,), (2,), (3,)):
+                probs = probs + _class_probabilities(predict_fn(np.ascontiguousarray(np.flip(image[None], axes))), n_classes)[0]
+            probs = probs / 4
+        timings["model"] = time.perf_counter() - t0
+        scan = scan_result(probs)
+        table = [{"value": int(v), "name": n, "probability": float(p)} for v, n, p in zip(values, class_names, probs)]
+    else:
+        raise PlanError(f"expected a classification family among "
+                        f"{sorted(SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS | VOLUME_CLASSIFIERS)}, got {family!r}")
+    if scan is not None and family in SEQUENCE_CLASSIFIERS:
+        table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]} for v, n in zip(values, class_names)]
+    timings["total"] = time.perf_counter() - started
+    return Prediction(config.task, None, None, table, per_slice, scan, timings, config.name, loaded.weights_sha256,
+                      details, source)

@@ -1,0 +1,82 @@
+"""Tiny trained model bundles for inference and evaluation tests (built in seconds, inside the tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CUBE_VALUE = 100.0
+
+
+def cube_volume(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Noise N(0, 1) with one bright axis-aligned box (value 100) at a random place; the box is label 1."""
+    image = rng.normal(0, 1, size=shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    size = [int(rng.integers(3, max(4, s // 2))) for s in shape]
+    corner = [int(rng.integers(0, s - z + 1)) for s, z in zip(shape, size)]
+    box = tuple(slice(c, c + z) for c, z in zip(corner, size))
+    image[box] = CUBE_VALUE
+    label[box] = 1
+    return image, label
+
+
+def make_cube_plan(**overrides: object):  # noqa: ANN201 - Plan imported lazily
+    from MedAnalysisLib.preprocessing.plan import Normalization, Plan
+
+    settings: dict[str, object] = dict(
+        task="segmentation", modality="MR", n_channels=1, channel_names=("image",), label_values=(0, 1),
+        target_spacing=(1.5, 1.5, 1.5), orientation="LPS", normalization=Normalization(scheme="zscore"),
+        crop_to_nonzero=False, patch_size=(16, 16, 16), batch_size=2, recommended_model="unet3d", pooling_levels=1,
+    )
+    settings.update(overrides)
+    return Plan(**settings)  # type: ignore[arg-type]
+
+
+def train_cube_bundle(path: Path, *, steps: int = 60, seed: int = 0, name: str = "cube-finder") -> Path:
+    """Train a tiny 3D U-Net to find bright boxes and save it as a bundle (a real, trained model).
+
+    Training data are prepared exactly as inference prepares images (per-image z-score), 16^3 patches.
+    """
+    import keras
+
+    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, save_bundle
+    from MedAnalysisLib.models import build_training_model
+    from MedAnalysisLib.preprocessing.transforms import normalize
+
+    keras.utils.set_random_seed(seed)
+    plan = make_cube_plan()
+    hparams = {"n_classes": 2, "in_channels": 1, "patch_size": [16, 16, 16], "filters": [4, 8], "norm": "batch"}
+    model, training_model = build_training_model("unet3d", **hparams)
+    training_model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
+                           jit_compile=False)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        xs, ys = [], []
+        for _ in range(8):
+            image, label = cube_volume((16, 16, 16), rng)
+            xs.append(normalize(image, plan.normalization)[..., None])
+            ys.append(label)
+        training_model.train_on_batch(np.stack(xs), np.stack(ys))
+    config = BundleConfig(
+        name=name, task="segmentation", family="unet3d", hparams=hparams, plan=plan,
+        labels=(LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "cube", (230, 80, 60))),
+        input={"channels": [{"name": "image", "modality": "MR"}]},
+        inference={"overlap": 0.5, "tta": False, "postprocess": "none"},
+        training={"steps": steps, "seed": seed},
+    )
+    log = "epoch,loss,val_loss,val_dice\n0,0.60,0.55,0.40\n1,0.30,0.28,0.71\n2,0.15,0.16,0.86\n"
+    return save_bundle(path, model, config, extra_files={"training_log.csv": log})
+
+
+_TRAINED: dict[str, Path] = {}
+
+
+def shared_cube_bundle() -> Path:
+    """One trained cube bundle per test process (training takes a few seconds; tests only read it)."""
+    import tempfile
+
+    if "cube" not in _TRAINED:
+        folder = Path(tempfile.mkdtemp(prefix="medanalysis-test-bundle-"))
+        _TRAINED["cube"] = train_cube_bundle(folder / "cube-finder", steps=80)
+    return _TRAINED["cube"]
