@@ -208,10 +208,16 @@ def volume_from_node(node: Any) -> Volume:
     if array.ndim != 3:
         raise ImageValidationError(f"expected a 3D scalar volume (k, j, i), got voxels of shape {array.shape}")
     metadata: dict[str, Any] = {}
-    modality = _subject_hierarchy_attribute(node, "DICOM.Modality")
+    modality = volume_modality(node)
     if modality:
         metadata["Modality"] = modality
     return Volume.from_ijk_to_ras(array, ijk_to_ras_array(node), metadata=metadata)
+
+
+def volume_modality(node: Any) -> str:
+    """The DICOM modality of a volume node (``"CT"``, ``"MR"``, ...) from its attributes or subject-hierarchy item;
+    "" when unknown (volumes loaded from NIfTI/NRRD files)."""
+    return _subject_hierarchy_attribute(node, "DICOM.Modality")
 
 
 def _subject_hierarchy_attribute(node: Any, name: str) -> str:
@@ -573,4 +579,5 @@ __all__ = [
     "table_node_from_rows",
     "terminology_string",
     "volume_from_node",
+    "volume_modality",
 ]

@@ -1,0 +1,270 @@
+"""Render the MedAnalysis panel offscreen to ``Resources/Screenshots/panel.png`` (the README screenshot).
+
+The real ``MedAnalysis.ui`` is loaded with PySide6's ``QUiLoader``. Slicer's custom widgets (CTK and MRML widgets)
+do not exist outside Slicer, so plain look-alike classes are registered for them: a collapsible section header, a
+path field with a browse button, a node selector drop-down. The panel is then filled the way the module fills it
+after a bundle is chosen: the model card HTML and label rows come from ``MedAnalysisLogic`` itself, for a bundle
+configuration built here (nothing is trained or predicted).
+
+Usage::
+
+    QT_QPA_PLATFORM=offscreen python Testing/render_panel.py [--out Resources/Screenshots/panel.png] [--width 440]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
+from PySide6.QtUiTools import QUiLoader  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+UI_FILE = PROJECT_ROOT / "MedAnalysis" / "Resources" / "UI" / "MedAnalysis.ui"
+DEFAULT_OUT = PROJECT_ROOT / "Resources" / "Screenshots" / "panel.png"
+
+
+# ------------------------------------------------------------------ look-alikes of Slicer's custom widgets
+class CollapsibleButton(QtWidgets.QWidget):
+    """Looks like ctkCollapsibleButton: a button-style header with an arrow; the content below when expanded."""
+
+    HEADER = 24
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._text = ""
+        self._collapsed = False
+        self.setContentsMargins(0, self.HEADER + 2, 0, 0)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Preferred, QtWidgets.QSizePolicy.Maximum)
+
+    def getText(self) -> str:
+        return self._text
+
+    def setText(self, text: str) -> None:
+        self._text = text
+        self.update()
+
+    def getCollapsed(self) -> bool:
+        return self._collapsed
+
+    def setCollapsed(self, collapsed: bool) -> None:
+        self._collapsed = collapsed
+        layout = self.layout()
+        if layout is not None:
+            for index in range(layout.count()):
+                _set_item_visible(layout.itemAt(index), not collapsed)
+        self.setMaximumHeight(self.HEADER + 2 if collapsed else 16777215)
+        self.updateGeometry()
+
+    text = QtCore.Property(str, getText, setText)
+    collapsed = QtCore.Property(bool, getCollapsed, setCollapsed)
+
+    def sizeHint(self) -> QtCore.QSize:
+        hint = super().sizeHint()
+        return QtCore.QSize(hint.width(), self.HEADER + 2) if self._collapsed else hint
+
+    def paintEvent(self, event: QtGui.QPaintEvent) -> None:
+        painter = QtWidgets.QStylePainter(self)
+        option = QtWidgets.QStyleOptionButton()
+        option.initFrom(self)
+        option.rect = QtCore.QRect(0, 0, self.width(), self.HEADER)
+        option.state |= QtWidgets.QStyle.State_Raised
+        painter.drawControl(QtWidgets.QStyle.CE_PushButtonBevel, option)
+        arrow = QtWidgets.QStyleOption()
+        arrow.initFrom(self)
+        arrow.rect = QtCore.QRect(6, 6, 12, 12)
+        painter.drawPrimitive(QtWidgets.QStyle.PE_IndicatorArrowRight if self._collapsed
+                              else QtWidgets.QStyle.PE_IndicatorArrowDown, arrow)
+        font = painter.font()
+        font.setBold(False)
+        painter.setFont(font)
+        painter.drawText(QtCore.QRect(24, 0, self.width() - 28, self.HEADER),
+                         QtCore.Qt.AlignVCenter | QtCore.Qt.AlignLeft, self._text)
+        if not self._collapsed:
+            painter.setPen(QtGui.QColor(190, 190, 190))
+            painter.drawRect(0, self.HEADER, self.width() - 1, self.height() - self.HEADER - 1)
+
+
+def _set_item_visible(item: QtWidgets.QLayoutItem, visible: bool) -> None:
+    if item.widget() is not None:
+        item.widget().setVisible(visible)
+    elif item.layout() is not None:
+        for index in range(item.layout().count()):
+            _set_item_visible(item.layout().itemAt(index), visible)
+
+
+class PathLineEdit(QtWidgets.QWidget):
+    """Looks like ctkPathLineEdit: an editable path drop-down and a browse button."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        self.combo = QtWidgets.QComboBox(self)
+        self.combo.setEditable(True)
+        self.combo.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
+        browse = QtWidgets.QToolButton(self)
+        browse.setText("...")
+        layout.addWidget(self.combo)
+        layout.addWidget(browse)
+
+    def setCurrentPath(self, path: str) -> None:
+        self.combo.setEditText(path)
+
+
+class NodeComboBox(QtWidgets.QComboBox):
+    """Looks like qMRMLNodeComboBox: a drop-down showing the selected node's name."""
+
+    def setCurrentNodeName(self, name: str) -> None:
+        self.clear()
+        self.addItem(name)
+
+
+class PlotWidget(QtWidgets.QFrame):
+    """Stands in for qMRMLPlotWidget: an empty white plot area (curves appear there during training)."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFrameShape(QtWidgets.QFrame.StyledPanel)
+        self.setAutoFillBackground(True)
+        palette = self.palette()
+        palette.setColor(QtGui.QPalette.Window, QtGui.QColor("white"))
+        self.setPalette(palette)
+
+
+LOOK_ALIKES = {
+    "ctkCollapsibleButton": CollapsibleButton,
+    "ctkPathLineEdit": PathLineEdit,
+    "qMRMLNodeComboBox": NodeComboBox,
+    "qMRMLWidget": QtWidgets.QWidget,
+    "qMRMLPlotWidget": PlotWidget,
+}
+
+
+class Loader(QUiLoader):
+    def createWidget(self, class_name: str, parent: QtWidgets.QWidget | None = None,  # noqa: N802
+                     name: str = "") -> QtWidgets.QWidget:
+        if class_name in LOOK_ALIKES:
+            widget = LOOK_ALIKES[class_name](parent)
+            widget.setObjectName(name)
+            return widget
+        return super().createWidget(class_name, parent, name)
+
+
+# ------------------------------------------------------------------ filling the panel like the module does
+def example_card():
+    """A bundle configuration like the self-test's segmentation bundle (no weights needed for the model card)."""
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from MedAnalysisLib.bundle import BundleConfig, LabelInfo
+    from MedAnalysisLib.preprocessing.plan import Plan
+
+    liver = {"category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
+             "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"}}
+    tumor = {"category": {"scheme": "SCT", "code": "49755003", "meaning": "Morphologically Altered Structure"},
+             "type": {"scheme": "SCT", "code": "108369006", "meaning": "Neoplasm"}}
+    return BundleConfig(
+        name="Liver and tumour (CT)", task="segmentation", family="unet3d",
+        hparams={"n_classes": 3, "in_channels": 1},
+        plan=Plan(task="segmentation", modality="CT", label_values=(0, 1, 2), target_spacing=(0.8, 0.8, 2.5)),
+        labels=(LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "liver", (221, 130, 101), liver),
+                LabelInfo(2, "tumor", (144, 238, 144), tumor)),
+        input={"channels": [{"name": "CT", "modality": "CT"}]},
+    )
+
+
+def fill(panel: QtWidgets.QWidget) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import qt_placeholders
+
+    module = qt_placeholders.import_module_file()
+    logic_class = module.MedAnalysisLogic
+    card = example_card()
+
+    def find(name: str):
+        widget = panel.findChild(QtWidgets.QWidget, name)
+        assert widget is not None, f"no widget {name} in the panel"
+        return widget
+
+    find("bundlePathLineEdit").setCurrentPath("/data/models/liver-tumour-ct.zip")
+    find("modelCardLabel").setText(logic_class.modelCardHtml(card))
+    table = find("labelsTableWidget")
+    labels = logic_class.displayedLabels(card)
+    table.verticalHeader().setDefaultSectionSize(20)
+    table.setRowCount(len(labels))
+    for row, label in enumerate(labels):
+        value = QtWidgets.QTableWidgetItem(str(label.value))
+        value.setData(QtCore.Qt.DecorationRole, QtGui.QColor(*label.color))
+        table.setItem(row, 0, value)
+        table.setItem(row, 1, QtWidgets.QTableWidgetItem(label.name))
+        table.setItem(row, 2, QtWidgets.QTableWidgetItem(logic_class.terminologyMeaning(label)))
+    table.resizeColumnsToContents()
+    table.setFixedHeight(table.horizontalHeader().height() + sum(table.rowHeight(r) for r in range(len(labels))) + 4)
+
+    find("inputChannelLabel0").setText(logic_class.channelLabelText(card, 0))
+    find("inputVolumeSelector0").setCurrentNodeName("Abdomen CT")
+    for hidden in ("inputVolumeSelector1", "inputVolumeSelector2", "inputChannelLabel1", "inputChannelLabel2",
+                   "inputWarningLabel", "outputLabelmapSelector", "outputLabelmapLabel", "progressBar"):
+        find(hidden).setVisible(False)
+    find("outputSegmentationSelector").setCurrentNodeName("Create new on Apply")
+    find("outputTableSelector").setCurrentNodeName("Create new on Apply")
+    find("perSlicePlotCheckBox").setEnabled(False)  # as the module does for segmentation bundles
+    find("applyButton").setEnabled(True)
+    find("statusLabel").setText("")
+
+
+def _quiet_designer_messages(kind: QtCore.QtMsgType, context: QtCore.QMessageLogContext, message: str) -> None:
+    # QUiLoader cannot read the CTK enum sets (ctkPathLineEdit::Dirs|Files) into a look-alike: expected, not news.
+    if not message.startswith("Designer: The set-type property"):
+        sys.stderr.write(message + "\n")
+
+
+def render(out: Path, width: int) -> Path:
+    QtCore.qInstallMessageHandler(_quiet_designer_messages)
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    app.setStyle("Fusion")
+    font = app.font()
+    font.setPointSize(9)
+    app.setFont(font)
+    loader = Loader()
+    # Designer connections target Slicer signals (mrmlSceneChanged) the look-alikes do not have: leave them out.
+    text = UI_FILE.read_text(encoding="utf-8")
+    start, end = text.find("<connections>"), text.find("</connections>")
+    if start >= 0:
+        text = text[:start] + text[end + len("</connections>"):]
+    buffer = QtCore.QBuffer()
+    buffer.setData(QtCore.QByteArray(text.encode("utf-8")))
+    buffer.open(QtCore.QIODevice.ReadOnly)
+    panel = loader.load(buffer)
+    if panel is None:
+        raise RuntimeError(f"QUiLoader could not load {UI_FILE}: {loader.errorString()}")
+    for collapsible in panel.findChildren(CollapsibleButton):
+        collapsible.setCollapsed(collapsible.getCollapsed())
+    fill(panel)
+    panel.setFixedWidth(width)
+    panel.adjustSize()
+    panel.resize(width, panel.sizeHint().height())
+    layout = panel.layout()
+    layout.activate()
+    image = panel.grab()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not image.save(str(out)):
+        raise RuntimeError(f"could not write {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--width", type=int, default=440)
+    args = parser.parse_args(argv)
+    print(render(args.out, args.width))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
