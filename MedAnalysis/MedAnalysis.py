@@ -670,7 +670,7 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
                    "tableNode": tableNode, "probabilities": probabilities}
         if background:
             return self._startPredictJob("segment", bundlePath, context, overlap, tta)
-        prediction = self._predictInProcess(bundlePath, nodes, overlap, tta)
+        prediction = self._predictInProcess(bundlePath, nodes, overlap, tta, probabilities)
         self.lastOutputs = self._importSegmentation(context, prediction.label, prediction.probabilities)
         return self.lastOutputs[outputType]
 
@@ -689,15 +689,16 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         context = {"nodes": nodes, "card": card, "tableNode": tableNode, "plot": plot}
         if background:
             return self._startPredictJob("classify", bundlePath, context, None, None)
-        prediction = self._predictInProcess(bundlePath, nodes, None, None)
+        prediction = self._predictInProcess(bundlePath, nodes, None, None, False)
         self.lastOutputs = self._importClassification(context, prediction.per_slice, prediction.scan)
         return self.lastOutputs["table"]
 
-    def _predictInProcess(self, bundlePath, nodes, overlap, tta):
+    def _predictInProcess(self, bundlePath, nodes, overlap, tta, probabilities):
         from MedAnalysisLib.inference.predict import predict
 
         volumes = [slicer_adapter.volume_from_node(node) for node in nodes]
-        return predict(bundlePath, volumes if len(volumes) > 1 else volumes[0], overlap=overlap, tta=tta)
+        return predict(bundlePath, volumes if len(volumes) > 1 else volumes[0], overlap=overlap, tta=tta,
+                       return_probabilities=probabilities)
 
     def _scratchFolder(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"MedAnalysis-{prefix}-"))
@@ -847,9 +848,10 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         reference = context["nodes"][0]
         scene = slicer_adapter.require_scene(reference)
         baseName = f"{reference.GetName()} {card.name}"
-        rows = [{"scope": "slice", **row} for row in (perSlice or [])]
+        perSlice = [_sliceRow(row) for row in (perSlice or [])]
+        rows = [{"scope": "slice", **row} for row in perSlice]
         if scan:
-            rows.append({"scope": "scan", **scan})
+            rows.append(_scanRow(scan))
         if not rows:
             raise InputError("expected per-slice or whole-scan results from the classifier, got none")
         columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -1077,6 +1079,22 @@ def _requirementSatisfied(requirement: str) -> bool:
     return True
 
 
+def _sliceRow(row: dict) -> dict:
+    """A per-slice result row for a table: the LPS slice centre becomes R, A, S columns (Slicer shows RAS)."""
+    result = {key: value for key, value in row.items() if key != "position_lps"}
+    if row.get("position_lps") is not None:
+        left, posterior, superior = row["position_lps"]
+        result.update({"R": -float(left), "A": -float(posterior), "S": float(superior)})
+    return result
+
+
+def _scanRow(scan: dict) -> dict:
+    """The whole-scan result ``{"predicted", "value", "probabilities": {name: p}}`` as one flat table row."""
+    row = {"scope": "scan", "predicted": scan.get("predicted"), "value": scan.get("value")}
+    row.update({f"p_{name}": float(p) for name, p in (scan.get("probabilities") or {}).items()})
+    return row
+
+
 def _volumeUnits(rows: list) -> dict:
     units = {}
     for column in (rows[0] if rows else {}):
@@ -1192,8 +1210,9 @@ def runSelfTest(logic: MedAnalysisLogic, scene, workFolder: Path, check) -> dict
     scanRows = [row for row in classRows if row.get("scope") == "scan"]
     check(len(scanRows) == 1, f"expected one whole-scan row, got {len(scanRows)}")
     labelNames = {"normal", "lesion"}
-    check(any(value in labelNames for value in scanRows[0].values()),
-          f"expected the predicted label name in the scan row, got {scanRows[0]}")
+    check(scanRows[0]["predicted"] in labelNames, f"expected a class name as prediction, got {scanRows[0]}")
+    total = scanRows[0]["p_normal"] + scanRows[0]["p_lesion"]
+    check(abs(total - 1.0) < 1e-4, f"expected class probabilities summing to 1, got {total}")
 
     after = slicer_adapter.snapshot(inputNode)
     check(np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1]) and before[2] == after[2],
