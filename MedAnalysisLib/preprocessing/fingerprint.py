@@ -22,8 +22,9 @@ import numpy as np
 
 from MedAnalysisLib.data.datasets import Case, Dataset, read_case
 from MedAnalysisLib.errors import GeometryError, PlanError
+from MedAnalysisLib.preprocessing.transforms import nonzero_box
 from MedAnalysisLib.progress import Reporter, StopFlag
-from MedAnalysisLib.volume import Volume, geometry_differences
+from MedAnalysisLib.volume import geometry_differences
 
 FINGERPRINT_SCHEMA_VERSION = 1
 
@@ -179,21 +180,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def nonzero_bounding_box(arrays: Sequence[np.ndarray]) -> tuple[slice, slice, slice] | None:
-    """Bounding box (k, j, i slices) of the voxels that are non-zero in any of the arrays; None if all are zero."""
-    mask = np.zeros(arrays[0].shape[:3], dtype=bool)
-    for array in arrays:
-        mask |= (array != 0) if array.ndim == 3 else np.any(array != 0, axis=-1)
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
-
-
 @dataclass
 class _CaseFacts:
     spacing: tuple[float, float, float]
@@ -225,8 +211,8 @@ def _measure_case(case: Case, index: int, seed: int) -> _CaseFacts:
                 f"({label.describe_geometry()}); differences: {'; '.join(differences)}"
             )
     arrays = [np.asarray(v.array) for v in images]
-    box = nonzero_bounding_box(arrays)
-    crop_shape = first.shape if box is None else tuple(s.stop - s.start for s in box)
+    box = nonzero_box(arrays)
+    crop_shape = first.shape if box is None else tuple(stop - start for start, stop in box)
     label_counts: dict[int, int] = {}
     if label is not None:
         values, counts = np.unique(label.array, return_counts=True)

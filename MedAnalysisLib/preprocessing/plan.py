@@ -321,6 +321,18 @@ def _parse_text(text: str) -> Any:
     return text
 
 
+def _fixed_tuple_length(parts: list[str]) -> int:
+    """Length of a fixed-size tuple field of Plan (0 when the field is something else), for null fields."""
+    if len(parts) != 1:
+        return 0
+    annotation = typing.get_type_hints(Plan).get(parts[0])
+    for candidate in typing.get_args(annotation) or (annotation,):
+        args = typing.get_args(candidate)
+        if typing.get_origin(candidate) is tuple and args and Ellipsis not in args:
+            return len(args)
+    return 0
+
+
 def _set_override(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     target = data
@@ -330,14 +342,18 @@ def _set_override(data: dict[str, Any], key: str, value: Any) -> None:
         target = target[part]
     if parts[-1] not in target:
         raise PlanError(f"expected a plan field to override (one of {sorted(target)}), got {key!r}")
+    current = target[parts[-1]]
     if isinstance(value, str):
         value = _parse_text(value)
-        # A single number given for a tuple field means "the same along every axis".
-        current = target[parts[-1]]
-        if isinstance(current, list) and not isinstance(value, list) and not isinstance(value, (str, dict)):
-            value = [value] * len(current)
         if isinstance(current, str) and not isinstance(value, str):
             value = str(value) if value is not None else ""
+    if isinstance(value, tuple):
+        value = list(value)
+    # A single number given for a per-axis field means "the same along every axis".
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        length = len(current) if isinstance(current, list) else _fixed_tuple_length(parts) if current is None else 0
+        if length:
+            value = [value] * length
     target[parts[-1]] = value
 
 
