@@ -113,6 +113,7 @@ def write_nifti(
     qform_code: int = 0,
     dims: Sequence[int] | None = None,
     payload: bytes | None = None,
+    scale: tuple[float, float] = (1.0, 0.0),
 ) -> Path:
     """Write a NIfTI-1 ``.nii`` by hand (header packed with struct), so that invalid headers can be made too.
 
@@ -121,6 +122,7 @@ def write_nifti(
         affine_ras: 4x4 voxel (i, j, k) -> RAS mm matrix stored as the sform (any matrix, sheared ones included).
         dims: Dimensions to declare instead of the array's (i, j, k[, t]) (for "huge header, tiny payload").
         payload: Bytes to store instead of the array's.
+        scale: ``(scl_slope, scl_inter)``.
     """
     array = np.asarray(array)
     declared = list(dims) if dims is not None else list(reversed(array.shape))
@@ -134,7 +136,7 @@ def write_nifti(
     zooms = np.linalg.norm(affine_ras[:3, :3], axis=0)
     struct.pack_into("<8f", header, 76, 1.0, *zooms, *([1.0] * 4))
     struct.pack_into("<f", header, 108, 352.0)
-    struct.pack_into("<f", header, 112, 1.0)  # scl_slope
+    struct.pack_into("<2f", header, 112, *scale)  # scl_slope, scl_inter
     struct.pack_into("<h", header, 252, qform_code)
     struct.pack_into("<h", header, 254, sform_code)
     struct.pack_into("<12f", header, 280, *affine_ras[:3, :4].ravel())

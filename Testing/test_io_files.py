@@ -214,6 +214,21 @@ def test_hand_written_nifti_geometry_is_read_in_lps(tmp_path: Path) -> None:
     assert volume.orientation_code() == "LPS"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [(1.0, 0.0), (0.0, 0.0), (2.5, -3.0), (1.0, 7.0)])
+def test_float_nifti_voxels_match_simpleitk(tmp_path: Path, dtype: type, scale: tuple[float, float]) -> None:
+    """Float NIfTI voxels are read directly (to keep NaN visible); finite data must equal SimpleITK's reading."""
+    array = np.random.default_rng(3).normal(size=(3, 4, 5)).astype(dtype)
+    path = write_nifti(tmp_path / "f.nii", array, np.diag([-1.0, -1.0, 1.0, 1.0]), scale=scale)
+    ours = read_volume(path).array
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert ours.dtype == reference.dtype
+    np.testing.assert_array_equal(ours, reference)
+    packed = tmp_path / "f.nii.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    np.testing.assert_array_equal(read_volume(packed).array, reference)
+
+
 def test_hippocampus_images_and_labels_share_their_geometry(shared_data: Path) -> None:
     """All 208 images and labels of the MSD hippocampus set (two labels are stored as float32)."""
     folder = shared_data / "hippocampus"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ class _Slice:
     intercept: float
     pixel_offset: int | None
     pixel_length: int | None
+    damage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,12 @@ def _read_slice(path: str) -> _Slice | str:
     from pydicom.errors import InvalidDicomError
 
     try:
-        dataset = pydicom.dcmread(path, defer_size=1024, specific_tags=list(HEADER_TAGS))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(path, defer_size=1024, specific_tags=list(HEADER_TAGS))
+        truncated = any("End of file" in str(w.message) or "delimiter" in str(w.message) for w in caught)
+        if truncated:  # the partial read may lack header elements: read the header alone again
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS[:-1]))
     except InvalidDicomError:
         return "not a DICOM file"
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as error:
@@ -267,10 +274,20 @@ def _read_slice(path: str) -> _Slice | str:
             return "DICOMDIR (a directory record, not an image)"
         modality = str(dataset.get("Modality", "") or "")
         pixel = dataset.get_item("PixelData", keep_deferred=True) if "PixelData" in dataset else None
-        if pixel is None or modality in _NON_IMAGE_MODALITIES or dataset.get("Rows") is None:
+        damage = None
+        if truncated:
+            damage = "pixel data truncated (end of file before the end of the encapsulated frames)"
+        elif pixel is None and dataset.get("Rows") is not None and modality not in _NON_IMAGE_MODALITIES:
+            damage = "no pixel data"
+        if (pixel is None and damage is None) or modality in _NON_IMAGE_MODALITIES or dataset.get("Rows") is None:
             return f"not an image ({modality or 'no pixel data'})"
         length = getattr(pixel, "length", None)
         defined = length is not None and length != 0xFFFFFFFF
+        offset = getattr(pixel, "value_tell", None)
+        if defined and offset is not None and damage is None:
+            available = os.path.getsize(path) - int(offset)
+            if available < int(length):  # type: ignore[arg-type]
+                damage = f"pixel data truncated ({max(available, 0)} of {length} bytes present)"
         image_type = tuple(str(v).upper() for v in (dataset.get("ImageType") or ()))
         return _Slice(
             path=path,
@@ -299,8 +316,9 @@ def _read_slice(path: str) -> _Slice | str:
             spacing_between_slices=_float_or(dataset.get("SpacingBetweenSlices"), None),
             slope=_float_or(dataset.get("RescaleSlope"), 1.0) or 1.0,
             intercept=_float_or(dataset.get("RescaleIntercept"), 0.0) or 0.0,
-            pixel_offset=int(pixel.value_tell) if defined and getattr(pixel, "value_tell", None) is not None else None,
-            pixel_length=int(length) if defined else None,
+            pixel_offset=int(offset) if defined and offset is not None else None,
+            pixel_length=int(length) if defined else None,  # type: ignore[arg-type]
+            damage=damage,
         )
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as error:
         return f"malformed DICOM header ({type(error).__name__})"
@@ -336,7 +354,11 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     excluded = list(skipped)
     problems: list[str] = []
     blocking: list[str] = []
-    error_type = "DicomSeriesError"
+    kinds: list[str] = []
+
+    def block(message: str, kind: str = "DicomSeriesError") -> None:
+        blocking.append(message)
+        kinds.append(kind)
 
     images = []
     seen: set[str] = set()
@@ -355,6 +377,14 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     for reason, count in sorted(reasons.items()):
         problems.append(f"{count} image(s) left out: {reason}")
 
+    damaged = [s for s in images if s.damage]
+    if damaged:
+        names = ", ".join(f"{Path(s.path).name} ({s.damage})" for s in damaged[:3])
+        block(
+            f"expected complete pixel data in every file, got {len(damaged)} damaged file(s): {names}"
+            f"{', ...' if len(damaged) > 3 else ''}",
+            "UnreadableFileError",
+        )
     first = (images or slices or [None])[0]
     assert first is not None  # a series always has at least one file
     size: tuple[int, int, int] = (first.columns, first.rows, len(images))
@@ -362,16 +392,16 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     ordered = images
 
     if not images:
-        blocking.append("no image with a position and orientation to build a volume from")
+        block("no image with a position and orientation to build a volume from")
     groups = Counter((s.rows, s.columns, s.samples_per_pixel, _orientation_key(s)) for s in images)
     if len(groups) > 1:
         listing = "; ".join(
             f"{n} of {c}x{r} oriented {list(o)}" for (r, c, _, o), n in groups.most_common()
         )
-        blocking.append(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
+        block(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
     multiframe = [s for s in images if s.n_frames > 1]
     if multiframe:
-        blocking.append(
+        block(
             f"expected single-frame images, got {len(multiframe)} multi-frame file(s) ({multiframe[0].n_frames} "
             "frames); multi-frame DICOM is not supported"
         )
@@ -379,10 +409,10 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     if images and len(groups) == 1:
         row, column, normal = _normal(images[0].orientation)  # type: ignore[arg-type]
         if abs(float(row @ column)) > 1e-3:
-            blocking.append(
-                f"expected orthogonal ImageOrientationPatient rows, got a cosine of {float(row @ column):.4g} between them"
+            block(
+                f"expected orthogonal ImageOrientationPatient rows, got a cosine of {float(row @ column):.4g} between them",
+                "GeometryError",
             )
-            error_type = "GeometryError"
         positions = np.array([s.position for s in images], dtype=np.float64)
         distances = positions @ normal
         order = np.argsort(distances, kind="stable")
@@ -393,7 +423,7 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             problems.append("no PixelSpacing: 1 mm assumed in-plane")
             pixel_spacing = (1.0, 1.0)
         if len({s.pixel_spacing for s in ordered}) > 1:
-            blocking.append(
+            block(
                 f"expected one PixelSpacing, got {sorted({s.pixel_spacing for s in ordered if s.pixel_spacing})}"
             )
         gaps = np.diff(distances)
@@ -401,11 +431,13 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             slice_spacing = ordered[0].spacing_between_slices or ordered[0].slice_thickness or 1.0
             problems.append(f"single slice: slice spacing {slice_spacing:g} mm taken from the header")
         else:
-            step = float(np.median(gaps))
+            # the smallest distance is the nominal step even when slices are missing (a median would not be)
+            step = float(np.median(gaps)) if len(gaps) < 2 else float(np.min(gaps[gaps > SPACING_ABS_TOL], initial=np.inf))
+            step = float(np.median(gaps)) if not np.isfinite(step) else step
             tolerance = SPACING_ABS_TOL + SPACING_REL_TOL * abs(step)
             duplicates = int(np.sum(gaps < tolerance))
             if duplicates:
-                blocking.append(
+                block(
                     f"expected one slice per position, got {duplicates} slice(s) sharing a position with another: the "
                     "series holds several volumes (echoes, phases or time points)"
                 )
@@ -419,13 +451,13 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
                     missing = int(np.sum(np.round(ratios[whole]) - 1))
                     if whole.all() and missing > 0:
                         where = ", ".join(f"after slice {int(i)}" for i in irregular[:5])
-                        blocking.append(
+                        block(
                             f"expected uniformly spaced slices {step:.4g} mm apart, got {irregular.size} gap(s) of "
                             f"{', '.join(f'{g:.4g}' for g in gaps[irregular][:5])} mm ({where}): about {missing} "
                             "slice(s) missing; the series is refused rather than interpolated"
                         )
                     else:
-                        blocking.append(
+                        block(
                             f"expected uniformly spaced slices, got distances from {gaps.min():.4g} to "
                             f"{gaps.max():.4g} mm (median {step:.4g} mm) between neighbouring slices"
                         )
@@ -436,17 +468,17 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             if worst > TILT_ABS_TOL:
                 span = float(distances[-1] - distances[0]) or 1.0
                 angle = float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), span)))
-                blocking.append(
+                block(
                     f"expected slices stacked along their normal, got an in-plane drift of {worst:.3g} mm across the "
                     f"stack (gantry tilt of about {angle:.2f} degrees); a tilted stack is a sheared grid that a volume "
-                    "cannot represent, resample it first (for example with Slicer's acquisition transform)"
+                    "cannot represent, resample it first (for example with Slicer's acquisition transform)",
+                    "GeometryError",
                 )
-                error_type = "GeometryError" if len(blocking) == 1 else error_type
         spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), float(slice_spacing))
         origin = tuple(float(v) for v in positions[0])
         direction = tuple(tuple(float(v) for v in r) for r in np.column_stack([row, column, normal]))
         if spacing[2] <= 0 or min(spacing) <= 0:
-            blocking.append(f"expected positive spacing, got {spacing} mm")
+            block(f"expected positive spacing, got {spacing} mm")
         size = (ordered[0].columns, ordered[0].rows, len(ordered))
 
     syntaxes = sorted({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax) for s in ordered or slices})
@@ -469,7 +501,7 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
         blocking=tuple(blocking),
         is_localizer=is_localizer,
         _slices=tuple(ordered),
-        _error_type=error_type,
+        _error_type=kinds[0] if kinds else "DicomSeriesError",
     )
 
 
@@ -701,7 +733,9 @@ def _rescaled(raw: np.ndarray, slices: Sequence[_Slice]) -> np.ndarray:
 
 
 def _raise_blocking(info: SeriesInfo) -> None:
-    error_class = GeometryError if info._error_type == "GeometryError" else DicomSeriesError
+    error_class = {"GeometryError": GeometryError, "UnreadableFileError": UnreadableFileError}.get(
+        info._error_type, DicomSeriesError
+    )
     raise error_class(f"series {info.describe()}: {info.blocking[0]}")
 
 

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -133,6 +133,19 @@ def _truncated(path: Path, expected: int, found: int, what: str) -> UnreadableFi
 
 
 _NIFTI_BITPIX_OK = {1, 8, 16, 24, 32, 64, 128, 256}
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+class _NiftiLayout(NamedTuple):
+    """Where and how a NIfTI file stores its voxels (from the header, before SimpleITK sees the file)."""
+
+    dims: tuple[int, ...]
+    datatype: int
+    endian: str
+    vox_offset: int
+    slope: float
+    inter: float
+    compressed: bool
 
 
 def _read_prefix(path: Path, n: int, compressed: bool) -> bytes:
@@ -174,7 +187,7 @@ def _gzip_payload_at_least(path: Path, needed: int) -> int:
     return count
 
 
-def _check_nifti(path: Path, file_size: int, compressed: bool) -> None:
+def _check_nifti(path: Path, file_size: int, compressed: bool) -> _NiftiLayout:
     """Check a NIfTI-1/2 header against the file before SimpleITK allocates anything; refuse a sheared sform."""
     raw = _read_prefix(path, 540, compressed)
     if len(raw) < 348:
@@ -190,8 +203,10 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> None:
         )
     if sizeof_hdr == 348:
         dims = struct.unpack(endian + "8h", raw[40:56])
+        datatype = struct.unpack(endian + "h", raw[70:72])[0]
         bitpix = struct.unpack(endian + "h", raw[72:74])[0]
         vox_offset = int(struct.unpack(endian + "f", raw[108:112])[0])
+        slope, inter = struct.unpack(endian + "2f", raw[112:120])
         sform_code = struct.unpack(endian + "h", raw[254:256])[0]
         srows = struct.unpack(endian + "12f", raw[280:328])
         magic = raw[344:348]
@@ -199,8 +214,10 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> None:
         if len(raw) < 540:
             raise UnreadableFileError(f"expected a NIfTI-2 header of 540 bytes, got {len(raw)} in {path.name}")
         dims = struct.unpack(endian + "8q", raw[16:80])
+        datatype = struct.unpack(endian + "h", raw[12:14])[0]
         bitpix = struct.unpack(endian + "h", raw[14:16])[0]
         vox_offset = struct.unpack(endian + "q", raw[168:176])[0]
+        slope, inter = struct.unpack(endian + "2d", raw[176:192])
         sform_code = struct.unpack(endian + "i", raw[348:352])[0]
         srows = struct.unpack(endian + "12d", raw[400:496])
         magic = raw[4:8]
@@ -232,6 +249,38 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> None:
                 f"orthogonal by {angle:.3g} degrees in {path.name} (sform {np.round(matrix, 6).tolist()}); ITK and "
                 "Slicer cannot represent a sheared grid, so the image is refused rather than silently re-gridded"
             )
+    return _NiftiLayout(
+        dims=tuple(int(d) for d in dims[1 : n_dims + 1]),
+        datatype=int(datatype),
+        endian=endian,
+        vox_offset=max(int(vox_offset), 348),
+        slope=float(slope),
+        inter=float(inter),
+        compressed=compressed,
+    )
+
+
+def _read_nifti_floats(path: Path, layout: _NiftiLayout, dtype: np.dtype) -> np.ndarray:
+    """Read float NIfTI voxels directly, because the NIfTI library under SimpleITK silently turns NaN/Inf into 0.
+
+    Returns the array in numpy (reversed-axis) order with the NIfTI scaling applied as ITK applies it.
+    """
+    shape = tuple(reversed(layout.dims))
+    out = np.empty(shape, dtype=layout.endian + _NIFTI_FLOATS[layout.datatype])
+    opener = gzip.open if layout.compressed else open
+    try:
+        with opener(path, "rb") as stream:  # type: ignore[operator]
+            stream.seek(layout.vox_offset)
+            got = stream.readinto(memoryview(out).cast("B"))
+    except (OSError, EOFError, zlib.error) as error:
+        raise UnreadableFileError(f"expected complete voxel data in {path.name}, got a read error: {error}") from error
+    if got != out.nbytes:
+        raise _truncated(path, out.nbytes, got, "voxels")
+    if layout.endian == ">":
+        out = out.astype(out.dtype.newbyteorder("="))
+    if layout.slope not in (0.0, 1.0) or (layout.slope != 0.0 and layout.inter != 0.0):
+        out = out.astype(np.float64) * layout.slope + layout.inter  # in double, then cast, as ITK does
+    return out.astype(dtype, copy=False)
 
 
 _NRRD_TYPES = {
@@ -331,14 +380,15 @@ def _pixel_dtypes() -> dict[int, np.dtype]:
     return table
 
 
-def _open(path: str | os.PathLike[str]) -> tuple[ImageHeader, sitk.ImageFileReader]:
+def _open(path: str | os.PathLike[str]) -> tuple[ImageHeader, sitk.ImageFileReader, _NiftiLayout | None]:
     import SimpleITK as sitk
 
     path = Path(path)
     file_size = _check_file(path)
     suffix, fmt = _format_of(path)
+    layout = None
     if fmt == "nifti":
-        _check_nifti(path, file_size, compressed=suffix == ".nii.gz")
+        layout = _check_nifti(path, file_size, compressed=suffix == ".nii.gz")
     else:
         _check_raw_payload(path, file_size, fmt)
     reader = sitk.ImageFileReader()
@@ -371,7 +421,7 @@ def _open(path: str | os.PathLike[str]) -> tuple[ImageHeader, sitk.ImageFileRead
         direction=direction,
         metadata=metadata,
     )
-    return header, reader
+    return header, reader, layout
 
 
 def _short(error: BaseException) -> str:
@@ -461,7 +511,7 @@ def read_volume(
     """
     import SimpleITK as sitk
 
-    header, reader = _open(path)
+    header, reader, layout = _open(path)
     name = header.path.name
     if header.dimension == 2 and not allow_2d:
         raise ImageValidationError(
@@ -488,13 +538,21 @@ def read_volume(
     check_memory_budget(header.array_shape, header.dtype, memory_budget_bytes)
     direction = _spatial_direction(header)
     check_direction(direction)
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise UnreadableFileError(
-            f"expected complete voxel data in {name}, got a read error: {_short(error)}"
-        ) from error
-    array = sitk.GetArrayFromImage(image)
+    if (
+        layout is not None
+        and layout.datatype in _NIFTI_FLOATS
+        and header.n_components == 1
+        and len(layout.dims) == header.dimension
+    ):
+        array = _read_nifti_floats(header.path, layout, header.dtype)
+    else:
+        try:
+            image = reader.Execute()
+        except RuntimeError as error:
+            raise UnreadableFileError(
+                f"expected complete voxel data in {name}, got a read error: {_short(error)}"
+            ) from error
+        array = sitk.GetArrayFromImage(image)
     if header.dimension == 2:
         array = array[np.newaxis]
         spacing = (*header.spacing, 1.0)
