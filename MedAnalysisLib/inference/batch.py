@@ -1,0 +1,245 @@
+"""Batch prediction over many cases: discovery, deterministic sharding, resume, and isolation of bad cases.
+
+What counts as a case (``discover_cases``):
+
+* an image file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``): one case named after the file;
+* a dataset description (``dataset.json`` of a Medical Segmentation Decathlon folder, or a ``.csv`` manifest): one
+  case per entry, with every image channel the model needs (see :func:`MedAnalysisLib.data.datasets.load_dataset`);
+* a folder holding image files: each file is a case;
+* any other folder, or a ``.dcm`` file: DICOM, scanned recursively; each image series is a case, named after its
+  folder (plus ``_s<N>`` when a folder holds several series; ``--series`` picks one).
+
+Sharding (``--shard i/n``): cases are sorted by name and case number ``m`` (0-based) goes to shard ``m % n + 1``, so
+shards are balanced, disjoint, and together cover every case once, whatever machine runs them.
+
+Resume: a case whose sidecar ``<case>.json`` exists is skipped (the sidecar is written last, atomically, so it only
+exists when every output of the case is complete). A case that fails is reported (type and message) and the batch
+goes on; the command exits 1 when any case failed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError
+from MedAnalysisLib.inference.writers import SIDECAR_SUFFIX, write_prediction
+from MedAnalysisLib.io.atomic import write_text_atomic
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case to predict.
+
+    Attributes:
+        case_id: Name used for output files (letters, digits, ``-``, ``_``, ``.``).
+        images: One path per channel (files or DICOM folders/files).
+        series: SeriesInstanceUID of the series to load from a DICOM folder, or None.
+    """
+
+    case_id: str
+    images: tuple[str, ...]
+    series: str | None = None
+
+
+@dataclass
+class BatchOptions:
+    """How a batch runs (the ``medanalysis predict`` options)."""
+
+    formats: tuple[str, ...] = ("nifti",)
+    write_probabilities: bool = False
+    postprocess: tuple[str, ...] | None = None
+    overlap: float | None = None
+    tta: bool | None = None
+    batch_size: int | None = None
+    precision: str = "float32"
+    memory_budget_mb: float | None = None
+    series: str | None = None
+    shard: tuple[int, int] = (1, 1)
+    overwrite: bool = False
+
+
+@dataclass
+class BatchSummary:
+    """What happened to each case of this shard."""
+
+    shard: tuple[int, int]
+    total_cases: int
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    out_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def safe_case_id(text: str) -> str:
+    """A file-name-safe case id (other characters become ``_``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return cleaned or "case"
+
+
+def _strip_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in _IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def _dicom_cases(folder: Path, series: str | None) -> list[CaseInput]:
+    from MedAnalysisLib.io.dicom import scan_dicom_folder
+
+    found = [s for s in scan_dicom_folder(folder, recursive=True) if not getattr(s, "is_localizer", False)]
+    if series is not None:
+        found = [s for s in found if s.series_instance_uid == series or str(s.index) == str(series)]
+        if not found:
+            raise InputError(f"expected series {series!r} in the DICOM folder {folder.name!r}, found none")
+    if not found:
+        raise InputError(f"expected DICOM image series in {folder.name!r}, found none")
+    by_folder: dict[Path, list[Any]] = {}
+    for info in found:
+        parent = Path(info.files[0]).parent if info.files else folder
+        by_folder.setdefault(parent, []).append(info)
+    cases = []
+    for parent, infos in by_folder.items():
+        try:
+            stem = parent.relative_to(folder.parent).as_posix()
+        except ValueError:
+            stem = parent.name
+        for info in infos:
+            name = stem if len(infos) == 1 else f"{stem}_s{info.series_number if info.series_number is not None else info.index}"
+            cases.append(CaseInput(safe_case_id(name), (str(folder),), info.series_instance_uid))
+    return cases
+
+
+def discover_cases(inputs: Sequence[str | Path], *, series: str | None = None) -> list[CaseInput]:
+    """Turn command-line inputs into cases (see the module docstring), sorted by case id, ids unique.
+
+    Raises:
+        InputError: An input does not exist, holds nothing to predict, or two cases would get the same name.
+    """
+    cases: list[CaseInput] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"expected an image file, DICOM folder or folder of cases, got nothing at {path}")
+        if path.is_file() and (path.name == "dataset.json" or path.suffix.lower() == ".csv"):
+            from MedAnalysisLib.data.datasets import load_dataset
+
+            dataset = load_dataset(path if path.suffix.lower() == ".csv" else path.parent)
+            cases.extend(CaseInput(safe_case_id(c.case_id), tuple(str(p) for p in c.images)) for c in dataset.cases)
+        elif _is_image_file(path):
+            cases.append(CaseInput(safe_case_id(_strip_suffix(path.name)), (str(path),)))
+        elif path.is_dir() and any(_is_image_file(p) for p in path.iterdir()):
+            for child in sorted(path.iterdir()):
+                if _is_image_file(child):
+                    cases.append(CaseInput(safe_case_id(_strip_suffix(child.name)), (str(child),)))
+        elif path.is_dir():
+            cases.extend(_dicom_cases(path, series))
+        else:  # a single DICOM file
+            cases.append(CaseInput(safe_case_id(_strip_suffix(path.stem)), (str(path),), series))
+    names = [c.case_id for c in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"expected unique case names, got several inputs named {duplicates}; rename or split them")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def select_shard(cases: Sequence[CaseInput], shard: tuple[int, int]) -> list[CaseInput]:
+    """Cases of shard ``i`` of ``n`` (1-based): every n-th case of the sorted list, starting at i - 1."""
+    index, count = shard
+    if count < 1 or not 1 <= index <= count:
+        raise InputError(f"expected a shard i/n with 1 <= i <= n, got {index}/{count}")
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    return [case for m, case in enumerate(ordered) if m % count == index - 1]
+
+
+def load_case(case: CaseInput) -> list[Any]:
+    """Load the channel volumes of one case (files or DICOM)."""
+    from MedAnalysisLib.io import load_volume
+
+    return [load_volume(image, series=case.series) if case.series else load_volume(image) for image in case.images]
+
+
+def run_batch(
+    bundle: Any,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    options: BatchOptions | None = None,
+    *,
+    reporter: Any = None,
+    stop_flag: Any = None,
+) -> BatchSummary:
+    """Predict every case of this shard and write the outputs (see the module docstring).
+
+    Args:
+        bundle: Bundle path or :class:`~MedAnalysisLib.bundle.LoadedBundle` (loaded once for all cases).
+        inputs: Files, folders, dataset descriptions.
+        out_dir: Output folder.
+        options: :class:`BatchOptions`.
+        reporter: Progress/log sink (:class:`~MedAnalysisLib.progress.Reporter`).
+        stop_flag: Checked between cases and model calls; a stop raises :class:`CancelledError` after the current
+            model call (completed cases stay complete).
+
+    Returns:
+        A :class:`BatchSummary`, also written as ``batch_summary[_shard-i-of-n].json``.
+    """
+    from MedAnalysisLib.bundle import LoadedBundle, load_bundle
+    from MedAnalysisLib.inference.predict import predict
+
+    options = options or BatchOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
+    if "dicom-seg" in options.formats and loaded.config.task != "segmentation":
+        raise InputError("expected a segmentation bundle for --format dicom-seg, got a classification bundle")
+    all_cases = discover_cases(inputs, series=options.series)
+    cases = select_shard(all_cases, options.shard)
+    summary = BatchSummary(options.shard, len(all_cases), out_dir=str(out))
+    log = reporter.log if reporter is not None else (lambda message, level="info": None)
+    log(f"{len(cases)} of {len(all_cases)} case(s) in shard {options.shard[0]}/{options.shard[1]}; "
+        f"bundle {loaded.config.name}")
+    for number, case in enumerate(cases):
+        if stop_flag is not None and stop_flag.is_set():
+            raise CancelledError(f"stopped after {number} of {len(cases)} case(s); completed outputs are kept")
+        if reporter is not None:
+            reporter.progress("cases", number, len(cases), case.case_id)
+        if not options.overwrite and (out / f"{case.case_id}{SIDECAR_SUFFIX}").is_file():
+            summary.skipped.append(case.case_id)
+            log(f"{case.case_id}: outputs exist, skipped")
+            continue
+        try:
+            volumes = load_case(case)
+            prediction = predict(
+                loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
+                batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb,
+                return_probabilities=options.write_probabilities, stop_flag=stop_flag,
+            )
+            write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
+                             formats=options.formats if prediction.label is not None else (),
+                             write_probability_map=options.write_probabilities)
+        except CancelledError:
+            raise
+        except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
+            summary.failed.append({"case_id": case.case_id, "error_type": type(error).__name__, "message": str(error)})
+            log(f"{case.case_id}: failed ({type(error).__name__}: {error}); continuing", "warning")
+            continue
+        summary.done.append(case.case_id)
+        log(f"{case.case_id}: done in {prediction.timings.get('total', 0.0):.1f} s")
+    if reporter is not None:
+        reporter.progress("cases", len(cases), len(cases), "done")
+    name = "batch_summary.json" if options.shard == (1, 1) else f"batch_summary_shard-{options.shard[0]}-of-{options.shard[1]}.json"
+    write_text_atomic(out / name, json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
