@@ -242,12 +242,16 @@ def write_phantom_dataset(
         dataset.json            MSD description: labels, modality, training list
         imagesTr/phantom_000.nii.gz ...
         labelsTr/phantom_000.nii.gz ...
-        classification.csv      case_id, image, label, target (1 = the scan contains a lesion), group, modality
+        lesionsTr/phantom_000.nii.gz ...   binary lesion masks (1 = lesion), all zero in scans without one
+        classification.csv      case_id, image, label (the lesion mask), target (1 = the scan contains a lesion),
+                                group, modality
         slices.csv              case_id, slice (k index), contains_organ, contains_vessel, contains_lesion
         phantoms.json           per case: seed and the info dict of :func:`make_phantom` (targets, volumes)
 
-    Cases alternate lesion / no lesion (case 0 has one), so any split holds both scan classes. Paths in the CSV
-    files are relative to ``out_dir``.
+    Cases alternate lesion / no lesion (case 0 has one), so any split holds both scan classes. The
+    classification manifest's label column names the lesion masks, so a slice-sequence classifier learns "this
+    slice contains the lesion" per slice and "this scan contains a lesion" per scan. Paths in the CSV files are
+    relative to ``out_dir``.
 
     Args:
         out_dir: Folder to create (its parent must be writable).
@@ -267,16 +271,19 @@ def write_phantom_dataset(
     with atomic_directory(out_dir) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
+        (tmp / "lesionsTr").mkdir()
         for index in range(int(n_cases)):
             case_id = f"phantom_{index:03d}"
             image, label, info = make_phantom(
                 case_seed(seed, index), shape=shape, spacing=spacing, direction=direction, lesion=index % 2 == 0
             )
             image_rel, label_rel = f"imagesTr/{case_id}.nii.gz", f"labelsTr/{case_id}.nii.gz"
-            sitk.WriteImage(image.to_sitk(), str(tmp / image_rel), useCompression=True)
-            sitk.WriteImage(label.to_sitk(), str(tmp / label_rel), useCompression=True)
+            lesion_rel = f"lesionsTr/{case_id}.nii.gz"
+            lesion_mask = label.with_array((label.array == LESION_LABEL).astype(np.uint8))
+            for volume, relative in ((image, image_rel), (label, label_rel), (lesion_mask, lesion_rel)):
+                sitk.WriteImage(volume.to_sitk(), str(tmp / relative), useCompression=True)
             training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
-            manifest_rows.append([case_id, image_rel, label_rel, info["scan_target"], case_id, "MRI"])
+            manifest_rows.append([case_id, image_rel, lesion_rel, info["scan_target"], case_id, "MRI"])
             for k in range(image.shape[0]):
                 slice_rows.append([case_id, k, *(info["slice_labels"][name][k] for name in ("organ", "vessel", "lesion"))])
             infos[case_id] = info

@@ -113,7 +113,7 @@ def test_dataset_files_are_byte_identical_for_the_same_seed(tmp_path) -> None:
     first = write_phantom_dataset(tmp_path / "a", 3, seed=11, **SMALL)
     second = write_phantom_dataset(tmp_path / "b", 3, seed=11, **SMALL)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == 3 * 2 + 4
+    assert len(files) == 3 * 3 + 4
     for relative in files:
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
     third = write_phantom_dataset(tmp_path / "c", 3, seed=12, **SMALL)
@@ -136,6 +136,10 @@ def test_dataset_layout_geometry_and_manifest(tmp_path) -> None:
         rows = list(csv.DictReader(handle))
     assert [row["target"] for row in rows] == ["1", "0", "1", "0"]  # alternating: both classes in any split
     assert all((out / row["image"]).is_file() and (out / row["label"]).is_file() for row in rows)
+    for row in rows:  # the manifest's label is the binary lesion mask
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / row["label"])))
+        full = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{row['case_id']}.nii.gz")))
+        assert np.array_equal(mask, (full == 3).astype(np.uint8)) and int(mask.any()) == int(row["target"])
     with open(out / "slices.csv", newline="") as handle:
         slices = list(csv.DictReader(handle))
     assert len(slices) == 4 * SMALL["shape"][0]
