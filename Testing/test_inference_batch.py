@@ -1,0 +1,102 @@
+"""Batch prediction: case discovery, shards, resume, a bad case in the middle, the CLI with JSON lines, canaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers_inference import cube_volume, shared_cube_bundle
+from helpers_io import CANARIES, write_dicom_series
+from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.inference.batch import BatchOptions, discover_cases, run_batch, select_shard
+from MedAnalysisLib.io import write_volume
+from MedAnalysisLib.volume import Volume
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_cases(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for m in range(n):
+        image, _ = cube_volume((12, 14, 16), rng)
+        paths.append(write_volume(Volume(image, spacing=(1.5, 1.5, 1.5)), folder / f"case{m:02d}.nii.gz"))
+    return paths
+
+
+def test_shards_cover_every_case_exactly_once(tmp_path: Path) -> None:
+    write_cases(tmp_path / "cases", 7)
+    cases = discover_cases([tmp_path / "cases"])
+    assert [c.case_id for c in cases] == [f"case{m:02d}" for m in range(7)]
+    shards = [select_shard(cases, (i, 3)) for i in (1, 2, 3)]
+    names = [c.case_id for shard in shards for c in shard]
+    assert sorted(names) == sorted(c.case_id for c in cases) and len(names) == len(set(names))
+    assert [len(s) for s in shards] == [3, 2, 2]
+    assert select_shard(list(reversed(cases)), (2, 3)) == shards[1]  # independent of input order
+    with pytest.raises(InputError, match="1 <= i <= n"):
+        select_shard(cases, (4, 3))
+
+
+def test_discovery_of_files_dicom_series_and_duplicates(tmp_path: Path) -> None:
+    pixels = np.zeros((4, 8, 8), np.int16)
+    write_dicom_series(tmp_path / "study" / "a", pixels, series_number=3)
+    write_dicom_series(tmp_path / "study" / "a", pixels + 5, series_number=7, file_names=[f"b{k}.dcm" for k in range(4)])
+    cases = discover_cases([tmp_path / "study"])
+    assert [c.case_id for c in cases] == ["study_a_s3", "study_a_s7"]
+    assert all(c.series for c in cases)
+    write_cases(tmp_path / "x", 1)
+    write_cases(tmp_path / "y", 1)
+    with pytest.raises(InputError, match="unique case names"):
+        discover_cases([tmp_path / "x" / "case00.nii.gz", tmp_path / "y" / "case00.nii.gz"])
+    with pytest.raises(InputError, match="got nothing at"):
+        discover_cases([tmp_path / "missing.nii.gz"])
+
+
+def test_resume_and_a_bad_case_in_the_middle(tmp_path: Path) -> None:
+    from MedAnalysisLib.bundle import load_bundle
+
+    cases = tmp_path / "cases"
+    write_cases(cases, 3)
+    (cases / "case01b.nii.gz").write_bytes(b"not an image at all")  # sorts between case01 and case02
+    bundle = load_bundle(shared_cube_bundle())
+    out = tmp_path / "out"
+    first = run_batch(bundle, [cases], out, BatchOptions(formats=("nifti", "seg.nrrd")))
+    assert first.done == ["case00", "case01", "case02"]
+    assert [f["case_id"] for f in first.failed] == ["case01b"]
+    assert first.failed[0]["error_type"] == "UnreadableFileError"
+    assert (out / "case02_label.nii.gz").is_file() and (out / "case02.seg.nrrd").is_file()
+    written = (out / "case00_label.nii.gz").stat().st_mtime_ns
+    again = run_batch(bundle, [cases], out, BatchOptions(formats=("nifti", "seg.nrrd")))
+    assert again.done == [] and again.skipped == ["case00", "case01", "case02"] and len(again.failed) == 1
+    assert (out / "case00_label.nii.gz").stat().st_mtime_ns == written
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["skipped"] == ["case00", "case01", "case02"]
+
+
+def test_cli_predict_on_dicom_with_jsonl_progress_leaks_no_patient_data(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(1).normal(0, 10, size=(8, 20, 20)).round() + 1024
+    pixels[2:6, 5:12, 6:14] = 2024
+    write_dicom_series(tmp_path / "PATIENT_FOLDER", pixels.astype(np.int16))
+    out = tmp_path / "out"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "MedAnalysisLib", "predict", str(shared_cube_bundle()), str(tmp_path / "PATIENT_FOLDER"),
+         "--out", str(out), "--format", "nifti", "--format", "dicom-seg", "--progress", "jsonl"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    messages = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert messages[-1]["type"] == "result" and messages[-1]["done"] == ["PATIENT_FOLDER"]
+    assert any(m["type"] == "progress" for m in messages)
+    for text in (completed.stdout, completed.stderr):
+        assert not any(canary in text for canary in CANARIES)
+    assert (out / "PATIENT_FOLDER_seg.dcm").is_file() and (out / "PATIENT_FOLDER_label.nii.gz").is_file()
+    for path in out.iterdir():
+        if not path.name.endswith("_seg.dcm"):
+            assert not any(canary.encode() in path.read_bytes() for canary in CANARIES), path.name
