@@ -300,3 +300,40 @@ def test_convert_command_writes_the_requested_format(tmp_path: Path, capsys, obl
     assert geometry_differences(volume, back, 1e-6, 1e-6, 1e-6) == []
     assert main(["convert", str(tmp_path / "nope.nii"), str(tmp_path / "x.nrrd"), "--progress", "none"]) == 2
     assert not os.path.exists(tmp_path / "x.nrrd")
+
+
+def test_slicer_reads_our_seg_nrrd_with_names_colors_and_geometry(tmp_path: Path) -> None:
+    """Slicer's own segmentation storage node (slicer-core) loads the file: segments, colors, grid, voxels."""
+    import vtk
+    from slicer import vtkMRMLScene, vtkMRMLSegmentationStorageNode
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from MedAnalysisLib.volume import rotation_about_axis
+
+    labels = np.zeros((5, 6, 7), np.uint8)
+    labels[1:3, 2:5, 3:7] = 1
+    labels[4, 0, 0] = 3
+    volume = Volume(labels, spacing=(0.5, 0.6, 2.0), origin=(5.0, 6.0, 7.0), direction=rotation_about_axis("z", 20))
+    path = write_volume(
+        volume,
+        tmp_path / "two.seg.nrrd",
+        segments=[{"label_value": 1, "name": "liver", "color": (221, 130, 101)}, {"label_value": 3, "name": "tumor", "color": (0.0, 1.0, 0.5)}],
+    )
+    scene = vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    segmentation = node.GetSegmentation()
+    segments = [segmentation.GetNthSegment(n) for n in range(segmentation.GetNumberOfSegments())]
+    assert [(s.GetName(), s.GetLabelValue()) for s in segments] == [("liver", 1), ("tumor", 3)]
+    np.testing.assert_allclose(segments[0].GetColor(), (221 / 255, 130 / 255, 101 / 255), atol=1e-6)
+    image = segments[0].GetRepresentation("Binary labelmap")
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], volume.ijk_to_ras(), atol=1e-9)
+    i0, i1, j0, j1, k0, k1 = image.GetExtent()
+    voxels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+    np.testing.assert_array_equal(voxels == 1, labels[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] == 1)
+    assert int((voxels == 1).sum()) == int((labels == 1).sum())
