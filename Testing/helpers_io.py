@@ -38,8 +38,10 @@ def write_dicom_series(
     file_names: Sequence[str] | None = None,
     instance_numbers: Sequence[int] | None = None,
     series_number: int = 1,
+    bits_stored: int = 16,
+    signed: bool = True,
 ) -> list[Path]:
-    """Write ``pixels`` (k, j, i) int16 as one single-frame DICOM file per slice, with canary patient data.
+    """Write ``pixels`` (k, j, i) as 16-bit single-frame DICOM files, one per slice, with canary patient data.
 
     Slice ``k`` is placed at ``origin + k * slice_spacing * (row x column)`` unless ``positions`` are given.
     Returns the written paths (in slice order).
@@ -88,12 +90,12 @@ def write_dicom_series(
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+        ds.PixelRepresentation = int(signed)
         ds.RescaleSlope = f"{slopes[k]:g}"
         ds.RescaleIntercept = f"{intercepts[k]:g}"
-        ds.PixelData = np.ascontiguousarray(pixels[k].astype("<i2")).tobytes()
+        ds.PixelData = np.ascontiguousarray(pixels[k].astype("<i2" if signed else "<u2")).tobytes()
         name = file_names[k] if file_names is not None else f"slice{k:03d}.dcm"
         path = folder / name
         ds.save_as(path, enforce_file_format=True)

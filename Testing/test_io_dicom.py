@@ -211,3 +211,39 @@ def test_select_series_reports_what_is_not_an_image(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hello")
     with pytest.raises(DicomSeriesError, match=r"got none \(1 file\(s\) not DICOM\)"):
         select_series(tmp_path)
+
+
+def test_bits_stored_below_bits_allocated(tmp_path: Path) -> None:
+    """Unused high bits (overlays, garbage) are masked; signed 12-bit values are sign-extended."""
+    raw = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4) * 100
+    write_dicom_series(tmp_path / "u12", raw | 0xF000, bits_stored=12, signed=False, intercept=0)
+    np.testing.assert_array_equal(load_volume(tmp_path / "u12").array, raw & 0x0FFF)
+    values = np.array([-2048, -1, 0, 5, 2047, -1000], dtype=np.int16).reshape(1, 2, 3).repeat(2, axis=0)
+    stored = (values.astype(np.uint16) & 0x0FFF).astype(np.int16)  # 12-bit two's complement without sign extension
+    write_dicom_series(tmp_path / "s12", stored, bits_stored=12, signed=True, intercept=0)
+    np.testing.assert_array_equal(load_volume(tmp_path / "s12").array, values)
+
+
+def test_color_series_reads_components_last(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 4, 5, 3), dtype=np.uint8)
+    series_uid = generate_uid()
+    for k in range(3):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "OT", series_uid, "1.2.3"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0], [0.5, 0.5]
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 4, 5, 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = rgb[k].tobytes()
+        ds.save_as(tmp_path / f"{k}.dcm", enforce_file_format=True)
+    volume = load_volume(tmp_path)
+    assert volume.array.shape == (3, 4, 5, 3) and volume.spacing == (0.5, 0.5, 2.0)
+    np.testing.assert_array_equal(volume.array, rgb)
