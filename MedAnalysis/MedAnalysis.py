@@ -704,17 +704,22 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         return Path(tempfile.mkdtemp(prefix=f"MedAnalysis-{prefix}-"))
 
     def _startPredictJob(self, kind, bundlePath, context, overlap, tta) -> MedAnalysisJob:
+        """Write the input node(s) to a scratch folder and start ``medanalysis predict`` on them."""
         from MedAnalysisLib.io import write_volume
 
         scratch = self._scratchFolder(kind)
-        inputs = []
+        (scratch / "input").mkdir()
+        paths = []
         for index, node in enumerate(context["nodes"]):
-            path = scratch / "input" / f"channel{index}.nrrd"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_volume(slicer_adapter.volume_from_node(node), path)
-            inputs.append(str(path))
-        argv = ["predict", str(bundlePath), *(inputs[:1] if len(inputs) == 1 else [str(scratch / "input")]),
-                "--out", str(scratch / "output"), "--format", "nrrd"]
+            paths.append(write_volume(slicer_adapter.volume_from_node(node), scratch / "input" / f"channel{index}.nrrd"))
+        if len(paths) == 1:
+            source = paths[0]
+        else:  # one case with several channels: a one-row CSV manifest (image, image2, ...)
+            source = scratch / "input" / "case.csv"
+            header = ["case_id", "image"] + [f"image{n + 1}" for n in range(1, len(paths))]
+            source.write_text(",".join(header) + "\n" + ",".join(["input", *map(str, paths)]) + "\n",
+                              encoding="utf-8")
+        argv = ["predict", str(bundlePath), str(source), "--out", str(scratch / "output"), "--format", "nrrd"]
         if context.get("probabilities"):
             argv.append("--probabilities")
         if overlap is not None:
@@ -882,6 +887,9 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
                 from MedAnalysisLib.errors import CancelledError
 
                 raise CancelledError(_("Stopped on request."))
+            failed = (worker.result or {}).get("failed") or []
+            if failed:  # the batch ran, the case did not: the library's own message
+                raise MedAnalysisError(f"{failed[0].get('error_type')}: {failed[0].get('message')}")
             if worker.error is not None or worker.result is None:
                 error = worker.error or {"error_type": "Error", "message": "no result"}
                 raise MedAnalysisError(f"{error['message']}")
@@ -901,19 +909,24 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         from MedAnalysisLib.io import read_volume
 
         outputFolder = job.context["scratch"] / "output"
-        case = _caseOutputs(job.worker.result, outputFolder)
+        record = _caseRecord(job.worker.result, outputFolder)
+        files = {kind: outputFolder / name for kind, name in record.get("outputs", {}).items()}
         if job.kind == "segment":
-            label = read_volume(case["label"], kind="label")
-            probabilities = read_volume(case["probabilities"]) if case.get("probabilities") else None
-            # The child read the file the logic wrote from the input node: same grid, up to float rounding in the
-            # file header; put the result exactly on the input node's grid.
+            label = read_volume(files["label_nrrd"], kind="label")
+            probabilities = read_volume(files["probabilities"]) if "probabilities" in files else None
+            # The child read the file written from the input node: the same grid up to the decimal rounding of the
+            # file header. Put the result on the input node's exact grid (after checking it is that grid).
             grid = slicer_adapter.node_grid(job.context["nodes"][0])
+            from MedAnalysisLib.volume import require_same_geometry
+
+            require_same_geometry(grid, label, what="prediction")
             label = grid.with_array(label.array)
             if probabilities is not None:
                 probabilities = grid.with_array(probabilities.array)
             return self._importSegmentation(job.context, label, probabilities)
-        payload = json.loads(Path(case["classification"]).read_text(encoding="utf-8"))
-        return self._importClassification(job.context, payload.get("per_slice"), payload.get("scan"))
+        rows = json.loads(files["table_json"].read_text(encoding="utf-8")) if "table_json" in files else []
+        perSlice = [row for row in rows if "slice" in row] or None
+        return self._importClassification(job.context, perSlice, record.get("scan"))
 
     def _importEvaluation(self, job: MedAnalysisJob) -> dict:
         summaryPath = Path(job.context["outputFolder"]) / "summary.json"
@@ -1117,12 +1130,12 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _caseOutputs(result: dict, outputFolder: Path) -> dict:
-    """Paths of the one case's outputs in a ``medanalysis predict`` result payload."""
-    cases = result.get("cases") or []
-    if len(cases) != 1:
-        raise MedAnalysisError(f"expected the prediction of one case, got {len(cases)} in {outputFolder}")
-    return {key: value for key, value in cases[0].items() if isinstance(value, str)}
+def _caseRecord(result: dict, outputFolder: Path) -> dict:
+    """The provenance sidecar (``<case>.json``, with its ``outputs``) of the one case a predict job ran."""
+    done = result.get("done") or []
+    if len(done) != 1:
+        raise MedAnalysisError(f"expected the prediction of one case, got {len(done)} in {outputFolder}")
+    return json.loads((outputFolder / f"{done[0]}.json").read_text(encoding="utf-8"))
 
 
 # =================================================================================================== self-test
