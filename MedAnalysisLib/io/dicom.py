@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -251,6 +252,40 @@ def _float_or(value: Any, default: float | None) -> float | None:
     return result if result is None or np.isfinite(result) else default
 
 
+_BINARY_US = {"Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"}
+_TAGS: dict[str, int] = {}
+
+
+def _header_values(dataset: Any) -> dict[str, Any]:
+    """The HEADER_TAGS values as strings / string lists / ints, decoded from the raw bytes.
+
+    pydicom's general value conversion (DSfloat, IS, validation) is most of the scan time and buys nothing here:
+    the few values needed are decoded directly. Elements that are not raw any more use pydicom's own value.
+    """
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    if not _TAGS:
+        _TAGS.update({keyword: int(tag_for_keyword(keyword)) for keyword in HEADER_TAGS})  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for keyword, tag in _TAGS.items():
+        if keyword == "PixelData":
+            continue
+        element = dataset.get_item(tag, keep_deferred=True)
+        if element is None:
+            values[keyword] = None
+        elif isinstance(element, RawDataElement):
+            raw = element.value or b""
+            if keyword in _BINARY_US:
+                values[keyword] = struct.unpack("<H" if element.is_little_endian else ">H", raw[:2])[0] if len(raw) >= 2 else None
+            else:
+                parts = [part.strip(" \x00") for part in raw.decode("latin-1").split("\\")]
+                values[keyword] = parts if len(parts) > 1 else (parts[0] or None)
+        else:
+            values[keyword] = element.value
+    return values
+
+
 def _read_slice(path: str) -> _Slice | str:
     """Header facts of ``path``, or the reason it is not an image we can use (a short string)."""
     import pydicom
@@ -272,14 +307,15 @@ def _read_slice(path: str) -> _Slice | str:
         transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
         if str(getattr(meta, "MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10":
             return "DICOMDIR (a directory record, not an image)"
-        modality = str(dataset.get("Modality", "") or "")
+        v = _header_values(dataset)
+        modality = str(v["Modality"] or "")
         pixel = dataset.get_item("PixelData", keep_deferred=True) if "PixelData" in dataset else None
         damage = None
         if truncated:
             damage = "pixel data truncated (end of file before the end of the encapsulated frames)"
-        elif pixel is None and dataset.get("Rows") is not None and modality not in _NON_IMAGE_MODALITIES:
+        elif pixel is None and v["Rows"] is not None and modality not in _NON_IMAGE_MODALITIES:
             damage = "no pixel data"
-        if (pixel is None and damage is None) or modality in _NON_IMAGE_MODALITIES or dataset.get("Rows") is None:
+        if (pixel is None and damage is None) or modality in _NON_IMAGE_MODALITIES or v["Rows"] is None:
             return f"not an image ({modality or 'no pixel data'})"
         length = getattr(pixel, "length", None)
         defined = length is not None and length != 0xFFFFFFFF
@@ -288,34 +324,36 @@ def _read_slice(path: str) -> _Slice | str:
             available = os.path.getsize(path) - int(offset)
             if available < int(length):  # type: ignore[arg-type]
                 damage = f"pixel data truncated ({max(available, 0)} of {length} bytes present)"
-        image_type = tuple(str(v).upper() for v in (dataset.get("ImageType") or ()))
+        image_type = v["ImageType"] or ()
+        image_type = (image_type,) if isinstance(image_type, str) else image_type
+        bits_allocated = _int_or(v["BitsAllocated"], 16) or 16
         return _Slice(
             path=path,
-            instance_uid=str(dataset.get("SOPInstanceUID", "") or ""),
-            series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
-            study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
-            frame_uid=str(dataset.get("FrameOfReferenceUID", "") or ""),
+            instance_uid=str(v["SOPInstanceUID"] or ""),
+            series_uid=str(v["SeriesInstanceUID"] or ""),
+            study_uid=str(v["StudyInstanceUID"] or ""),
+            frame_uid=str(v["FrameOfReferenceUID"] or ""),
             modality=modality,
-            description=str(dataset.get("SeriesDescription", "") or ""),
-            series_number=_int_or(dataset.get("SeriesNumber"), None),
-            instance_number=_int_or(dataset.get("InstanceNumber"), None),
+            description=str(v["SeriesDescription"] or ""),
+            series_number=_int_or(v["SeriesNumber"], None),
+            instance_number=_int_or(v["InstanceNumber"], None),
             transfer_syntax=transfer_syntax,
-            image_type=image_type,
-            rows=int(dataset.Rows),
-            columns=int(dataset.get("Columns", 0) or 0),
-            samples_per_pixel=_int_or(dataset.get("SamplesPerPixel"), 1) or 1,
-            photometric=str(dataset.get("PhotometricInterpretation", "") or ""),
-            bits_allocated=_int_or(dataset.get("BitsAllocated"), 16) or 16,
-            bits_stored=_int_or(dataset.get("BitsStored"), None) or _int_or(dataset.get("BitsAllocated"), 16) or 16,
-            pixel_representation=_int_or(dataset.get("PixelRepresentation"), 0) or 0,
-            n_frames=_int_or(dataset.get("NumberOfFrames"), 1) or 1,
-            orientation=_floats(dataset.get("ImageOrientationPatient"), 6),
-            position=_floats(dataset.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            pixel_spacing=_floats(dataset.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-            slice_thickness=_float_or(dataset.get("SliceThickness"), None),
-            spacing_between_slices=_float_or(dataset.get("SpacingBetweenSlices"), None),
-            slope=_float_or(dataset.get("RescaleSlope"), 1.0) or 1.0,
-            intercept=_float_or(dataset.get("RescaleIntercept"), 0.0) or 0.0,
+            image_type=tuple(str(t).upper() for t in image_type),
+            rows=int(v["Rows"]),
+            columns=_int_or(v["Columns"], 0) or 0,
+            samples_per_pixel=_int_or(v["SamplesPerPixel"], 1) or 1,
+            photometric=str(v["PhotometricInterpretation"] or ""),
+            bits_allocated=bits_allocated,
+            bits_stored=_int_or(v["BitsStored"], None) or bits_allocated,
+            pixel_representation=_int_or(v["PixelRepresentation"], 0) or 0,
+            n_frames=_int_or(v["NumberOfFrames"], 1) or 1,
+            orientation=_floats(v["ImageOrientationPatient"], 6),
+            position=_floats(v["ImagePositionPatient"], 3),  # type: ignore[arg-type]
+            pixel_spacing=_floats(v["PixelSpacing"], 2),  # type: ignore[arg-type]
+            slice_thickness=_float_or(v["SliceThickness"], None),
+            spacing_between_slices=_float_or(v["SpacingBetweenSlices"], None),
+            slope=_float_or(v["RescaleSlope"], 1.0) or 1.0,
+            intercept=_float_or(v["RescaleIntercept"], 0.0) or 0.0,
             pixel_offset=int(offset) if defined and offset is not None else None,
             pixel_length=int(length) if defined else None,  # type: ignore[arg-type]
             damage=damage,
