@@ -148,6 +148,15 @@ def test_segments_need_a_nrrd_and_an_integer_label_map(tmp_path: Path) -> None:
         write_volume(labels.with_array(np.zeros((2, 3, 4), np.float32)), tmp_path / "x.seg.nrrd", segments=[{"label_value": 1, "name": "a"}])
 
 
+def test_big_endian_and_boolean_arrays_are_written_natively(tmp_path: Path) -> None:
+    swapped = np.arange(24, dtype=">i2").reshape(2, 3, 4)
+    back = read_volume(write_volume(Volume(swapped), tmp_path / "be.nrrd"))
+    assert back.array.dtype == np.int16
+    np.testing.assert_array_equal(back.array, swapped)
+    mask = read_volume(write_volume(Volume(swapped > 10), tmp_path / "mask.nii.gz"), kind="label")
+    assert mask.array.dtype == np.uint8 and int(mask.array.sum()) == 13
+
+
 def test_failed_write_leaves_the_existing_file_untouched(tmp_path: Path) -> None:
     target = tmp_path / "keep.nrrd"
     write_volume(Volume(np.ones((2, 2, 2), np.int16)), target)

@@ -112,7 +112,9 @@ def test_huge_declared_size_with_tiny_payload_is_refused_before_allocating(tmp_p
     _refused(MemoryBudgetError, "memory budget", load_volume, packed_nrrd)
 
 
-def test_folder_with_two_series_and_a_localizer(tmp_path: Path) -> None:
+def test_folder_with_two_series_and_a_localizer(tmp_path: Path, capsys) -> None:
+    from MedAnalysisLib.cli import main
+
     pixels = np.zeros((5, 6, 6), np.int16)
     write_dicom_series(tmp_path / "ct", pixels, description="chest", series_number=2)
     write_dicom_series(tmp_path / "ct2", pixels, description="chest thin", series_number=3, slice_spacing=1.0)
@@ -125,6 +127,11 @@ def test_folder_with_two_series_and_a_localizer(tmp_path: Path) -> None:
     message = _refused(DicomSeriesError, "2 series found, got no choice", load_volume, tmp_path)
     assert "chest thin" in message and "scout" not in message
     assert load_volume(tmp_path, series=1).spacing[2] == pytest.approx(1.0)
+    assert main(["dicom", "ls", str(tmp_path), "--progress", "none"]) == 0
+    listing = capsys.readouterr().out
+    assert "skipped: 1 localizer series" in listing and "scout" not in listing
+    assert main(["dicom", "ls", str(tmp_path), "--all", "--progress", "none"]) == 0
+    assert "(localizer series)" in capsys.readouterr().out
 
 
 def test_localizer_images_inside_a_series_are_left_out_and_reported(tmp_path: Path) -> None:

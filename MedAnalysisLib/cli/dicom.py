@@ -28,6 +28,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     ls.add_argument("folder", help="folder to scan (recursively) or a single .dcm file")
     ls.add_argument("--no-recursive", action="store_true", help="scan only the folder itself, not its sub-folders")
     ls.add_argument("--json", action="store_true", help="print one JSON object per series instead of a table")
+    ls.add_argument("--all", action="store_true", help="also list series made only of localizer images")
     ls.set_defaults(func=run_ls)
 
     info = actions.add_parser("info", parents=parents, help="geometry and checks of one series")
@@ -36,10 +37,18 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     info.set_defaults(func=run_info)
 
 
-def _series_rows(folder: str, recursive: bool) -> list[dict[str, Any]]:
-    from MedAnalysisLib.io.dicom import scan_dicom_folder
+def _scan(args: argparse.Namespace, reporter: Reporter) -> tuple[list[dict[str, Any]], str]:
+    from MedAnalysisLib.io.dicom import ScanReport, scan_dicom_folder
 
-    return [series.to_dict() for series in scan_dicom_folder(folder, recursive=recursive)]
+    report = ScanReport()
+    series = scan_dicom_folder(
+        args.folder,
+        recursive=not args.no_recursive,
+        include_localizers=args.all,
+        report=report,
+        progress=lambda done, total: reporter.progress("scan", done, total, "reading DICOM headers"),
+    )
+    return [info.to_dict() for info in series], report.summary()
 
 
 def _format_spacing(spacing: Any) -> str:
@@ -49,16 +58,16 @@ def _format_spacing(spacing: Any) -> str:
 
 
 def run_ls(args: argparse.Namespace, reporter: Reporter) -> int:
-    rows = _series_rows(args.folder, recursive=not args.no_recursive)
+    rows, skipped = _scan(args, reporter)
     if args.json or reporter.mode == "jsonl":
         if reporter.mode == "jsonl":
-            reporter.result(series=rows)
+            reporter.result(series=rows, skipped=skipped)
         else:
             for row in rows:
                 print(json.dumps(row))
         return 0
     if not rows:
-        print("no DICOM image series found")
+        print(f"no DICOM image series found (skipped: {skipped})")
         return 0
     header = f"{'#':>3}  {'modality':<8} {'size (i x j)':<12} {'slices':>6}  {'spacing i x j x k mm':<22} description"
     print(header)
@@ -69,8 +78,12 @@ def run_ls(args: argparse.Namespace, reporter: Reporter) -> int:
             f"{_format_spacing(row['spacing']):<22} {row['series_description'] or '-'}"
         )
         print(f"     uid {row['series_instance_uid']}")
+        if row["is_localizer"]:
+            print("     (localizer series)")
         for problem in row["problems"]:
             print(f"     ! {problem}")
+    if skipped != "nothing else":
+        print(f"skipped: {skipped}")
     return 0
 
 

@@ -31,7 +31,7 @@ import os
 import struct
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -568,6 +568,7 @@ def scan_dicom_folder(
     *,
     include_localizers: bool = False,
     report: ScanReport | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[SeriesInfo]:
     """List the DICOM image series under ``path`` from headers only.
 
@@ -576,6 +577,7 @@ def scan_dicom_folder(
         recursive: Descend into sub-folders.
         include_localizers: Also list series made only of localizer images (flagged ``is_localizer``).
         report: Filled with the files that were skipped (not DICOM, not images) and the localizer series.
+        progress: Called as ``progress(files_done, files_total)`` every 100 files and at the end.
 
     Returns:
         Series ordered by StudyInstanceUID, SeriesNumber and SeriesInstanceUID, each with its index.
@@ -583,7 +585,10 @@ def scan_dicom_folder(
     root = Path(path)
     report = report if report is not None else ScanReport()
     by_series: dict[str, list[_Slice]] = defaultdict(list)
-    for file in _candidate_files(root, recursive):
+    candidates = _candidate_files(root, recursive)
+    for done, file in enumerate(candidates, start=1):
+        if progress is not None and (done % 100 == 0 or done == len(candidates)):
+            progress(done, len(candidates))
         result = _read_slice(str(file))
         if isinstance(result, str):
             if result == "not a DICOM file":
@@ -604,7 +609,7 @@ def scan_dicom_folder(
             continue
         series.append(info)
     if report.not_dicom or report.not_image or report.localizer_series:
-        logger.info("DICOM scan of %s: %d image series; skipped %s", root.name or str(root), len(series), report.summary())
+        logger.debug("DICOM scan of %s: %d image series; skipped %s", root.name or str(root), len(series), report.summary())
     return series
 
 

@@ -690,6 +690,8 @@ def write_volume(
     target = Path(path)
     suffix, fmt = _format_of(target)
     array = volume.array
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     elif array.dtype == np.float16:
