@@ -152,14 +152,19 @@ def test_hippocampus_fingerprint_and_plan_are_sane_and_reproducible(shared_data)
 def test_plan_command_writes_the_same_plan(shared_data, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     plan_cli.register(parser.add_subparsers(), [common_parent()])
+    hippocampus = shared_data / "hippocampus"
+    rows = [f"{hippocampus}/imagesTr/{p.name},{p},{n // 2}" for n, p in enumerate(sorted((hippocampus / "labelsTr").glob("*.nii.gz"))[:12])]
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("image,label,group\n" + "\n".join(rows) + "\n")
     out = tmp_path / "plan.json"
-    args = parser.parse_args(["plan", str(shared_data / "hippocampus"), "--out", str(out), "--set", "batch_size=3",
+    args = parser.parse_args(["plan", str(manifest), "--modality", "MRI", "--out", str(out), "--set", "batch_size=3",
                               "--set", "patch_size=32,48,32", "--progress", "none"])
     assert args.func(args, Reporter("none")) == 0
     written = Plan.from_json(out.read_text())
     assert written.batch_size == 3 and written.patch_size == (32, 48, 32)
+    assert written.modality == "MRI" and written.normalization.scheme == "zscore_nonzero"
     assert Plan.from_json(capsys.readouterr().out) == written
-    bad = parser.parse_args(["plan", str(shared_data / "hippocampus"), "--set", "nonsense"])
+    bad = parser.parse_args(["plan", str(manifest), "--set", "nonsense"])
     with pytest.raises(PlanError, match="KEY=VALUE"):
         bad.func(bad, Reporter("none"))
 
@@ -174,3 +179,21 @@ def test_fingerprint_refuses_a_label_off_the_image_grid(tmp_path):
     case = Case("c0", (str(tmp_path / "image.nii.gz"),), str(tmp_path / "label.nii.gz"))
     with pytest.raises(GeometryError, match="spacing"):
         fingerprint_dataset([case])
+
+
+def test_single_slice_ct_classification_plan(shared_data):
+    from MedAnalysisLib.data.datasets import read_case
+    from MedAnalysisLib.preprocessing.transforms import apply_plan
+
+    dataset = load_dataset(shared_data / "ct_contrast" / "labels.csv", image_columns=["file"], target_column="contrast")
+    assert dataset.task == "classification" and all(c.group for c in dataset.cases)  # grouped by patient_id
+    fingerprint = fingerprint_dataset(dataset)
+    plan = make_plan(fingerprint)
+    # the modality comes from the DICOM tags; unlabelled CT is measured inside the body, not air or padding
+    assert plan.modality == "CT" and plan.normalization.scheme == "ct"
+    assert -1000 < plan.normalization.clip_low < 0 < plan.normalization.clip_high < 3000
+    assert plan.recommended_model == "slice_cnn" and plan.median_shape[0] == 1 and plan.patch_size[0] == 1
+    assert plan.label_values == (0, 1)
+    images, _ = read_case(dataset.cases[0])
+    prepared = apply_plan(plan, images, pad_to_patch=False)
+    assert prepared.image.shape[0] == 1  # one slice stays one slice

@@ -230,3 +230,9 @@ def test_inverse_round_trips_through_a_dict_and_refuses_wrong_shapes(oblique_vol
         invert_plan(plan, np.zeros((3, 3, 3), np.uint8), inverse)
     with pytest.raises(PlanError):
         Inverse.from_dict({"original": {}})
+
+
+def test_a_single_slice_is_not_resampled_into_several():
+    grid = Grid((1, 64, 64), (0.7, 0.7, 5.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    new = spacing_grid(grid, (1.4, 1.4, 1.0))
+    assert new.shape == (1, 32, 32) and new.spacing == (1.4, 1.4, 5.0)

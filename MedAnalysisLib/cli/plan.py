@@ -44,6 +44,13 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="memory one training step may use, in MiB; the default suits a CPU (raise it for a GPU)",
     )
     parser.add_argument("--workers", type=int, default=2, help="threads reading cases (default 2)")
+    manifest = parser.add_argument_group("CSV manifests")
+    manifest.add_argument("--image-column", action="append", default=None, metavar="NAME",
+                          help="column with image paths (repeat for more channels; default image, image2, ...)")
+    manifest.add_argument("--label-column", default="label", help="column with label-map paths (default label)")
+    manifest.add_argument("--target-column", default="target", help="column with class values (default target)")
+    manifest.add_argument("--group-column", default=None, help="column grouping cases, e.g. patient_id")
+    manifest.add_argument("--modality", default=None, help="modality when the data does not say (CT, MRI, ...)")
     parser.set_defaults(func=run)
 
 
@@ -65,7 +72,14 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.preprocessing.plan import DEFAULT_MEMORY_BUDGET_MB, make_plan
 
     overrides = parse_overrides(args.overrides)
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(
+        args.data,
+        modality=args.modality,
+        image_columns=args.image_column,
+        label_column=args.label_column,
+        target_column=args.target_column,
+        group_column=args.group_column,
+    )
     reporter.log(f"{len(dataset.cases)} cases, task {dataset.task}, modality {dataset.modality}")
     fingerprint = fingerprint_dataset(dataset, workers=args.workers, reporter=reporter)
     budget = args.memory_budget_mb if args.memory_budget_mb is not None else DEFAULT_MEMORY_BUDGET_MB

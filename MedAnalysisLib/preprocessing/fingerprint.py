@@ -4,7 +4,8 @@ For every case (read once, two at a time on worker threads: reading and most num
 fingerprint records spacing, shape, orientation, the shape after cropping to the non-zero region, label values and
 voxel counts, and a seeded random sample of intensities inside the foreground (the label's non-zero voxels, or
 the image's non-zero voxels when there is no label). Pooled, the samples give the dataset's foreground intensity
-statistics (percentiles 0.5/99.5, mean, std), which CT normalisation uses.
+statistics (percentiles 0.5/99.5, mean, std), which CT normalisation uses. Unlabelled CT uses the body (voxels
+above -500 HU) as its foreground, so air and the padding outside the field of view do not set the clip range.
 
 Axis conventions: spacings (i, j, k) mm, shapes (k, j, i) voxels.
 """
@@ -187,14 +188,21 @@ class _CaseFacts:
     crop_shape: tuple[int, int, int]
     orientation: str
     dtype: str
+    modality: str
     label_counts: dict[int, int]
     samples: list[np.ndarray]
     warnings: list[str]
 
 
-def _measure_case(case: Case, index: int, seed: int) -> _CaseFacts:
+#: Without a label, CT "foreground" is the body: voxels above this value (HU), not air or padding outside the
+#: field of view.
+CT_BODY_THRESHOLD_HU = -500.0
+
+
+def _measure_case(case: Case, index: int, seed: int, modality: str) -> _CaseFacts:
     images, label = read_case(case)
     first = images[0]
+    is_ct = (modality if modality not in ("", "unknown") else str(first.metadata.get("Modality", ""))).upper() == "CT"
     warnings: list[str] = []
     for n, other in enumerate(images[1:], start=1):
         differences = geometry_differences(first, other)
@@ -223,7 +231,7 @@ def _measure_case(case: Case, index: int, seed: int) -> _CaseFacts:
     else:
         foreground = np.zeros(first.shape, dtype=bool)
         for array in arrays:
-            foreground |= array != 0
+            foreground |= (array > CT_BODY_THRESHOLD_HU) if is_ct else (array != 0)
     if not foreground.any():
         foreground = np.ones(first.shape, dtype=bool)
     rng = np.random.default_rng([seed, index])
@@ -244,6 +252,7 @@ def _measure_case(case: Case, index: int, seed: int) -> _CaseFacts:
         crop_shape=tuple(int(s) for s in crop_shape),  # type: ignore[arg-type]
         orientation=first.orientation_code(),
         dtype=str(arrays[0].dtype),
+        modality=str(first.metadata.get("Modality", "") or ""),
         label_counts=label_counts,
         samples=samples,
         warnings=warnings,
@@ -308,7 +317,7 @@ def fingerprint_dataset(
     facts: list[_CaseFacts | None] = [None] * total
     reporter.progress("fingerprint", 0, total, "reading cases")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(_measure_case, case, n, seed) for n, case in enumerate(cases)]
+        futures = [pool.submit(_measure_case, case, n, seed, modality or dataset.modality) for n, case in enumerate(cases)]
         try:
             for n, future in enumerate(futures):
                 facts[n] = future.result()
@@ -344,6 +353,11 @@ def fingerprint_dataset(
     voxel_sum = float(sum(label_total.values())) or 1.0
     orientations = Counter(f.orientation for f in measured)
     dtypes = Counter(f.dtype for f in measured)
+    if modality is None and dataset.modality in ("", "unknown"):
+        # The files may say what the dataset description does not (DICOM Modality).
+        found = Counter(f.modality for f in measured if f.modality)
+        if found:
+            modality = found.most_common(1)[0][0]
     for message in warnings:
         reporter.log(message, "warning")
     return Fingerprint(

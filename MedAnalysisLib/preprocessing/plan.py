@@ -38,7 +38,8 @@ DEFAULT_MEMORY_BUDGET_MB = 1024.0
 ANISOTROPY_THRESHOLD = 3.0
 
 #: Estimated training memory of a 3D U-Net with 32 base filters, bytes per input voxel per batch element
-#: (activations and their gradients in float32 across all levels, measured order of magnitude for Keras/TF).
+#: (activations and their gradients across all levels; an estimate in line with nnU-Net's reference of a 128^3
+#: patch with batch 2 fitting in about 10 GB).
 BYTES_PER_VOXEL_3D = 2400.0
 #: The same for a 2D U-Net (2D feature maps are cheaper per pixel: fewer, thinner levels).
 BYTES_PER_PIXEL_2D = 1600.0
@@ -406,7 +407,8 @@ def _patch_and_batch(
     """Patch (k, j, i) covering the median shape, shrunk until one batch of 2 fits the budget; then the batch size."""
     multiple = 2**levels
     notes = []
-    patch = np.array([_round_up(s, multiple) for s in median_shape], dtype=np.int64)
+    # One-slice (2D) data keeps a one-voxel patch depth: there is nothing to pool along k.
+    patch = np.array([1 if s == 1 and axis == 0 else _round_up(s, multiple) for axis, s in enumerate(median_shape)], dtype=np.int64)
     per_voxel = BYTES_PER_VOXEL_3D * (1 + 0.05 * (n_channels - 1))
     budget = budget_mb * 2**20
     min_batch = 2
@@ -415,7 +417,7 @@ def _patch_and_batch(
         return float(np.prod(p)) * batch * per_voxel <= budget
 
     shrunk = False
-    while not fits(patch, min_batch) and patch.max() > multiple:
+    while not fits(patch, min_batch) and (patch > multiple).any():
         # As nnU-Net: shrink the axis whose patch is largest compared with the median shape, so the patch keeps the
         # proportions of the data; ties go to the axis with the larger physical extent.
         physical = patch * spacing_kji
@@ -473,7 +475,7 @@ def make_plan(
     target, note = target_spacing_from(spacings, shapes)
     notes.append(note)
     target_kji = np.array(target[::-1])
-    resampled = shapes * spacings[:, ::-1] / target_kji
+    resampled = np.where(shapes == 1, 1.0, shapes * spacings[:, ::-1] / target_kji)  # one slice stays one slice
     median_shape = np.maximum(np.round(np.median(resampled, axis=0)), 1).astype(np.int64)
     total_voxels = float(np.sum(np.prod(resampled, axis=1)))
 
@@ -515,7 +517,13 @@ def make_plan(
 
     # ---- 2D slices and sequences
     slice_multiple = 2 ** max(pooling_levels, 4)
-    slice_shape = (min(_round_up(median_shape[1], slice_multiple), 512), min(_round_up(median_shape[2], slice_multiple), 512))
+    in_plane = median_shape[1:].astype(np.float64)
+    # At least 8 slices per batch must fit the budget: larger slices are scaled down (aspect kept).
+    max_pixels = memory_budget_mb * 2**20 / (8 * BYTES_PER_PIXEL_2D)
+    if in_plane.prod() > max_pixels:
+        in_plane = in_plane * math.sqrt(max_pixels / in_plane.prod())
+        notes.append(f"2D slices scaled to about {int(in_plane[0])}x{int(in_plane[1])} pixels to fit the budget")
+    slice_shape = tuple(min(_round_up(s, slice_multiple), 512) for s in in_plane)
     per_slice = float(slice_shape[0] * slice_shape[1]) * BYTES_PER_PIXEL_2D
     slice_batch = int(max(2, min(64, memory_budget_mb * 2**20 // per_slice)))
     sequence_length = int(max(1, np.max(resampled[:, 0]).round()))

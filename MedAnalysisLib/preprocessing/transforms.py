@@ -240,8 +240,10 @@ def resample_array(
     if tuple(array.shape[:3]) != source.shape:
         raise GeometryError(f"expected an array of spatial shape {source.shape}, got {array.shape}")
     interpolator = _interpolator(kind, interpolation)
-    if kind != "label" and array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float32)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    # Integer images are handed to SimpleITK as they are: it interpolates in double precision and writes float32,
+    # which saves a full-size float copy in numpy.
     vector = array.ndim == 4
     image = sitk.GetImageFromArray(array, isVector=vector)
     image.SetSpacing(source.spacing)
@@ -271,8 +273,8 @@ def resample_array(
 def spacing_grid(grid: Grid, spacing: Sequence[float]) -> Grid:
     """The grid of the same direction and extent centre with voxels of ``spacing`` (i, j, k) mm.
 
-    Sizes are the old extent divided by the new spacing, rounded (at least 1); axes already at the spacing keep
-    their size and voxel positions exactly.
+    Sizes are the old extent divided by the new spacing, rounded (at least 1); axes already at the spacing, and
+    axes of a single voxel (one-slice images), keep their size, spacing and voxel positions exactly.
     """
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
@@ -280,7 +282,8 @@ def spacing_grid(grid: Grid, spacing: Sequence[float]) -> Grid:
     size_ijk = np.array(grid.shape[::-1], dtype=np.float64)
     old = np.array(grid.spacing)
     new = np.array(spacing)
-    same = np.abs(new - old) <= SPACING_RTOL * old
+    # A single slice has no extent to resample into along its normal: it stays one slice (2D data stays 2D).
+    same = (np.abs(new - old) <= SPACING_RTOL * old) | (size_ijk == 1)
     new = np.where(same, old, new)
     new_size = np.where(same, size_ijk, np.maximum(1, np.round(size_ijk * old / new)))
     start = (size_ijk - 1) / 2 - (new_size - 1) / 2 * new / old  # continuous old index of the new first voxel
