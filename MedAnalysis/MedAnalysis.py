@@ -231,9 +231,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 self._modelCard = self.logic.readModelCard(path)
             except MedAnalysisError as error:
+                from html import escape
+
                 self.ui.modelCardLabel.setText(_("<span style='color:#c0392b'>Cannot use this bundle: {error}</span>")
-                                               .format(error=qt.Qt.escape(str(error)) if hasattr(qt.Qt, "escape")
-                                                       else str(error)))
+                                               .format(error=escape(str(error))))
             else:
                 self.ui.modelCardLabel.setText(self.logic.modelCardHtml(self._modelCard))
                 self._showLabels(self._modelCard)
@@ -454,7 +455,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._jobProgressBar.setValue(int(round(100 * (message.get("fraction") or 0.0))))
                 self._jobStatusLabel.setText(self.logic.describeProgress(message))
             elif message["type"] == "metrics" and job.kind == "train":
-                self.logic.addTrainingMetrics(self._trainingCurves[0], message)
+                self.logic.addTrainingMetrics(*self._trainingCurves, message)
             elif message["type"] == "log" and message.get("level") == "warning":
                 logging.warning(message.get("message", ""))
         if job.running:
@@ -468,6 +469,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(self._jobStatusLabel, error)
         else:
             self._jobStatusLabel.setText(self.logic.describeOutcome(job))
+            if job.kind == "train":  # offer the new model right away
+                self._parameterNode.bundlePath = outputs["bundlePath"]
             self._showOutputs(outputs)
         self.updateGUI()
 
@@ -804,20 +807,28 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         return folder
 
     def evaluate(self, bundlePath: str, datasetPath: str, outputFolder: str, *, background: bool = True,
-                 extraArguments: Sequence[str] = ()):
-        """Evaluate a bundle on labelled data (``medanalysis evaluate``); the summary becomes a table node.
+                 bootstrap: int = 1000, figures: bool = True):
+        """Evaluate a bundle on labelled data (MSD folder or CSV manifest); the summary becomes a table node.
 
-        Returns a :class:`MedAnalysisJob`, or with ``background=False`` waits and returns the table node.
+        Writes per-case metrics (``per_case.csv``), ``summary.json`` (means with bootstrap 95% intervals) and
+        figures into ``outputFolder``. Returns a :class:`MedAnalysisJob` (``medanalysis evaluate`` in a child
+        process), or with ``background=False`` runs in this process and returns the table node.
         """
         if not datasetPath or not outputFolder:
             raise InputError(f"expected a labelled dataset and an output folder, got {datasetPath!r}, {outputFolder!r}")
         self.readModelCard(bundlePath)
-        argv = ["evaluate", str(bundlePath), str(datasetPath), "--out", str(outputFolder), *extraArguments]
-        job = MedAnalysisJob("evaluate", WorkerJob(argv, python=self.python), {"outputFolder": str(outputFolder)})
         if background:
-            return job
-        job.wait()
-        return self.finishJob(job)["table"]
+            argv = ["evaluate", str(bundlePath), str(datasetPath), "--out", str(outputFolder),
+                    "--bootstrap", str(int(bootstrap))]
+            if not figures:
+                argv.append("--no-figures")
+            return MedAnalysisJob("evaluate", WorkerJob(argv, python=self.python), {"outputFolder": str(outputFolder)})
+        from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
+
+        evaluate_bundle(str(bundlePath), str(datasetPath), str(outputFolder),
+                        EvaluationOptions(bootstrap=int(bootstrap), figures=figures))
+        self.lastOutputs = self.importEvaluationSummary(outputFolder)
+        return self.lastOutputs["table"]
 
     # ------------------------------------------------------------------ bringing results into the scene
     def _importSegmentation(self, context: dict, labelVolume, probabilityVolume=None) -> dict:
@@ -896,7 +907,7 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
             if job.kind in ("segment", "classify"):
                 outputs = self._importPredictOutputs(job)
             elif job.kind == "evaluate":
-                outputs = self._importEvaluation(job)
+                outputs = self.importEvaluationSummary(job.context["outputFolder"])
             else:
                 outputs = {"bundlePath": job.context["bundlePath"]}
         finally:
@@ -928,12 +939,18 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         perSlice = [row for row in rows if "slice" in row] or None
         return self._importClassification(job.context, perSlice, record.get("scan"))
 
-    def _importEvaluation(self, job: MedAnalysisJob) -> dict:
-        summaryPath = Path(job.context["outputFolder"]) / "summary.json"
-        summary = json.loads(summaryPath.read_text(encoding="utf-8"))
-        rows = [{"metric": key, "value": value} for key, value in _flatten(summary).items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool)]
-        table = slicer_adapter.table_node_from_rows(self.scene, rows, "MedAnalysis evaluation")
+    def importEvaluationSummary(self, outputFolder) -> dict:
+        """summary.json of an evaluation as a table node: one row per metric (mean, 95% CI, median, ...)."""
+        summary = json.loads((Path(outputFolder) / "summary.json").read_text(encoding="utf-8"))
+        metrics = summary.get("metrics") or {}
+        rows = [{"metric": name, **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
+                for name, stats in metrics.items() if isinstance(stats, dict)]
+        if not rows:  # classifiers: headline figures (AUC, accuracy, ...)
+            rows = [{"metric": name, "value": value} for name, value in (summary.get("headline") or {}).items()
+                    if isinstance(value, (int, float))]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        table = slicer_adapter.table_node_from_rows(self.scene, rows, self.scene.GenerateUniqueName(
+            "MedAnalysis evaluation"), columns=columns)
         return {"table": table, "summary": summary}
 
     # ------------------------------------------------------------------ progress text and training curves
@@ -961,27 +978,25 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
     def createTrainingCurves(self):
         """An empty table (epoch, metrics...) and a plot chart for the live training curves."""
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("MedAnalysis training"))
-        chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode",
-                                             self.scene.GenerateUniqueName("MedAnalysis training curves"))
+        chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", table.GetName() + " curves")
         chart.SetTitle(_("Training"))
         chart.SetXAxisTitle(_("epoch"))
         chart.SetYAxisTitle(_("value"))
         return table, chart
 
-    def addTrainingMetrics(self, tableNode, message: dict) -> None:
-        """Append one ``metrics`` message (epoch and figures) to the curves table and its chart."""
-        metrics = {k: float(v) for k, v in (message.get("metrics") or {}).items() if isinstance(v, (int, float))}
-        rows = slicer_adapter.rows_from_table_node(tableNode) if tableNode.GetNumberOfRows() else []
+    def addTrainingMetrics(self, tableNode, chartNode, message: dict) -> None:
+        """Append one ``metrics`` message (``epoch`` and its figures) to the curves table; one chart series per
+        figure (loss, val_loss, val_dice, ...), added when a figure first appears."""
+        metrics = {k: float(v) for k, v in (message.get("metrics") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows = slicer_adapter.rows_from_table_node(tableNode)
         rows.append({"epoch": int(message.get("epoch", len(rows) + 1)), **metrics})
         columns = list(dict.fromkeys(key for row in rows for key in row))
         slicer_adapter.table_node_from_rows(self.scene, rows, tableNode.GetName(), columns=columns, node=tableNode)
-        chart = self.scene.GetFirstNodeByName(tableNode.GetName() + " curves") or None
-        charts = [self.scene.GetNthNodeByClass(i, "vtkMRMLPlotChartNode")
-                  for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode"))]
-        chart = next((c for c in charts if c.GetName().startswith("MedAnalysis training curves")), chart)
-        if chart is not None and chart.GetNumberOfPlotSeriesNodes() != len(columns) - 1:
-            slicer_adapter.plot_chart_from_table(self.scene, tableNode, "epoch", columns[1:], title=chart.GetName(),
-                                                 x_title=_("epoch"), y_title=_("value"), chart_node=chart)
+        if chartNode.GetNumberOfPlotSeriesNodes() != len(columns) - 1:
+            slicer_adapter.plot_chart_from_table(self.scene, tableNode, "epoch", columns[1:],
+                                                 title=chartNode.GetTitle() or _("Training"), x_title=_("epoch"),
+                                                 y_title=_("value"), chart_node=chartNode)
 
     # ------------------------------------------------------------------ Python dependencies (no dialogs here)
     @staticmethod
@@ -1117,17 +1132,6 @@ def _volumeUnits(rows: list) -> dict:
         elif lowered.endswith("ml") or "_ml" in lowered:
             units[column] = "mL"
     return units
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _caseRecord(result: dict, outputFolder: Path) -> dict:

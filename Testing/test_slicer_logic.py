@@ -138,3 +138,80 @@ def test_dependency_checks_use_installed_versions():
     assert f"numpy=={importlib.metadata.version('numpy')}" in constraints
     assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in constraints
     assert "keras>=3.12" in constraints  # the shipped constraints are kept
+
+
+def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_path):
+    """The argv the logic builds for predict/train/evaluate is accepted by the real ``medanalysis`` parser."""
+    from MedAnalysisLib.cli import build_parser
+
+    segmentation_bundle, _ = bundles
+    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    node = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.zeros((6, 8, 9), np.int16)), "CT")
+    labels = np.zeros((6, 8, 9), np.uint8)
+    labels[2:4, 2:5, 2:6] = 1
+    segmentation = adapter.segmentation_node_from_volume(
+        scene.scene, adapter.volume_from_node(node).with_array(labels), [{"value": 1, "name": "liver"}],
+        reference_node=node)
+    parser = build_parser()
+    jobs = [
+        logic.segment(node, str(segmentation_bundle), probabilities=True, overlap=0.25, tta=True, background=True),
+        logic.train([(node, segmentation)], str(tmp_path / "model.zip"), family="unet3d", epochs=2, resume=False,
+                    extraArguments=["--hparam", "base_filters=4"]),
+        logic.evaluate(str(segmentation_bundle), str(tmp_path / "model-training-data"), str(tmp_path / "report"),
+                       bootstrap=10, figures=False),
+    ]
+    for job in jobs:
+        job.cancel(grace_s=0.0)  # only the command line matters here
+        argv = job.worker.argv[3:]  # after "python -m MedAnalysisLib"
+        args = parser.parse_args(argv)
+        assert args.progress == "jsonl" and args.command == argv[0]
+    predict_args = parser.parse_args(jobs[0].worker.argv[3:])
+    assert predict_args.probabilities and predict_args.overlap == 0.25 and predict_args.tta == "on"
+    train_args = parser.parse_args(jobs[1].worker.argv[3:])
+    assert (train_args.task, train_args.model, train_args.epochs, train_args.no_resume) == (
+        "segmentation", "unet3d", 2, True)
+    assert train_args.data == str(tmp_path / "model-training-data")
+    assert (tmp_path / "model-training-data" / "dataset.json").is_file()
+
+
+def test_evaluation_in_process_becomes_a_metrics_table(scene, bundles, tmp_path):
+    segmentation_bundle, _ = bundles
+    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    pairs = []
+    for case in range(2):
+        volume = Volume(np.random.default_rng(case).normal(0, 30, (8, 16, 16)).astype(np.int16))
+        node = adapter.scalar_volume_node_from_volume(scene.scene, volume, f"case {case}")
+        labels = np.zeros(volume.shape, np.uint8)
+        labels[2:6, 4:12, 4:12] = 1
+        pairs.append((node, adapter.segmentation_node_from_volume(
+            scene.scene, volume.with_array(labels), [{"value": 1, "name": "liver"}], reference_node=node)))
+    data = logic.exportTrainingCases(pairs, tmp_path / "data")
+    table = logic.evaluate(str(segmentation_bundle), str(data), str(tmp_path / "report"), background=False,
+                           bootstrap=20, figures=False)
+    rows = adapter.rows_from_table_node(table)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {row["metric"] for row in rows} == set(summary["metrics"])
+    dice = next(row for row in rows if row["metric"].startswith("dice_"))
+    assert dice["mean"] == pytest.approx(summary["metrics"][dice["metric"]]["mean"])
+    assert 0.0 <= dice["mean"] <= 1.0
+
+
+def test_training_curves_grow_one_row_per_epoch_with_a_series_per_metric(scene):
+    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    table, chart = logic.createTrainingCurves()
+    logic.addTrainingMetrics(table, chart, {"type": "metrics", "epoch": 1, "metrics": {"loss": 1.5}})
+    logic.addTrainingMetrics(table, chart, {"type": "metrics", "epoch": 2,
+                                            "metrics": {"loss": 1.1, "val_dice": 0.4, "note": "x"}})
+    rows = adapter.rows_from_table_node(table)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[1]["loss"] == pytest.approx(1.1) and rows[1]["val_dice"] == pytest.approx(0.4)
+    assert np.isnan(rows[0]["val_dice"])
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    assert {chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(2)} == {"loss", "val_dice"}
+
+
+def test_progress_text_shows_stage_percent_and_eta():
+    describe = MedAnalysis.MedAnalysisLogic.describeProgress
+    text = describe({"type": "progress", "stage": "windows", "fraction": 0.25, "eta_s": 75.0, "message": "case 1"})
+    assert text == "windows: 25%, about 1m15s left \u2014 case 1"
+    assert describe({"type": "progress", "stage": "cases", "fraction": 1.0, "eta_s": 0.0}) == "cases: 100%"
