@@ -86,3 +86,53 @@ def shared_cube_bundle() -> Path:
         folder = Path(tempfile.mkdtemp(prefix="medanalysis-test-bundle-"))
         _TRAINED["cube"] = train_cube_bundle(folder / "cube-finder", steps=80)
     return _TRAINED["cube"]
+
+
+CLASS_LABELS = ((0, "no box", (90, 90, 90)), (1, "box", (230, 80, 60)))
+
+
+def box_or_not(shape: tuple[int, int, int], rng: np.random.Generator, has_box: bool) -> np.ndarray:
+    """Noise N(0, 1), with a bright box (value 100) when ``has_box``: the classification toy task."""
+    image, _ = cube_volume(shape, rng)
+    if not has_box:
+        image = rng.normal(0, 1, size=shape).astype(np.float32)
+    return image
+
+
+def train_classifier_bundle(path: Path, family: str, *, steps: int = 0, seed: int = 0) -> Path:
+    """A tiny classifier bundle (``cnn3d``, ``slice_cnn`` or ``cnn_rnn``) for the box/no-box task.
+
+    ``steps`` > 0 trains a ``cnn3d`` on whole 16^3 volumes; the slice families are saved as built (their tests check
+    the shape of results, not their accuracy).
+    """
+    import keras
+
+    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, save_bundle
+    from MedAnalysisLib.models import build_training_model
+    from MedAnalysisLib.preprocessing.transforms import normalize
+
+    keras.utils.set_random_seed(seed)
+    plan = make_cube_plan(task="classification", target_spacing=None, recommended_model=family,
+                          slice_shape=(16, 16), patch_size=(16, 16, 16))
+    hparams: dict[str, object] = {"n_classes": 2, "in_channels": 1}
+    if family == "cnn3d":
+        hparams.update(filters=[4, 8], norm="batch", residual=False)
+    elif family == "slice_cnn":
+        hparams.update(preset="global_pool", input_shape=[16, 16], base_filters=4, n_blocks=1)
+    else:
+        hparams.update(slice_shape=[16, 16], encoder_filters=[4], rnn_units=4, attention_units=4)
+    model, training_model = build_training_model(family, **hparams)
+    if steps:
+        training_model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", jit_compile=False)
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            targets = rng.integers(0, 2, 8)
+            x = np.stack([normalize(box_or_not((16, 16, 16), rng, bool(t)), plan.normalization)[..., None]
+                          for t in targets])
+            training_model.train_on_batch(x, targets.astype(np.float32)[:, None])
+    config = BundleConfig(
+        name=f"box-{family}", task="classification", family=family, hparams=hparams, plan=plan,
+        labels=tuple(LabelInfo(v, n, c) for v, n, c in CLASS_LABELS),
+        input={"channels": [{"name": "image", "modality": "MR"}]},
+    )
+    return save_bundle(path, model, config)
