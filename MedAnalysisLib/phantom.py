@@ -7,8 +7,8 @@ structures of different shape, size, position and contrast:
 value  name       shape and contrast
 ====== ========== ==========================================================================================
 1      organ      a lobulated blob (smooth union of 3-5 ellipsoids), brighter than the surrounding tissue
-2      vessel     a tube of 2.5-4 mm radius along a curved centre line, running through part of the slices, bright
-3      lesion     a small tilted ellipsoid inside the organ, darker than the organ; present in some scans only
+2      vessel     a tube of 3-4.5 mm radius along a curved centre line, running through part of the slices, bright
+3      lesion     a small tilted ellipsoid inside the organ, darker than the surrounding tissue; present in some scans only
 ====== ========== ==========================================================================================
 
 On top of the structures come a smooth background texture, a smooth multiplicative bias field and Rician noise
@@ -130,7 +130,7 @@ def make_phantom(
         )
         for _ in range(n_lobes)
     ]
-    vessel_radius = max(scale * rng.uniform(0.08, 0.12), 1.2 * max(spacing_ijk[:2]))
+    vessel_radius = max(scale * rng.uniform(0.10, 0.14), 1.2 * max(spacing_ijk[:2]))
     vessel_side = rng.choice([-1.0, 1.0], size=2)
     vessel_offset = np.array([vessel_side[0] * rng.uniform(0.50, 0.62) * body_axes[0],
                               vessel_side[1] * rng.uniform(0.05, 0.35) * body_axes[1]])
@@ -140,7 +140,7 @@ def make_phantom(
     vessel_z_range = np.array([-rng.uniform(0.3, 1.2), rng.uniform(0.3, 1.2)]) * half_extent[2]
     # The lesion's parameters are drawn even without a lesion: one seed gives the same organ and vessel either way.
     has_lesion = bool(rng.random() < 0.5) if lesion is None else bool(lesion)
-    lesion_axes = organ_radius * rng.uniform(0.36, 0.50, 3)
+    lesion_axes = organ_radius * rng.uniform(0.40, 0.55, 3)
     lesion_rotation = rotation_about_axis("z", rng.uniform(0, 180)) @ rotation_about_axis("y", rng.uniform(-40, 40))
     lesion_offset = rng.normal(0.0, 1.0, 3)
     lesion_offset *= rng.uniform(0.0, 0.25) * organ_radius / max(np.linalg.norm(lesion_offset), 1e-9)
@@ -150,7 +150,7 @@ def make_phantom(
     }
     intensities["organ"] = intensities["tissue"] + float(rng.uniform(45.0, 70.0))
     intensities["vessel"] = intensities["tissue"] + float(rng.uniform(110.0, 150.0))
-    intensities["lesion"] = intensities["organ"] - float(rng.uniform(50.0, 75.0))
+    intensities["lesion"] = intensities["tissue"] - float(rng.uniform(35.0, 50.0))
     texture_amplitude = rng.uniform(4.0, 8.0)
     noise_sigma = rng.uniform(4.0, 7.0)
     bias_coefficients = rng.uniform(-0.12, 0.12, 4)
