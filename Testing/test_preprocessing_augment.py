@@ -96,3 +96,22 @@ def test_no_augmentation_is_identity_and_config_is_validated():
     with pytest.raises(PlanError, match="label of shape"):
         Augmenter()(image, label[:5], np.random.default_rng(0))
     assert AugmentConfig.from_dict(AugmentConfig().to_dict()) == AugmentConfig()
+
+
+def test_context_margin_fills_rotated_patches_and_crops_the_centre():
+    rng = np.random.default_rng(0)
+    outer = rng.uniform(1.0, 2.0, size=(24, 24, 24, 1)).astype(np.float32)  # no zero anywhere
+    label = (outer[..., 0] > 1.5).astype(np.uint8)
+    rotating = Augmenter(dict(SPATIAL_ONLY, p_flip=0, p_rotate=1.0, rotate_degrees=15, p_scale=1.0, scale_range=(0.85, 0.9)))
+    image, out_label = rotating(outer, label, np.random.default_rng(1), output_shape=(16, 16, 16))
+    assert image.shape == (16, 16, 16, 1) and out_label.shape == (16, 16, 16)
+    assert image.min() > 0.9  # filled from the context, no zero corners
+    plain = Augmenter(NO_AUGMENTATION)
+    image, out_label = plain(outer, label, np.random.default_rng(1), output_shape=(16, 16, 16))
+    np.testing.assert_array_equal(image, outer[4:20, 4:20, 4:20])
+    np.testing.assert_array_equal(out_label, label[4:20, 4:20, 4:20])
+    flipped = Augmenter(dict(SPATIAL_ONLY, p_flip=1.0, p_rotate=0, p_scale=0))
+    image, _ = flipped(outer, label, np.random.default_rng(1), output_shape=(16, 16, 16))
+    np.testing.assert_array_equal(image, outer[::-1, ::-1, ::-1][4:20, 4:20, 4:20])
+    with pytest.raises(PlanError, match="even margin"):
+        plain(outer, label, np.random.default_rng(0), output_shape=(15, 16, 16))

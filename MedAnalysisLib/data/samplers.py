@@ -106,6 +106,30 @@ def _start_containing(rng: np.random.Generator, point: Sequence[int], shape: Seq
     return start
 
 
+#: Context added on each side of a window, as a share of its size, when the augmenter rotates or zooms: enough
+#: for the default 15 degrees and zoom-out to 0.85 to fill the window with image rather than zeros.
+CONTEXT_MARGIN = 0.25
+
+
+def _extract(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    start: Sequence[int],
+    size: Sequence[int],
+    augmenter: Augmenter | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window ``[start, start + size)`` of image and label, augmented (with surrounding context when it helps)."""
+    if augmenter is None:
+        return _crop_or_pad(image, start, size), (_crop_or_pad(label, start, size) if label is not None else None)
+    margin = [int(np.ceil(CONTEXT_MARGIN * s)) if augmenter.resamples else 0 for s in size]
+    outer_start = [s - m for s, m in zip(start, margin, strict=True)]
+    outer_size = [s + 2 * m for s, m in zip(size, margin, strict=True)]
+    outer_image = _crop_or_pad(image, outer_start, outer_size)
+    outer_label = _crop_or_pad(label, outer_start, outer_size) if label is not None else None
+    return augmenter(outer_image, outer_label, rng, output_shape=tuple(size))
+
+
 def _random_start(rng: np.random.Generator, shape: Sequence[int], size: Sequence[int]) -> list[int]:
     return [int(rng.integers(0, s - w + 1)) if s >= w else (s - w) // 2 for s, w in zip(shape, size, strict=True)]
 
@@ -200,11 +224,7 @@ class PatchSampler(_Sampler):
             index = int(rng.integers(len(self.cases)))
             case = self.cases[index]
             start = _random_start(rng, case.image.shape[:3], self.patch_size)
-        image = _crop_or_pad(case.image, start, self.patch_size)
-        label = _crop_or_pad(case.label, start, self.patch_size)  # type: ignore[arg-type]
-        if self.augmenter is not None:
-            image, label = self.augmenter(image, label, rng)  # type: ignore[assignment]
-        return image, label
+        return _extract(case.image, case.label, start, self.patch_size, self.augmenter, rng)  # type: ignore[return-value]
 
     def batch(self, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(x (B, k, j, i, C) float32, y (B, k, j, i) int32)``; the last patches are the foreground ones."""
@@ -284,10 +304,7 @@ class SliceSampler(_Sampler):
             start = _start_containing(rng, points[int(rng.integers(len(points)))], image.shape[:2], self.slice_shape)
         else:
             start = _random_start(rng, image.shape[:2], self.slice_shape)
-        image = _crop_or_pad(image, start, self.slice_shape)
-        label = _crop_or_pad(label, start, self.slice_shape) if label is not None else None
-        if self.augmenter is not None:
-            image, label = self.augmenter(image, label, rng)
+        image, label = _extract(image, label, start, self.slice_shape, self.augmenter, rng)
         if self.target == "mask":
             y: Any = label
         elif self.target == "case":

@@ -124,8 +124,19 @@ class Augmenter:
         self.config = config
         self._rng = np.random.default_rng(seed)
 
+    @property
+    def resamples(self) -> bool:
+        """Whether rotation, scaling or elastic deformation may apply (they profit from context around a patch)."""
+        c = self.config
+        return c.p_rotate > 0 or c.p_scale > 0 or c.p_elastic > 0
+
     def __call__(
-        self, image: np.ndarray, label: np.ndarray | None = None, rng: np.random.Generator | None = None
+        self,
+        image: np.ndarray,
+        label: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        *,
+        output_shape: tuple[int, ...] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Augment one sample.
 
@@ -133,9 +144,12 @@ class Augmenter:
             image: ``(k, j, i, C)`` or ``(H, W, C)`` float array.
             label: ``(k, j, i)`` or ``(H, W)`` integer array on the same grid, or None.
             rng: Source of randomness (default: the augmenter's own seeded generator).
+            output_shape: Return only the centre of this spatial shape. Samplers pass a patch with a margin of
+                context around it, so that rotated and zoomed-out patches are filled with image instead of
+                zeros. The margin must be the same on both sides of each axis.
 
         Returns:
-            ``(image float32, label)`` of the same shapes (the label keeps its dtype).
+            ``(image float32, label)`` of the input's shapes, or of ``output_shape`` (the label keeps its dtype).
         """
         rng = rng if rng is not None else self._rng
         image = np.asarray(image)
@@ -144,6 +158,14 @@ class Augmenter:
         spatial = image.ndim - 1
         if label is not None and tuple(label.shape) != tuple(image.shape[:spatial]):
             raise PlanError(f"expected a label of shape {image.shape[:spatial]}, got {label.shape}")
+        if output_shape is not None:
+            output_shape = tuple(int(o) for o in output_shape)
+            have = image.shape[:spatial]
+            if len(output_shape) != spatial or any(o < 1 or o > h or (h - o) % 2 for o, h in zip(output_shape, have, strict=True)):
+                raise PlanError(
+                    f"expected an output_shape of {spatial} sizes, each no larger than the input {have} with an even "
+                    f"margin, got {output_shape}"
+                )
         c = self.config
         image = image.astype(np.float32, copy=False)
 
@@ -172,7 +194,11 @@ class Augmenter:
         if rng.random() < c.p_elastic:
             elastic = True
         if np.any(angles != 0) or scale != 1.0 or elastic:
-            image, label = _spatial_resample(image, label, np.deg2rad(angles), scale, elastic, c, rng)
+            image, label = _spatial_resample(image, label, np.deg2rad(angles), scale, elastic, c, rng, output_shape)
+        elif output_shape is not None and output_shape != image.shape[:spatial]:
+            centre = tuple(slice((h - o) // 2, (h - o) // 2 + o) for h, o in zip(image.shape, output_shape, strict=False))
+            image = image[centre]
+            label = label[centre] if label is not None else None
 
         # ---- intensity
         if rng.random() < c.p_gamma:
@@ -205,13 +231,19 @@ def _spatial_resample(
     elastic: bool,
     c: AugmentConfig,
     rng: np.random.Generator,
+    output_shape: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rotate (radians), zoom and optionally deform about the patch centre; outside the patch becomes 0."""
+    """Rotate (radians), zoom and optionally deform about the centre; points outside the input become 0.
+
+    The output is the centred ``output_shape`` region (default: the whole input), in voxel units.
+    """
     import SimpleITK as sitk
 
     spatial = image.ndim - 1
-    size_xyz = image.shape[:spatial][::-1]
-    center = [(s - 1) / 2.0 for s in size_xyz]
+    in_xyz = image.shape[:spatial][::-1]
+    size_xyz = tuple(output_shape[::-1]) if output_shape is not None else in_xyz
+    start_xyz = [float((i - o) // 2) for i, o in zip(in_xyz, size_xyz, strict=True)]
+    center = [m + (s - 1) / 2.0 for m, s in zip(start_xyz, size_xyz, strict=True)]
     if spatial == 3:
         # angles are about the k, j, i array axes = ITK z, y, x.
         rotation = sitk.Euler3DTransform(center, float(angles[2]), float(angles[1]), float(angles[0]))
@@ -231,20 +263,25 @@ def _spatial_resample(
         shape = (points,) * spatial + (spatial,)
         field = sitk.GetImageFromArray(rng.normal(0.0, c.elastic_magnitude, size=shape), isVector=True)
         field.SetSpacing([max(s - 1, 1) / (points - 1) for s in size_xyz])
+        field.SetOrigin(start_xyz)
         displacement = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
         transform = sitk.CompositeTransform([affine, displacement])
 
-    def resample(data: np.ndarray, interpolator: int) -> np.ndarray:
-        source = sitk.GetImageFromArray(np.ascontiguousarray(data))
-        out = sitk.Resample(source, source, transform, interpolator, 0.0, source.GetPixelID())
+    identity = tuple(np.eye(spatial).ravel())
+
+    def resample(data: np.ndarray, interpolator: int, vector: bool = False) -> np.ndarray:
+        source = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
+        out = sitk.Resample(
+            source, [int(s) for s in size_xyz], transform, interpolator, start_xyz, [1.0] * spatial, identity, 0.0,
+            source.GetPixelID(),
+        )
         return sitk.GetArrayFromImage(out)
 
     if image.shape[-1] == 1:
         channels = [resample(image[..., 0], sitk.sitkLinear)]
     else:
-        vector = sitk.GetImageFromArray(np.ascontiguousarray(image), isVector=True)
-        out = sitk.Resample(vector, vector, transform, sitk.sitkLinear, 0.0, vector.GetPixelID())
-        channels = [sitk.GetArrayFromImage(out)[..., n] for n in range(image.shape[-1])]
+        out = resample(image, sitk.sitkLinear, vector=True)
+        channels = [out[..., n] for n in range(image.shape[-1])]
     new_image = np.stack(channels, axis=-1).astype(np.float32, copy=False)
     new_label = resample(label, sitk.sitkNearestNeighbor) if label is not None else None
     return new_image, new_label
