@@ -55,8 +55,13 @@ def test_vector_images_read_as_components_last(tmp_path: Path, suffix: str) -> N
     back = read_volume(write_volume(volume, tmp_path / f"rgb{suffix}"))
     assert back.array.shape == (3, 4, 5, 3) and back.n_components == 3
     np.testing.assert_array_equal(back.array, array)
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"rgb{suffix}")))
+    np.testing.assert_array_equal(back.array, reference)
     with pytest.raises(ImageValidationError, match="one value per voxel"):
         read_volume(tmp_path / f"rgb{suffix}", kind="label")
+    array[1, 2, 3, 2] = np.nan
+    with pytest.raises(ImageValidationError, match="1 NaN"):
+        read_volume(write_volume(Volume(array), tmp_path / f"nan{suffix}"))
 
 
 def test_read_header_does_not_need_the_pixels(tmp_path: Path, oblique_volume_factory) -> None:

@@ -209,6 +209,15 @@ def test_nan_and_inf_voxels(tmp_path: Path, bad: float) -> None:
     _refused(ImageValidationError, "expected finite", load_volume, tmp_path / "bad.nrrd", kind="label")
 
 
+def test_nan_stays_visible_in_nifti_with_a_unit_time_axis(tmp_path: Path) -> None:
+    """dim[0] = 4 with one time point is read as 3D; its NaN must still be found (the NIfTI library zeroes them)."""
+    array = np.zeros((1, 3, 4, 5), np.float32)
+    array[0, 2, 1, 0] = np.nan
+    path = write_nifti(tmp_path / "t1.nii", array, np.eye(4))
+    message = _refused(ImageValidationError, "1 NaN", load_volume, path)
+    assert "(2, 1, 0)" in message
+
+
 def test_label_map_with_fractional_values(tmp_path: Path) -> None:
     labels = np.zeros((3, 4, 5), np.float32)
     labels[0, 0, :2] = 0.5

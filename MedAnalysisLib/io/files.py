@@ -260,12 +260,12 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> _NiftiLayout:
     )
 
 
-def _read_nifti_floats(path: Path, layout: _NiftiLayout, dtype: np.dtype) -> np.ndarray:
+def _read_nifti_floats(path: Path, layout: _NiftiLayout, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """Read float NIfTI voxels directly, because the NIfTI library under SimpleITK silently turns NaN/Inf into 0.
 
-    Returns the array in numpy (reversed-axis) order with the NIfTI scaling applied as ITK applies it.
+    Returns the array with ``shape`` (numpy order, trailing unit NIfTI dimensions dropped as SimpleITK drops them)
+    and the NIfTI scaling applied as ITK applies it.
     """
-    shape = tuple(reversed(layout.dims))
     out = np.empty(shape, dtype=layout.endian + _NIFTI_FLOATS[layout.datatype])
     opener = gzip.open if layout.compressed else open
     try:
@@ -541,10 +541,13 @@ def read_volume(
     if (
         layout is not None
         and layout.datatype in _NIFTI_FLOATS
-        and header.n_components == 1
-        and len(layout.dims) == header.dimension
+        and int(np.prod(layout.dims)) == int(np.prod(header.size)) * header.n_components
     ):
-        array = _read_nifti_floats(header.path, layout, header.dtype)
+        # NIfTI stores vector components as the slowest axis (dim[5]); Volume keeps them last
+        shape = ((header.n_components,) if header.n_components > 1 else ()) + tuple(reversed(header.size))
+        array = _read_nifti_floats(header.path, layout, header.dtype, shape=shape)
+        if header.n_components > 1:
+            array = np.moveaxis(array, 0, -1)
     else:
         try:
             image = reader.Execute()
