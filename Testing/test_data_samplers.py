@@ -109,3 +109,10 @@ def test_sequence_sampler_pads_and_masks(shared_data):
     window = SequenceSampler(cases, 2, max_slices=10)
     x, mask, _, _ = window.batch(3)
     assert x.shape[1] == 10 and mask.all()
+
+
+def test_cases_without_any_foreground_still_sample():
+    empty = tiny_case(3)
+    blank = PreparedCase(empty.image, np.zeros_like(empty.label), empty.inverse)
+    x, y = PatchSampler([blank], (16, 16, 16), 3, foreground_fraction=1.0).batch(0)
+    assert x.shape == (3, 16, 16, 16, 1) and not y.any() and np.isfinite(x).all()

@@ -111,6 +111,7 @@ def test_overrides_from_text_and_values():
     plan = make_plan(make_fingerprint(), overrides={"patch_size": "32,32,32", "normalization.scheme": "zscore"})
     assert plan.patch_size == (32, 32, 32)
     assert plan.normalization.scheme == "zscore"
+    assert "overridden by the user" in plan.notes[-1]
     assert plan.replace(target_spacing="none").target_spacing is None
     assert plan.replace(patch_size=48).patch_size == (48, 48, 48)
     assert plan.replace(batch_size="4", orientation="RAS").batch_size == 4

@@ -572,4 +572,6 @@ def make_plan(
     )
     if overrides:
         plan = plan.replace(**overrides)
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        plan = dataclasses.replace(plan, notes=(*plan.notes, f"overridden by the user: {changed}"))
     return plan
