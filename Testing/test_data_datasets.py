@@ -51,6 +51,10 @@ def test_csv_manifest_segmentation_and_classification(tmp_path):
     assert classes.task == "classification" and [c.target for c in classes.cases] == [0, 1, 1]
     assert classes.labels == {0: "0", 1: "1"} and classes.cases[0].case_id == "a"
 
+    (tmp_path / "both.csv").write_text("image,label,target\nt1_0.nii.gz,lab_0.nii.gz,1\nt1_1.nii.gz,lab_1.nii.gz,0\n")
+    both = load_dataset(tmp_path / "both.csv")
+    assert both.task == "segmentation" and [c.target for c in both.cases] == [1, 0] and both.cases[0].label
+
     (tmp_path / "bad.csv").write_text("image,target\nmissing.nii.gz,1\n")
     with pytest.raises(InputError, match="missing.nii.gz"):
         load_dataset(tmp_path / "bad.csv")

@@ -236,7 +236,8 @@ def _load_csv(
             images.append(str((base / value).resolve()))
         label = (row.get(label_column) or "").strip() if has_label else ""
         target: float | int | None = None
-        if task == "classification":
+        # Targets are kept whenever given (a slice-sequence model may learn from label maps and scan targets).
+        if task == "classification" or (has_target and (row.get(target_column) or "").strip()):
             target = _parse_target(row.get(target_column, ""), number, path)
         case_id = (row.get("case_id") or "").strip() or f"{_case_stem(Path(images[0]).name)}"
         group = (row.get(group_column) or "").strip() or None if group_column else None
