@@ -179,7 +179,7 @@ class BundleConfig:
                 f"expected bundle schema version {BUNDLE_SCHEMA_VERSION}, got {self.schema_version!r}")
         _expect(isinstance(self.name, str) and self.name != "", f"expected a bundle name, got {self.name!r}")
         _expect(self.task in TASKS, f"expected task to be one of {TASKS}, got {self.task!r}")
-        _expect(self.family in MODEL_FAMILIES,
+        _expect(isinstance(self.family, str) and self.family in MODEL_FAMILIES,
                 f"expected a model family among {sorted(MODEL_FAMILIES)}, got {self.family!r}")
         _expect(isinstance(self.hparams, dict), f"expected hparams to be a dict, got {type(self.hparams).__name__}")
         _check_json_safe("hparams", self.hparams)
@@ -288,7 +288,7 @@ class BundleConfig:
     def from_json(cls, text: str | bytes) -> BundleConfig:
         try:
             data = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: absurdly deep nesting
             raise BundleError(f"expected bundle.json to hold valid JSON, got a parse error: {error}") from error
         return cls.from_dict(data)
 
@@ -541,7 +541,7 @@ def bundle_summary(config: BundleConfig) -> str:
     lines = [
         f"Model:        {config.name}",
         f"Task:         {config.task} ({config.family})",
-        f"Labels:       " + ", ".join(f"{label.value} {label.name}" for label in config.labels),
+        "Labels:       " + ", ".join(f"{label.value} {label.name}" for label in config.labels),
         f"Modality:     {plan_dict.get('modality', '?')}; channels: "
         + ", ".join(f"{c['name']} ({c['modality']})" for c in config.input["channels"]),
     ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from MedAnalysisLib.errors import UnsafeArchiveError
@@ -28,12 +29,19 @@ DEFAULT_MAX_MEMBERS = 256
 DEFAULT_MAX_RATIO = 200.0
 
 _CHUNK = 1 << 20
+#: What the zipfile module raises on a damaged archive (bad local headers, corrupt deflate streams, unsupported
+#: compression methods, offsets past the end); turned into :class:`UnsafeArchiveError`.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError)
+#: Longest entry name and path component accepted (longer ones cannot be created on common file systems).
+_MAX_NAME_BYTES = 1024
+_MAX_COMPONENT_BYTES = 255
 
 
 def _member_kind(info: zipfile.ZipInfo) -> str:
     """``"dir"``, ``"file"`` or ``"special"`` from the Unix mode bits a zip entry may carry."""
     mode = (info.external_attr >> 16) & 0xFFFF
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    # Permission bits without a file type (as Python's ZipFile.writestr stores them) describe a regular file.
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return "special"
     return "dir" if info.is_dir() else "file"
 
@@ -49,6 +57,13 @@ def check_member_name(name: str) -> PurePosixPath:
         raise UnsafeArchiveError(f"expected relative archive entry names, got the absolute path {name!r}")
     if any(part == ".." for part in path.parts):
         raise UnsafeArchiveError(f"expected archive entries inside the archive, got {name!r} (contains '..')")
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES or any(
+        len(part.encode("utf-8", "surrogateescape")) > _MAX_COMPONENT_BYTES for part in path.parts
+    ):
+        raise UnsafeArchiveError(
+            f"expected archive entry names of at most {_MAX_NAME_BYTES} bytes (components of at most "
+            f"{_MAX_COMPONENT_BYTES}), got one of {len(name)} characters"
+        )
     return path
 
 
@@ -93,6 +108,13 @@ def inspect_archive(
     return files
 
 
+def _open_zip(archive_path: str | os.PathLike[str]) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive_path)
+    except _DAMAGED as error:
+        raise UnsafeArchiveError(f"expected a readable .zip archive, got {Path(archive_path).name}: {error}") from error
+
+
 def read_member(
     archive_path: str | os.PathLike[str],
     name: str,
@@ -105,13 +127,16 @@ def read_member(
         UnsafeArchiveError: The archive fails :func:`inspect_archive`, or the entry is larger than ``max_bytes``.
         KeyError: No entry of that name.
     """
-    with zipfile.ZipFile(archive_path) as archive:
+    with _open_zip(archive_path) as archive:
         files = dict((path.as_posix(), info) for info, path in inspect_archive(archive))
         info = files[name]
         if info.file_size > max_bytes:
             raise UnsafeArchiveError(f"expected {name!r} to hold at most {max_bytes} bytes, got {info.file_size}")
-        with archive.open(info) as handle:
-            data = handle.read(max_bytes + 1)
+        try:
+            with archive.open(info) as handle:
+                data = handle.read(max_bytes + 1)
+        except _DAMAGED as error:
+            raise UnsafeArchiveError(f"expected a readable entry {name!r}, got a damaged one: {error}") from error
         if len(data) > max_bytes:
             raise UnsafeArchiveError(f"expected {name!r} to hold at most {max_bytes} bytes, got more")
         return data
@@ -119,7 +144,7 @@ def read_member(
 
 def list_members(archive_path: str | os.PathLike[str]) -> list[str]:
     """Names of the regular files of a validated archive, in archive order."""
-    with zipfile.ZipFile(archive_path) as archive:
+    with _open_zip(archive_path) as archive:
         return [path.as_posix() for _, path in inspect_archive(archive)]
 
 
@@ -152,10 +177,7 @@ def safe_extract(
     destination = Path(destination)
     if destination.exists():
         raise FileExistsError(f"expected a new extraction folder, got the existing {destination}")
-    try:
-        archive = zipfile.ZipFile(archive_path)
-    except zipfile.BadZipFile as error:
-        raise UnsafeArchiveError(f"expected a readable .zip archive, got {Path(archive_path).name}: {error}") from error
+    archive = _open_zip(archive_path)
     with archive, atomic_directory(destination) as temporary:
         root = temporary.resolve()
         written = 0
@@ -168,18 +190,23 @@ def safe_extract(
             archive, max_total_bytes=max_total_bytes, max_members=max_members, max_ratio=max_ratio
         ):
             target = root / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source, open(target, "xb") as sink:
-                member_bytes = 0
-                while chunk := source.read(_CHUNK):
-                    member_bytes += len(chunk)
-                    written += len(chunk)
-                    if written > max_total_bytes or member_bytes > max(info.file_size, 0):
-                        raise UnsafeArchiveError(
-                            f"expected {info.filename!r} to expand to {info.file_size} bytes as its header says "
-                            f"(and the archive to at most {max_total_bytes}), got more"
-                        )
-                    sink.write(chunk)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as source, open(target, "xb") as sink:
+                    member_bytes = 0
+                    while chunk := source.read(_CHUNK):
+                        member_bytes += len(chunk)
+                        written += len(chunk)
+                        if written > max_total_bytes or member_bytes > max(info.file_size, 0):
+                            raise UnsafeArchiveError(
+                                f"expected {info.filename!r} to expand to {info.file_size} bytes as its header says "
+                                f"(and the archive to at most {max_total_bytes}), got more"
+                            )
+                        sink.write(chunk)
+            except _DAMAGED as error:
+                raise UnsafeArchiveError(
+                    f"expected a readable entry {info.filename!r}, got a damaged one: {error}"
+                ) from error
     return destination
 
 
