@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_inference import cube_volume, shared_cube_bundle
+
 from MedAnalysisLib.evaluation import figures, metrics
 from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
 from MedAnalysisLib.io import write_volume

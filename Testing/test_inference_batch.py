@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_inference import cube_volume, shared_cube_bundle
 from helpers_io import CANARIES, write_dicom_series
+
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.inference.batch import BatchOptions, discover_cases, run_batch, select_shard
 from MedAnalysisLib.io import write_volume

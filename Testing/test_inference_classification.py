@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_inference import box_or_not, train_classifier_bundle
+
 from MedAnalysisLib.inference.predict import predict
 from MedAnalysisLib.io import write_volume
 from MedAnalysisLib.volume import Volume

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers_inference import shared_cube_bundle
+
 from MedAnalysisLib.errors import ImageValidationError, InputError
 from MedAnalysisLib.inference.postprocess import fill_holes, largest_component, postprocess_labels
 from MedAnalysisLib.inference.predict import label_volume_table, predict

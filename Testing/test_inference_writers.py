@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_inference import shared_cube_bundle
 from helpers_io import CANARIES, write_dicom_series
+
 from MedAnalysisLib.bundle import LabelInfo
 from MedAnalysisLib.inference.writers import write_dicom_seg, write_prediction
 from MedAnalysisLib.io import load_volume, read_volume
@@ -71,10 +71,10 @@ def test_dicom_seg_refuses_a_label_on_another_grid(tmp_path: Path) -> None:
 
 
 def test_all_outputs_of_a_dicom_case(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
     from MedAnalysisLib.bundle import load_bundle
     from MedAnalysisLib.inference.predict import predict
-
-    import SimpleITK as sitk
 
     oblique_series(tmp_path / "series")
     volume = load_volume(tmp_path / "series")

@@ -97,7 +97,7 @@ def evaluate_bundle(
     out.mkdir(parents=True, exist_ok=True)
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
     config = loaded.config
-    dataset = load_dataset(Path(data))
+    dataset = load_dataset(Path(data), task=config.task)  # a CSV with labels and targets serves either task
     task = config.task
     labelled = [c for c in dataset.cases if (c.label if task == "segmentation" else c.target) is not None]
     if not labelled:
@@ -206,7 +206,7 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
     if target not in values:
         raise InputError(f"expected a target among the bundle's class values {values}, got {case.target!r}")
     row = {"case_id": case.case_id, "target": int(target)}
-    row.update({f"p_{names[v]}": float(p) for v, p in zip(values, probabilities)})
+    row.update({f"p_{names[v]}": float(p) for v, p in zip(values, probabilities, strict=True)})
     if len(values) == 2:
         row["predicted"] = int(values[1] if probabilities[1] >= options.threshold else values[0])
     else:

@@ -264,7 +264,7 @@ def predict(
         patch = tuple(int(p) for p in plan.patch_size)
         predict_fn = _Runner.get(loaded.model, precision, None, patch)
         details.update(precision=predict_fn.precision, patch_size=list(patch),
-                       windows=len(make_grid([max(s, p) for s, p in zip(prepared.image.shape[:3], patch)], patch, overlap)))
+                       windows=len(make_grid([max(s, p) for s, p in zip(prepared.image.shape[:3], patch, strict=True)], patch, overlap)))
         batch = int(batch_size or plan.batch_size)
         t0 = time.perf_counter()
         output = "probabilities"
@@ -349,7 +349,7 @@ def _classify(
     def scan_result(probs: np.ndarray) -> dict[str, Any]:
         best = int(np.argmax(probs))
         return {"predicted": class_names[best], "value": int(values[best]),
-                "probabilities": {name: float(p) for name, p in zip(class_names, probs)}}
+                "probabilities": {name: float(p) for name, p in zip(class_names, probs, strict=True)}}
 
     t0 = time.perf_counter()
     if family in SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS:
@@ -386,7 +386,7 @@ def _classify(
             k_original = float(original.physical_to_index(position)[2])
             row: dict[str, Any] = {"slice": int(round(k_original)) if abs(k_original - round(k_original)) < 0.25 else s,
                                    "position_lps": [round(float(c), 3) for c in position]}
-            row.update({f"p_{name}": float(p) for name, p in zip(class_names, probs)})
+            row.update({f"p_{name}": float(p) for name, p in zip(class_names, probs, strict=True)})
             row["predicted"] = class_names[int(np.argmax(probs))]
             per_slice.append(row)
         table = per_slice
@@ -396,10 +396,10 @@ def _classify(
         image = prepared.image
         fixed = loaded.model.input_shape[1:4]
         if all(s is not None for s in fixed):  # centre crop/pad to a fixed input size
-            pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2)) for s, f in zip(image.shape[:3], fixed)]
+            pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2)) for s, f in zip(image.shape[:3], fixed, strict=True)]
             image = np.pad(image, [*pads, (0, 0)])
-            starts = [(s - f) // 2 for s, f in zip(image.shape[:3], fixed)]
-            image = image[tuple(slice(a, a + f) for a, f in zip(starts, fixed))]
+            starts = [(s - f) // 2 for s, f in zip(image.shape[:3], fixed, strict=True)]
+            image = image[tuple(slice(a, a + f) for a, f in zip(starts, fixed, strict=True))]
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         predict_fn = _Runner.get(loaded.model, precision)
@@ -411,12 +411,12 @@ def _classify(
             probs = probs / 4
         timings["model"] = time.perf_counter() - t0
         scan = scan_result(probs)
-        table = [{"value": int(v), "name": n, "probability": float(p)} for v, n, p in zip(values, class_names, probs)]
+        table = [{"value": int(v), "name": n, "probability": float(p)} for v, n, p in zip(values, class_names, probs, strict=True)]
     else:
         raise PlanError(f"expected a classification family among "
                         f"{sorted(SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS | VOLUME_CLASSIFIERS)}, got {family!r}")
     if scan is not None and family in SEQUENCE_CLASSIFIERS:
-        table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]} for v, n in zip(values, class_names)]
+        table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]} for v, n in zip(values, class_names, strict=True)]
     timings["total"] = time.perf_counter() - started
     return Prediction(config.task, None, None, table, per_slice, scan, timings, config.name, loaded.weights_sha256,
                       details, source)

@@ -96,14 +96,14 @@ class WindowGrid:
     def slices(self) -> Iterator[tuple[slice, slice, slice]]:
         """Index expressions of each window into the padded volume, in :meth:`corners` order."""
         for corner in self.corners():
-            yield tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))  # type: ignore[misc]
+            yield tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))  # type: ignore[misc]
 
 
 def make_grid(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> WindowGrid:
     """The window grid over ``shape`` (each axis at least as long as the patch)."""
     shape_t = tuple(int(s) for s in shape)
     patch_t = tuple(int(p) for p in patch_size)
-    starts = tuple(window_starts(length, patch, overlap) for length, patch in zip(shape_t, patch_t))
+    starts = tuple(window_starts(length, patch, overlap) for length, patch in zip(shape_t, patch_t, strict=True))
     return WindowGrid(shape=shape_t, patch_size=patch_t, starts=starts)  # type: ignore[arg-type]
 
 
@@ -144,7 +144,7 @@ def estimate_memory_bytes(
     Returns:
         A dict with ``padded_input``, ``output``, ``rolling_buffer``, ``batch`` and ``total`` (bytes).
     """
-    padded = [max(int(s), int(p)) for s, p in zip(shape, patch_size)]
+    padded = [max(int(s), int(p)) for s, p in zip(shape, patch_size, strict=True)]
     voxels = int(np.prod(padded))
     patch_voxels = int(np.prod(patch_size))
     slab = int(patch_size[0]) * padded[1] * padded[2]
@@ -254,9 +254,9 @@ def sliding_window_predict(
             )
 
     # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).
-    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
+    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
     if padded_shape != shape:
-        padding = [(0, ps - s) for ps, s in zip(padded_shape, shape)] + [(0, 0)]
+        padding = [(0, ps - s) for ps, s in zip(padded_shape, shape, strict=True)] + [(0, 0)]
         image = np.pad(image, padding, mode="constant", constant_values=pad_value)
 
     grid = make_grid(padded_shape, patch, overlap)
@@ -323,7 +323,7 @@ def sliding_window_predict(
         assert predictions is not None
         if len(flips) > 1:
             predictions /= len(flips)
-        for (k, j, i), prediction in zip(chunk, predictions):
+        for (k, j, i), prediction in zip(chunk, predictions, strict=True):
             if k > buffer_start:
                 flush(k)
             buffer[k - buffer_start : k - buffer_start + patch[0], j : j + patch[1], i : i + patch[2]] += (
