@@ -35,6 +35,7 @@ class DeviceSetup:
         jit_compile: Value passed to ``model.compile`` (``False`` on CPU).
         is_chief: Whether this process writes outputs (always True unless multi-worker and not worker 0).
         worker_index: Task index in a multi-worker cluster (0 otherwise).
+        multi_worker: Whether the strategy spans several processes (MultiWorkerMirroredStrategy).
     """
 
     strategy: Any
@@ -45,6 +46,7 @@ class DeviceSetup:
     jit_compile: bool | str
     is_chief: bool = True
     worker_index: int = 0
+    multi_worker: bool = False
 
 
 def _cluster_from_tf_config() -> tuple[int, bool] | None:
@@ -137,6 +139,7 @@ def setup_devices(
         jit_compile=jit,
         is_chief=is_chief,
         worker_index=task_index,
+        multi_worker=isinstance(chosen, tf.distribute.MultiWorkerMirroredStrategy),
     )
     if reporter is not None:
         reporter.log(f"training on {setup.description}")

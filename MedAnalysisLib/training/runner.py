@@ -232,8 +232,16 @@ def fit_and_bundle(
         if not finished:
             if hasattr(train_feeder, "epoch"):
                 train_feeder.epoch = initial_epoch
-            training_model.fit(train_feeder, validation_data=val_feeder, epochs=spec.epochs,
-                               initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+            multi_worker = setup.multi_worker
+            if multi_worker:
+                # Keras 3 reduces a first distributed batch for its symbolic build, which fails for
+                # MultiWorkerMirroredStrategy (keras-team/keras#20585); leaving the strategy to the scope below
+                # defers the build to the first traced step, which runs under the same strategy.
+                training_model._distribute_strategy = None
+                _patch_keras_multi_worker_reduction()
+            with setup.strategy.scope() if multi_worker else contextlib.nullcontext():
+                training_model.fit(train_feeder, validation_data=val_feeder, epochs=spec.epochs,
+                                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
         if progress.stopped:
             checkpoint.save(partial=True)
             done = checkpoint.state["epochs_completed"]
@@ -291,6 +299,19 @@ def fit_and_bundle(
             shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(Exception):
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _patch_keras_multi_worker_reduction() -> None:
+    """Work around Keras 3 reducing per-step scalar logs across workers with ``axis=0`` (an error for scalars).
+
+    Under MultiWorkerMirroredStrategy each worker holds one replica; the per-step logs are then reduced over the
+    local replica only (the epoch-end metrics Keras reports are read from synchronised metric variables and stay
+    global). Applied only for multi-worker runs, and only while Keras still has the failing helper.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if hasattr(tf_trainer, "_collective_all_reduce_multi_worker"):
+        tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
 
 
 def _array_signature(*arrays: Any) -> str:
