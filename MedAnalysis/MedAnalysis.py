@@ -488,15 +488,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception("MedAnalysis failed", exc_info=error)
 
     def _showOutputs(self, outputs: dict) -> None:
-        """Select the new nodes in the panel and show them in the views."""
-        params = self._parameterNode
-        with slicer.util.NodeModify(params):
-            if outputs.get("segmentation"):
-                params.outputSegmentation = outputs["segmentation"]
-            if outputs.get("labelmap"):
-                params.outputLabelmap = outputs["labelmap"]
-            if outputs.get("table"):
-                params.outputTable = outputs["table"]
+        """Show the new nodes in the views. The output selectors are left as they are: a result is overwritten by a
+        later run only when the user picks it as the output."""
         if outputs.get("labelmap"):
             slicer.util.setSliceViewerLayers(label=outputs["labelmap"], labelOpacity=0.5)
         if outputs.get("table"):
