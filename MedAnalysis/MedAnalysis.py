@@ -321,7 +321,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not volume or not segmentation:
             self.ui.trainingStatusLabel.setText(_("Select a volume and its segmentation to add a case."))
             return
-        with slicer.util.NodeModify(self._parameterNode):
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
             self._parameterNode.trainingVolumes = [*self._parameterNode.trainingVolumes, volume]
             self._parameterNode.trainingSegmentations = [*self._parameterNode.trainingSegmentations, segmentation]
 
@@ -329,7 +329,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         row = self.ui.trainingCasesTableWidget.currentRow()
         if row < 0:
             return
-        with slicer.util.NodeModify(self._parameterNode):
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
             volumes = list(self._parameterNode.trainingVolumes)
             segmentations = list(self._parameterNode.trainingSegmentations)
             del volumes[row], segmentations[row]
@@ -344,17 +344,12 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensureDependencies():
             return
         inputs = [getattr(params, f"inputVolume{i}") for i in range(len(self._modelCard.input["channels"]))]
+        self.ui.statusLabel.setStyleSheet("")
+        self.ui.statusLabel.setText(_("Running the model...") if not params.runInBackground else "")
+        slicer.app.processEvents()
         try:
-            if self._modelCard.task == "segmentation":
-                result = self.logic.segment(
-                    inputs, params.bundlePath, outputType=params.outputType,
-                    outputNode=params.outputSegmentation if params.outputType == "segmentation"
-                    else params.outputLabelmap,
-                    tableNode=params.outputTable, probabilities=params.createProbabilities, overlap=params.overlap,
-                    tta=params.testTimeAugmentation, background=params.runInBackground)
-            else:
-                result = self.logic.classify(inputs, params.bundlePath, tableNode=params.outputTable,
-                                             plot=params.showPerSlicePlot, background=params.runInBackground)
+            with slicer.util.WaitCursor():
+                result = self._runModel(inputs)
         except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
             self._showError(self.ui.statusLabel, error)
             return
@@ -363,6 +358,17 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self._showOutputs(self.logic.lastOutputs)
             self.ui.statusLabel.setText(_("Done."))
+
+    def _runModel(self, inputs):
+        params = self._parameterNode
+        if self._modelCard.task == "segmentation":
+            return self.logic.segment(
+                inputs, params.bundlePath, outputType=params.outputType,
+                outputNode=params.outputSegmentation if params.outputType == "segmentation" else params.outputLabelmap,
+                tableNode=params.outputTable, probabilities=params.createProbabilities, overlap=params.overlap,
+                tta=params.testTimeAugmentation or None, background=params.runInBackground)
+        return self.logic.classify(inputs, params.bundlePath, tableNode=params.outputTable,
+                                   plot=params.showPerSlicePlot, background=params.runInBackground)
 
     def onTrainButton(self) -> None:
         if self._job is not None and self._job.running:
