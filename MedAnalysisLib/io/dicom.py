@@ -430,13 +430,23 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     ordered = images
 
     if not images:
-        block("no image with a position and orientation to build a volume from")
+        block("expected images with ImagePositionPatient and ImageOrientationPatient to build a volume from, got none")
     groups = Counter((s.rows, s.columns, s.samples_per_pixel, _orientation_key(s)) for s in images)
     if len(groups) > 1:
         listing = "; ".join(
             f"{n} of {c}x{r} oriented {list(o)}" for (r, c, _, o), n in groups.most_common()
         )
         block(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
+    malformed = [s for s in images if min(s.rows, s.columns) < 1 or s.bits_allocated not in (8, 16, 32, 64)
+                 or s.samples_per_pixel not in (1, 3)]
+    if malformed:  # found by fuzzing: these reached numpy as dtype 'u31' or zero-sized buffers
+        bad = malformed[0]
+        block(
+            f"expected Rows and Columns >= 1, BitsAllocated 8, 16, 32 or 64 and 1 or 3 samples per pixel, got "
+            f"{bad.rows}x{bad.columns}, {bad.bits_allocated} bit, {bad.samples_per_pixel} sample(s) in "
+            f"{Path(bad.path).name}" + (f" and {len(malformed) - 1} more file(s)" if len(malformed) > 1 else ""),
+            "UnreadableFileError",
+        )
     multiframe = [s for s in images if s.n_frames > 1]
     if multiframe:
         block(
