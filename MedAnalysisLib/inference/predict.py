@@ -147,21 +147,27 @@ def _label_dtype(values: np.ndarray) -> type:
 
 
 class _Runner:
-    """A cached ``predict_fn`` per (bundle, precision, output key): tracing happens once per process."""
+    """A cached ``predict_fn`` per (model, precision, output key): tracing happens once per model and process.
 
-    _cache: dict[tuple[int, str, str | None], Any] = {}
+    Entries hold the model itself, so an ``id`` is never reused for another model while its entry exists.
+    """
+
+    _cache: dict[tuple[int, str, str | None], tuple[Any, Any]] = {}
 
     @classmethod
-    def get(cls, model: Any, precision: str, output_key: str | None = None, patch: tuple[int, ...] | None = None) -> Any:
+    def get(cls, model: Any, precision: str, output_key: str | None = None,
+            patch: tuple[int, ...] | None = None) -> Any:
         from MedAnalysisLib.inference.model_runner import keras_predict_fn
 
         key = (id(model), precision, output_key)
-        if key not in cls._cache:
-            if len(cls._cache) > 8:
+        cached = cls._cache.get(key)
+        if cached is None or cached[0] is not model:
+            if len(cls._cache) >= 8:
                 cls._cache.clear()
-            cls._cache[key] = keras_predict_fn(model, precision=precision, output_key=output_key,  # type: ignore[arg-type]
-                                               patch_size=patch)
-        return cls._cache[key]
+            function = keras_predict_fn(model, precision=precision, output_key=output_key,  # type: ignore[arg-type]
+                                        patch_size=patch)
+            cls._cache[key] = (model, function)
+        return cls._cache[key][1]
 
 
 def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool) -> np.ndarray:
@@ -263,24 +269,21 @@ def predict(
         timings["preprocess"] = time.perf_counter() - t0
         patch = tuple(int(p) for p in plan.patch_size)
         predict_fn = _Runner.get(loaded.model, precision, None, patch)
+        padded = [max(s, p) for s, p in zip(prepared.image.shape[:3], patch, strict=True)]
         details.update(precision=predict_fn.precision, patch_size=list(patch),
-                       windows=len(make_grid([max(s, p) for s, p in zip(prepared.image.shape[:3], patch, strict=True)], patch, overlap)))
+                       windows=len(make_grid(padded, patch, overlap)))
         batch = int(batch_size or plan.batch_size)
         t0 = time.perf_counter()
         output = "probabilities"
+        window_options = {"n_classes": n_classes, "overlap": overlap, "batch_size": batch, "tta_flips": tta,
+                          "memory_budget_mb": memory_budget_mb, "progress": progress, "should_stop": should_stop}
         try:
-            result = sliding_window_predict(
-                predict_fn, prepared.image, patch, n_classes=n_classes, overlap=overlap, batch_size=batch, tta_flips=tta,
-                memory_budget_mb=memory_budget_mb, progress=progress, should_stop=should_stop,
-            )
+            result = sliding_window_predict(predict_fn, prepared.image, patch, **window_options)
         except MemoryBudgetError:
             if return_probabilities:
                 raise
-            output = "labels"
-            result = sliding_window_predict(
-                predict_fn, prepared.image, patch, n_classes=n_classes, overlap=overlap, batch_size=batch, tta_flips=tta,
-                memory_budget_mb=memory_budget_mb, output="labels", progress=progress, should_stop=should_stop,
-            )
+            output = "labels"  # the probability volume does not fit: accumulate the arg-max only
+            result = sliding_window_predict(predict_fn, prepared.image, patch, output="labels", **window_options)
         timings["model"] = time.perf_counter() - t0
         details["output"] = output
         t0 = time.perf_counter()
@@ -306,7 +309,8 @@ def predict(
                 from MedAnalysisLib.errors import CancelledError
 
                 raise CancelledError("prediction stopped on request")
-            outputs.append(_class_probabilities(_flip_tta_2d(predict_fn, slices[start : start + batch], tta), n_classes))
+            raw = _flip_tta_2d(predict_fn, slices[start : start + batch], tta)
+            outputs.append(_class_probabilities(raw, n_classes))
             progress(min(start + batch, len(slices)), len(slices))
         result = np.concatenate(outputs, axis=0)
         timings["model"] = time.perf_counter() - t0
@@ -396,7 +400,8 @@ def _classify(
         image = prepared.image
         fixed = loaded.model.input_shape[1:4]
         if all(s is not None for s in fixed):  # centre crop/pad to a fixed input size
-            pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2)) for s, f in zip(image.shape[:3], fixed, strict=True)]
+            pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2))
+                    for s, f in zip(image.shape[:3], fixed, strict=True)]
             image = np.pad(image, [*pads, (0, 0)])
             starts = [(s - f) // 2 for s, f in zip(image.shape[:3], fixed, strict=True)]
             image = image[tuple(slice(a, a + f) for a, f in zip(starts, fixed, strict=True))]
@@ -407,16 +412,19 @@ def _classify(
         probs = _class_probabilities(predict_fn(image[None]), n_classes)[0]
         if tta:
             for axes in ((1,), (2,), (3,)):
-                probs = probs + _class_probabilities(predict_fn(np.ascontiguousarray(np.flip(image[None], axes))), n_classes)[0]
+                flipped = np.ascontiguousarray(np.flip(image[None], axes))
+                probs = probs + _class_probabilities(predict_fn(flipped), n_classes)[0]
             probs = probs / 4
         timings["model"] = time.perf_counter() - t0
         scan = scan_result(probs)
-        table = [{"value": int(v), "name": n, "probability": float(p)} for v, n, p in zip(values, class_names, probs, strict=True)]
+        table = [{"value": int(v), "name": n, "probability": float(p)}
+                 for v, n, p in zip(values, class_names, probs, strict=True)]
     else:
         raise PlanError(f"expected a classification family among "
                         f"{sorted(SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS | VOLUME_CLASSIFIERS)}, got {family!r}")
     if scan is not None and family in SEQUENCE_CLASSIFIERS:
-        table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]} for v, n in zip(values, class_names, strict=True)]
+        table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]}
+                 for v, n in zip(values, class_names, strict=True)]
     timings["total"] = time.perf_counter() - started
     return Prediction(config.task, None, None, table, per_slice, scan, timings, config.name, loaded.weights_sha256,
                       details, source)
