@@ -20,7 +20,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "evaluate",
         parents=parents,
         help="measure a model bundle on labelled data: per-case CSV, summary with confidence intervals, figures",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="model bundle folder or .zip")

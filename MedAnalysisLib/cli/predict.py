@@ -56,7 +56,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "predict",
         parents=parents,
         help="run a trained model bundle on scans (files, DICOM folders, folders of cases)",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="model bundle folder or .zip")
