@@ -90,7 +90,7 @@ def test_probabilities_invert_onto_the_input_grid_and_stay_normalised(oblique_vo
 def test_without_resampling_the_inverse_is_exact_voxel_for_voxel(oblique_volume_factory):
     volume = oblique_volume_factory()
     label = volume.with_array((np.arange(volume.array.size).reshape(volume.shape) % 7).astype(np.int16))
-    plan = plan_for(target_spacing=None, crop_to_nonzero=True, patch_size=(64, 64, 64))
+    plan = plan_for(target_spacing=None, crop_to_nonzero=True, patch_size=(64, 64, 64), label_values=tuple(range(7)))
     prepared = apply_plan(plan, volume, label)
     assert prepared.image.shape[:3] == (64, 64, 64)  # padded up to the patch
     back = invert_plan(plan, prepared.label, prepared.inverse, kind="label")
@@ -236,3 +236,10 @@ def test_a_single_slice_is_not_resampled_into_several():
     grid = Grid((1, 64, 64), (0.7, 0.7, 5.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
     new = spacing_grid(grid, (1.4, 1.4, 1.0))
     assert new.shape == (1, 32, 32) and new.spacing == (1.4, 1.4, 5.0)
+
+
+def test_label_values_outside_the_plan_are_refused(oblique_volume_factory):
+    volume = oblique_volume_factory()
+    label = volume.with_array((volume.array == 100).astype(np.uint8) * 3)
+    with pytest.raises(ImageValidationError, match=r"label values among the plan's \[0, 1\], got \[3\]"):
+        apply_plan(plan_for(), volume, label)

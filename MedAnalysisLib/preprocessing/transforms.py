@@ -570,7 +570,8 @@ def apply_plan(
         GeometryError: Channels on different grids, or a label off the image grid (beyond tolerance) without
             ``resample_label``; the message names both geometries.
         PlanError: The number of channels differs from the plan's.
-        ImageValidationError: NaN/Inf intensities or non-integer labels.
+        ImageValidationError: NaN/Inf intensities, non-integer labels, or (segmentation) label values outside
+            ``plan.label_values``.
     """
     channels = _split_channels(images)
     if len(channels) != plan.n_channels:
@@ -586,6 +587,14 @@ def apply_plan(
                 label = resample_to_grid(label.with_array(_label_dtype(label.array)), reference, kind="label")
         else:
             require_same_geometry(reference, label, what="label")
+        if plan.task == "segmentation":
+            known = np.isin(label.array, plan.label_values)
+            if not known.all():  # a value outside the label set would silently become another class in training
+                unknown = np.unique(np.asarray(label.array)[~known])
+                raise ImageValidationError(
+                    f"expected label values among the plan's {list(plan.label_values)}, got {unknown[:10].tolist()}"
+                    f"{' ...' if unknown.size > 10 else ''} in {int((~known).sum())} voxel(s)"
+                )
     original = Grid.of(reference)
 
     # 1. reorient (exact)
