@@ -112,6 +112,38 @@ def test_huge_declared_size_with_tiny_payload_is_refused_before_allocating(tmp_p
     _refused(MemoryBudgetError, "memory budget", load_volume, packed_nrrd)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("NDims", "99999999999999999999", "ndims"),  # MetaIO itself segfaults on this one
+        ("NDims", "7", "NDims 2 to 4"),
+        ("DimSize", "6 5", "3 value"),
+        ("DimSize", "6 5 -4", "DimSize values"),
+        ("ElementSpacing", "1 nan 2", "finite values"),
+        ("ElementType", "MET_STRING", "ElementType"),
+        ("ElementNumberOfChannels", "0", "elementnumberofchannels"),
+        ("CompressedData", "maybe", "True or False"),
+    ],
+)
+def test_malformed_metaimage_headers_never_reach_the_native_parser(tmp_path: Path, field: str, value: str, match: str) -> None:
+    path = write_volume(Volume(np.zeros((4, 5, 6), np.int16)), tmp_path / "ok.mha")
+    header, payload = path.read_bytes().split(b"ElementDataFile = LOCAL\n", 1)
+    lines = [line for line in header.decode().splitlines() if not line.startswith(field + " ")]
+    lines.insert(2, f"{field} = {value}")
+    bad = tmp_path / "bad.mha"
+    bad.write_bytes(("\n".join(lines) + "\nElementDataFile = LOCAL\n").encode() + payload)
+    _refused(UnreadableFileError, match, load_volume, bad)
+
+
+@pytest.mark.parametrize("offset", [float("nan"), float("inf"), -400.0])
+def test_nifti_with_a_non_finite_voxel_offset(tmp_path: Path, offset: float) -> None:
+    path = write_nifti(tmp_path / "v.nii", np.zeros((2, 2, 2), np.int16), np.eye(4))
+    data = bytearray(path.read_bytes())
+    data[108:112] = np.float32(offset).tobytes()
+    path.write_bytes(bytes(data))
+    _refused(UnreadableFileError, "vox_offset", load_volume, path)
+
+
 def test_folder_with_two_series_and_a_localizer(tmp_path: Path, capsys) -> None:
     from MedAnalysisLib.cli import main
 

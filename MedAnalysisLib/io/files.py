@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import os
 import shutil
 import struct
@@ -205,7 +206,10 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> _NiftiLayout:
         dims = struct.unpack(endian + "8h", raw[40:56])
         datatype = struct.unpack(endian + "h", raw[70:72])[0]
         bitpix = struct.unpack(endian + "h", raw[72:74])[0]
-        vox_offset = int(struct.unpack(endian + "f", raw[108:112])[0])
+        vox_offset_float = struct.unpack(endian + "f", raw[108:112])[0]
+        if not np.isfinite(vox_offset_float) or not 0 <= vox_offset_float < 2**62:
+            raise UnreadableFileError(f"expected a finite, non-negative NIfTI vox_offset, got {vox_offset_float} in {path.name}")
+        vox_offset = int(vox_offset_float)
         slope, inter = struct.unpack(endian + "2f", raw[112:120])
         sform_code = struct.unpack(endian + "h", raw[254:256])[0]
         srows = struct.unpack(endian + "12f", raw[280:328])
@@ -254,8 +258,10 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> _NiftiLayout:
         datatype=int(datatype),
         endian=endian,
         vox_offset=max(int(vox_offset), 348),
-        slope=float(slope),
-        inter=float(inter),
+        # Non-finite scale factors mean "no scaling" (the NIfTI-1 convention; nibabel writes NaN for unused ones),
+        # which is also how ITK reads integer voxels: float voxels read directly must follow the same rule.
+        slope=float(slope) if np.isfinite(slope) else 0.0,
+        inter=float(inter) if np.isfinite(inter) else 0.0,
         compressed=compressed,
     )
 
@@ -317,6 +323,54 @@ def _header_lines(path: Path, limit: int = 1 << 16) -> tuple[list[str], int]:
     return lines, len(head)
 
 
+def _numbers(fields: dict[str, str], key: str, count: int | None, path: Path, integer: bool = False) -> list[float]:
+    text = fields[key].split()
+    try:
+        values = [int(t) if integer else float(t) for t in text]
+    except ValueError as error:
+        raise UnreadableFileError(f"expected numbers for {key} in {path.name}, got {fields[key][:60]!r}") from error
+    if count is not None and len(values) != count:
+        raise UnreadableFileError(f"expected {count} value(s) for {key} in {path.name}, got {len(values)}")
+    if any(not math.isfinite(v) if isinstance(v, float) else abs(v) > 2**53 for v in values):
+        raise UnreadableFileError(f"expected finite values for {key} in {path.name}, got {fields[key][:60]!r}")
+    return values
+
+
+def _check_metaimage_fields(fields: dict[str, str], path: Path) -> None:
+    """Validate the MetaImage header before MetaIO parses it: some malformed headers crash it (for example a huge
+    NDims), which no exception handler can catch."""
+    if "elementdatafile" not in fields:
+        raise UnreadableFileError(f"expected a MetaImage header with ElementDataFile, got none in {path.name}")
+    if "ndims" not in fields:
+        raise UnreadableFileError(f"expected a MetaImage header with NDims, got none in {path.name}")
+    (n_dims,) = _numbers(fields, "ndims", 1, path, integer=True)
+    if not 2 <= n_dims <= 4:
+        raise UnreadableFileError(f"expected a MetaImage with NDims 2 to 4, got {n_dims} in {path.name}")
+    n = int(n_dims)
+    if "dimsize" not in fields:
+        raise UnreadableFileError(f"expected a MetaImage header with DimSize, got none in {path.name}")
+    sizes = _numbers(fields, "dimsize", n, path, integer=True)
+    if any(not 1 <= size < 2**31 for size in sizes):
+        raise UnreadableFileError(f"expected DimSize values from 1 to 2^31-1, got {fields['dimsize']!r} in {path.name}")
+    for key, count in (("elementspacing", n), ("elementsize", n), ("offset", n), ("position", n), ("origin", n),
+                       ("centerofrotation", n), ("transformmatrix", n * n), ("rotation", n * n), ("orientation", n * n)):
+        if key in fields:
+            _numbers(fields, key, count, path)
+    for key, low, high in (("elementnumberofchannels", 1, 4096), ("compresseddatasize", 0, 2**62), ("headersize", -1, 2**40)):
+        if key in fields:
+            (value,) = _numbers(fields, key, 1, path, integer=True)
+            if not low <= value <= high:
+                raise UnreadableFileError(f"expected {key} from {low} to {high}, got {value} in {path.name}")
+    if fields.get("elementtype", "").upper() not in _MET_TYPES:
+        raise UnreadableFileError(
+            f"expected a MetaImage ElementType such as MET_SHORT or MET_FLOAT, got {fields.get('elementtype', '')[:30]!r} "
+            f"in {path.name}"
+        )
+    for key in ("binarydata", "binarydatabyteordermsb", "elementbyteordermsb", "compresseddata"):
+        if key in fields and fields[key].lower() not in ("true", "false"):
+            raise UnreadableFileError(f"expected True or False for {key} in {path.name}, got {fields[key][:30]!r}")
+
+
 def _check_raw_payload(path: Path, file_size: int, fmt: str) -> None:
     """For uncompressed NRRD/MetaImage, check the data is as large as the header declares."""
     lines, offset = _header_lines(path)
@@ -339,8 +393,7 @@ def _check_raw_payload(path: Path, file_size: int, fmt: str) -> None:
             if "=" in line:
                 key, value = line.split("=", 1)
                 fields[key.strip().lower()] = value.strip()
-        if "elementdatafile" not in fields:
-            raise UnreadableFileError(f"expected a MetaImage header with ElementDataFile, got none in {path.name}")
+        _check_metaimage_fields(fields, path)
         encoding = "gzip" if fields.get("compresseddata", "false").lower() == "true" else "raw"
         type_size = _MET_TYPES.get(fields.get("elementtype", "").upper())
         channels = fields.get("elementnumberofchannels", "1")
