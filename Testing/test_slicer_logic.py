@@ -160,11 +160,24 @@ def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_pa
         logic.evaluate(str(segmentation_bundle), str(tmp_path / "model-training-data"), str(tmp_path / "report"),
                        bootstrap=10, figures=False),
     ]
+    second = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.ones((6, 8, 9), np.int16)), "T2")
+    two_channels = logic.segment([node, second], str(segmentation_bundle), background=True)
+    jobs.append(two_channels)
     for job in jobs:
         job.cancel(grace_s=0.0)  # only the command line matters here
         argv = job.worker.argv[3:]  # after "python -m MedAnalysisLib"
         args = parser.parse_args(argv)
         assert args.progress == "jsonl" and args.command == argv[0]
+    # Several channels travel as a one-case CSV manifest that the library's dataset reader understands.
+    from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.errors import CancelledError
+
+    manifest = load_dataset(parser.parse_args(two_channels.worker.argv[3:]).inputs[0])
+    assert [case.case_id for case in manifest.cases] == ["input"] and len(manifest.cases[0].images) == 2
+    for job in (jobs[0], two_channels):
+        with pytest.raises(CancelledError):
+            logic.finishJob(job)
+        assert not job.context["scratch"].exists()
     predict_args = parser.parse_args(jobs[0].worker.argv[3:])
     assert predict_args.probabilities and predict_args.overlap == 0.25 and predict_args.tta == "on"
     train_args = parser.parse_args(jobs[1].worker.argv[3:])
