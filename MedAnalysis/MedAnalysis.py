@@ -1252,6 +1252,9 @@ class MedAnalysisTest(ScriptedLoadableModuleTest):
         self.test_segment_and_classify()
 
     def test_segment_and_classify(self) -> None:
+        missing = MedAnalysisLogic.missingRequirements()
+        self.assertEqual(missing, [], "MedAnalysis needs these Python packages for its self-test; install them with "
+                         "the panel's Advanced > Python packages button: " + ", ".join(missing))
         self.delayDisplay("Building a small oblique volume and tiny bundles")
         with tempfile.TemporaryDirectory(prefix="MedAnalysisSelfTest-") as folder:
             runSelfTest(MedAnalysisLogic(slicer.mrmlScene), slicer.mrmlScene, Path(folder),
