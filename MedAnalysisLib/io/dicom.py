@@ -300,7 +300,7 @@ def _read_slice(path: str) -> _Slice | str:
             dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS[:-1]))
     except InvalidDicomError:
         return "not a DICOM file"
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as error:
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types (struct.error, BytesLengthException, ...)
         return f"unreadable DICOM header ({type(error).__name__})"
     try:
         meta = getattr(dataset, "file_meta", None)
@@ -358,7 +358,7 @@ def _read_slice(path: str) -> _Slice | str:
             pixel_length=int(length) if defined else None,  # type: ignore[arg-type]
             damage=damage,
         )
-    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as error:
+    except Exception as error:  # noqa: BLE001 - any value pydicom cannot decode makes the header unusable
         return f"malformed DICOM header ({type(error).__name__})"
 
 
@@ -431,12 +431,6 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
 
     if not images:
         block("expected images with ImagePositionPatient and ImageOrientationPatient to build a volume from, got none")
-    groups = Counter((s.rows, s.columns, s.samples_per_pixel, _orientation_key(s)) for s in images)
-    if len(groups) > 1:
-        listing = "; ".join(
-            f"{n} of {c}x{r} oriented {list(o)}" for (r, c, _, o), n in groups.most_common()
-        )
-        block(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
     malformed = [s for s in images if min(s.rows, s.columns) < 1 or s.bits_allocated not in (8, 16, 32, 64)
                  or s.samples_per_pixel not in (1, 3)]
     if malformed:  # found by fuzzing: these reached numpy as dtype 'u31' or zero-sized buffers
@@ -447,6 +441,12 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             f"{Path(bad.path).name}" + (f" and {len(malformed) - 1} more file(s)" if len(malformed) > 1 else ""),
             "UnreadableFileError",
         )
+    groups = Counter((s.rows, s.columns, s.samples_per_pixel, _orientation_key(s)) for s in images)
+    if len(groups) > 1:
+        listing = "; ".join(
+            f"{n} of {c}x{r} oriented {list(o)}" for (r, c, _, o), n in groups.most_common()
+        )
+        block(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
     multiframe = [s for s in images if s.n_frames > 1]
     if multiframe:
         block(

@@ -258,9 +258,9 @@ def _check_nifti(path: Path, file_size: int, compressed: bool) -> _NiftiLayout:
         datatype=int(datatype),
         endian=endian,
         vox_offset=max(int(vox_offset), 348),
-        # Non-finite scale factors mean "no scaling" (the NIfTI-1 convention; nibabel writes NaN for unused ones),
-        # which is also how ITK reads integer voxels: float voxels read directly must follow the same rule.
-        slope=float(slope) if np.isfinite(slope) else 0.0,
+        # A non-finite scl_slope counts as 1 and a non-finite scl_inter as 0 (nibabel writes NaN for unused factors),
+        # which is how ITK reads integer voxels: float voxels read directly must follow the same rule.
+        slope=float(slope) if np.isfinite(slope) else 1.0,
         inter=float(inter) if np.isfinite(inter) else 0.0,
         compressed=compressed,
     )
