@@ -100,3 +100,32 @@ def test_cli_predict_on_dicom_with_jsonl_progress_leaks_no_patient_data(tmp_path
     for path in out.iterdir():
         if not path.name.endswith("_seg.dcm"):
             assert not any(canary.encode() in path.read_bytes() for canary in CANARIES), path.name
+
+
+def test_sigterm_stops_cleanly_and_keeps_finished_cases(tmp_path: Path) -> None:
+    import signal
+
+    write_cases(tmp_path / "cases", 6)
+    out = tmp_path / "out"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "MedAnalysisLib", "predict", str(shared_cube_bundle()), str(tmp_path / "cases"),
+         "--out", str(out), "--tta", "on", "--progress", "jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    messages = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        messages.append(json.loads(line))
+        if messages[-1].get("stage") == "cases" and 0 < messages[-1]["fraction"] < 1:
+            process.send_signal(signal.SIGTERM)
+            break
+    remaining, _ = process.communicate(timeout=120)
+    messages += [json.loads(line) for line in remaining.splitlines() if line.startswith("{")]
+    assert process.returncode == 3
+    assert messages[-1]["type"] == "error" and messages[-1]["error_type"] == "CancelledError"
+    finished = sorted(p.name for p in out.glob("case??.json"))
+    assert 1 <= len(finished) < 6
+    for sidecar in finished:  # every finished case is complete
+        assert (out / sidecar.replace(".json", "_label.nii.gz")).is_file()
+    assert not list(out.glob("*.partial*"))
