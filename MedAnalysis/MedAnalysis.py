@@ -757,6 +757,9 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         if background:
             return MedAnalysisJob("train", WorkerJob(argv, python=self.python),
                                   {"bundlePath": str(outputBundlePath)})
+        if extraArguments:
+            raise InputError(f"expected extraArguments only with background=True (they are command-line options), got "
+                             f"{list(extraArguments)}")
         from MedAnalysisLib.data.datasets import load_dataset
         from MedAnalysisLib.training import train
 
