@@ -748,6 +748,9 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         """
         if not outputBundlePath:
             raise InputError("expected an output bundle path, got an empty path")
+        if extraArguments and not background:
+            raise InputError(f"expected extraArguments only with background=True (they are command-line options), got "
+                             f"{list(extraArguments)}")
         datasetPath = str(data) if isinstance(data, (str, os.PathLike)) else str(
             self.exportTrainingCases(data, Path(str(outputBundlePath).removesuffix(".zip") + "-training-data")))
         argv = ["train", datasetPath, "--task", task, "--model", family, "--out", str(outputBundlePath),
@@ -757,9 +760,6 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         if background:
             return MedAnalysisJob("train", WorkerJob(argv, python=self.python),
                                   {"bundlePath": str(outputBundlePath)})
-        if extraArguments:
-            raise InputError(f"expected extraArguments only with background=True (they are command-line options), got "
-                             f"{list(extraArguments)}")
         from MedAnalysisLib.data.datasets import load_dataset
         from MedAnalysisLib.training import train
 
