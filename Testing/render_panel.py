@@ -9,6 +9,7 @@ configuration built here (nothing is trained or predicted).
 Usage::
 
     QT_QPA_PLATFORM=offscreen python Testing/render_panel.py [--out Resources/Screenshots/panel.png] [--width 440]
+    QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --training   # Resources/Screenshots/training.png
 """
 
 from __future__ import annotations
@@ -223,7 +224,27 @@ def _quiet_designer_messages(kind: QtCore.QtMsgType, context: QtCore.QMessageLog
         sys.stderr.write(message + "\n")
 
 
-def render(out: Path, width: int) -> Path:
+def show_training(panel: QtWidgets.QWidget) -> None:
+    """Expand the Training section with two scene cases listed, as after pressing Add twice."""
+    for name in ("modelCollapsibleButton", "outputsCollapsibleButton"):
+        panel.findChild(QtWidgets.QWidget, name).setCollapsed(True)
+    panel.findChild(QtWidgets.QWidget, "trainingCollapsibleButton").setCollapsed(False)
+    for hidden in ("trainingDatasetPathLineEdit", "trainingDatasetLabel", "trainingProgressBar"):
+        panel.findChild(QtWidgets.QWidget, hidden).setVisible(False)
+    panel.findChild(QtWidgets.QWidget, "trainingVolumeSelector").setCurrentNodeName("case 3 CT")
+    panel.findChild(QtWidgets.QWidget, "trainingSegmentationSelector").setCurrentNodeName("case 3 segmentation")
+    cases = panel.findChild(QtWidgets.QTableWidget, "trainingCasesTableWidget")
+    cases.setRowCount(2)
+    for row in range(2):
+        cases.setItem(row, 0, QtWidgets.QTableWidgetItem(f"case {row + 1} CT"))
+        cases.setItem(row, 1, QtWidgets.QTableWidgetItem(f"case {row + 1} segmentation"))
+    cases.verticalHeader().setDefaultSectionSize(20)
+    cases.setFixedHeight(cases.horizontalHeader().height() + 2 * 20 + 4)
+    panel.findChild(QtWidgets.QWidget, "trainingOutputPathLineEdit").setCurrentPath("/data/models/my-liver-model.zip")
+    panel.findChild(QtWidgets.QWidget, "trainButton").setEnabled(True)
+
+
+def render(out: Path, width: int, training: bool = False) -> Path:
     QtCore.qInstallMessageHandler(_quiet_designer_messages)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     app.setStyle("Fusion")
@@ -245,6 +266,8 @@ def render(out: Path, width: int) -> Path:
     for collapsible in panel.findChildren(CollapsibleButton):
         collapsible.setCollapsed(collapsible.getCollapsed())
     fill(panel)
+    if training:
+        show_training(panel)
     panel.setFixedWidth(width)
     panel.adjustSize()
     panel.resize(width, panel.sizeHint().height())
@@ -261,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--width", type=int, default=440)
+    parser.add_argument("--training", action="store_true",
+                        help="show the Training section expanded (default output Resources/Screenshots/training.png)")
     args = parser.parse_args(argv)
-    print(render(args.out, args.width))
+    out = args.out if args.out != DEFAULT_OUT or not args.training else DEFAULT_OUT.with_name("training.png")
+    print(render(out, args.width, args.training))
     return 0
 
 
