@@ -60,6 +60,14 @@ def test_random_bytes_named_dcm(tmp_path: Path) -> None:
     _refused(DicomSeriesError, r"got none \(1 file\(s\) not DICOM\)", load_volume, tmp_path)
 
 
+@pytest.mark.parametrize("keep", [133, 141, 150, 400])
+def test_dicom_cut_inside_its_header(tmp_path: Path, keep: int) -> None:
+    """Cut inside the file meta group or the dataset: a clean refusal, never a parser exception."""
+    (path,) = write_dicom_series(tmp_path, np.zeros((1, 4, 4), np.int16))
+    path.write_bytes(path.read_bytes()[:keep])
+    _refused(UnreadableFileError, r"expected a DICOM image file, got slice000\.dcm", load_volume, path, allow_2d=True)
+
+
 def test_random_bytes_named_nii(tmp_path: Path) -> None:
     path = tmp_path / "noise.nii"
     path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
