@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
@@ -97,6 +98,7 @@ class MedAnalysis(ScriptedLoadableModule):
 class MedAnalysisParameterNode:
     """Every setting of the panel; saved with the scene.
 
+    Paths are ``pathlib.Path`` (what ctkPathLineEdit binds to); an unset path reads as "" through :func:`pathText`.
     bundlePath: model bundle folder or .zip. inputVolume0-2: input channels (channel 1 required).
     outputType: "segmentation" or "labelmap". outputSegmentation/outputLabelmap/outputTable: nodes to overwrite
     (None: create new ones). createProbabilities: also create one probability volume per class.
@@ -105,7 +107,7 @@ class MedAnalysisParameterNode:
     trainingSource: "scene" (trainingVolumes/trainingSegmentations pairs) or "folder" (trainingDatasetPath).
     """
 
-    bundlePath: str = ""
+    bundlePath: pathlib.Path
     inputVolume0: vtkMRMLScalarVolumeNode
     inputVolume1: vtkMRMLScalarVolumeNode
     inputVolume2: vtkMRMLScalarVolumeNode
@@ -121,14 +123,14 @@ class MedAnalysisParameterNode:
     trainingSource: Annotated[str, Choice(["scene", "folder"])] = "scene"
     trainingVolumes: list[vtkMRMLScalarVolumeNode]
     trainingSegmentations: list[vtkMRMLSegmentationNode]
-    trainingDatasetPath: str = ""
+    trainingDatasetPath: pathlib.Path
     trainingTask: Annotated[str, Choice(["segmentation", "classification"])] = "segmentation"
     trainingFamily: Annotated[str, Choice(["unet3d", "unet2d", "slice_cnn", "cnn3d", "cnn_rnn"])] = "unet3d"
     trainingEpochs: Annotated[int, WithinRange(1, 10000)] = 50
-    trainingOutputPath: str = ""
+    trainingOutputPath: pathlib.Path
     resumeTraining: bool = True
-    evaluationDatasetPath: str = ""
-    evaluationOutputPath: str = ""
+    evaluationDatasetPath: pathlib.Path
+    evaluationOutputPath: pathlib.Path
 
 
 # =================================================================================================== widget
@@ -221,8 +223,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onBundlePathChanged(self._parameterNode.bundlePath)
 
     # ------------------------------------------------------------------ display
-    def onBundlePathChanged(self, path: str = "") -> None:
+    def onBundlePathChanged(self, path="") -> None:
         """Read the model card (no TensorFlow involved) and show it; errors go to the card label."""
+        path = pathText(path)
         self._modelCard = None
         self.ui.labelsTableWidget.setRowCount(0)
         if not path:
@@ -297,11 +300,12 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainingDatasetPathLineEdit.setVisible(not fromScene)
         self.ui.trainingDatasetLabel.setVisible(not fromScene)
         self._showTrainingCases()
-        haveData = (len(params.trainingVolumes) > 0) if fromScene else bool(params.trainingDatasetPath)
-        canTrain = haveData and bool(params.trainingOutputPath)
+        haveData = (len(params.trainingVolumes) > 0) if fromScene else bool(pathText(params.trainingDatasetPath))
+        canTrain = haveData and bool(pathText(params.trainingOutputPath))
         self.ui.trainButton.setEnabled((canTrain and not busy) or kind == "train")
         self.ui.trainButton.setText(_("Stop") if kind == "train" else _("Train"))
-        canEvaluate = card is not None and bool(params.evaluationDatasetPath) and bool(params.evaluationOutputPath)
+        canEvaluate = (card is not None and bool(pathText(params.evaluationDatasetPath))
+                       and bool(pathText(params.evaluationOutputPath)))
         self.ui.evaluateButton.setEnabled((canEvaluate and not busy) or kind == "evaluate")
         self.ui.evaluateButton.setText(_("Cancel") if kind == "evaluate" else _("Evaluate"))
 
@@ -361,13 +365,14 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _runModel(self, inputs):
         params = self._parameterNode
+        bundlePath = pathText(params.bundlePath)
         if self._modelCard.task == "segmentation":
             return self.logic.segment(
-                inputs, params.bundlePath, outputType=params.outputType,
+                inputs, bundlePath, outputType=params.outputType,
                 outputNode=params.outputSegmentation if params.outputType == "segmentation" else params.outputLabelmap,
                 tableNode=params.outputTable, probabilities=params.createProbabilities, overlap=params.overlap,
                 tta=params.testTimeAugmentation or None, background=params.runInBackground)
-        return self.logic.classify(inputs, params.bundlePath, tableNode=params.outputTable,
+        return self.logic.classify(inputs, bundlePath, tableNode=params.outputTable,
                                    plot=params.showPerSlicePlot, background=params.runInBackground)
 
     def onTrainButton(self) -> None:
@@ -378,9 +383,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         params = self._parameterNode
         data = (list(zip(params.trainingVolumes, params.trainingSegmentations, strict=True)) if params.trainingSource == "scene"
-                else params.trainingDatasetPath)
+                else pathText(params.trainingDatasetPath))
         try:
-            job = self.logic.train(data, params.trainingOutputPath, task=params.trainingTask,
+            job = self.logic.train(data, pathText(params.trainingOutputPath), task=params.trainingTask,
                                    family=params.trainingFamily, epochs=params.trainingEpochs,
                                    resume=params.resumeTraining, background=True)
         except Exception as error:  # noqa: BLE001
@@ -402,8 +407,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         params = self._parameterNode
         try:
-            job = self.logic.evaluate(params.bundlePath, params.evaluationDatasetPath, params.evaluationOutputPath,
-                                      background=True)
+            job = self.logic.evaluate(pathText(params.bundlePath), pathText(params.evaluationDatasetPath),
+                                      pathText(params.evaluationOutputPath), background=True)
         except Exception as error:  # noqa: BLE001
             self._showError(self.ui.evaluationStatusLabel, error)
             return
@@ -476,7 +481,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self._jobStatusLabel.setText(self.logic.describeOutcome(job))
             if job.kind == "train":  # offer the new model right away
-                self._parameterNode.bundlePath = outputs["bundlePath"]
+                self._parameterNode.bundlePath = pathlib.Path(outputs["bundlePath"])
             self._showOutputs(outputs)
         self.updateGUI()
 
@@ -1067,6 +1072,12 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
         shutil.rmtree(constraints.parent, ignore_errors=True)
         changed = [name for name, version in before.items() if version and version != _installedVersion(name)]
         return any(_importName(name) in sys.modules for name in changed)
+
+
+def pathText(path) -> str:
+    """A path parameter as text: "" when unset (the parameter node's default path is ``Path()``, i.e. ".")."""
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
 
 
 def _requirementName(requirement: str) -> str:

@@ -41,12 +41,15 @@ CUSTOM_CLASSES: dict[str, dict[str, set[str]]] = {
     "qMRMLPlotWidget": {"signals": set(), "methods": {"setMRMLPlotViewNode", "mrmlPlotViewNode", "setMRMLScene"}},
 }
 
-#: Classes whose value ``parameterNodeWrapper.connectGui`` can bind (Slicer's guiConnectors.py) for each type.
+#: Exact widget classes ``parameterNodeWrapper.connectGui`` binds for each parameter type (the GuiConnector classes
+#: of Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py match ``type(widget) ==`` these).
+#: A QComboBox needs a ``Choice`` annotation; ctkPathLineEdit binds only pathlib paths.
 BINDABLE = {
-    "str": {"QComboBox", "ctkPathLineEdit", "QLineEdit"},
-    "bool": {"QCheckBox", "QPushButton", "QRadioButton"},
-    "int": {"QSpinBox", "QSlider", "ctkSliderWidget"},
-    "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox"},
+    "str": {"QComboBox", "QLineEdit", "QTextEdit"},
+    "bool": {"QCheckBox", "QPushButton", "QComboBox"},
+    "int": {"QSpinBox", "QSlider", "QComboBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "QComboBox"},
+    "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
     "node": {"qMRMLNodeComboBox"},
 }
 
@@ -239,7 +242,7 @@ def parameter_annotations() -> dict[str, str]:
             text = ast.unparse(stmt.annotation)
             base = re.sub(r"^Annotated\[(\w+),.*\]$", r"\1", text)
             kinds[stmt.target.id] = ("node" if base.startswith("vtkMRML") else "list" if base.startswith("list[")
-                                     else base)
+                                     else "path" if base in ("pathlib.Path", "Path") else base)
     return kinds
 
 
@@ -268,15 +271,16 @@ def test_parameter_bindings_name_real_parameters_of_bindable_types(ui):
         assert widget.get("class") in BINDABLE[kinds[parameter]], \
             f"{widget.get('name')} ({widget.get('class')}) cannot hold a {kinds[parameter]} parameter"
         allowed = choices(parameter)
-        if widget.get("class") == "QComboBox":
+        if widget.get("class") == "QComboBox":  # the connector refills the items from Choice: keep them identical
             items = [item.findtext("property/string") for item in widget.findall("item")]
-            assert allowed is not None and items == allowed, \
-                f"{widget.get('name')} items {items} differ from the parameter's choices {allowed}"
+            assert allowed is not None, f"{parameter} is bound to a QComboBox without a Choice annotation"
+            assert items == allowed, f"{widget.get('name')} items {items} differ from the parameter's choices {allowed}"
     unbound = {name for name, kind in kinds.items() if kind != "list"} - set(bound)
     assert not unbound, f"parameters without a widget: {sorted(unbound)}"
 
 
 def test_annotations_are_types_parameter_node_wrapper_supports():
     kinds = parameter_annotations()
-    assert set(kinds.values()) <= {"str", "bool", "int", "float", "node", "list"}, kinds
+    assert set(kinds.values()) <= {"str", "bool", "int", "float", "path", "node", "list"}, kinds
+    assert kinds["bundlePath"] == "path"
     assert typing.get_origin(typing.Annotated[int, 0]) is typing.Annotated  # the annotation form used

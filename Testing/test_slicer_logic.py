@@ -228,3 +228,11 @@ def test_progress_text_shows_stage_percent_and_eta():
     text = describe({"type": "progress", "stage": "windows", "fraction": 0.25, "eta_s": 75.0, "message": "case 1"})
     assert text == "windows: 25%, about 1m15s left \u2014 case 1"
     assert describe({"type": "progress", "stage": "cases", "fraction": 1.0, "eta_s": 0.0}) == "cases: 100%"
+
+
+def test_unset_path_parameters_read_as_empty():
+    import pathlib
+
+    assert MedAnalysis.pathText(pathlib.Path()) == ""  # the parameter node's default path
+    assert MedAnalysis.pathText(None) == ""
+    assert MedAnalysis.pathText(pathlib.Path("/models/liver.zip")) == "/models/liver.zip"
