@@ -161,3 +161,14 @@ def test_cancel_kills_the_whole_tree_when_the_child_does_not_stop(tmp_path, bund
     assert group_members(pgid) == []
     with pytest.raises(ProcessLookupError):
         os.kill(job.pid, 0)
+
+
+def test_a_child_that_dies_without_an_error_line_is_explained_from_its_stderr():
+    job = WorkerJob(["no-such-command"])  # argparse rejects it before any JSON line is written
+    messages = follow(job)
+    assert job.returncode == 2 and job.result is None
+    assert job.error["error_type"] == "WorkerCrash"
+    assert "exited with code 2" in job.error["message"] and "invalid choice" in job.error["message"]
+    assert messages[-1] == {"type": "error", **job.error}
+    with pytest.raises(ValueError, match="without --progress"):
+        WorkerJob(["predict", "--progress", "bar"])
