@@ -195,10 +195,10 @@ def load_checkpoint_state(directory: Path, signature: str) -> dict[str, Any] | N
 def restore_checkpoint(directory: Path, model: keras.Model) -> None:
     """Load the training model's weights and the optimizer's variables saved by :class:`CheckpointCallback`."""
     directory = Path(directory)
-    model.load_weights(str(directory / LAST_WEIGHTS))
     optimizer = model.optimizer
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
+    model.load_weights(str(directory / LAST_WEIGHTS))
     with np.load(directory / OPTIMIZER_FILE, allow_pickle=False) as saved:
         values = [saved[f"arr_{n}"] for n in range(len(saved.files))]
     if len(values) != len(optimizer.variables):
