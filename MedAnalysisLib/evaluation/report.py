@@ -178,7 +178,9 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
     from MedAnalysisLib.volume import require_same_geometry
 
     config = loaded.config
-    volumes = [load_volume(p, series=case.series) if case.series else load_volume(p) for p in case.images]
+    # Single slices load as one-slice volumes, as in training (slice classifiers of 2D DICOM files).
+    volumes = [load_volume(p, series=case.series, allow_2d=True) if case.series else load_volume(p, allow_2d=True)
+               for p in case.images]
     prediction = predict(loaded, volumes, overlap=options.overlap, tta=options.tta, batch_size=options.batch_size,
                          precision=options.precision, memory_budget_mb=options.memory_budget_mb)
     if config.task == "segmentation":

@@ -167,10 +167,12 @@ def select_shard(cases: Sequence[CaseInput], shard: tuple[int, int]) -> list[Cas
 
 
 def load_case(case: CaseInput) -> list[Any]:
-    """Load the channel volumes of one case (files or DICOM)."""
+    """Load the channel volumes of one case (files or DICOM); a single slice loads as a one-slice volume (as in
+    training), for slice classifiers."""
     from MedAnalysisLib.io import load_volume
 
-    return [load_volume(image, series=case.series) if case.series else load_volume(image) for image in case.images]
+    return [load_volume(image, series=case.series, allow_2d=True) if case.series else load_volume(image, allow_2d=True)
+            for image in case.images]
 
 
 def run_batch(

@@ -1,0 +1,115 @@
+"""Helpers shared by the accuracy benchmarks (``bench/accuracy_*``).
+
+The benchmarks drive MedAnalysis through its command line exactly as a user would (``medanalysis train``,
+``medanalysis evaluate``, ``medanalysis predict``); this module only writes the split manifests, runs the commands
+with their wall time, reads the JSON-lines results back and prints tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+OUTPUT = REPO / "bench" / "output"
+
+
+def medanalysis_command() -> list[str]:
+    """The ``medanalysis`` entry point of the Python running this script (``python -m MedAnalysisLib``)."""
+    return [sys.executable, "-m", "MedAnalysisLib"]
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (how busy the machine was), or ``"n/a"``."""
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def run_cli(args: Sequence[str], log_path: Path, *, echo: bool = True) -> tuple[dict[str, Any], float]:
+    """Run ``medanalysis ARGS --progress jsonl``, log every line to ``log_path`` and return (result, seconds).
+
+    Raises:
+        RuntimeError: The command exited with a non-zero status (its last log lines are in the message).
+    """
+    command = [*medanalysis_command(), *args, "--progress", "jsonl"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    if echo:
+        print("$ medanalysis " + " ".join(shlex.quote(a) for a in args), flush=True)
+    started = time.monotonic()
+    result: dict[str, Any] = {}
+    tail: list[str] = []
+    with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            log.write(line)
+            log.flush()
+            tail = (tail + [line.rstrip()])[-20:]
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            kind = message.get("type")
+            if kind == "result":
+                result = message
+            elif echo and kind == "metrics":
+                shown = {k: round(v, 4) for k, v in (message.get("metrics") or {}).items()
+                         if isinstance(v, float) and ("dice" in k or "loss" == k or "auc" in k or k == "val_loss")}
+                print(f"  epoch {message.get('epoch')}: {shown}  [{time.monotonic() - started:.0f} s, "
+                      f"load {load_average()}]", flush=True)
+            elif echo and kind == "log":
+                print(f"  {message.get('message')}", flush=True)
+    seconds = time.monotonic() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"medanalysis {args[0]} failed with exit code {child.returncode}:\n" + "\n".join(tail))
+    return result, seconds
+
+
+def write_msd_subset(source: Path, case_ids: Sequence[str], out_dir: Path, *, description: str) -> Path:
+    """Write ``out_dir/dataset.json``: the MSD dataset at ``source`` restricted to ``case_ids``.
+
+    Entries point at the original files by relative paths (no image is copied), and the label names of the
+    original ``dataset.json`` are kept, so ``medanalysis`` reads the subset as it reads the full dataset.
+    """
+    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+    wanted = set(case_ids)
+    entries = []
+    for entry in meta["training"]:
+        stem = Path(entry["image"]).name.split(".nii")[0]
+        if stem in wanted:
+            entries.append({
+                "image": os.path.relpath((source / entry["image"]).resolve(), out_dir),
+                "label": os.path.relpath((source / entry["label"]).resolve(), out_dir),
+            })
+    if len(entries) != len(wanted):
+        raise ValueError(f"expected {len(wanted)} cases in {source}, found {len(entries)}")
+    subset = {k: v for k, v in meta.items() if k not in ("training", "test", "numTraining", "numTest")}
+    subset.update({"description": description, "numTraining": len(entries), "numTest": 0, "training": entries,
+                   "test": []})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dataset.json").write_text(json.dumps(subset, indent=1) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def fmt_ci(summary: dict[str, Any]) -> str:
+    """``0.891 [0.880, 0.900]`` from a metrics summary with mean and ci_low/ci_high (or low/high)."""
+    low = summary.get("ci_low", summary.get("low"))
+    high = summary.get("ci_high", summary.get("high"))
+    value = summary.get("mean", summary.get("value"))
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
