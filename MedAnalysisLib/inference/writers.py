@@ -3,7 +3,11 @@
 
 Every file is written atomically (temporary name, then rename). Nothing written here carries patient names, IDs or
 birth dates, with one deliberate exception: a DICOM SEG is a DICOM object of the source study, so (as the standard
-requires, and as PACS need to file it) it carries the source images' patient and study modules, copied by highdicom.
+requires, and as PACS need to file it) it carries the source images' required patient and study attributes:
+PatientName, PatientID, PatientBirthDate, PatientSex (Patient module, Type 2), StudyInstanceUID, StudyDate, StudyTime,
+ReferringPhysicianName, StudyID, AccessionNumber (General Study module), plus the FrameOfReferenceUID and the
+referenced series/instance UIDs. Optional (Type 3) patient and study attributes that highdicom would copy (age,
+weight, comments, study description, other IDs, ...) are removed.
 The sidecar JSON records the bundle (name, weights sha256), library versions, timings and how inference ran, and
 describes the input only by its grid and modality.
 """
@@ -89,6 +93,31 @@ def write_label(label: Volume, path: Path, fmt: str, labels: Sequence[Any]) -> P
 #: Patient and study attributes a SEG must carry (DICOM Type 2: present, possibly empty).
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "ReferringPhysicianName", "StudyID", "AccessionNumber")
+#: Optional (Type 3) patient/study attributes that highdicom copies from the source images, removed from the SEG:
+#: only what the Patient and General Study modules require to file the SEG with its study is kept.
+_OPTIONAL_PATIENT_PREFIXES = ("Patient", "OtherPatient", "IssuerOfPatientID", "ClinicalTrial", "ResponsiblePerson",
+                              "ResponsibleOrganization")
+_OPTIONAL_STUDY_KEYWORDS = frozenset({
+    "StudyDescription", "EthnicGroup", "Occupation", "AdditionalPatientHistory", "MedicalAlerts", "Allergies",
+    "SmokingStatus", "PregnancyStatus", "LastMenstrualDate", "AdmittingDiagnosesDescription",
+    "AdmittingDiagnosesCodeSequence", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
+    "NameOfPhysiciansReadingStudy", "ConsultingPhysicianName", "ReferencedPatientSequence", "ReferencedStudySequence",
+    "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence", "AdmissionID", "IssuerOfAdmissionIDSequence",
+    "ServiceEpisodeID", "ServiceEpisodeDescription", "MilitaryRank", "BranchOfService", "SpecialNeeds",
+    "CountryOfResidence", "RegionOfResidence", "QualityControlSubject", "StrainDescription",
+})
+_KEPT_PATIENT_KEYWORDS = frozenset(_TYPE2_COPIED) | {"PatientIdentityRemoved", "DeidentificationMethod",
+                                                     "DeidentificationMethodCodeSequence"}
+
+
+def _strip_optional_patient_attributes(dataset: Any) -> None:
+    """Delete the Type 3 patient and study attributes (see :data:`_OPTIONAL_STUDY_KEYWORDS`) from a SEG."""
+    for element in list(dataset):
+        keyword = element.keyword
+        if keyword in _KEPT_PATIENT_KEYWORDS:
+            continue
+        if keyword.startswith(_OPTIONAL_PATIENT_PREFIXES) or keyword in _OPTIONAL_STUDY_KEYWORDS:
+            del dataset[element.tag]
 
 
 def _code(entry: dict[str, Any] | None, default: Any) -> Any:
@@ -190,6 +219,7 @@ def write_dicom_seg(
         series_description=(series_description or f"{bundle_name} segmentation")[:64],
         omit_empty_frames=False,
     )
+    _strip_optional_patient_attributes(seg)
     with atomic_path(path) as temporary:
         seg.save_as(str(temporary))
     return Path(path)
