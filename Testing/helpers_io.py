@@ -146,3 +146,72 @@ def write_nifti(
     data = payload if payload is not None else np.ascontiguousarray(array).tobytes()
     path.write_bytes(bytes(header) + data)
     return path
+
+
+def write_enhanced_multiframe(
+    path: Path,
+    pixels: np.ndarray,
+    positions: Sequence[Sequence[float]],
+    *,
+    row: Sequence[float] = (1.0, 0.0, 0.0),
+    column: Sequence[float] = (0.0, 1.0, 0.0),
+    spacing: tuple[float, float] = (0.9, 0.8),
+    rescale: Sequence[tuple[float, float]] | None = None,
+    compress_rle: bool = False,
+) -> Path:
+    """Write ``pixels`` (frames, j, i) uint16 as one Enhanced MR multi-frame file.
+
+    Frame ``n`` is placed at ``positions[n]`` (PlanePositionSequence per frame); orientation and pixel spacing are in
+    the shared functional groups; ``rescale[n]`` = (slope, intercept) goes in each frame's
+    PixelValueTransformationSequence. Carries the canary patient data.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+    enhanced_mr = "1.2.840.10008.5.1.4.1.1.4.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = enhanced_mr
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_mr, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = CANARY_NAME, CANARY_ID, CANARY_BIRTH_DATE
+    ds.Modality = "MR"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.SeriesDescription = "enhanced"
+    ds.NumberOfFrames = len(pixels)
+    ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    measures = Dataset()
+    measures.PixelSpacing = [spacing[1], spacing[0]]
+    measures.SliceThickness = 2.0
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *column)]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames = []
+    for n, position in enumerate(positions):
+        plane = Dataset()
+        plane.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        item = Dataset()
+        item.PlanePositionSequence = DicomSequence([plane])
+        if rescale is not None:
+            transform = Dataset()
+            transform.RescaleSlope, transform.RescaleIntercept = f"{rescale[n][0]:g}", f"{rescale[n][1]:g}"
+            transform.RescaleType = "US"
+            item.PixelValueTransformationSequence = DicomSequence([transform])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    data = np.ascontiguousarray(pixels.astype("<u2"))
+    ds.PixelData = data.tobytes()
+    if compress_rle:
+        ds.compress(RLELossless, data)
+    ds.save_as(path, enforce_file_format=True)
+    return path

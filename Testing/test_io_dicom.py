@@ -247,3 +247,46 @@ def test_color_series_reads_components_last(tmp_path: Path) -> None:
     volume = load_volume(tmp_path)
     assert volume.array.shape == (3, 4, 5, 3) and volume.spacing == (0.5, 0.5, 2.0)
     np.testing.assert_array_equal(volume.array, rgb)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["native", "rle"])
+def test_enhanced_multiframe_frames_sorted_along_the_normal(tmp_path: Path, compressed: bool) -> None:
+    from helpers_io import write_enhanced_multiframe
+
+    rotation = rotation_about_axis("y", 25)
+    row, column = rotation[:, 0], rotation[:, 1]
+    normal = rotation[:, 2]
+    origin = np.array([-30.0, 12.0, 8.0])
+    stored_order = [3, 0, 4, 1, 2]  # frame n of the file is slice stored_order[n] of the stack
+    pixels = np.random.default_rng(0).integers(0, 4000, size=(5, 6, 7)).astype(np.uint16)
+    rescale = [(1.0, float(-10 * n)) for n in range(5)]
+    path = write_enhanced_multiframe(
+        tmp_path / "enhanced.dcm", pixels, [origin + 3.0 * k * normal for k in stored_order], row=row, column=column,
+        rescale=rescale, compress_rle=compressed,
+    )
+    (info,) = scan_dicom_folder(tmp_path)
+    assert info.loadable and info.n_slices == 5 and info.size == (7, 6, 5)
+    volume = load_volume(path)
+    inverse = np.argsort(stored_order)  # slice k comes from frame inverse[k]
+    expected = np.stack([pixels[n].astype(np.int32) - 10 * n for n in inverse])
+    np.testing.assert_array_equal(volume.array, expected)
+    np.testing.assert_allclose(volume.origin, origin, atol=1e-5)
+    np.testing.assert_allclose(volume.spacing, (0.9, 0.8, 3.0), atol=1e-6)
+    np.testing.assert_allclose(volume.direction, rotation, atol=1e-7)
+    assert volume.metadata["source_files"] == [str(path)]
+    assert load_volume(tmp_path).shape == (5, 6, 7)
+
+
+def test_multiframe_without_frame_positions_is_left_out(tmp_path: Path) -> None:
+    import pydicom
+    from helpers_io import write_enhanced_multiframe
+
+    path = write_enhanced_multiframe(tmp_path / "m.dcm", np.zeros((3, 4, 4), np.uint16), [(0, 0, 0)] * 3)
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(path, enforce_file_format=True)
+    (info,) = scan_dicom_folder(tmp_path)
+    assert not info.loadable
+    assert "multi-frame file without a position and orientation for every frame" in info.problems[-1]
+    with pytest.raises(DicomSeriesError, match="expected images with ImagePositionPatient"):
+        load_volume(tmp_path)

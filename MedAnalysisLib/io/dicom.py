@@ -32,7 +32,7 @@ import struct
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ HEADER_TAGS = (
     "NumberOfFrames",
     "RescaleSlope",
     "RescaleIntercept",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
     "PixelData",
 )
 #: Metadata keys copied into ``Volume.metadata`` (besides ``source_files``). Nothing that identifies a patient.
@@ -106,6 +108,18 @@ SPACING_ABS_TOL = 0.01
 TILT_ABS_TOL = 0.02
 #: Tolerance between SimpleITK's geometry and ours (mm for origin/spacing, cosine for direction).
 SITK_GEOMETRY_TOL = 0.01
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Geometry and modality LUT of one frame of a multi-frame (enhanced) image, from its functional groups."""
+
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    slope: float
+    intercept: float
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,8 @@ class _Slice:
     pixel_offset: int | None
     pixel_length: int | None
     damage: str | None = None
+    frames: tuple[_Frame, ...] | None = None
+    frame_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +269,7 @@ def _float_or(value: Any, default: float | None) -> float | None:
 
 
 _BINARY_US = {"Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"}
+_SEQUENCES = {"SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"}
 _TAGS: dict[str, int] = {}
 
 
@@ -269,7 +286,7 @@ def _header_values(dataset: Any) -> dict[str, Any]:
         _TAGS.update({keyword: int(tag_for_keyword(keyword)) for keyword in HEADER_TAGS})  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for keyword, tag in _TAGS.items():
-        if keyword == "PixelData":
+        if keyword == "PixelData" or keyword in _SEQUENCES:
             continue
         element = dataset.get_item(tag, keep_deferred=True)
         if element is None:
@@ -284,6 +301,44 @@ def _header_values(dataset: Any) -> dict[str, Any]:
         else:
             values[keyword] = element.value
     return values
+
+
+def _functional(item: Any, sequence: str, keyword: str) -> Any:
+    if item is None:
+        return None
+    found = item.get(sequence)
+    return found[0].get(keyword) if found else None
+
+
+def _frame_geometry(dataset: Any, n_frames: int, slope: float, intercept: float) -> tuple[_Frame, ...] | None:
+    """Per-frame position, orientation, pixel spacing and rescale of an enhanced multi-frame image (per-frame
+    functional groups first, then the shared ones, then the top-level attributes); None without functional groups."""
+    shared_groups = dataset.get("SharedFunctionalGroupsSequence")
+    shared = shared_groups[0] if shared_groups else None
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    if shared is None and not per_frame:
+        return None
+    if per_frame and len(per_frame) != n_frames:
+        return None
+    frames = []
+    for index in range(n_frames):
+        item = per_frame[index] if per_frame else None
+
+        def pick(sequence: str, keyword: str, item: Any = item) -> Any:
+            value = _functional(item, sequence, keyword)
+            return value if value is not None else _functional(shared, sequence, keyword)
+
+        frames.append(
+            _Frame(
+                position=_floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+                orientation=_floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+                pixel_spacing=_floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2),  # type: ignore[arg-type]
+                slice_thickness=_float_or(pick("PixelMeasuresSequence", "SliceThickness"), None),
+                slope=_float_or(pick("PixelValueTransformationSequence", "RescaleSlope"), slope) or slope,
+                intercept=_float_or(pick("PixelValueTransformationSequence", "RescaleIntercept"), intercept) or 0.0,
+            )
+        )
+    return tuple(frames)
 
 
 def _read_slice(path: str) -> _Slice | str:
@@ -327,6 +382,10 @@ def _read_slice(path: str) -> _Slice | str:
         image_type = v["ImageType"] or ()
         image_type = (image_type,) if isinstance(image_type, str) else image_type
         bits_allocated = _int_or(v["BitsAllocated"], 16) or 16
+        n_frames = _int_or(v["NumberOfFrames"], 1) or 1
+        slope = _float_or(v["RescaleSlope"], 1.0) or 1.0
+        intercept = _float_or(v["RescaleIntercept"], 0.0) or 0.0
+        frames = _frame_geometry(dataset, n_frames, slope, intercept) if n_frames > 1 else None
         return _Slice(
             path=path,
             instance_uid=str(v["SOPInstanceUID"] or ""),
@@ -346,17 +405,18 @@ def _read_slice(path: str) -> _Slice | str:
             bits_allocated=bits_allocated,
             bits_stored=_int_or(v["BitsStored"], None) or bits_allocated,
             pixel_representation=_int_or(v["PixelRepresentation"], 0) or 0,
-            n_frames=_int_or(v["NumberOfFrames"], 1) or 1,
+            n_frames=n_frames,
             orientation=_floats(v["ImageOrientationPatient"], 6),
             position=_floats(v["ImagePositionPatient"], 3),  # type: ignore[arg-type]
             pixel_spacing=_floats(v["PixelSpacing"], 2),  # type: ignore[arg-type]
             slice_thickness=_float_or(v["SliceThickness"], None),
             spacing_between_slices=_float_or(v["SpacingBetweenSlices"], None),
-            slope=_float_or(v["RescaleSlope"], 1.0) or 1.0,
-            intercept=_float_or(v["RescaleIntercept"], 0.0) or 0.0,
+            slope=slope,
+            intercept=intercept,
             pixel_offset=int(offset) if defined and offset is not None else None,
             pixel_length=int(length) if defined else None,  # type: ignore[arg-type]
             damage=damage,
+            frames=frames,
         )
     except Exception as error:  # noqa: BLE001 - any value pydicom cannot decode makes the header unusable
         return f"malformed DICOM header ({type(error).__name__})"
@@ -405,6 +465,12 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             excluded.append((s.path, "duplicate of an instance already in the series (same SOPInstanceUID)"))
         elif "LOCALIZER" in s.image_type:
             excluded.append((s.path, "localizer"))
+        elif s.n_frames > 1:
+            expanded = _expand_frames(s)
+            if expanded:
+                images.extend(expanded)
+            else:
+                excluded.append((s.path, "multi-frame file without a position and orientation for every frame"))
         elif s.orientation is None or s.position is None:
             excluded.append((s.path, "no ImagePositionPatient/ImageOrientationPatient"))
         else:
@@ -447,12 +513,6 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             f"{n} of {c}x{r} oriented {list(o)}" for (r, c, _, o), n in groups.most_common()
         )
         block(f"expected one image size and orientation, got {len(groups)} kinds: {listing}")
-    multiframe = [s for s in images if s.n_frames > 1]
-    if multiframe:
-        block(
-            f"expected single-frame images, got {len(multiframe)} multi-frame file(s) ({multiframe[0].n_frames} "
-            "frames); multi-frame DICOM is not supported"
-        )
 
     if images and len(groups) == 1:
         row, column, normal = _normal(images[0].orientation)  # type: ignore[arg-type]
@@ -551,6 +611,31 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
         _slices=tuple(ordered),
         _error_type=kinds[0] if kinds else "DicomSeriesError",
     )
+
+
+def _expand_frames(s: _Slice) -> list[_Slice]:
+    """One slice per frame of a multi-frame file, with that frame's geometry; empty when a frame cannot be placed."""
+    if s.frames is None:
+        return []
+    expanded = []
+    for index, frame in enumerate(s.frames):
+        orientation = frame.orientation or s.orientation
+        if frame.position is None or orientation is None:
+            return []
+        expanded.append(
+            replace(
+                s,
+                position=frame.position,
+                orientation=orientation,
+                pixel_spacing=frame.pixel_spacing or s.pixel_spacing,
+                slice_thickness=frame.slice_thickness or s.slice_thickness,
+                slope=frame.slope,
+                intercept=frame.intercept,
+                frames=None,
+                frame_index=index,
+            )
+        )
+    return expanded
 
 
 @dataclass
@@ -677,7 +762,6 @@ def _native_ok(slices: Sequence[_Slice]) -> bool:
             s.transfer_syntax not in _NATIVE_LITTLE_ENDIAN
             or s.samples_per_pixel != 1
             or s.bits_allocated not in (8, 16, 32)
-            or s.n_frames != 1
             or s.pixel_offset is None
             or (s.bits_allocated, s.pixel_representation) != (first.bits_allocated, first.pixel_representation)
         ):
@@ -692,13 +776,14 @@ def _read_native(slices: Sequence[_Slice]) -> np.ndarray:
     out = np.empty((len(slices), first.rows, first.columns), dtype=dtype)
     expected = first.rows * first.columns * dtype.itemsize
     for index, s in enumerate(slices):
-        if s.pixel_length is not None and s.pixel_length < expected:
+        if s.pixel_length is not None and s.pixel_length < expected * s.n_frames:
             raise UnreadableFileError(
-                f"expected {expected} bytes of pixel data ({first.columns}x{first.rows}, {first.bits_allocated} bit) "
-                f"in {Path(s.path).name}, got a pixel data element of {s.pixel_length} bytes"
+                f"expected {expected * s.n_frames} bytes of pixel data ({s.n_frames} frame(s) of {first.columns}x"
+                f"{first.rows}, {first.bits_allocated} bit) in {Path(s.path).name}, got a pixel data element of "
+                f"{s.pixel_length} bytes"
             )
         with open(s.path, "rb") as handle:
-            handle.seek(s.pixel_offset or 0)
+            handle.seek((s.pixel_offset or 0) + s.frame_index * expected)
             got = handle.readinto(memoryview(out[index]).cast("B"))
         if got != expected:
             raise UnreadableFileError(
@@ -714,6 +799,36 @@ def _read_native(slices: Sequence[_Slice]) -> np.ndarray:
                 np.left_shift(out, shift, out=out)
                 np.right_shift(out, shift, out=out)
     return out
+
+
+def _read_frames_with_pydicom(info: SeriesInfo) -> np.ndarray:
+    """Decode compressed multi-frame files with pydicom (stored values, no modality LUT) and pick frames in order.
+
+    pydicom decodes RLE itself and JPEG, JPEG-LS and JPEG 2000 through the optional pylibjpeg plugins
+    (``pip install medanalysis[dicom]``).
+    """
+    import pydicom
+
+    decoded: dict[str, np.ndarray] = {}
+    planes = []
+    for s in info._slices:
+        if s.path not in decoded:
+            try:
+                array = pydicom.dcmread(s.path).pixel_array
+            except Exception as error:  # noqa: BLE001 - missing decoder plugins or damaged frames, many types
+                raise UnreadableFileError(
+                    f"expected decodable pixel data in {Path(s.path).name} ({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax)}), "
+                    f"got {type(error).__name__}: {str(error)[:200]} (compressed multi-frame images need the "
+                    "decoders of 'pip install medanalysis[dicom]')"
+                ) from error
+            expected = (s.n_frames, s.rows, s.columns) + ((s.samples_per_pixel,) if s.samples_per_pixel > 1 else ())
+            if array.shape != expected:
+                raise UnreadableFileError(
+                    f"expected decoded frames of shape {expected} in {Path(s.path).name}, got {array.shape}"
+                )
+            decoded[s.path] = array
+        planes.append(decoded[s.path][s.frame_index])
+    return np.stack(planes)
 
 
 def _read_with_sitk(info: SeriesInfo) -> np.ndarray:
@@ -837,6 +952,8 @@ def load_dicom_series(
     check_memory_budget(shape, np.dtype(f"u{item}"), memory_budget_bytes)
     if _native_ok(slices):
         array = _rescaled(_read_native(slices), slices)
+    elif any(s.n_frames > 1 for s in slices):
+        array = _rescaled(_read_frames_with_pydicom(info), slices)
     else:
         array = _read_with_sitk(info)
         if np.issubdtype(array.dtype, np.floating) and all(
@@ -857,7 +974,7 @@ def load_dicom_series(
         "SeriesInstanceUID": info.series_instance_uid,
         "StudyInstanceUID": info.study_instance_uid,
         "FrameOfReferenceUID": info.frame_of_reference_uid,
-        "source_files": list(info.files),
+        "source_files": list(dict.fromkeys(info.files)),
     }
     assert info.spacing is not None and info.origin is not None and info.direction is not None
     direction = np.array(info.direction)
