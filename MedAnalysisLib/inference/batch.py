@@ -139,7 +139,8 @@ def discover_cases(inputs: Sequence[str | Path], *, series: str | None = None) -
             from MedAnalysisLib.data.datasets import load_dataset
 
             dataset = load_dataset(path if path.suffix.lower() == ".csv" else path.parent)
-            cases.extend(CaseInput(safe_case_id(c.case_id), tuple(str(p) for p in c.images)) for c in dataset.cases)
+            cases.extend(CaseInput(safe_case_id(c.case_id), tuple(str(p) for p in c.images), c.series)
+                         for c in dataset.cases)
         elif _is_image_file(path):
             cases.append(CaseInput(safe_case_id(_strip_suffix(path.name)), (str(path),)))
         elif path.is_dir() and any(_is_image_file(p) for p in path.iterdir()):
