@@ -8,6 +8,7 @@ bundle (what it predicts does not matter; every output path runs).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -51,11 +52,13 @@ def _series(folder: Path, n: int = 6, **options: object) -> Path:
 
 
 def _scan_outputs(out: Path) -> dict[str, list[str]]:
-    """Canaries found per output file (name and bytes); DICOM SEG files are checked separately."""
+    """Canaries found per output file (name and bytes, decompressed for .gz: the NIfTI header with its descrip,
+    aux_file and intent_name fields is inside the gzip stream); DICOM SEG files are checked separately."""
     found = {}
     for path in sorted(out.rglob("*")):
         if path.is_file():
-            hits = leaks(path.name) + ([] if path.name.endswith("_seg.dcm") else leaks(path.read_bytes()))
+            data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+            hits = leaks(path.name) + ([] if path.name.endswith("_seg.dcm") else leaks(data))
             if hits:
                 found[path.name] = hits
     return found
@@ -96,6 +99,18 @@ def test_no_patient_data_in_any_output_log_or_error(bundle: Path, tmp_path: Path
     assert _scan_outputs(out) == {}  # every output file name and every byte (headers included) is clean
     sidecar = json.loads((out / "series_a.json").read_text())
     assert sidecar["input"]["modality"] == "CT" and "source_files" not in json.dumps(sidecar)
+
+
+def test_the_output_scan_finds_a_name_in_a_compressed_nifti_header(tmp_path: Path) -> None:
+    """Positive control for the scan above: a canary in a .nii.gz header's descrip field is found."""
+    from helpers_io import write_nifti
+
+    header = bytearray(write_nifti(tmp_path / "leaky.nii", np.zeros((2, 3, 4), np.int16), np.eye(4)).read_bytes())
+    header[148 : 148 + len(PHI_NAME)] = PHI_NAME.encode()  # descrip, char[80] at byte 148
+    (tmp_path / "leaky.nii").unlink()
+    (tmp_path / "leaky.nii.gz").write_bytes(gzip.compress(bytes(header)))
+    assert load_volume(tmp_path / "leaky.nii.gz").shape == (2, 3, 4)
+    assert _scan_outputs(tmp_path) == {"leaky.nii.gz": [PHI_NAME, "CANARY"]}
 
 
 def test_dicom_seg_copies_only_the_required_patient_and_study_attributes(bundle: Path, tmp_path: Path) -> None:
