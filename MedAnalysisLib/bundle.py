@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -434,6 +435,46 @@ def _check_weights_file(folder: Path, config: BundleConfig) -> tuple[Path, str]:
     return weights, actual
 
 
+def _check_hdf5_weights(weights: Path, model: keras.Model) -> None:
+    """Refuse what a weights file never needs, before Keras reads a byte of it.
+
+    HDF5 can point outside the file (external and soft links, external or virtual dataset storage: reading them reads
+    other files on this machine), and a dataset can declare a shape far larger than what it stores (a few-kB file can
+    declare terabytes, allocated when read). Keras guards some of this, version by version and per dataset above a
+    4 GiB floor; here every link must be a plain hard link, no dataset may live elsewhere, and all datasets together
+    may declare at most twice the model's own weight bytes (plus 1 MiB).
+    """
+    import h5py
+    import numpy as np
+
+    budget = 2 * sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights) + 2**20
+    problems: list[str] = []
+    declared = 0
+
+    def check_link(name: str, link: Any) -> None:
+        if not isinstance(link, h5py.HardLink):
+            problems.append(f"a {type(link).__name__} at {name!r}")
+
+    def check_dataset(name: str, item: Any) -> None:
+        nonlocal declared
+        if isinstance(item, h5py.Dataset):
+            if item.external or item.is_virtual:
+                problems.append(f"a dataset stored in other files at {name!r}")
+            declared += math.prod(item.shape or ()) * item.dtype.itemsize
+
+    try:
+        with h5py.File(weights, "r") as handle:
+            handle.visititems_links(check_link)
+            if not problems:
+                handle.visititems(check_dataset)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise BundleError(f"expected a readable HDF5 weights file, got: {error}") from error
+    _expect(not problems, f"expected an HDF5 weights file with its data inside it, got {'; '.join(problems[:3])}")
+    _expect(declared <= budget,
+            f"expected weights of at most {budget} bytes for this {type(model).__name__} ({len(model.weights)} "
+            f"variables), got datasets declaring {declared} bytes; refusing to read them")
+
+
 def load_bundle(path: str | os.PathLike[str]) -> LoadedBundle:
     """Load a bundle folder or .zip: validate ``bundle.json``, check the weights' sha256, build and load the model.
 
@@ -466,6 +507,7 @@ def load_bundle(path: str | os.PathLike[str]) -> LoadedBundle:
             model = build_model(config.family, **config.hparams)
         except (TypeError, ValueError) as error:
             raise BundleError(f"expected hyper-parameters that build a {config.family!r} model, got {error}") from error
+        _check_hdf5_weights(weights, model)
         try:
             model.load_weights(str(weights))
         except (ValueError, KeyError, OSError) as error:
@@ -475,6 +517,18 @@ def load_bundle(path: str | os.PathLike[str]) -> LoadedBundle:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
     return LoadedBundle(config, model, path, folder, sha, temporary)
+
+
+def _save_model_weights(model: keras.Model, weights: Path) -> None:
+    """Save the model's own weights only: a compiled model's optimizer state (twice the weights for Adam) is training
+    state, not part of the model, and would make the bundle fail the size check of :func:`load_bundle`."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        model.save_weights(str(weights))
+        return
+    from keras.src.saving import saving_lib
+
+    saving_lib.save_weights_only(model, str(weights), objects_to_skip=[optimizer])
 
 
 def save_bundle(
@@ -510,7 +564,7 @@ def save_bundle(
 
     def write_folder(folder: Path) -> None:
         weights = folder / config.weights["file"]
-        model.save_weights(str(weights))
+        _save_model_weights(model, weights)
         final = config.replace(weights={"file": config.weights["file"], "sha256": sha256_file(weights)})
         for name, content in extra_files.items():
             if isinstance(content, bytes):
