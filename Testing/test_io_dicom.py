@@ -290,3 +290,28 @@ def test_multiframe_without_frame_positions_is_left_out(tmp_path: Path) -> None:
     assert "multi-frame file without a position and orientation for every frame" in info.problems[-1]
     with pytest.raises(DicomSeriesError, match="expected images with ImagePositionPatient"):
         load_volume(tmp_path)
+
+
+@pytest.mark.parametrize("syntax", ["native", "RLE", "JPEG-LS"])
+@pytest.mark.parametrize(
+    ("slope", "intercept", "dtype"),
+    [(1.0, -1024.0, np.int16), (0.5, -10.25, np.float32), ([1, 2, 1, 1], [0, -1024, 5, 0], np.int16)],
+    ids=["ct-intercept", "fractional", "per-slice"],
+)
+def test_modality_lut_is_the_same_for_every_transfer_syntax(tmp_path: Path, syntax: str, slope, intercept, dtype) -> None:
+    """Same stored values and LUT, uncompressed or compressed: same voxels and type. (GDCM alone casts every slice to
+    the first slice's type, so a per-slice intercept of -1024 wrapped around to 64512 in unsigned data.)"""
+    from pydicom.uid import JPEGLSLossless, RLELossless
+
+    stored = np.random.default_rng(0).integers(0, 3000, (4, 6, 7)).astype(np.uint16)
+    paths = write_dicom_series(tmp_path, stored, slope=slope, intercept=intercept, signed=False)
+    if syntax != "native":
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.compress(RLELossless if syntax == "RLE" else JPEGLSLossless, ds.pixel_array)
+            ds.save_as(path, enforce_file_format=True)
+    volume = load_volume(tmp_path)
+    slopes = np.broadcast_to(np.asarray(slope, float), (4,)).reshape(-1, 1, 1)
+    intercepts = np.broadcast_to(np.asarray(intercept, float), (4,)).reshape(-1, 1, 1)
+    assert volume.array.dtype == dtype
+    np.testing.assert_array_equal(volume.array, stored * slopes + intercepts)

@@ -801,8 +801,8 @@ def _read_native(slices: Sequence[_Slice]) -> np.ndarray:
     return out
 
 
-def _read_frames_with_pydicom(info: SeriesInfo) -> np.ndarray:
-    """Decode compressed multi-frame files with pydicom (stored values, no modality LUT) and pick frames in order.
+def _decode_with_pydicom(slices: Sequence[_Slice]) -> np.ndarray:
+    """Decode files with pydicom (stored values, no modality LUT) and stack their frames in slice order.
 
     pydicom decodes RLE itself and JPEG, JPEG-LS and JPEG 2000 through the optional pylibjpeg plugins
     (``pip install medanalysis[dicom]``).
@@ -811,16 +811,17 @@ def _read_frames_with_pydicom(info: SeriesInfo) -> np.ndarray:
 
     decoded: dict[str, np.ndarray] = {}
     planes = []
-    for s in info._slices:
+    for s in slices:
         if s.path not in decoded:
             try:
                 array = pydicom.dcmread(s.path).pixel_array
             except Exception as error:  # noqa: BLE001 - missing decoder plugins or damaged frames, many types
                 raise UnreadableFileError(
                     f"expected decodable pixel data in {Path(s.path).name} ({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax)}), "
-                    f"got {type(error).__name__}: {str(error)[:200]} (compressed multi-frame images need the "
+                    f"got {type(error).__name__}: {str(error)[:200]} (compressed images need the "
                     "decoders of 'pip install medanalysis[dicom]')"
                 ) from error
+            array = array[np.newaxis] if s.n_frames == 1 else array
             expected = (s.n_frames, s.rows, s.columns) + ((s.samples_per_pixel,) if s.samples_per_pixel > 1 else ())
             if array.shape != expected:
                 raise UnreadableFileError(
@@ -900,6 +901,23 @@ def _rescaled(raw: np.ndarray, slices: Sequence[_Slice]) -> np.ndarray:
     return out
 
 
+def _same_dtype_as_native(array: np.ndarray, slices: Sequence[_Slice]) -> np.ndarray:
+    """Give GDCM's output the type the uncompressed path would give: integral values in the smallest of int16/int32
+    (or the stored type when no LUT applies), fractional ones as float32."""
+    if np.issubdtype(array.dtype, np.floating):
+        integral_lut = all(float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices)
+        if integral_lut and np.all(np.isfinite(array)) and np.array_equal(array, np.round(array)):
+            low, high = float(array.min()), float(array.max())
+            target = next((t for t in ("int16", "int32") if np.iinfo(t).min <= low and high <= np.iinfo(t).max), None)
+            return array.astype(target) if target else array
+        return array.astype(np.float32)
+    if array.dtype.itemsize > 2 and array.size and any((s.slope, s.intercept) != (1.0, 0.0) for s in slices):
+        low, high = int(array.min()), int(array.max())
+        if np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max:
+            return array.astype(np.int16)
+    return array
+
+
 def _raise_blocking(info: SeriesInfo) -> None:
     error_class = {"GeometryError": GeometryError, "UnreadableFileError": UnreadableFileError}.get(
         info._error_type, DicomSeriesError
@@ -952,20 +970,19 @@ def load_dicom_series(
     check_memory_budget(shape, np.dtype(f"u{item}"), memory_budget_bytes)
     if _native_ok(slices):
         array = _rescaled(_read_native(slices), slices)
-    elif any(s.n_frames > 1 for s in slices):
-        array = _rescaled(_read_frames_with_pydicom(info), slices)
+    elif any(s.n_frames > 1 for s in slices) or len({(s.slope, s.intercept) for s in slices}) > 1:
+        # GDCM applies a modality LUT per slice but casts every slice to the first slice's pixel type (a slice
+        # with another intercept wraps around): decode stored values and apply each slice's own LUT instead
+        array = _rescaled(_decode_with_pydicom(slices), slices)
     else:
-        array = _read_with_sitk(info)
-        if np.issubdtype(array.dtype, np.floating) and all(
-            float(s.slope).is_integer() and float(s.intercept).is_integer() for s in slices
-        ):
-            if np.all(np.isfinite(array)) and np.array_equal(array, np.round(array)):
-                low, high = float(array.min()), float(array.max())
-                target = next(
-                    (np.dtype(t) for t in ("int16", "int32") if np.iinfo(t).min <= low and high <= np.iinfo(t).max),
-                    array.dtype,
-                )
-                array = array.astype(target)
+        try:
+            array = _read_with_sitk(info)  # one LUT for the whole series: GDCM applies it correctly
+        except UnreadableFileError as gdcm_error:
+            try:
+                array = _rescaled(_decode_with_pydicom(slices), slices)
+            except UnreadableFileError as pydicom_error:
+                raise UnreadableFileError(f"{gdcm_error}; pydicom could not decode it either: {pydicom_error}") from gdcm_error
+        array = _same_dtype_as_native(array, slices)
     if array.shape[:3] != shape[:3]:
         raise GeometryError(f"expected voxels of shape {shape} (k, j, i), got {array.shape}")
     metadata: dict[str, Any] = {
