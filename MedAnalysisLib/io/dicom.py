@@ -12,9 +12,13 @@ How a series becomes a volume:
    must move along the normal). A series that fails a check is listed with its problem and refused on load with a
    :class:`DicomSeriesError` or :class:`GeometryError`; nothing is resampled or guessed.
 4. :func:`load_dicom_series` reads the pixels of the sorted files: uncompressed little-endian data straight from
-   the byte offsets found in step 1, anything else (JPEG, JPEG-LS, JPEG 2000, RLE, big endian, color) through
-   SimpleITK's ``ImageSeriesReader`` (GDCM) with the same sorted file list, whose geometry is checked against ours.
-   The modality LUT (RescaleSlope/RescaleIntercept, per slice) is applied: CT comes back in HU.
+   the byte offsets found in step 1; compressed series (JPEG, JPEG-LS, JPEG 2000, RLE), big endian and color through
+   SimpleITK's ``ImageSeriesReader`` (GDCM) with the same sorted file list, whose geometry is checked against ours;
+   series whose slices carry different modality LUTs, enhanced multi-frame images, and files GDCM cannot decode
+   through pydicom (stored values). The modality LUT (RescaleSlope/RescaleIntercept, per slice or per frame) is
+   applied: CT comes back in HU, with the same voxel type whatever the transfer syntax.
+5. Enhanced multi-frame images are split into one slice per frame with the frame's own position, orientation,
+   pixel spacing and LUT from the functional groups, then sorted and checked like single-frame slices.
 
 Geometry: origin = ImagePositionPatient of the first sorted slice; direction columns = the row direction (i), the
 column direction (j) and the slice normal (k), all in LPS; spacing = (column spacing, row spacing, slice distance)
