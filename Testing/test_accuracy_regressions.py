@@ -44,5 +44,33 @@ def test_predict_reads_single_slice_dicom_files(shared_data: Path, tmp_path: Pat
     assert len(summary.done) == 1
 
 
+def test_bundle_of_a_compiled_model_holds_weights_only_and_loads(tmp_path: Path) -> None:
+    """``medanalysis train`` saves compiled classifiers (the training and inference model are one); the optimizer
+    state must stay out of the bundle, which then loads with identical predictions."""
+    import h5py
+    import keras
+    import numpy as np
+
+    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, load_bundle, save_bundle
+    from MedAnalysisLib.models import build_model
+    from MedAnalysisLib.preprocessing.plan import Plan
+
+    hparams = {"n_classes": 2, "preset": "global_pool", "in_channels": 1, "base_filters": 4, "n_blocks": 1}
+    model = build_model("slice_cnn", **hparams)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", jit_compile=False)
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 1)).astype("float32")
+    model.train_on_batch(x, np.array([[0], [1], [0], [1]], "float32"))
+    plan = Plan(task="classification", modality="CT", channel_names=("image",), slice_shape=(16, 16),
+                recommended_model="slice_cnn")
+    config = BundleConfig(name="compiled", task="classification", family="slice_cnn", hparams=hparams, plan=plan,
+                          labels=(LabelInfo(0, "no", (0, 0, 0)), LabelInfo(1, "yes", (255, 0, 0))),
+                          input={"channels": [{"name": "image", "modality": "CT"}]})
+    path = save_bundle(tmp_path / "bundle", model, config)
+    with h5py.File(path / config.weights["file"], "r") as handle:
+        assert "optimizer" not in handle and "layers" in handle
+    loaded = load_bundle(path)
+    np.testing.assert_allclose(loaded.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
