@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_models import tiny_plan
+
 from MedAnalysisLib.bundle import (
     BundleConfig,
     LabelInfo,

@@ -7,7 +7,6 @@ prints the whole configuration instead.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from MedAnalysisLib.progress import Reporter

@@ -16,7 +16,6 @@ Output: ``(B, 1)`` sigmoid = P(class 1) for ``n_classes=2``, ``(B, n_classes)`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import keras
 from keras import layers

@@ -254,6 +254,10 @@ def fit_and_bundle(
         inference_model.load_weights(str(checkpoint_dir / "best.weights.h5"))
         best_row = next((row for row in history_rows if row["epoch"] == best_epoch), history_rows[-1])
         metrics = {k: v for k, v in best_row.items() if k not in ("epoch", "learning_rate")}
+        if spec.task == "segmentation" and len(training_model.outputs) > 1:
+            # Deep supervision prefixes the main output's metrics with its name; the card shows plain names.
+            main = f"{training_model.output_names[0]}_"
+            metrics = {k.replace(main, ""): v for k, v in metrics.items() if main in k or k in ("loss", "val_loss")}
         from MedAnalysisLib.training.callbacks import history_csv
 
         provenance = {
