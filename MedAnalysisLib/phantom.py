@@ -318,7 +318,7 @@ def write_phantom_dicom(image: Volume, out_dir: str | Path, *, seed: int = 0, se
 
     The files are MR Image Storage instances, explicit VR little endian, int16 pixels, with the image's exact
     geometry (ImageOrientationPatient from the i and j axes, ImagePositionPatient of every slice along k,
-    PixelSpacing, SliceThickness). Patient name and ID say "PHANTOM"; UIDs are derived from ``seed`` and the
+    PixelSpacing, SliceThickness). The patient is "Phantom^Demo", ID "PHANTOM"; UIDs are derived from ``seed`` and the
     series description, so the same arguments give byte-identical files. ``out_dir`` is replaced as a whole.
 
     Args:
@@ -359,7 +359,7 @@ def write_phantom_dicom(image: Volume, out_dir: str | Path, *, seed: int = 0, se
             ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop_uid
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
             ds.Modality, ds.SeriesDescription, ds.StudyDescription = "MR", series_description, "MedAnalysis phantom"
-            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "PHANTOM", "PHANTOM", "", "O"
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Demo", "PHANTOM", "", "O"
             ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
             ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
             ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = "1", 1, k + 1, ""

@@ -193,7 +193,7 @@ def test_dicom_series_round_trips_voxels_and_oblique_geometry(tmp_path) -> None:
     assert same_geometry(loaded, image, spacing_tol=1e-5, origin_tol=1e-4, direction_tol=1e-6)
     header = pydicom.dcmread(first / names[0])
     assert header.Modality == "MR" and header.SOPClassUID == pydicom.uid.MRImageStorage
-    assert str(header.PatientName) == "PHANTOM"
+    assert str(header.PatientName) == "Phantom^Demo" and header.PatientID == "PHANTOM"
     other = write_phantom_dicom(image, tmp_path / "c", seed=7)
     assert pydicom.dcmread(other / names[0]).SeriesInstanceUID != header.SeriesInstanceUID
     with pytest.raises(ValueError, match="expected a 3D integer"):

@@ -8,6 +8,7 @@ figures to ``--out``. TensorFlow is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from MedAnalysisLib.errors import InputError
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     """Run the demo and print its summary on stdout (stderr carries progress)."""
     from MedAnalysisLib.demo import DemoConfig, run_demo
 
+    if not args.verbose:  # DICOM SEG writing logs every copied module at INFO level
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     config = DemoConfig.quick() if args.quick else DemoConfig.full()
     if args.cases is not None:
         if args.cases < 4:
