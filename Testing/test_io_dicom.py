@@ -315,3 +315,33 @@ def test_modality_lut_is_the_same_for_every_transfer_syntax(tmp_path: Path, synt
     intercepts = np.broadcast_to(np.asarray(intercept, float), (4,)).reshape(-1, 1, 1)
     assert volume.array.dtype == dtype
     np.testing.assert_array_equal(volume.array, stored * slopes + intercepts)
+
+
+def test_gantry_tilt_resampled_onto_an_orthogonal_grid_keeps_physical_positions(tmp_path: Path, capsys) -> None:
+    """A 15 degree tilted CT stack of a sphere: after resampling, the sphere is where it is in the patient."""
+    from MedAnalysisLib.cli import main
+
+    tilt = np.radians(15)
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), -np.sin(tilt)])
+    first = np.array([-25.0, -30.0, 0.0])
+    positions = [first + [0.0, 0.0, 2.0 * k] for k in range(30)]  # the table moves along z
+    centre, radius = np.array([0.0, 5.0, 30.0]), 8.0
+    j, i = np.mgrid[:60, :50]
+    pixels = np.stack(
+        [np.where(np.linalg.norm(p + i[..., None] * row + j[..., None] * column - centre, axis=-1) < radius, 1000, 0) for p in positions]
+    ).astype(np.int16)
+    write_dicom_series(tmp_path / "tilted", pixels, row=row, column=column, positions=positions, spacing=(1.0, 1.0), intercept=0)
+    volume = load_volume(tmp_path / "tilted", resample_tilt=True)
+    np.testing.assert_allclose(volume.direction, np.column_stack([row, column, np.cross(row, column)]), atol=1e-7)
+    assert volume.spacing[2] == pytest.approx(2.0 * np.cos(tilt), abs=1e-5)
+    assert volume.shape[1] > 60 and volume.array.dtype == np.int16  # grown in j to hold every shifted slice
+    bright = volume.index_to_physical(np.argwhere(volume.array > 500)[:, ::-1].astype(float))
+    np.testing.assert_allclose(bright.mean(axis=0), centre, atol=0.3)
+    assert np.linalg.norm(bright - centre, axis=1).max() < radius + 1.0
+    # the untilted stack would put the sphere's centre mm away from where it is
+    (info,) = scan_dicom_folder(tmp_path / "tilted")
+    assert np.linalg.norm(np.array(info.tilt_shift)) * 15 > 2.0
+    out = tmp_path / "fixed.nrrd"
+    assert main(["convert", str(tmp_path / "tilted"), str(out), "--resample-tilt", "--progress", "none"]) == 0
+    assert read_volume(out).shape == volume.shape
+    capsys.readouterr()

@@ -209,7 +209,10 @@ def test_gantry_tilt_is_refused_as_geometry(tmp_path: Path) -> None:
     positions = [(0.0, z * tilt, z) for z in np.arange(6) * 2.0]  # each slice shifted along y: a tilted gantry
     write_dicom_series(tmp_path, np.zeros((6, 4, 4), np.int16), positions=positions)
     message = _refused(GeometryError, "gantry tilt of about 12.00 degrees", load_volume, tmp_path)
-    assert "sheared" in message
+    assert "sheared" in message and "resample_tilt=True" in message
+    curved = [(0.0, (z / 10.0) ** 2, z) for z in np.arange(6) * 2.0]  # drift that is not linear: never resampled
+    write_dicom_series(tmp_path / "curved", np.zeros((6, 4, 4), np.int16), positions=curved)
+    _refused(GeometryError, "not linear", load_volume, tmp_path / "curved", resample_tilt=True)
 
 
 def test_mixed_orientations_and_sizes_in_one_series(tmp_path: Path) -> None:

@@ -34,6 +34,11 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--allow-2d", action="store_true", help="accept a 2D image and store it as a one-slice volume"
     )
+    parser.add_argument(
+        "--resample-tilt",
+        action="store_true",
+        help="resample a gantry-tilted DICOM series onto an orthogonal grid (linear interpolation) instead of refusing it",
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,7 +46,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.io import load_volume, write_volume
 
     reporter.progress("convert", 0, 2, "reading")
-    volume = load_volume(args.input, series=args.series, kind=args.kind, allow_2d=args.allow_2d)
+    volume = load_volume(
+        args.input, series=args.series, kind=args.kind, allow_2d=args.allow_2d, resample_tilt=args.resample_tilt
+    )
     reporter.progress("convert", 1, 2, "writing")
     path = write_volume(volume, args.output)
     reporter.progress("convert", 2, 2, "done")

@@ -50,6 +50,7 @@ def load_volume(
     memory_budget_bytes: int | None = None,
     allow_2d: bool = False,
     allow_4d: bool = False,
+    resample_tilt: bool = False,
 ) -> Volume:
     """Load a scan from a DICOM folder/file or an image file.
 
@@ -62,6 +63,7 @@ def load_volume(
         memory_budget_bytes: Largest array allowed, checked before pixels are read (None = half the RAM).
         allow_2d: Accept a single 2D image as a one-slice volume ``(1, j, i)``.
         allow_4d: Accept a 4D image file as a multi-component volume ``(k, j, i, t)``.
+        resample_tilt: For a gantry-tilted DICOM series, resample it onto an orthogonal grid instead of refusing it.
 
     Returns:
         A :class:`Volume` in ``(k, j, i)`` order with LPS geometry; DICOM intensities have the modality LUT applied
@@ -75,7 +77,9 @@ def load_volume(
     if is_dicom_path(path):
         from MedAnalysisLib.io.dicom import load_dicom_series
 
-        volume = load_dicom_series(path, series, memory_budget_bytes=memory_budget_bytes, allow_2d=allow_2d)
+        volume = load_dicom_series(
+            path, series, memory_budget_bytes=memory_budget_bytes, allow_2d=allow_2d, resample_tilt=resample_tilt
+        )
         return require_integer_labels(volume) if kind == "label" else volume
     if series is not None:
         raise UnreadableFileError(f"expected a DICOM folder when a series is given, got the image file {path.name}")

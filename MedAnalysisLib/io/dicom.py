@@ -183,6 +183,8 @@ class SeriesInfo:
         problems: Human-readable findings; the ones that block loading come first.
         blocking: The subset of ``problems`` that make :func:`load_dicom_series` refuse the series.
         is_localizer: Every image of the series is a localizer (listed only on request).
+        tilt_shift: For a gantry-tilted stack whose drift is linear: the in-plane shift (LPS mm) from one slice to
+            the next, which ``load_dicom_series(..., resample_tilt=True)`` removes; None otherwise.
     """
 
     index: int
@@ -202,6 +204,7 @@ class SeriesInfo:
     problems: tuple[str, ...] = ()
     blocking: tuple[str, ...] = ()
     is_localizer: bool = False
+    tilt_shift: tuple[float, float, float] | None = None
     _slices: tuple[_Slice, ...] = field(default=(), repr=False, compare=False)
     _error_type: str = field(default="DicomSeriesError", repr=False, compare=False)
 
@@ -457,6 +460,8 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     problems: list[str] = []
     blocking: list[str] = []
     kinds: list[str] = []
+    tilt_shift = None
+    tilt_message = None
 
     def block(message: str, kind: str = "DicomSeriesError") -> None:
         blocking.append(message)
@@ -580,12 +585,22 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             if worst > TILT_ABS_TOL:
                 span = float(distances[-1] - distances[0]) or 1.0
                 angle = float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), span)))
-                block(
+                steps = (distances - distances[0]) / slice_spacing
+                per_slice = drift[-1] / steps[-1] if steps[-1] > 0 else drift[-1]
+                linear = steps[-1] > 0 and float(np.linalg.norm(drift - np.outer(steps, per_slice), axis=1).max()) <= TILT_ABS_TOL
+                tilt_message = (
                     f"expected slices stacked along their normal, got an in-plane drift of {worst:.3g} mm across the "
                     f"stack (gantry tilt of about {angle:.2f} degrees); a tilted stack is a sheared grid that a volume "
-                    "cannot represent, resample it first (for example with Slicer's acquisition transform)",
-                    "GeometryError",
+                    "cannot represent: "
+                    + (
+                        "load it with resample_tilt=True (--resample-tilt) to resample it onto an orthogonal grid"
+                        if linear
+                        else "the drift is not linear either, so it is not resampled"
+                    )
                 )
+                block(tilt_message, "GeometryError")
+                if linear:
+                    tilt_shift = tuple(float(v) for v in per_slice)
         spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), float(slice_spacing))
         origin = tuple(float(v) for v in positions[0])
         direction = tuple(tuple(float(v) for v in r) for r in np.column_stack([row, column, normal]))
@@ -612,6 +627,7 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
         problems=tuple(blocking + problems),
         blocking=tuple(blocking),
         is_localizer=is_localizer,
+        tilt_shift=tilt_shift if tilt_message is not None and list(blocking) == [tilt_message] else None,
         _slices=tuple(ordered),
         _error_type=kinds[0] if kinds else "DicomSeriesError",
     )
@@ -936,6 +952,7 @@ def load_dicom_series(
     memory_budget_bytes: int | None = None,
     allow_2d: bool = False,
     info: SeriesInfo | None = None,
+    resample_tilt: bool = False,
 ) -> Volume:
     """Load one DICOM series (or one DICOM file) as a :class:`Volume`.
 
@@ -946,6 +963,8 @@ def load_dicom_series(
         memory_budget_bytes: Largest voxel array allowed, checked from the headers (None = half the RAM).
         allow_2d: Accept a single-slice series as a one-slice volume ``(1, j, i)``.
         info: A :class:`SeriesInfo` from an earlier scan (skips scanning again; ``path``/``series`` are ignored).
+        resample_tilt: Resample a gantry-tilted stack (linear in-plane drift) onto an orthogonal grid with linear
+            interpolation (slice normal kept, in-plane extent grown to hold every slice); refused otherwise.
 
     Returns:
         Voxels ``(k, j, i)`` (``(k, j, i, 3)`` for color) after the modality LUT (HU for CT), slices ordered along
@@ -959,7 +978,8 @@ def load_dicom_series(
         MemoryBudgetError: The volume would exceed the budget.
     """
     info = info or select_series(path, series)
-    if not info.loadable:
+    tilted = resample_tilt and info.tilt_shift is not None
+    if not info.loadable and not tilted:
         _raise_blocking(info)
     if info.n_slices == 1 and not allow_2d:
         raise ImageValidationError(
@@ -1002,5 +1022,45 @@ def load_dicom_series(
     check_direction(direction)
     volume = Volume(array, spacing=info.spacing, origin=info.origin, direction=direction, metadata=metadata)
     check_finite(volume, what=f"series {info.series_instance_uid}")
+    if tilted:
+        volume = _remove_tilt(volume, np.array(info.tilt_shift))
     return volume
+
+
+def _remove_tilt(stacked: Volume, shift: np.ndarray) -> Volume:
+    """Resample a tilted stack onto an orthogonal grid.
+
+    ``stacked`` holds the slices on the grid they would have without tilt (origin at the first slice, k along the
+    normal); slice k really lies ``k * shift`` mm further (``shift`` is in-plane, LPS). The output keeps spacing and
+    direction and grows in i and j so that every slice fits; voxels outside the acquired slices get the minimum value.
+    """
+    import SimpleITK as sitk
+
+    spacing = np.array(stacked.spacing)
+    row, column, normal = stacked.direction.T
+    last = stacked.shape[0] - 1
+    # in-plane offset of the first and last slice, in voxels along i and j
+    offsets_i = np.array([0.0, last * float(shift @ row) / spacing[0]])
+    offsets_j = np.array([0.0, last * float(shift @ column) / spacing[1]])
+    low_i, high_i = int(np.floor(offsets_i.min())), int(np.ceil(offsets_i.max()))
+    low_j, high_j = int(np.floor(offsets_j.min())), int(np.ceil(offsets_j.max()))
+    k, j, i = stacked.shape
+    origin = np.array(stacked.origin) + low_i * spacing[0] * row + low_j * spacing[1] * column
+    reference = sitk.Image([i + high_i - low_i, j + high_j - low_j, k], sitk.sitkFloat32)
+    reference.SetSpacing(tuple(spacing))
+    reference.SetOrigin(tuple(origin))
+    reference.SetDirection(tuple(stacked.direction.ravel()))
+    # a physical point p lies on true slice k = (p - o).n / dz, where the untilted grid has it at p - k * shift
+    matrix = np.eye(3) - np.outer(shift, normal) / spacing[2]
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(matrix.ravel()))
+    transform.SetTranslation(tuple(shift * float(np.array(stacked.origin) @ normal) / spacing[2]))
+    source = Volume(stacked.array.astype(np.float32), stacked.spacing, stacked.origin, stacked.direction).to_sitk()
+    fill = float(stacked.array.min())
+    resampled = sitk.GetArrayFromImage(sitk.Resample(source, reference, transform, sitk.sitkLinear, fill))
+    if np.issubdtype(stacked.array.dtype, np.integer):
+        resampled = np.rint(resampled).astype(stacked.array.dtype)
+    else:
+        resampled = resampled.astype(stacked.array.dtype)
+    return Volume(resampled, stacked.spacing, tuple(origin), stacked.direction, stacked.metadata)  # type: ignore[arg-type]
 
