@@ -4,6 +4,7 @@ a checkpoint, and resume after a run is killed (SIGKILL) or cancelled (SIGTERM) 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -28,12 +29,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_arrays(out: Path, *, seed: int = 0, epochs: int = 1, reporter: Reporter | None = None,
-                stop_flag: StopFlag | None = None, validation: bool = True) -> object:
+                stop_flag: StopFlag | None = None, validation: bool = True, tensorboard: Path | None = None) -> object:
     x, y = segmentation_arrays(4)
     return train_on_arrays(
         x, y, family="unet3d", out=out, plan=tiny_plan(), labels=["background", "cube"], epochs=epochs,
         validation=(x[:2], y[:2]) if validation else None, hparams=dict(TINY_UNET), batch_size=2, seed=seed,
-        reporter=reporter, stop_flag=stop_flag,
+        reporter=reporter, stop_flag=stop_flag, tensorboard_dir=str(tensorboard) if tensorboard else None,
     )
 
 
@@ -83,8 +84,14 @@ def test_stop_request_saves_a_checkpoint_and_the_next_run_resumes(tmp_path: Path
     assert state["partial_epoch"] is True and state["epochs_completed"] == 0
     assert not out.exists()
     stream = io.StringIO()
-    result = _run_arrays(out, epochs=2, reporter=Reporter("jsonl", stream=stream))
+    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if not has_tensorboard:  # the option fails up front with a clear message, before any work
+        with pytest.raises(InputError, match="pip install tensorboard"):
+            _run_arrays(out, epochs=2, tensorboard=tmp_path / "tb")
+    result = _run_arrays(out, epochs=2, reporter=Reporter("jsonl", stream=stream),
+                         tensorboard=tmp_path / "tb" if has_tensorboard else None)
     assert len(result.history["loss"]) == 2
+    assert bool(list((tmp_path / "tb").rglob("events.out.tfevents.*"))) == has_tensorboard
     assert any("resuming from the checkpoint after epoch 0" in line for line in stream.getvalue().splitlines())
     assert not checkpoint.exists()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import platform
 import shutil
@@ -189,6 +190,9 @@ def fit_and_bundle(
     out = Path(out)
     if spec.epochs < 1:
         raise InputError(f"expected epochs >= 1, got {spec.epochs}")
+    if spec.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+        raise InputError("expected the tensorboard package for TensorBoard logs (pip install tensorboard), it is not "
+                         "installed; the CSV log (training_log.csv in the bundle) is written in every case")
     keras.utils.set_random_seed(spec.seed)
     setup = setup_devices(mixed_precision=spec.mixed_precision, strategy=spec.strategy, reporter=reporter)
     signature = _signature(spec)
