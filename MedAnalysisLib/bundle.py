@@ -151,7 +151,8 @@ class BundleConfig:
         family: Model family in :data:`MedAnalysisLib.models.MODEL_FAMILIES`.
         hparams: Keyword arguments of :func:`MedAnalysisLib.models.build_model` for this family (JSON values).
         plan: The preprocessing plan used in training (stored as ``Plan.to_dict()``).
-        labels: One :class:`LabelInfo` per output class; for segmentation value 0 is the background.
+        labels: One :class:`LabelInfo` per output class, in output-channel order (channel ``n`` of the softmax is
+            ``labels[n]``, whose ``value`` is what a label map stores); for segmentation value 0 is the background.
         input: ``{"channels": [{"name": str, "modality": str}, ...], "layout": "channels_last", "dtype": "float32"}``.
         inference: Defaults for prediction: ``{"overlap": float in [0, 1), "tta": bool, "postprocess": "none" |
             "largest_component" | "fill_holes"}``.
