@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers_inference import train_classifier_bundle
 
@@ -70,6 +71,54 @@ def test_bundle_of_a_compiled_model_holds_weights_only_and_loads(tmp_path: Path)
         assert "optimizer" not in handle and "layers" in handle
     loaded = load_bundle(path)
     np.testing.assert_allclose(loaded.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def _box_msd(root: Path, n_cases: int = 6) -> Path:
+    """An MSD folder of tiny scans (10 x 16 x 16) with a bright labelled box in some slices."""
+    import numpy as np
+
+    from MedAnalysisLib.io import write_volume
+    from MedAnalysisLib.volume import Volume
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for n in range(n_cases):
+        image = rng.normal(0, 1, (10, 16, 16)).astype("float32") + 5.0
+        label = np.zeros((10, 16, 16), np.uint8)
+        first = 2 + n % 3
+        label[first:first + 4, 4:10, 5:11] = 1
+        image[label > 0] += 6.0
+        write_volume(Volume(image), root / "imagesTr" / f"box_{n:03d}.nii.gz")
+        write_volume(Volume(label), root / "labelsTr" / f"box_{n:03d}.nii.gz")
+        entries.append({"image": f"./imagesTr/box_{n:03d}.nii.gz", "label": f"./labelsTr/box_{n:03d}.nii.gz"})
+    meta = {"name": "boxes", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "box"},
+            "numTraining": n_cases, "training": entries}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_slice_cnn_learns_per_slice_foreground_targets_from_label_maps(tmp_path: Path) -> None:
+    """A slice classifier trained on a segmentation dataset (label maps, no class targets) predicts, per slice,
+    whether the slice holds foreground: classes "absent"/"present", validation on every slice of the held-out
+    cases with its own per-slice target."""
+    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.inference.predict import predict
+    from MedAnalysisLib.io import load_volume
+    from MedAnalysisLib.training import train
+
+    root = _box_msd(tmp_path / "boxes")
+    result = train(root, task="classification", family="slice_cnn", out=tmp_path / "bundle", epochs=2,
+                   steps_per_epoch=3, batch_size=8, val_fraction=0.34, workers=1, learning_rate=1e-2,
+                   hparams={"preset": "global_pool", "base_filters": 4, "n_blocks": 1},
+                   plan_overrides={"slice_shape": [16, 16]})
+    loaded = load_bundle(result.bundle_path)
+    assert [label.name for label in loaded.labels] == ["absent", "present"]
+    # Validation slices of both classes: the AUC is defined (it is NaN when every target is the same).
+    assert all(np.isfinite(v) for v in result.history["val_auc"])
+    image = load_volume(root / "imagesTr" / "box_000.nii.gz")
+    prediction = predict(loaded, image)
+    assert prediction.per_slice is not None and len(prediction.per_slice) == 10
+    assert all(0.0 <= row["p_present"] <= 1.0 for row in prediction.per_slice)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,9 @@ How each family is fed:
 * ``unet3d``: random patches ``plan.patch_size`` with foreground oversampling and augmentation; validation on a
   fixed set of patches from the validation cases;
 * ``unet2d``: axial slices resized to ``plan.slice_shape`` with their label slices;
-* ``slice_cnn``: axial slices with the case's class as target (every slice of the validation cases once);
+* ``slice_cnn``: axial slices with the case's class as target (every slice of the validation cases once); when
+  the cases have label maps and no class targets, the target of each slice is whether its label map has
+  foreground there (classes "absent"/"present", e.g. "this slice contains the hippocampus");
 * ``cnn3d``: each case centre-cropped or zero-padded to ``plan.patch_size``;
 * ``cnn_rnn``: whole scans as slice sequences (``plan.sequence_length`` slices at most, zero-padded with a mask);
   per-slice targets say whether a slice holds foreground of the label map, the scan target is the case's class
@@ -103,6 +105,12 @@ def _data_signature(train_cases: Sequence[Any], val_cases: Sequence[Any]) -> str
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
 
 
+def _slice_foreground_targets(dataset: Any) -> bool:
+    """True when every case has a label map and none has a class target: slice classifiers then learn per-slice
+    "the label map has foreground in this slice" targets."""
+    return bool(dataset.cases) and all(c.label is not None and c.target is None for c in dataset.cases)
+
+
 def _labels_for(dataset: Any, plan: Any, task: str, family: str) -> tuple[LabelInfo, ...]:
     names = {int(k): str(v) for k, v in (dataset.labels or {}).items()}
     if task == "segmentation":
@@ -111,7 +119,8 @@ def _labels_for(dataset: Any, plan: Any, task: str, family: str) -> tuple[LabelI
                       info.color)
             for value, info in zip(plan.label_values, default_labels(list(range(len(plan.label_values)))), strict=True)
         )
-    if family == "cnn_rnn" and dataset.task == "segmentation":
+    if (family == "cnn_rnn" and dataset.task == "segmentation") or (family == "slice_cnn"
+                                                                     and _slice_foreground_targets(dataset)):
         return default_labels({0: "absent", 1: "present"})
     if not names:
         targets = sorted({int(float(c.target)) for c in dataset.cases if c.target is not None})
@@ -198,10 +207,17 @@ def train(
         raise InputError(f"expected a {family_task(family)} task for model {family!r}, got {task!r}")
     if not isinstance(dataset, Dataset):
         # cnn_rnn learns from label maps (per-slice targets) as well as from class targets: load what is there.
-        dataset = load_dataset(dataset, task=None if family == "cnn_rnn" else task)
+        source = dataset
+        dataset = load_dataset(source, task=None if family in ("cnn_rnn", "slice_cnn") else task)
+        # slice_cnn learns per-slice targets from label maps when no case has a class target, else the class.
+        if family == "slice_cnn" and dataset.task != task and not _slice_foreground_targets(dataset) and any(
+                c.target is not None for c in dataset.cases):
+            dataset = load_dataset(source, task=task)
+    slice_foreground = family == "slice_cnn" and _slice_foreground_targets(dataset)
     if task == "segmentation" and any(c.label is None for c in dataset.cases):
         raise InputError("expected a label map for every case to train segmentation, some cases have none")
-    if task == "classification" and family != "cnn_rnn" and any(c.target is None for c in dataset.cases):
+    if task == "classification" and family != "cnn_rnn" and not slice_foreground and any(
+            c.target is None for c in dataset.cases):
         raise InputError("expected a class target for every case to train classification, some cases have none")
     if folds:
         splits = kfold_splits(dataset.cases, folds, seed)
@@ -289,16 +305,22 @@ def train(
         if family == "slice_cnn":
             from MedAnalysisLib.data.samplers import SliceSampler
 
-            for case in [*train_prepared, *val_prepared]:
-                _class_index(case.target, n_classes, case.case_id)
-            sampler = SliceSampler(train_prepared, bs, slice_shape=plan.slice_shape, target="case",
-                                   augmenter=augmenter, seed=seed)
+            if not slice_foreground:
+                for case in [*train_prepared, *val_prepared]:
+                    _class_index(case.target, n_classes, case.case_id)
+            sampler = SliceSampler(train_prepared, bs, slice_shape=plan.slice_shape,
+                                   target="slice_foreground" if slice_foreground else "case",
+                                   foreground_fraction=plan.foreground_fraction, augmenter=augmenter, seed=seed)
             train_feeder = SamplerFeeder(sampler.batch, steps, seed=seed,
                                          transform=lambda b: (b[0], cls_target(b[1])), workers=workers)
             val_feeder = None
             if val_prepared:
                 vx = np.concatenate([c.image for c in val_prepared]).astype(np.float32)
-                vy = np.concatenate([[int(float(c.target))] * c.image.shape[0] for c in val_prepared])
+                if slice_foreground:
+                    vy = np.concatenate([(c.label > 0).reshape(c.label.shape[0], -1).any(axis=1).astype(np.int32)
+                                         for c in val_prepared])
+                else:
+                    vy = np.concatenate([[int(float(c.target))] * c.image.shape[0] for c in val_prepared])
                 val_feeder = ArrayFeeder(vx, cls_target(vy), bs, shuffle=False)
             return train_feeder, val_feeder
         if family == "cnn3d":
