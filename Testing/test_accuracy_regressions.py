@@ -121,5 +121,24 @@ def test_slice_cnn_learns_per_slice_foreground_targets_from_label_maps(tmp_path:
     assert all(0.0 <= row["p_present"] <= 1.0 for row in prediction.per_slice)
 
 
+def test_predict_writes_per_slice_rows_of_sequence_models(tmp_path: Path) -> None:
+    """``medanalysis predict`` with a cnn_rnn bundle writes the scan table and, beside it, one row per slice."""
+    from MedAnalysisLib.inference.batch import run_batch
+    from MedAnalysisLib.io import write_volume
+    from MedAnalysisLib.volume import Volume
+
+    bundle = train_classifier_bundle(tmp_path / "cnn_rnn", "cnn_rnn")
+    image = np.random.default_rng(1).normal(size=(7, 20, 24)).astype("float32")
+    path = write_volume(Volume(image, spacing=(0.8, 0.8, 3.0)), tmp_path / "scan.nii.gz")
+    summary = run_batch(bundle, [path], tmp_path / "out")
+    assert summary.done == ["scan"], summary.failed
+    with (tmp_path / "out" / "scan_slices.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["slice"]) for row in rows] == list(range(7))
+    assert all(abs(float(row["p_no box"]) + float(row["p_box"]) - 1.0) < 1e-5 for row in rows)
+    with (tmp_path / "out" / "scan_table.csv").open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2  # the scan's class probabilities
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])

@@ -337,6 +337,10 @@ def write_prediction(
     if prediction.table:
         csv_path, json_path = write_table(prediction.table, out_dir / f"{case_id}_table.csv")
         outputs["table_csv"], outputs["table_json"] = csv_path.name, json_path.name
+    per_slice = getattr(prediction, "per_slice", None)
+    if per_slice and per_slice is not prediction.table:  # sequence models: per-slice rows besides the scan table
+        csv_path, json_path = write_table(per_slice, out_dir / f"{case_id}_slices.csv")
+        outputs["slices_csv"], outputs["slices_json"] = csv_path.name, json_path.name
     record = sidecar(prediction, case_id=case_id, input_volume=input_volume, outputs=outputs)
     write_text_atomic(out_dir / f"{case_id}{SIDECAR_SUFFIX}", json.dumps(record, indent=2, allow_nan=False) + "\n")
     outputs["sidecar"] = f"{case_id}{SIDECAR_SUFFIX}"
