@@ -14,6 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode(directory: bool) -> int:
+    """The permissions a plain ``open()``/``mkdir()`` would give under the current umask.
+
+    ``tempfile`` creates private (0600/0700) entries; outputs are meant to be as readable as any other file the
+    user writes, so the mode is set explicitly before the rename.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _temporary_sibling(target: Path, directory: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Keep the final suffix(es) so that writers that choose the format by extension (SimpleITK) still work.
@@ -37,6 +48,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = _temporary_sibling(target)
     try:
         yield temporary
+        os.chmod(temporary, _default_mode(directory=False))
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,6 +63,7 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = _temporary_sibling(target, directory=True)
     try:
         yield temporary
+        os.chmod(temporary, _default_mode(directory=True))
         if target.exists():
             backup = _temporary_sibling(target.with_name(target.name + ".old"), directory=True)
             backup.rmdir()
