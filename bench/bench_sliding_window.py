@@ -68,7 +68,7 @@ def keras_unet():  # noqa: ANN201 - keras imported lazily
     def block(x, filters: int, name: str):  # noqa: ANN001, ANN202
         for n in (1, 2):
             x = layers.Conv3D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{n}")(x)
-            x = layers.BatchNormalization(epsilon=BN_EPS, name=f"{name}_bn{n}")(x)
+            x = layers.BatchNormalization(epsilon=BN_EPS, momentum=0.9, name=f"{name}_bn{n}")(x)
             x = layers.ReLU(name=f"{name}_relu{n}")(x)
         return x
 
@@ -120,13 +120,19 @@ def prepare(args: argparse.Namespace) -> None:
     model = keras_unet()
     train_image, train_label = make_image((96, 128, 128), seed=1)
     rng = np.random.default_rng(2)
-    crop = (48, 48, 48)
+    crop = (32, 32, 32)
+
+    foreground = np.argwhere(train_label > 0)
 
     def batch() -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
-        for _ in range(4):
-            corner = [rng.integers(0, s - c + 1) for s, c in zip(train_image.shape, crop, strict=False)]
-            window = tuple(slice(c, c + p) for c, p in zip(corner, crop, strict=False))
+        for n in range(4):
+            if n % 2 == 0:  # half the crops centred on a blob voxel (blobs are ~3% of the volume)
+                centre = foreground[rng.integers(len(foreground))]
+                corner = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, crop, train_image.shape, strict=True)]
+            else:
+                corner = [int(rng.integers(0, s - c + 1)) for s, c in zip(train_image.shape, crop, strict=True)]
+            window = tuple(slice(c, c + p) for c, p in zip(corner, crop, strict=True))
             xs.append(train_image[window][..., None])
             ys.append(train_label[window])
         return np.stack(xs), np.stack(ys)
@@ -135,7 +141,7 @@ def prepare(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     for step in range(args.train_steps):
         x, y = batch()
-        loss = model.train_on_batch(x, y)
+        loss = model.train_on_batch(x, y, sample_weight=1.0 + 4.0 * y.astype(np.float32))
         if step % 25 == 0 or step == args.train_steps - 1:
             print(f"train step {step}: loss {float(np.asarray(loss).ravel()[0]):.4f}", flush=True)
     print(f"training {args.train_steps} steps took {time.perf_counter() - start:.1f} s", flush=True)
@@ -146,7 +152,11 @@ def prepare(args: argparse.Namespace) -> None:
     np.save(OUT / "truth.npy", label)
     window = image[None, :96, :96, :96, None]
     np.save(OUT / "check_window.npy", window)
-    np.save(OUT / "check_keras.npy", np.asarray(model(window, training=False)))
+    check = np.asarray(model(window, training=False))
+    np.save(OUT / "check_keras.npy", check)
+    truth = label[:96, :96, :96]
+    found = check[0].argmax(-1)
+    print(f"one-window check: Dice vs truth {2 * (found & truth).sum() / max(found.sum() + truth.sum(), 1):.3f}")
 
 
 def run_medanalysis(args: argparse.Namespace) -> None:
@@ -281,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16", "auto"))
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--train-steps", type=int, default=120)
+    parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--monai-python", default=str(HERE / ".venv-monai" / "bin" / "python"))
-    parser.add_argument("--engines", default="monai,float32,bfloat16",
-                        help="comma-separated: monai, float32, bfloat16 (MedAnalysis precisions)")
+    parser.add_argument("--engines", default="monai,bfloat16,float32,monai,bfloat16",
+                        help="comma-separated runs, in order: monai, float32, bfloat16 (MedAnalysis precisions); "
+                        "list an engine twice to interleave runs on a busy machine (the best time is reported)")
     args = parser.parse_args(argv)
     if args.step == "prepare":
         prepare(args)
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (OUT / "unet_torch.npz").is_file():
         subprocess.run([sys.executable, __file__, "prepare", "--train-steps", str(args.train_steps)], check=True)
     common = ["--batch", str(args.batch), "--repeats", str(args.repeats)]
-    rows = []
+    rows: dict[str, dict] = {}  # engine -> best run; engines may be listed several times to interleave them
     for engine in args.engines.split(","):
         if engine == "monai":
             result, rss = timed([args.monai_python, __file__, "monai", *common])
@@ -308,19 +319,23 @@ def main(argv: list[str] | None = None) -> int:
             result, rss = timed([sys.executable, __file__, "medanalysis", "--precision", engine, *common])
             labels = np.load(OUT / f"labels_medanalysis_{engine}_b{args.batch}.npy")
         result["peak_rss_mb"] = rss
-        result["labels"] = labels
-        rows.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "labels"}), flush=True)
+        print(json.dumps(result), flush=True)
+        best = rows.setdefault(result["engine"], {**result, "runs": []})
+        best["runs"].append(round(result["seconds"], 2))
+        best["seconds"] = min(best["seconds"], result["seconds"])
+        best["peak_rss_mb"] = max(best["peak_rss_mb"], rss)
+        best["labels"] = labels
 
     truth = np.load(OUT / "truth.npy")
-    reference = next((r for r in rows if r["engine"].startswith("MONAI")), rows[0])
+    table = list(rows.values())
+    reference = next((r for r in table if r["engine"].startswith("MONAI")), table[0])
     print(f"\nvolume {SHAPE_KJI[::-1]} (i, j, k), windows {PATCH}, overlap {OVERLAP}, Gaussian, batch {args.batch}, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'engine':<52} {'time s':>8} {'vs ref':>7} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs truth':>14}")
-    for row in rows:
-        print(f"{row['engine']:<52} {row['seconds']:8.2f} {reference['seconds'] / row['seconds']:6.2f}x "
+          f"{os.cpu_count()} CPU cores; time = best of the runs listed")
+    print(f"{'engine':<50} {'time s':>8} {'vs ref':>7} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs truth':>14}  runs")
+    for row in table:
+        print(f"{row['engine']:<50} {row['seconds']:8.2f} {reference['seconds'] / row['seconds']:6.2f}x "
               f"{row['peak_rss_mb']:12.0f} {dice(row['labels'], reference['labels']):12.5f} "
-              f"{dice(row['labels'], truth):14.4f}")
+              f"{dice(row['labels'], truth):14.4f}  {row['runs']}")
     return 0
 
 
