@@ -29,11 +29,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_arrays(out: Path, *, seed: int = 0, epochs: int = 1, reporter: Reporter | None = None,
-                stop_flag: StopFlag | None = None, validation: bool = True, tensorboard: Path | None = None) -> object:
+                stop_flag: StopFlag | None = None, validation: bool = True, tensorboard: Path | None = None,
+                **hparams: object) -> object:
     x, y = segmentation_arrays(4)
     return train_on_arrays(
         x, y, family="unet3d", out=out, plan=tiny_plan(), labels=["background", "cube"], epochs=epochs,
-        validation=(x[:2], y[:2]) if validation else None, hparams=dict(TINY_UNET), batch_size=2, seed=seed,
+        validation=(x[:2], y[:2]) if validation else None, hparams={**TINY_UNET, **hparams}, batch_size=2, seed=seed,
         reporter=reporter, stop_flag=stop_flag, tensorboard_dir=str(tensorboard) if tensorboard else None,
     )
 
@@ -74,11 +75,12 @@ def test_training_writes_a_reproducible_bundle_with_log_provenance_and_progress(
 
 
 def test_stop_request_saves_a_checkpoint_and_the_next_run_resumes(tmp_path: Path) -> None:
+    """Also trains with deep supervision: the auxiliary output gets downsampled labels, the bundle keeps one."""
     out = tmp_path / "model"
     flag = StopFlag()
     flag.set("test stop")
     with pytest.raises(CancelledError, match="checkpoint saved"):
-        _run_arrays(out, epochs=2, stop_flag=flag)
+        _run_arrays(out, epochs=2, stop_flag=flag, deep_supervision=True)
     checkpoint = checkpoint_dir_for(out)
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["partial_epoch"] is True and state["epochs_completed"] == 0
@@ -87,10 +89,13 @@ def test_stop_request_saves_a_checkpoint_and_the_next_run_resumes(tmp_path: Path
     has_tensorboard = importlib.util.find_spec("tensorboard") is not None
     if not has_tensorboard:  # the option fails up front with a clear message, before any work
         with pytest.raises(InputError, match="pip install tensorboard"):
-            _run_arrays(out, epochs=2, tensorboard=tmp_path / "tb")
+            _run_arrays(out, epochs=2, tensorboard=tmp_path / "tb", deep_supervision=True)
     result = _run_arrays(out, epochs=2, reporter=Reporter("jsonl", stream=stream),
-                         tensorboard=tmp_path / "tb" if has_tensorboard else None)
+                         tensorboard=tmp_path / "tb" if has_tensorboard else None, deep_supervision=True)
     assert len(result.history["loss"]) == 2
+    assert {"val_mean_dice", "mean_dice", "loss"} <= set(result.metrics)
+    loaded = load_bundle(out)
+    assert loaded.config.hparams["deep_supervision"] is True and len(loaded.model.outputs) == 1
     assert bool(list((tmp_path / "tb").rglob("events.out.tfevents.*"))) == has_tensorboard
     assert any("resuming from the checkpoint after epoch 0" in line for line in stream.getvalue().splitlines())
     assert not checkpoint.exists()
