@@ -1,6 +1,7 @@
 """``cnn_rnn``: a scan read as a sequence of axial slices.
 
-A 2D CNN encoder runs on every slice (``TimeDistributed``), a bidirectional GRU or LSTM reads the slice features
+A 2D CNN encoder runs on every slice (time-distributed: the slices are folded into the batch axis, see
+:class:`~MedAnalysisLib.models.layers.FoldSlices`), a bidirectional GRU or LSTM reads the slice features
 in order, and two heads predict
 
 * ``"slices"``: one prediction per slice, ``(B, S, n_out)`` (e.g. "this slice contains the structure");
@@ -22,7 +23,14 @@ import keras
 from keras import layers
 
 from MedAnalysisLib.models import register_model
-from MedAnalysisLib.models.layers import NORMS, ApplyMask, MaskedAttentionPooling, conv_norm_act
+from MedAnalysisLib.models.layers import (
+    NORMS,
+    ApplyMask,
+    FoldSlices,
+    MaskedAttentionPooling,
+    UnfoldSlices,
+    conv_norm_act,
+)
 
 
 def build_slice_encoder(
@@ -77,7 +85,7 @@ def build_cnn_rnn(
     slices = keras.Input(shape=(None, *shape, in_channels), name="slices")
     mask = keras.Input(shape=(None,), dtype="bool", name="mask")
     encoder = build_slice_encoder(shape, in_channels, encoder_filters, norm)  # type: ignore[arg-type]
-    features = layers.TimeDistributed(encoder, name="encode_slices")(slices)
+    features = UnfoldSlices(name="unfold_slices")([encoder(FoldSlices(name="fold_slices")(slices)), slices])
     if dropout > 0:
         features = layers.Dropout(dropout, name="feature_dropout")(features)
     features = ApplyMask(name="apply_mask")([features, mask])

@@ -186,3 +186,39 @@ class ApplyMask(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="MedAnalysis")
+class FoldSlices(keras.layers.Layer):
+    """``(B, S, H, W, C) -> (B*S, H, W, C)``: put the slices of every scan into the batch axis.
+
+    With :class:`UnfoldSlices` this applies a 2D encoder to every slice, as ``TimeDistributed`` does, but as one
+    ordinary batched call: Keras 3 runs ``TimeDistributed`` over a variable-length axis through a vectorised map
+    whose graph takes 5-10x longer to trace and runs about 2x slower on CPU.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        return ops.reshape(inputs, (-1, *inputs.shape[2:]))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (None, *input_shape[2:])
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="MedAnalysis")
+class UnfoldSlices(keras.layers.Layer):
+    """``[(B*S, F), reference (B, S, ...)] -> (B, S, F)``: undo :class:`FoldSlices` on per-slice features."""
+
+    def call(self, inputs: Any) -> Any:
+        features, reference = inputs
+        shape = ops.shape(reference)
+        return ops.reshape(features, (shape[0], shape[1], features.shape[-1]))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        features, reference = input_shape
+        return (reference[0], reference[1], features[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config()
