@@ -177,3 +177,16 @@ def test_model_config_round_trips_with_identical_predictions(family: str) -> Non
             np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-6)
     else:
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_folded_slice_encoder_equals_encoding_each_slice_alone() -> None:
+    from MedAnalysisLib.models.cnn_rnn import build_slice_encoder
+    from MedAnalysisLib.models.layers import FoldSlices, UnfoldSlices
+
+    encoder = build_slice_encoder((16, 16), 1, (4, 8), "group")
+    scans = RNG.normal(size=(2, 3, 16, 16, 1)).astype("float32")
+    folded = UnfoldSlices()([encoder(FoldSlices()(scans)), scans])
+    assert tuple(folded.shape) == (2, 3, 8)
+    for b in range(2):
+        for s in range(3):
+            np.testing.assert_allclose(folded[b, s].numpy(), encoder(scans[b, s][None])[0].numpy(), atol=1e-5)
