@@ -9,12 +9,13 @@ the same window grid (4 x 4 x 2 = 32 windows), two windows per model call.
 
 Usage (MONAI lives in its own environment, ``bench/.venv-monai`` with ``pip install torch==2.13.0 monai``)::
 
-    nice .venv/bin/python bench/bench_sliding_window.py                 # prepare once, then run and compare all
-    nice .venv/bin/python bench/bench_sliding_window.py --repeats 2     # best of 2 timed runs per engine
+    nice .venv/bin/python bench/bench_sliding_window.py            # train once, then monai, bf16, fp32, monai, bf16
+    nice .venv/bin/python bench/bench_sliding_window.py --engines monai,bfloat16 --repeats 2
 
-Each engine runs in its own process under ``/usr/bin/time -v`` for its peak resident memory. Printed: wall time
-of the sliding-window call (after one warm-up window, best of ``--repeats``), whole-process peak RSS, and Dice of
-each label map against MONAI's.
+Each engine runs in its own process under ``/usr/bin/time -v`` for its peak resident memory; engines listed twice
+are interleaved so that a busy machine slows them alike. Printed: wall time of the sliding-window call (after one
+warm-up call; best of the runs), whole-process peak RSS, Dice of each label map against MONAI's and against the
+truth of the synthetic volume.
 """
 
 from __future__ import annotations
