@@ -140,5 +140,22 @@ def test_predict_writes_per_slice_rows_of_sequence_models(tmp_path: Path) -> Non
         assert len(list(csv.DictReader(handle))) == 2  # the scan's class probabilities
 
 
+def test_sequence_model_on_label_maps_selects_epochs_on_per_slice_auc(tmp_path: Path) -> None:
+    """cnn_rnn trained on label maps: every scan holds foreground, so the scan AUC is undefined (Keras reports 0
+    and the first epoch would always be kept); the best epoch is chosen on the per-slice validation AUC."""
+    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.training import train
+
+    root = _box_msd(tmp_path / "boxes")
+    result = train(root, task="classification", family="cnn_rnn", out=tmp_path / "bundle", epochs=2,
+                   steps_per_epoch=1, batch_size=2, val_fraction=0.34, workers=1,
+                   hparams={"encoder_filters": [4], "rnn_units": 4, "attention_units": 4},
+                   plan_overrides={"slice_shape": [16, 16]})
+    config = read_bundle_config(result.bundle_path)
+    assert config.training["monitor"] == "val_slices_auc"
+    aucs = result.history["val_slices_auc"]
+    assert config.training["best_epoch"] == 1 + int(np.argmax(aucs))
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])

@@ -105,6 +105,45 @@ def write_msd_subset(source: Path, case_ids: Sequence[str], out_dir: Path, *, de
     return out_dir
 
 
+def hippocampus_split(n_test: int, seed: int, max_train: int | None = None) -> tuple[list[str], list[str]]:
+    """Seeded case-level split of the 208 hippocampus cases into (train ids, test ids), both sorted."""
+    import numpy as np
+
+    from MedAnalysisLib.data.datasets import load_dataset
+
+    cases = sorted(c.case_id for c in load_dataset(DATA / "hippocampus").cases)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    test = sorted(cases[n] for n in order[:n_test])
+    train = sorted(cases[n] for n in order[n_test:])
+    if max_train is not None:
+        train = train[:max_train]
+    if set(train) & set(test):
+        raise AssertionError("train and test overlap")
+    return train, test
+
+
+def cluster_bootstrap(groups: Any, statistic: Any, *arrays: Any, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of ``statistic(*arrays)`` resampling whole groups (patients, scans) with replacement.
+
+    Resamples where the statistic is undefined (NaN, e.g. an AUC with one class only) are skipped.
+    """
+    import numpy as np
+
+    groups = np.asarray(groups)
+    arrays = tuple(np.asarray(a) for a in arrays)
+    unique = np.unique(groups)
+    members = {g: np.flatnonzero(groups == g) for g in unique}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        picked = np.concatenate([members[g] for g in rng.choice(unique, size=len(unique), replace=True)])
+        value = statistic(*(a[picked] for a in arrays))
+        if np.isfinite(value):
+            values.append(value)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def fmt_ci(summary: dict[str, Any]) -> str:
     """``0.891 [0.880, 0.900]`` from a metrics summary with mean and ci_low/ci_high (or low/high)."""
     low = summary.get("ci_low", summary.get("low"))

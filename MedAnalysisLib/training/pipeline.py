@@ -378,6 +378,10 @@ def train(
         mixed_precision=mixed_precision,
         strategy=strategy,
         tensorboard_dir=tensorboard_dir,
+        # Sequence models on label maps: the scan target ("any slice positive") is one class for nearly every scan,
+        # so its validation AUC says nothing (Keras reports 0); choose epochs on the per-slice AUC instead.
+        monitor=("val_slices_auc", "max") if family == "cnn_rnn" and binary and dataset.task == "segmentation"
+        else None,
         provenance={
             "data": Path(str(dataset.root)).name if dataset.root else "dataset",
             "n_train": len(train_cases),

@@ -89,6 +89,9 @@ class FitSpec:
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     inference_defaults: dict[str, Any] | None = None
+    #: Validation metric name and ``"max"``/``"min"`` for best-epoch selection and early stopping, overriding the
+    #: task's default (e.g. ``("val_slices_auc", "max")`` when a sequence model's scan targets are all one class).
+    monitor: tuple[str, str] | None = None
 
 
 def checkpoint_dir_for(out: Path) -> Path:
@@ -213,6 +216,8 @@ def fit_and_bundle(
             monitor, mode = _compile(spec.family, spec.task, n_classes, training_model, inference_model,
                                      loss_name=spec.loss, learning_rate=spec.learning_rate,
                                      jit_compile=setup.jit_compile)
+            if spec.monitor is not None:
+                monitor, mode = spec.monitor
             if state is not None:
                 restore_checkpoint(checkpoint_dir, training_model)
         initial_epoch = int(state["epochs_completed"]) if state else 0
