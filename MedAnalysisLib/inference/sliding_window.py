@@ -34,7 +34,7 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 #: Standard deviation of the Gaussian importance map as a fraction of the patch size (MONAI and nnU-Net use 1/8).
 GAUSSIAN_SIGMA_SCALE = 0.125
 #: Smallest weight the importance map gives a voxel (relative to the centre), so border voxels are never divided by 0.
-GAUSSIAN_FLOOR = 1e-3
+GAUSSIAN_FLOOR = 1e-6
 
 
 def window_starts(length: int, patch: int, overlap: float) -> list[int]:
