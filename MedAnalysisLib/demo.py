@@ -84,8 +84,8 @@ class DemoConfig:
     shape: tuple[int, int, int] = DEFAULT_SHAPE
     spacing: tuple[float, float, float] = DEFAULT_SPACING
     seed: int = 0
-    segmentation_epochs: int = 12
-    classification_epochs: int = 8
+    segmentation_epochs: int = 16
+    classification_epochs: int = 12
     segmentation_plan: dict[str, Any] = field(default_factory=dict)
     segmentation_hparams: dict[str, Any] = field(default_factory=lambda: {"base_filters": 8})
     classification_plan: dict[str, Any] = field(default_factory=lambda: {"slice_shape": "32,32"})
@@ -148,6 +148,8 @@ class DemoSummary:
         dice: Mean Dice over the foreground labels and the held-out phantoms.
         dice_per_label: Mean held-out Dice of each label name.
         auc: Held-out area under the ROC curve of the whole-scan "contains a lesion" prediction.
+        slice_auc: Area under the ROC curve of the per-slice "contains the lesion" probabilities over every slice of
+            the held-out phantoms.
         accuracy: Held-out whole-scan accuracy at probability 0.5.
         n_train: Training phantoms. n_test: held-out phantoms.
         elapsed_s: Wall time of the whole demo, seconds.
@@ -159,6 +161,7 @@ class DemoSummary:
     dice: float
     dice_per_label: dict[str, float]
     auc: float | None
+    slice_auc: float | None
     accuracy: float | None
     n_train: int
     n_test: int
@@ -181,7 +184,8 @@ class DemoSummary:
             f"MedAnalysis demo{' (quick)' if self.quick else ''}: {self.n_train} training and {self.n_test} held-out "
             f"phantom scans, {format_duration(self.elapsed_s)} in all",
             f"Segmentation (3D U-Net), held-out Dice: {number(self.dice)} ({per_label})",
-            f"Lesion classification (CNN+RNN), held-out scan AUC: {number(self.auc)}, accuracy: {number(self.accuracy)}",
+            f"Lesion classification (CNN+RNN), held-out scan AUC: {number(self.auc)}, accuracy: "
+            f"{number(self.accuracy)}; per-slice AUC: {number(self.slice_auc)}",
             "Files:",
         ]
         width = max(len(name) for name in self.files)
@@ -225,6 +229,7 @@ def run_demo(
     # Heavy modules (TensorFlow behind training and inference) are imported when the demo runs, not on import.
     from MedAnalysisLib.bundle import LabelInfo, load_bundle
     from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.evaluation.metrics import roc_auc
     from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
     from MedAnalysisLib.inference.predict import predict
     from MedAnalysisLib.inference.writers import write_prediction, write_table
@@ -383,6 +388,15 @@ def run_demo(
                 title=f"{case.case_id}: CNN+RNN lesion probability per slice",
             )
         )
+        # Per-slice AUC over every held-out scan: does the slice head find the slices that hold the lesion?
+        slice_scores: list[float] = []
+        slice_truth: list[int] = []
+        for held_out in load_dataset(test_dir / MANIFEST_NAME, task="classification").cases:
+            rows = predict(classifier, read_volume(held_out.images[0]), stop_flag=stop_flag).per_slice or []
+            lesion = read_volume(held_out.label, kind="label").array  # type: ignore[arg-type]
+            slice_scores += [float(row[f"p_{positive}"]) for row in rows]
+            slice_truth += [int(lesion[int(row["slice"])].any()) for row in rows]
+        slice_auc = roc_auc(slice_truth, slice_scores) if 0 < sum(slice_truth) < len(slice_truth) else float("nan")
 
     # 9. Training curves of both models, from the logs their bundles carry.
     with clock.stage("figures", "training curves"):
@@ -390,6 +404,16 @@ def run_demo(
             plot_training_curves(
                 {"3D U-Net (segmentation)": segmentation.history, "CNN+RNN (lesion classifier)": classification.history},
                 out / "figures" / "training_curves.png",
+                metric_names={
+                    "3D U-Net (segmentation)": {
+                        f"val_dice_{n}": f"validation Dice, {info.name}"
+                        for n, info in enumerate(segmentation_bundle.labels) if n > 0
+                    }
+                    | {"val_mean_dice": "validation Dice, mean"},
+                    "CNN+RNN (lesion classifier)": {
+                        "val_scan_auc": "validation AUC, scans", "val_slices_auc": "validation AUC, slices"
+                    },
+                },
             )
         )
 
@@ -397,6 +421,7 @@ def run_demo(
         dice=dice,
         dice_per_label=dice_per_label,
         auc=auc,
+        slice_auc=slice_auc if math.isfinite(slice_auc) else None,
         accuracy=accuracy,
         n_train=config.n_train,
         n_test=config.n_test,
@@ -548,15 +573,29 @@ def read_training_log(path: Path) -> dict[str, list[float]]:
     return columns
 
 
-def plot_training_curves(histories: dict[str, dict[str, list[float]]], path: Path) -> Path:
-    """PNG with one panel per trained model: training and validation loss, and every validation metric.
+#: Validation metrics drawn by :func:`plot_training_curves` (others stay in the CSV logs): Dice and AUC.
+CURVE_METRICS = ("dice", "auc")
+
+
+def plot_training_curves(
+    histories: dict[str, dict[str, list[float]]],
+    path: Path,
+    *,
+    metric_names: dict[str, dict[str, str]] | None = None,
+) -> Path:
+    """PNG with one panel per trained model: training and validation loss, and the validation Dice/AUC curves.
 
     Args:
         histories: Model title -> metric name -> one value per epoch (as Keras' ``History.history``).
+        path: PNG to write.
+        metric_names: Model title -> metric name -> legend text (e.g. ``{"val_dice_1": "organ Dice"}``); other
+            metrics are labelled by their name with ``val_`` written out.
     """
-    figure = _new_figure(5.0 * max(len(histories), 1), 3.8)
+    metric_names = metric_names or {}
+    figure = _new_figure(5.2 * max(len(histories), 1), 3.8)
     axes = figure.subplots(1, max(len(histories), 1), squeeze=False)[0]
     for ax, (title, history) in zip(axes, histories.items(), strict=False):
+        names = metric_names.get(title, {})
         epochs_axis = None
         loss_names = [n for n in ("loss", "val_loss") if n in history]
         for name in loss_names:
@@ -567,13 +606,17 @@ def plot_training_curves(histories: dict[str, dict[str, list[float]]], path: Pat
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.set_title(title)
-        metrics = [n for n in history if n.startswith("val_") and n != "val_loss" and "loss" not in n]
+        metrics = [
+            n for n in history
+            if n.startswith("val_") and "loss" not in n and any(word in n for word in CURVE_METRICS)
+        ]
         if metrics:
             twin = ax.twinx()
             for name in metrics:
                 values = history[name]
-                twin.plot(np.arange(1, len(values) + 1), values, linestyle=":", label=name.replace("val_", "validation "))
-            twin.set_ylabel("validation metric")
+                label = names.get(name, name.replace("val_", "validation ").replace("_", " "))
+                twin.plot(np.arange(1, len(values) + 1), values, linestyle=":", linewidth=1.6, label=label)
+            twin.set_ylabel("validation Dice / AUC")
             twin.set_ylim(0, 1.02)
             lines = ax.get_legend_handles_labels()
             more = twin.get_legend_handles_labels()
@@ -592,7 +635,7 @@ def plot_slice_probabilities(
     probabilities_array = np.asarray(probabilities, dtype=float)
     targets_array = np.asarray(targets, dtype=int)
     k = np.arange(probabilities_array.size)
-    figure = _new_figure(7.0, 3.2)
+    figure = _new_figure(7.0, 3.4)
     ax = figure.subplots()
     ax.bar(k, targets_array, width=1.0, color="#f1d691", alpha=0.6, label="slice contains the lesion (truth)")
     ax.plot(k, probabilities_array, color="#d8654f", marker="o", markersize=3, label="predicted P(lesion)")
@@ -603,8 +646,8 @@ def plot_slice_probabilities(
     ax.set_ylabel("probability")
     heading = title
     if scan_probability is not None:
-        heading = f"{title}  (whole scan: P(lesion) = {scan_probability:.2f})".strip()
-    ax.set_title(heading)
+        heading = f"{title}\nwhole scan: P(lesion) = {scan_probability:.2f}".strip()
+    ax.set_title(heading, fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
     return _save_figure(figure, path)
 

@@ -53,11 +53,13 @@ def test_config_presets_and_case_split() -> None:
 
 def test_summary_text_names_figures_and_files() -> None:
     summary = DemoSummary(
-        dice=0.9312, dice_per_label={"organ": 0.97, "vessel": 0.9, "lesion": float("nan")}, auc=None, accuracy=0.75,
+        dice=0.9312, dice_per_label={"organ": 0.97, "vessel": 0.9, "lesion": float("nan")}, auc=None,
+        slice_auc=0.98765, accuracy=0.75,
         n_train=6, n_test=2, elapsed_s=75.0, stage_seconds={"plan": 1.0}, files={"label map": "out/x.nii.gz"},
     )
     text = summary.format_text()
     assert "Dice: 0.931" in text and "lesion n/a" in text and "AUC: n/a" in text and "accuracy: 0.750" in text
+    assert "per-slice AUC: 0.988" in text
     assert "out/x.nii.gz" in text and "1m15s" in text
     assert json.loads(json.dumps(summary.to_dict(), default=str))["n_train"] == 6
 
@@ -107,7 +109,7 @@ def test_quick_demo_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None
     assert match, f"expected the summary to print the Dice, got:\n{run.stdout}"
     dice = float(match.group(1))
     assert math.isfinite(dice) and 0.0 <= dice <= 1.0
-    assert re.search(r"scan AUC: ([0-9.]+|n/a)", run.stdout)
+    assert re.search(r"scan AUC: ([0-9.]+|n/a), accuracy: ([0-9.]+|n/a); per-slice AUC: ([0-9.]+|n/a)", run.stdout)
     out = run.out
     for relative in (
         "summary.json", "summary.txt", "plan.json", "fingerprint.json",
