@@ -157,5 +157,27 @@ def test_sequence_model_on_label_maps_selects_epochs_on_per_slice_auc(tmp_path: 
     assert config.training["best_epoch"] == 1 + int(np.argmax(aucs))
 
 
+def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path: Path) -> None:
+    """A small validation set reaches AUC 1.0 early; later epochs at the same AUC with a lower validation loss
+    replace it as the best epoch (a higher loss at the same AUC does not)."""
+    import keras
+
+    from MedAnalysisLib.progress import Reporter
+    from MedAnalysisLib.training.callbacks import CheckpointCallback, ProgressCallback
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
+    model.train_on_batch(np.zeros((2, 2), "float32"), np.zeros((2, 1), "float32"))
+    progress = ProgressCallback(Reporter("none"), None, epochs=5, steps=1)
+    callback = CheckpointCallback(tmp_path / "checkpoint", model, monitor="val_auc", mode="max", patience=None,
+                                  progress=progress, signature="test")
+    callback.set_model(model)
+    logs = [(0.9, 0.60), (1.0, 0.50), (1.0, 0.30), (1.0, 0.40), (0.95, 0.10)]
+    for epoch, (auc, loss) in enumerate(logs):
+        callback.on_epoch_end(epoch, {"val_auc": auc, "val_loss": loss, "loss": loss})
+    assert callback.state["best_epoch"] == 3 and callback.state["best_value"] == 1.0
+    assert (tmp_path / "checkpoint" / "best.weights.h5").is_file()
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])

@@ -134,8 +134,17 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.state["monitor"] = key
         best = self.state["best_value"]
         improved = value is not None and (best is None or (value > best if mode == "max" else value < best))
+        # Ties (e.g. a validation AUC of 1.0 on a small validation set, reached early and kept) go to the epoch with
+        # the lower validation loss, so an under-trained first epoch at the ceiling is not kept for good.
+        tie_loss = values.get("val_loss") if key != "val_loss" else None
+        tie_loss = tie_loss if tie_loss is not None and math.isfinite(tie_loss) else None
+        best_loss = self.state.get("best_val_loss")
+        if not improved and value is not None and value == best and tie_loss is not None and (
+                best_loss is None or tie_loss < best_loss):
+            improved = True
         if improved:
             self.state["best_value"], self.state["best_epoch"], self.state["wait"] = value, epoch + 1, 0
+            self.state["best_val_loss"] = tie_loss
         else:
             self.state["wait"] += 1
             if self.patience is not None and self.state["wait"] >= self.patience:
