@@ -379,8 +379,9 @@ def train(
         strategy=strategy,
         tensorboard_dir=tensorboard_dir,
         # Sequence models on label maps: the scan target ("any slice positive") is one class for nearly every scan,
-        # so its validation AUC says nothing (Keras reports 0); choose epochs on the per-slice AUC instead.
-        monitor=("val_slices_auc", "max") if family == "cnn_rnn" and binary and dataset.task == "segmentation"
+        # so its validation AUC says nothing (Keras reports 0). Choose epochs on the per-slice validation loss: the
+        # per-slice AUC saturates within an epoch or two, long before the probabilities are calibrated.
+        monitor=("val_slices_loss", "min") if family == "cnn_rnn" and binary and dataset.task == "segmentation"
         else None,
         provenance={
             "data": Path(str(dataset.root)).name if dataset.root else "dataset",
