@@ -25,7 +25,7 @@ results a user would look at:
       figures/                           overlay.png, training_curves.png, slice_probabilities.png
 
 The full run takes about six minutes on two CPU cores and reaches a held-out Dice above 0.9;
-:meth:`DemoConfig.quick` is a smoke test of one to two minutes whose numbers mean nothing.
+:meth:`DemoConfig.quick` is a smoke test of about a minute whose numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        """The configuration of ``medanalysis demo --quick``: one to two minutes, for smoke tests (low accuracy)."""
+        """The configuration of ``medanalysis demo --quick``: about a minute, for smoke tests (low accuracy)."""
         return cls(
             n_train=6,
             n_test=2,

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction, parents: list[argparse.Argu
     parser = subparsers.add_parser(
         "demo",
         parents=parents,
-        help="run the whole pipeline on built-in phantom scans (about 6 minutes on 2 CPU cores; --quick: 1-2 minutes)",
+        help="run the whole pipeline on built-in phantom scans (about 6 minutes on 2 CPU cores; --quick: about a minute)",
         description="Generate seeded phantom scans, plan preprocessing, train a 3D U-Net and a CNN+RNN slice-sequence "
         "classifier, evaluate both on held-out phantoms, segment one scan, and write bundles, label map (NIfTI), "
         "CSV tables, an evaluation report and PNG figures to the output folder.",
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction, parents: list[argparse.Argu
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run of 1-2 minutes: fewer and smaller phantoms and very short training (low accuracy)",
+        help="a smoke run of about a minute: fewer and smaller phantoms and very short training (low accuracy)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantoms, the split and training (default: 0)")
     parser.add_argument(
