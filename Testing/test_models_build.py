@@ -190,3 +190,18 @@ def test_folded_slice_encoder_equals_encoding_each_slice_alone() -> None:
     for b in range(2):
         for s in range(3):
             np.testing.assert_allclose(folded[b, s].numpy(), encoder(scans[b, s][None])[0].numpy(), atol=1e-5)
+
+
+def test_cnn_rnn_slice_max_scan_head_is_the_largest_real_slice_probability() -> None:
+    model = build_model("cnn_rnn", slice_shape=(16, 16), encoder_filters=(4,), rnn_units=4, dropout=0.0,
+                        scan_head="slice_max")
+    x = RNG.normal(size=(2, 6, 16, 16, 1)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], bool)
+    out = model({"slices": x, "mask": mask}, training=False)
+    slices, scan = out["slices"].numpy()[..., 0], out["scan"].numpy()[:, 0]
+    np.testing.assert_allclose(scan, [slices[0].max(), slices[1, :3].max()], atol=1e-6)
+    clone = model.__class__.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(clone({"slices": x, "mask": mask}, training=False)["scan"].numpy()[:, 0], scan, atol=1e-6)
+    with pytest.raises(ValueError, match="n_classes == 2"):
+        build_model("cnn_rnn", slice_shape=(16, 16), n_classes=3, scan_head="slice_max")

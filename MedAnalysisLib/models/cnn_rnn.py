@@ -5,7 +5,8 @@ A 2D CNN encoder runs on every slice (time-distributed: the slices are folded in
 in order, and two heads predict
 
 * ``"slices"``: one prediction per slice, ``(B, S, n_out)`` (e.g. "this slice contains the structure");
-* ``"scan"``: one prediction per scan, ``(B, n_out)``, from attention pooling over the real slices.
+* ``"scan"``: one prediction per scan, ``(B, n_out)``, from attention pooling over the real slices, or (with
+  ``scan_head="slice_max"``) the largest per-slice probability over the real slices.
 
 ``n_out`` is 1 (sigmoid = P(class 1)) for two classes and ``n_classes`` (softmax) otherwise; outputs are float32.
 
@@ -28,6 +29,7 @@ from MedAnalysisLib.models.layers import (
     ApplyMask,
     FoldSlices,
     MaskedAttentionPooling,
+    MaskedMaxPooling,
     UnfoldSlices,
     conv_norm_act,
 )
@@ -59,6 +61,7 @@ def build_cnn_rnn(
     rnn_units: int = 64,
     attention_units: int = 64,
     dropout: float = 0.2,
+    scan_head: str = "attention",
 ) -> keras.Model:
     """Build the slice-sequence model.
 
@@ -72,11 +75,19 @@ def build_cnn_rnn(
         rnn_units: Units per direction.
         attention_units: Hidden size of the attention scorer.
         dropout: Dropout on the slice features and before the scan head.
+        scan_head: ``"attention"``: the scan prediction comes from attention pooling of the recurrent features;
+            ``"slice_max"`` (two classes only): the scan probability is the largest per-slice probability over the
+            real slices (multiple-instance learning: "the scan holds a finding when one of its slices does"), which
+            learns from few scans because every scan label also trains the per-slice head.
     """
     if n_classes < 2:
         raise ValueError(f"expected n_classes >= 2, got {n_classes}")
     if rnn not in ("gru", "lstm"):
         raise ValueError(f"expected rnn 'gru' or 'lstm', got {rnn!r}")
+    if scan_head not in ("attention", "slice_max"):
+        raise ValueError(f"expected scan_head 'attention' or 'slice_max', got {scan_head!r}")
+    if scan_head == "slice_max" and n_classes != 2:
+        raise ValueError(f"expected n_classes == 2 for scan_head 'slice_max', got {n_classes}")
     if norm not in NORMS:
         raise ValueError(f"expected norm to be one of {NORMS}, got {norm!r}")
     shape = (None, None) if slice_shape is None else tuple(None if s is None else int(s) for s in slice_shape)
@@ -94,9 +105,12 @@ def build_cnn_rnn(
     units, activation = (1, "sigmoid") if n_classes == 2 else (n_classes, "softmax")
     per_slice = layers.Dense(units, name="slice_logits")(sequence)
     per_slice = layers.Activation(activation, dtype="float32", name="slices_out")(per_slice)
-    pooled = MaskedAttentionPooling(attention_units, name="attention_pool")(sequence, mask=mask)
-    if dropout > 0:
-        pooled = layers.Dropout(dropout, name="scan_dropout")(pooled)
-    scan = layers.Dense(units, name="scan_logits")(pooled)
-    scan = layers.Activation(activation, dtype="float32", name="scan_out")(scan)
+    if scan_head == "slice_max":
+        scan = MaskedMaxPooling(name="scan_out")(per_slice, mask=mask)
+    else:
+        pooled = MaskedAttentionPooling(attention_units, name="attention_pool")(sequence, mask=mask)
+        if dropout > 0:
+            pooled = layers.Dropout(dropout, name="scan_dropout")(pooled)
+        scan = layers.Dense(units, name="scan_logits")(pooled)
+        scan = layers.Activation(activation, dtype="float32", name="scan_out")(scan)
     return keras.Model({"slices": slices, "mask": mask}, {"slices": per_slice, "scan": scan}, name="cnn_rnn")

@@ -222,3 +222,36 @@ class UnfoldSlices(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="MedAnalysis")
+class MaskedMaxPooling(keras.layers.Layer):
+    """Largest value over the real steps of a sequence: ``(B, S, F), mask (B, S) -> (B, F)``.
+
+    Used as a multiple-instance scan head: a scan holds a finding when its most suspicious slice does, so the scan
+    probability is the maximum of the per-slice probabilities, and the scan label trains the per-slice head directly.
+    A row with no real step gives zeros.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs: Any, mask: Any = None) -> Any:
+        values = ops.cast(inputs, "float32")
+        if mask is None:
+            return ops.max(values, axis=1)
+        valid = ops.expand_dims(ops.cast(mask, "bool"), -1)
+        lowest = ops.full_like(values, -3.0e38)
+        pooled = ops.max(ops.where(valid, values, lowest), axis=1)
+        any_valid = ops.any(valid, axis=1)
+        return ops.where(any_valid, pooled, ops.zeros_like(pooled))
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> None:
+        return None
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config()
