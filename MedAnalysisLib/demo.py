@@ -86,12 +86,14 @@ class DemoConfig:
     spacing: tuple[float, float, float] = DEFAULT_SPACING
     seed: int = 0
     segmentation_epochs: int = 16
-    classification_epochs: int = 12
+    classification_epochs: int = 24
     segmentation_plan: dict[str, Any] = field(default_factory=dict)
     segmentation_hparams: dict[str, Any] = field(default_factory=lambda: {"base_filters": 8})
     classification_plan: dict[str, Any] = field(default_factory=lambda: {"slice_shape": "32,32"})
     classification_hparams: dict[str, Any] = field(
-        default_factory=lambda: {"encoder_filters": [8, 16, 32], "rnn_units": 32, "attention_units": 32}
+        # "Does this scan hold a lesion?" is "does one of its slices?": the multiple-instance scan head learns it from
+        # 32 scans, where attention pooling stayed near chance (scan probabilities 0.59-0.62 for every held-out scan).
+        default_factory=lambda: {"encoder_filters": [8, 16, 32], "rnn_units": 32, "scan_head": "slice_max"}
     )
     segmentation_training: dict[str, Any] = field(
         default_factory=lambda: {"steps_per_epoch": 20, "learning_rate": 3e-3}
