@@ -99,7 +99,10 @@ def keras_predict_fn(
     output_key: str | None = None,
     patch_size: tuple[int, ...] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a Keras model (TensorFlow backend) as ``predict_fn(x: np.ndarray) -> np.ndarray`` (float32).
+    """Wrap a Keras model (TensorFlow backend) as ``predict_fn(x) -> float32 outputs``, traced once per input rank.
+
+    ``x`` is a channels-last batch, or a dict of them for models with named inputs (e.g. ``cnn_rnn``'s slices and
+    boolean mask); the result has the model's output structure (an array, or a dict of arrays).
 
     Args:
         model: A built ``keras.Model`` taking channels-last batches.
@@ -120,10 +123,17 @@ def keras_predict_fn(
         y = runner(x, training=False)
         if output_key is not None:
             y = y[output_key]
-        return tf.cast(y, tf.float32)
+        return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), y)
 
-    def predict_fn(x: np.ndarray) -> np.ndarray:
-        return call(tf.convert_to_tensor(np.asarray(x, dtype=np.float32))).numpy()
+    def to_tensor(value: Any) -> Any:
+        array = np.asarray(value)
+        return tf.convert_to_tensor(array if array.dtype == bool else array.astype(np.float32, copy=False))
+
+    def predict_fn(x: Any) -> Any:
+        # Dict inputs (cnn_rnn: slices + mask) keep their dtypes apart from float casting; outputs come back as
+        # numpy arrays in the model's own structure (an array, or a dict of arrays).
+        inputs = {key: to_tensor(value) for key, value in x.items()} if isinstance(x, dict) else to_tensor(x)
+        return tf.nest.map_structure(lambda t: t.numpy(), call(inputs))
 
     predict_fn.precision = resolved  # type: ignore[attr-defined]
     predict_fn.model = runner  # type: ignore[attr-defined]

@@ -361,10 +361,9 @@ def _classify(
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if family in SEQUENCE_CLASSIFIERS:
-            import tensorflow as tf
-
-            outputs = loaded.model({"slices": tf.convert_to_tensor(slices[None]),
-                                    "mask": tf.ones((1, len(slices)), tf.bool)}, training=False)
+            # A traced call (slice count left free), not an eager one: eager Keras runs the recurrent loop op by op.
+            sequence_fn = _Runner.get(loaded.model, "float32")
+            outputs = sequence_fn({"slices": slices[None], "mask": np.ones((1, len(slices)), bool)})
             slice_probs = _class_probabilities(np.asarray(outputs["slices"])[0], n_classes)
             scan = scan_result(_class_probabilities(np.asarray(outputs["scan"]), n_classes)[0])
             details.update(precision="float32")
