@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from MedAnalysisLib.io.atomic import atomic_directory
+from MedAnalysisLib.io.files import SIMPLEITK_IO_LOCK
 from MedAnalysisLib.volume import Volume, check_direction, rotation_about_axis
 
 #: Label values and names of every phantom (0 is background).
@@ -281,7 +282,8 @@ def write_phantom_dataset(
             lesion_rel = f"lesionsTr/{case_id}.nii.gz"
             lesion_mask = label.with_array((label.array == LESION_LABEL).astype(np.uint8))
             for volume, relative in ((image, image_rel), (label, label_rel), (lesion_mask, lesion_rel)):
-                sitk.WriteImage(volume.to_sitk(), str(tmp / relative), useCompression=True)
+                with SIMPLEITK_IO_LOCK:
+                    sitk.WriteImage(volume.to_sitk(), str(tmp / relative), useCompression=True)
             training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
             manifest_rows.append([case_id, image_rel, lesion_rel, info["scan_target"], case_id, "MRI"])
             for k in range(image.shape[0]):

@@ -48,6 +48,7 @@ from MedAnalysisLib.errors import (
     ImageValidationError,
     UnreadableFileError,
 )
+from MedAnalysisLib.io.files import SIMPLEITK_IO_LOCK
 from MedAnalysisLib.io.validate import check_finite, check_memory_budget
 from MedAnalysisLib.volume import Volume, check_direction, orientation_code
 
@@ -859,7 +860,8 @@ def _read_with_sitk(info: SeriesInfo) -> np.ndarray:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
     try:
-        image = reader.Execute()
+        with SIMPLEITK_IO_LOCK:
+            image = reader.Execute()
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise UnreadableFileError(

@@ -21,6 +21,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ from MedAnalysisLib.errors import GeometryError, ImageValidationError, Unreadabl
 from MedAnalysisLib.io.atomic import atomic_path
 from MedAnalysisLib.io.validate import check_finite, check_memory_budget, require_integer_labels
 from MedAnalysisLib.volume import Volume, check_direction
+
+#: Serialises SimpleITK/ITK file input and output across threads. ITK's image IO (NIfTI in particular) is not safe
+#: to run from two Python threads at once: concurrent reads corrupted the heap ("double free or corruption") when
+#: cases were read on worker threads. Resampling and other filters stay parallel; only file IO takes the lock.
+SIMPLEITK_IO_LOCK = threading.RLock()
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -448,7 +454,8 @@ def _open(path: str | os.PathLike[str]) -> tuple[ImageHeader, sitk.ImageFileRead
     reader.SetImageIO(_IMAGE_IO[fmt])
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with SIMPLEITK_IO_LOCK:
+            reader.ReadImageInformation()
     except RuntimeError as error:
         raise UnreadableFileError(
             f"expected a readable {fmt} header in {path.name}, got one SimpleITK cannot parse: {_short(error)}"
@@ -603,7 +610,8 @@ def read_volume(
             array = np.moveaxis(array, 0, -1)
     else:
         try:
-            image = reader.Execute()
+            with SIMPLEITK_IO_LOCK:
+                image = reader.Execute()
         except RuntimeError as error:
             raise UnreadableFileError(
                 f"expected complete voxel data in {name}, got a read error: {_short(error)}"
@@ -774,7 +782,8 @@ def write_volume(
     context = _atomic_detached(target) if suffix in _DETACHED else atomic_path(target)
     with context as temporary:
         try:
-            sitk.WriteImage(image, str(temporary), use_compression)
+            with SIMPLEITK_IO_LOCK:
+                sitk.WriteImage(image, str(temporary), use_compression)
         except RuntimeError as error:
             raise UnreadableFileError(f"expected to write {target.name}, got a write error: {_short(error)}") from error
     return target
