@@ -31,7 +31,6 @@ The full run takes about six minutes on two CPU cores and reaches a held-out Dic
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -559,22 +558,6 @@ def plot_overlay(
     if title:
         figure.suptitle(title)
     return _save_figure(figure, path)
-
-
-def read_training_log(path: Path) -> dict[str, list[float]]:
-    """Columns of a Keras CSVLogger file (``epoch,loss,val_loss,...``) as float lists; missing file -> empty."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    columns: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                columns.setdefault(key, []).append(float(value))
-            except (TypeError, ValueError):
-                columns.setdefault(key, []).append(float("nan"))
-    return columns
 
 
 #: Validation metrics drawn by :func:`plot_training_curves` (others stay in the CSV logs): Dice and AUC.

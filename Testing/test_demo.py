@@ -21,7 +21,6 @@ from MedAnalysisLib.demo import (
     plot_overlay,
     plot_slice_probabilities,
     plot_training_curves,
-    read_training_log,
 )
 from MedAnalysisLib.phantom import make_phantom
 
@@ -94,11 +93,15 @@ def test_figures_are_written_as_png(tmp_path) -> None:
 
 
 def test_read_training_log(tmp_path) -> None:
+    # The demo's figures read the bundle's log with the evaluation module's reader (one reader for both).
+    from MedAnalysisLib.evaluation.figures import read_training_log
+
     log = tmp_path / "training_log.csv"
     log.write_text("epoch,loss,val_loss\n0,1.5,1.6\n1,0.9,\n")
     columns = read_training_log(log)
     assert columns["loss"] == [1.5, 0.9] and columns["val_loss"][0] == 1.6 and math.isnan(columns["val_loss"][1])
-    assert read_training_log(tmp_path / "missing.csv") == {}
+    with pytest.raises(FileNotFoundError):
+        read_training_log(tmp_path / "missing.csv")
 
 
 @pytest.mark.slow

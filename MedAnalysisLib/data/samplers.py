@@ -38,6 +38,16 @@ def _generator(rng: np.random.Generator | int | None, fallback: np.random.Genera
     return np.random.default_rng(rng)
 
 
+
+def _slice_shape(cases: Sequence[Any], slice_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """The in-plane ``(H, W)`` of 2D/sequence batches: the given one, or the cases' common in-plane shape."""
+    if slice_shape is None:
+        shapes = {c.image.shape[1:3] for c in cases}
+        if len(shapes) != 1:
+            raise InputError(f"expected one in-plane shape across cases or a slice_shape, got {sorted(shapes)}")
+        slice_shape = shapes.pop()
+    return tuple(int(s) for s in slice_shape)
+
 class _Sampler:
     """Shared machinery: a fallback generator and threaded, seed-deterministic batch streams."""
 
@@ -275,12 +285,7 @@ class SliceSampler(_Sampler):
         self.cases = _check_cases(cases, need_label=target != "case")
         if target == "case" and any(c.target is None for c in self.cases):
             raise InputError("expected a target on every case for target='case', some have none")
-        if slice_shape is None:
-            shapes = {c.image.shape[1:3] for c in self.cases}
-            if len(shapes) != 1:
-                raise InputError(f"expected one in-plane shape across cases or a slice_shape, got {sorted(shapes)}")
-            slice_shape = shapes.pop()
-        self.slice_shape = tuple(int(s) for s in slice_shape)
+        self.slice_shape = _slice_shape(self.cases, slice_shape)
         self.batch_size = int(batch_size)
         self.target = target
         self.foreground_fraction = float(foreground_fraction)
@@ -360,12 +365,7 @@ class SequenceSampler(_Sampler):
     ) -> None:
         super().__init__(seed)
         self.cases = _check_cases(cases, need_label=False)
-        if slice_shape is None:
-            shapes = {c.image.shape[1:3] for c in self.cases}
-            if len(shapes) != 1:
-                raise InputError(f"expected one in-plane shape across cases or a slice_shape, got {sorted(shapes)}")
-            slice_shape = shapes.pop()
-        self.slice_shape = tuple(int(s) for s in slice_shape)
+        self.slice_shape = _slice_shape(self.cases, slice_shape)
         self.max_slices = int(max_slices or max(c.image.shape[0] for c in self.cases))
         if self.max_slices < 1 or batch_size < 1:
             raise InputError(f"expected max_slices >= 1 and batch_size >= 1, got {self.max_slices} and {batch_size}")
