@@ -109,10 +109,14 @@ def test_slice_cnn_learns_per_slice_foreground_targets_from_label_maps(tmp_path:
     root = _box_msd(tmp_path / "boxes")
     result = train(root, task="classification", family="slice_cnn", out=tmp_path / "bundle", epochs=2,
                    steps_per_epoch=3, batch_size=8, val_fraction=0.34, workers=1, learning_rate=1e-2,
-                   hparams={"preset": "global_pool", "base_filters": 4, "n_blocks": 1},
-                   plan_overrides={"slice_shape": [16, 16]})
+                   hparams={"preset": "global_pool", "base_filters": 4, "n_blocks": 1, "pooling": "avgmax",
+                            "norm": "batch"},
+                   augment={"p_gamma": 0, "p_brightness": 0}, plan_overrides={"slice_shape": [16, 16]})
     loaded = load_bundle(result.bundle_path)
     assert [label.name for label in loaded.labels] == ["absent", "present"]
+    assert loaded.config.hparams["pooling"] == "avgmax"
+    augment = loaded.config.training["augment"]  # the augmentation actually used is part of the provenance
+    assert augment["p_gamma"] == 0 and augment["p_brightness"] == 0 and augment["p_rotate"] > 0
     # Validation slices of both classes: the AUC is defined (it is NaN when every target is the same).
     assert all(np.isfinite(v) for v in result.history["val_auc"])
     image = load_volume(root / "imagesTr" / "box_000.nii.gz")
@@ -182,3 +186,18 @@ def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path: 
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_train_command_refuses_bad_augmentation_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``medanalysis train --augment``: a misspelt field or a contradiction with ``--no-augment`` ends with exit
+    code 2 and a message naming the problem, and no bundle or checkpoint is written."""
+    from MedAnalysisLib.cli import main
+
+    root = _box_msd(tmp_path / "boxes")
+    common = ["train", str(root), "--task", "classification", "--model", "slice_cnn", "--out", str(tmp_path / "b"),
+              "--epochs", "1", "--progress", "log"]
+    assert main([*common, "--augment", "p_gama=0"]) == 2
+    assert "unknown ['p_gama']" in capsys.readouterr().err
+    assert main([*common, "--augment", "p_gamma=0", "--no-augment"]) == 2
+    assert "expected either --no-augment or --augment KEY=VALUE, got both" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes"]

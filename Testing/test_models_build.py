@@ -86,6 +86,10 @@ def test_basic_preset_is_the_textbook_network() -> None:
         ("slice_cnn", {"preset": "basic", "input_shape": (16, 16, 1)}, (3, 16, 16, 1), True),
         ("slice_cnn", {"preset": "global_pool", "base_filters": 4, "n_blocks": 2}, (3, 20, 24, 1), False),
         ("slice_cnn", {"preset": "residual", "base_filters": 4, "n_blocks": 2, "n_classes": 3}, (3, 16, 16, 1), False),
+        ("slice_cnn", {"preset": "global_pool", "base_filters": 4, "n_blocks": 2, "pooling": "max", "norm": "batch"},
+         (3, 20, 24, 1), True),
+        ("slice_cnn", {"preset": "residual", "base_filters": 4, "n_blocks": 2, "pooling": "avgmax"}, (3, 16, 16, 1),
+         False),
         ("cnn3d", {"filters": (4, 8), "n_classes": 2}, (3, 8, 16, 16, 1), False),
         ("cnn3d", {"filters": (4, 8), "n_classes": 4, "residual": False}, (3, 8, 16, 16, 1), True),
     ],
@@ -107,6 +111,23 @@ def test_classifiers_follow_the_output_contract(family: str, hparams: dict, shap
     else:
         assert out.shape == (shape[0], n_classes)
         np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+
+
+def test_slice_cnn_global_max_pooling_sees_a_finding_anywhere_in_the_slice() -> None:
+    """``pooling="max"``: the pooled features are the largest activation of each channel, so one bright spot moved
+    across a blank slice leaves them (nearly) unchanged, while average pooling keeps them equal only by symmetry;
+    ``"avgmax"`` concatenates both; an unknown pooling is refused by name."""
+    model = build_model("slice_cnn", preset="global_pool", base_filters=4, n_blocks=1, pooling="max", norm="none",
+                        dropout=0.0)
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    x = np.zeros((2, 32, 32, 1), "float32")
+    x[0, 8, 8, 0] = x[1, 20, 22, 0] = 5.0
+    pooled = features(x).numpy()
+    np.testing.assert_allclose(pooled[0], pooled[1], rtol=1e-5, atol=1e-6)
+    both = build_model("slice_cnn", preset="residual", base_filters=4, n_blocks=2, pooling="avgmax")
+    assert both.get_layer("pool").output.shape[-1] == 2 * both.get_layer("pool_avg").output.shape[-1]
+    with pytest.raises(ValueError, match="expected pooling to be one of"):
+        build_model("slice_cnn", preset="global_pool", pooling="sum")
 
 
 def _cnn_rnn() -> keras.Model:

@@ -115,3 +115,22 @@ def test_context_margin_fills_rotated_patches_and_crops_the_centre():
     np.testing.assert_array_equal(image, outer[::-1, ::-1, ::-1][4:20, 4:20, 4:20])
     with pytest.raises(PlanError, match="even margin"):
         plain(outer, label, np.random.default_rng(0), output_shape=(15, 16, 16))
+
+
+def test_training_augmentation_settings_merge_into_the_defaults():
+    """``train(augment=...)``: True gives the defaults, False none, a mapping changes only the fields it names
+    (what ``medanalysis train --augment p_gamma=0`` passes), and a wrong field or value is refused by name."""
+    from MedAnalysisLib.errors import InputError
+    from MedAnalysisLib.training.pipeline import augment_settings
+
+    assert augment_settings(True) == AugmentConfig()
+    assert augment_settings(False) is None
+    quantitative = augment_settings({"p_gamma": 0, "p_brightness": 0.0, "scale_range": [0.9, 1.1]})
+    assert quantitative.p_gamma == 0 and quantitative.p_brightness == 0 and quantitative.scale_range == (0.9, 1.1)
+    assert quantitative.p_rotate == AugmentConfig().p_rotate and quantitative.p_flip == AugmentConfig().p_flip
+    with pytest.raises(PlanError, match=r"unknown \['p_gama'\]"):
+        augment_settings({"p_gama": 0})
+    with pytest.raises(PlanError, match="expected augmentation probability p_noise in"):
+        augment_settings({"p_noise": 2})
+    with pytest.raises(InputError, match="got str"):
+        augment_settings("strong")  # type: ignore[arg-type]

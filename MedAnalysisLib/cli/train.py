@@ -50,6 +50,10 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--hparam", dest="hparams", type=_key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="model hyper-parameter, e.g. --hparam base_filters=16 "
                         "--hparam preset=residual (values parsed as JSON when they can be)")
+    parser.add_argument("--augment", dest="augment", type=_key_value, action="append", default=[],
+                        metavar="KEY=VALUE", help="change one augmentation setting, e.g. --augment p_gamma=0 "
+                        "--augment p_brightness=0 (fields of MedAnalysisLib.preprocessing.augment.AugmentConfig)")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of cases (or groups) for validation")
     parser.add_argument("--folds", type=int, default=None, help="k-fold cross-validation: number of folds")
     parser.add_argument("--fold", type=int, default=0, help="which fold to train when --folds is given (0-based)")
@@ -79,6 +83,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         from MedAnalysisLib.preprocessing.plan import Plan
 
         plan = Plan.from_json(Path(args.plan).read_text(encoding="utf-8"))
+    if args.no_augment and args.augment:
+        raise InputError("expected either --no-augment or --augment KEY=VALUE, got both")
+    augment: bool | dict[str, Any] = False if args.no_augment else (dict(args.augment) or True)
     stop_flag = StopFlag().install()
     result = train(
         dataset,
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         steps_per_epoch=args.steps_per_epoch,
         learning_rate=args.learning_rate,
         patience=args.patience,
+        augment=augment,
         workers=args.workers,
         mixed_precision=args.mixed_precision,
         tensorboard_dir=args.tensorboard,

@@ -6,9 +6,13 @@ Presets:
   Flatten -> Dense(64, relu) -> Dense(1, sigmoid)`` (``Dense(n, softmax)`` for more than two classes), built as a
   ``keras.Sequential`` so that ``model.layers`` lists exactly those five layers. It needs a fixed input size.
 * ``global_pool``: ``n_blocks`` VGG-style blocks (two conv-norm-ReLU, max-pool) widening ``base_filters`` x2 per
-  block, global average pooling, dropout, dense head. Any input size.
-* ``residual``: a strided stem and residual stages (projected shortcuts), global average pooling, dropout, dense
+  block, global pooling, dropout, dense head. Any input size.
+* ``residual``: a strided stem and residual stages (projected shortcuts), global pooling, dropout, dense
   head. Any input size.
+
+Global pooling (``pooling``, ``global_pool``/``residual``): ``"avg"`` (default) suits findings that cover much of the
+slice; ``"max"`` answers "is it anywhere?" (a contrast-filled vessel, a small lesion) without the rest of the slice
+diluting it; ``"avgmax"`` concatenates both.
 
 Output: ``(B, 1)`` sigmoid = P(class 1) for ``n_classes=2``, ``(B, n_classes)`` softmax otherwise; float32.
 """
@@ -24,6 +28,7 @@ from MedAnalysisLib.models import register_model
 from MedAnalysisLib.models.layers import classification_head, conv_block, conv_norm_act
 
 PRESETS = ("basic", "global_pool", "residual")
+POOLINGS = ("avg", "max", "avgmax")
 
 
 def _input_shape(input_shape: Sequence[int | None] | None, in_channels: int) -> tuple[int | None, ...]:
@@ -66,6 +71,7 @@ def build_slice_cnn(
     n_blocks: int = 4,
     dropout: float = 0.3,
     norm: str = "group",
+    pooling: str = "avg",
 ) -> keras.Model:
     """Build a slice classifier.
 
@@ -77,12 +83,17 @@ def build_slice_cnn(
         base_filters: Width of the first block (``global_pool``/``residual``).
         n_blocks: Number of blocks/stages (``global_pool``/``residual``).
         dropout: Dropout rate before the head (``global_pool``/``residual``).
-        norm: ``"group"``, ``"instance"``, ``"batch"`` or ``"none"`` (``global_pool``/``residual``).
+        norm: ``"group"``, ``"instance"``, ``"batch"`` or ``"none"`` (``global_pool``/``residual``). Per-image
+            norms (group, instance) discard each image's overall intensity level; ``"batch"`` keeps it, which
+            matters when the class is an absolute intensity (Hounsfield units of contrast-filled vessels).
+        pooling: Global pooling before the head, ``"avg"``, ``"max"`` or ``"avgmax"`` (``global_pool``/``residual``).
     """
     if preset not in PRESETS:
         raise ValueError(f"expected preset to be one of {PRESETS}, got {preset!r}")
     if n_classes < 2:
         raise ValueError(f"expected n_classes >= 2, got {n_classes}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"expected pooling to be one of {POOLINGS}, got {pooling!r}")
     shape = _input_shape(input_shape, in_channels)
     if preset == "basic":
         return build_basic(shape, n_classes)
@@ -100,7 +111,13 @@ def build_slice_cnn(
             width = base_filters * 2**block
             x = conv_block(x, width, ndim=2, name=f"stage{block}", strides=1 if block == 0 else 2, norm=norm,
                            residual=True)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="pool")(x)
+    else:
+        x = layers.Concatenate(name="pool")(
+            [layers.GlobalAveragePooling2D(name="pool_avg")(x), layers.GlobalMaxPooling2D(name="pool_max")(x)])
     if dropout > 0:
         x = layers.Dropout(dropout, name="dropout")(x)
     outputs = classification_head(x, n_classes)

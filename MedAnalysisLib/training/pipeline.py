@@ -35,6 +35,7 @@ import numpy as np
 
 from MedAnalysisLib.bundle import LabelInfo, default_labels
 from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.preprocessing.augment import AugmentConfig, Augmenter
 from MedAnalysisLib.progress import Reporter, StopFlag
 from MedAnalysisLib.training.runner import FitSpec, TrainResult, _batch_transform, _default_hparams, fit_and_bundle
 
@@ -100,6 +101,22 @@ def _class_index(target: Any, n_classes: int, case_id: str) -> int:
     return int(float(target))
 
 
+def augment_settings(augment: bool | Mapping[str, Any] | AugmentConfig) -> AugmentConfig | None:
+    """The augmentation a training run uses: None (off), the defaults, or the defaults with some fields changed.
+
+    Raises:
+        PlanError: A field that :class:`AugmentConfig` does not have, or a value out of its range.
+    """
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if isinstance(augment, Mapping):
+        return AugmentConfig.from_dict({**AugmentConfig().to_dict(), **dict(augment)})
+    if isinstance(augment, bool):
+        return AugmentConfig() if augment else None
+    raise InputError(f"expected augment as True, False, a mapping of AugmentConfig fields or an AugmentConfig, "
+                     f"got {type(augment).__name__}")
+
+
 def _data_signature(train_cases: Sequence[Any], val_cases: Sequence[Any]) -> str:
     payload = [[(c.case_id, list(c.images), c.label, c.target) for c in cases] for cases in (train_cases, val_cases)]
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
@@ -153,7 +170,7 @@ def train(
     learning_rate: float | None = None,
     patience: int | None = None,
     loss: str | None = None,
-    augment: bool = True,
+    augment: bool | Mapping[str, Any] | AugmentConfig = True,
     workers: int = 2,
     mixed_precision: str = "auto",
     strategy: str = "auto",
@@ -185,7 +202,9 @@ def train(
         learning_rate: Initial learning rate (default 1e-3).
         patience: Early-stopping patience in epochs (default: no early stopping).
         loss: ``"dice_ce"``, ``"focal"``, ``"bce"``, ``"ce"`` (default by task).
-        augment: Use the default augmentation for training batches.
+        augment: Augmentation of training batches: True for the defaults of
+            :class:`~MedAnalysisLib.preprocessing.augment.AugmentConfig`, False for none, or a mapping of the fields
+            to change (``{"p_gamma": 0, "p_brightness": 0}`` keeps CT intensities quantitative) or a whole config.
         workers: Threads for case preparation and batch loading.
         mixed_precision, strategy: See :func:`MedAnalysisLib.training.device.setup_devices`.
         tensorboard_dir: Also write TensorBoard logs there.
@@ -197,7 +216,7 @@ def train(
     """
     from MedAnalysisLib.data.datasets import Dataset, kfold_splits, load_dataset, split_cases
     from MedAnalysisLib.models import MODEL_FAMILIES, family_task
-    from MedAnalysisLib.preprocessing.augment import Augmenter
+    augment_config = augment_settings(augment)
     from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
 
     reporter = reporter or Reporter("none")
@@ -279,7 +298,7 @@ def train(
         bs = max(int(batch_size or default_bs), replicas)
         bs = int(math.ceil(bs / replicas) * replicas)
         steps = steps_per_epoch or int(min(250, max(1, math.ceil(4 * len(train_prepared) / bs))))
-        augmenter = Augmenter(seed=seed) if augment else None
+        augmenter = Augmenter(augment_config, seed=seed) if augment_config is not None else None
         val_rng = [np.random.default_rng([seed, 7919, b]) for b in range(val_batches)]
         if family in ("unet3d", "unet2d"):
             from MedAnalysisLib.data.samplers import PatchSampler, SliceSampler
@@ -389,7 +408,7 @@ def train(
             "n_val": len(val_cases),
             "split": f"fold {fold} of {folds}" if folds else f"val_fraction {val_fraction}, by group",
             "val_case_ids": [c.case_id for c in val_cases],
-            "augment": augment,
+            "augment": augment_config.to_dict() if augment_config is not None else False,
         },
     )
     return fit_and_bundle(spec, out, reporter=reporter, stop_flag=stop_flag, resume=resume)

@@ -156,7 +156,7 @@ def _signature(spec: FitSpec) -> str:
     plan = spec.plan.to_dict() if hasattr(spec.plan, "to_dict") else spec.plan
     payload = {"family": spec.family, "task": spec.task, "hparams": spec.hparams, "plan": plan,
                "labels": [label.to_dict() for label in spec.labels], "data": spec.data_signature, "seed": spec.seed,
-               "loss": spec.loss}
+               "loss": spec.loss, "augment": spec.provenance.get("augment")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
