@@ -63,8 +63,10 @@ def test_cli_evaluate_shard_and_max_cases(tmp_path: Path) -> None:
     data = write_msd(tmp_path / "cubes", 4, seed=1)
     out = tmp_path / "report"
     code = main(["evaluate", str(shared_cube_bundle()), str(data), "--out", str(out), "--shard", "2/2",
-                 "--bootstrap", "50", "--no-figures", "--progress", "none"])
+                 "--bootstrap", "50", "--no-figures", "--postprocess", "largest-component", "--progress", "none"])
     assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inference"] == {"overlap": 0.5, "tta": False, "postprocess": ["largest_component"]}
     with open(out / "per_case.csv", newline="") as handle:
         assert [r["case_id"] for r in csv.DictReader(handle)] == ["cube_001", "cube_003"]
     assert not (out / "montage.png").exists()

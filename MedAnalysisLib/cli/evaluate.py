@@ -31,6 +31,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases (after sharding)")
     p.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N", help="evaluate only shard I of N")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--postprocess", action="append", choices=("largest-component", "fill-holes", "none"),
+                   help="post-processing of label maps; repeat for both, 'none' for neither (default: the bundle's); "
+                   "choose it on validation cases, never on the test cases")
     add_inference_options(p)
     p.set_defaults(func=run)
 
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace, reporter: Any) -> int:
     options = EvaluationOptions(
         overlap=args.overlap,
         tta=None if args.tta is None else args.tta == "on",
+        postprocess=tuple(args.postprocess) if args.postprocess else None,
         batch_size=args.batch_size,
         precision=args.precision,
         memory_budget_mb=args.memory_budget_mb,

@@ -33,6 +33,7 @@ class EvaluationOptions:
 
     overlap: float | None = None
     tta: bool | None = None
+    postprocess: tuple[str, ...] | None = None  # label-map post-processing; None: the bundle's
     batch_size: int | None = None
     precision: str = "float32"
     memory_budget_mb: float | None = None
@@ -42,6 +43,19 @@ class EvaluationOptions:
     shard: tuple[int, int] = (1, 1)
     figures: bool = True
     threshold: float = 0.5
+
+
+def _effective_inference(config: Any, options: EvaluationOptions) -> dict[str, Any]:
+    """The inference settings the evaluation used: the options given, else the bundle's defaults."""
+    from MedAnalysisLib.inference.postprocess import normalise_steps
+
+    defaults = dict(getattr(config, "inference", None) or {})
+    return {
+        "overlap": options.overlap if options.overlap is not None else defaults.get("overlap"),
+        "tta": options.tta if options.tta is not None else bool(defaults.get("tta", False)),
+        "postprocess": list(normalise_steps(options.postprocess if options.postprocess is not None
+                                            else defaults.get("postprocess"))),
+    }
 
 
 def _json_default(value: Any) -> Any:
@@ -143,6 +157,7 @@ def evaluate_bundle(
         "cases": len(rows),
         "failed": failed,
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "level": 0.95},
+        "inference": _effective_inference(config, options),
     }
     files = {"per_case": "per_case.csv", "summary": "summary.json"}
     if task == "segmentation":
@@ -181,8 +196,8 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
     # Single slices load as one-slice volumes, as in training (slice classifiers of 2D DICOM files).
     volumes = [load_volume(p, series=case.series, allow_2d=True) if case.series else load_volume(p, allow_2d=True)
                for p in case.images]
-    prediction = predict(loaded, volumes, overlap=options.overlap, tta=options.tta, batch_size=options.batch_size,
-                         precision=options.precision, memory_budget_mb=options.memory_budget_mb)
+    prediction = predict(loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
+                         batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb)
     if config.task == "segmentation":
         truth = load_volume(case.label, kind="label")
         require_same_geometry(volumes[0], truth, what="label map")
