@@ -111,12 +111,16 @@ def test_slice_cnn_learns_per_slice_foreground_targets_from_label_maps(tmp_path:
                    steps_per_epoch=3, batch_size=8, val_fraction=0.34, workers=1, learning_rate=1e-2,
                    hparams={"preset": "global_pool", "base_filters": 4, "n_blocks": 1, "pooling": "avgmax",
                             "norm": "batch"},
-                   augment={"p_gamma": 0, "p_brightness": 0}, plan_overrides={"slice_shape": [16, 16]})
+                   augment={"p_gamma": 0, "p_brightness": 0}, monitor="val_loss",
+                   plan_overrides={"slice_shape": [16, 16]})
     loaded = load_bundle(result.bundle_path)
     assert [label.name for label in loaded.labels] == ["absent", "present"]
     assert loaded.config.hparams["pooling"] == "avgmax"
     augment = loaded.config.training["augment"]  # the augmentation actually used is part of the provenance
     assert augment["p_gamma"] == 0 and augment["p_brightness"] == 0 and augment["p_rotate"] > 0
+    assert loaded.config.training["monitor"] == "val_loss"  # the epoch kept is the one of lowest validation loss
+    losses = result.history["val_loss"]
+    assert loaded.config.training["best_epoch"] == 1 + int(np.argmin(losses))
     # Validation slices of both classes: the AUC is defined (it is NaN when every target is the same).
     assert all(np.isfinite(v) for v in result.history["val_auc"])
     image = load_volume(root / "imagesTr" / "box_000.nii.gz")
@@ -188,9 +192,9 @@ if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
 
 
-def test_train_command_refuses_bad_augmentation_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``medanalysis train --augment``: a misspelt field or a contradiction with ``--no-augment`` ends with exit
-    code 2 and a message naming the problem, and no bundle or checkpoint is written."""
+def test_train_command_refuses_bad_augmentation_or_monitor_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``medanalysis train --augment/--monitor``: a misspelt field, a contradiction with ``--no-augment`` or a
+    monitored name that is not a validation metric ends with exit code 2 and a message naming the problem, and no bundle or checkpoint is written."""
     from MedAnalysisLib.cli import main
 
     root = _box_msd(tmp_path / "boxes")
@@ -200,4 +204,6 @@ def test_train_command_refuses_bad_augmentation_before_training(tmp_path: Path, 
     assert "unknown ['p_gama']" in capsys.readouterr().err
     assert main([*common, "--augment", "p_gamma=0", "--no-augment"]) == 2
     assert "expected either --no-augment or --augment KEY=VALUE, got both" in capsys.readouterr().err
+    assert main([*common, "--monitor", "auc"]) == 2
+    assert "expected a validation metric to monitor (a name starting with 'val_'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes"]

@@ -61,6 +61,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: from the plan)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--learning-rate", type=float, default=None, help="initial learning rate")
+    parser.add_argument("--monitor", default=None, metavar="METRIC",
+                        help="validation metric that picks the epoch to keep, e.g. val_loss or val_auc (default: "
+                        "mean Dice for segmentation, AUC for binary classification)")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (threads)")
     parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         learning_rate=args.learning_rate,
         patience=args.patience,
         augment=augment,
+        monitor=args.monitor,
         workers=args.workers,
         mixed_precision=args.mixed_precision,
         tensorboard_dir=args.tensorboard,

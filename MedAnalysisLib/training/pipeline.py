@@ -101,6 +101,18 @@ def _class_index(target: Any, n_classes: int, case_id: str) -> int:
     return int(float(target))
 
 
+def monitor_setting(monitor: str) -> tuple[str, str]:
+    """``(metric, mode)`` for a monitored metric name: ``"min"`` for losses, ``"max"`` for the rest.
+
+    Raises:
+        InputError: A name that is not a validation metric (``val_...``).
+    """
+    if not monitor.startswith("val_"):
+        raise InputError(f"expected a validation metric to monitor (a name starting with 'val_', such as val_loss "
+                         f"or val_auc), got {monitor!r}")
+    return monitor, "min" if monitor.endswith("loss") else "max"
+
+
 def augment_settings(augment: bool | Mapping[str, Any] | AugmentConfig) -> AugmentConfig | None:
     """The augmentation a training run uses: None (off), the defaults, or the defaults with some fields changed.
 
@@ -171,6 +183,7 @@ def train(
     patience: int | None = None,
     loss: str | None = None,
     augment: bool | Mapping[str, Any] | AugmentConfig = True,
+    monitor: str | None = None,
     workers: int = 2,
     mixed_precision: str = "auto",
     strategy: str = "auto",
@@ -206,6 +219,9 @@ def train(
             :class:`~MedAnalysisLib.preprocessing.augment.AugmentConfig`, False for none, or a mapping of the fields
             to change (``{"p_gamma": 0, "p_brightness": 0}`` keeps CT intensities quantitative) or a whole config.
         workers: Threads for case preparation and batch loading.
+        monitor: Validation metric that chooses the epoch whose weights are kept, e.g. ``"val_loss"`` (lowest
+            wins for names ending in ``loss``, highest otherwise; default: mean Dice for segmentation, AUC for
+            binary classification, accuracy otherwise). A name the run does not log falls back to ``val_loss``.
         mixed_precision, strategy: See :func:`MedAnalysisLib.training.device.setup_devices`.
         tensorboard_dir: Also write TensorBoard logs there.
         name: Model name for the bundle.
@@ -217,6 +233,7 @@ def train(
     from MedAnalysisLib.data.datasets import Dataset, kfold_splits, load_dataset, split_cases
     from MedAnalysisLib.models import MODEL_FAMILIES, family_task
     augment_config = augment_settings(augment)
+    monitored = monitor_setting(monitor) if monitor else None
     from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
 
     reporter = reporter or Reporter("none")
@@ -400,8 +417,8 @@ def train(
         # Sequence models on label maps: the scan target ("any slice positive") is one class for nearly every scan,
         # so its validation AUC says nothing (Keras reports 0). Choose epochs on the per-slice validation loss: the
         # per-slice AUC saturates within an epoch or two, long before the probabilities are calibrated.
-        monitor=("val_slices_loss", "min") if family == "cnn_rnn" and binary and dataset.task == "segmentation"
-        else None,
+        monitor=monitored or (("val_slices_loss", "min")
+                              if family == "cnn_rnn" and binary and dataset.task == "segmentation" else None),
         provenance={
             "data": Path(str(dataset.root)).name if dataset.root else "dataset",
             "n_train": len(train_cases),
