@@ -588,6 +588,55 @@ def save_bundle(
     return path
 
 
+def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.PathLike[str],
+                                 **changes: Any) -> Path:
+    """Write a copy of a bundle whose inference defaults (``overlap``, ``tta``, ``postprocess``) are changed.
+
+    The weights are verified and copied byte for byte (same sha256), with the sidecars such as the training log;
+    ``training.inference_defaults_changed`` records what changed (old, new). The source is never modified: ``out`` must be another path. Use it to store settings chosen on
+    validation cases after training, so that ``medanalysis predict`` with the new bundle reproduces them.
+
+    Raises:
+        BundleError: ``out`` is the source, an unknown setting, or an invalid value.
+    """
+    source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise BundleError(f"expected an output other than the source bundle {source.name!r} (bundles are never "
+                          "changed in place)")
+    unknown = sorted(set(changes) - set(_INFERENCE_DEFAULTS))
+    if unknown:
+        raise BundleError(f"expected inference settings among {sorted(_INFERENCE_DEFAULTS)}, got {unknown}")
+    loaded = load_bundle(source)
+    try:
+        config = loaded.config
+        inference = {**config.inference, **{k: v for k, v in changes.items() if v is not None}}
+        training = dict(config.training)
+        training["inference_defaults_changed"] = {k: [config.inference.get(k), inference[k]] for k in changes
+                                                  if changes[k] is not None and config.inference.get(k) != inference[k]}
+        new_config = config.replace(inference=inference, training=training)  # validates the values
+
+        def write_folder(folder: Path) -> None:  # the verified files, byte for byte, and the new bundle.json
+            for item in loaded.directory.iterdir():
+                if item.is_file() and not item.is_symlink() and item.name != CONFIG_FILE:
+                    shutil.copyfile(item, folder / item.name)
+            write_text_atomic(folder / CONFIG_FILE, new_config.to_json())
+
+        if out.suffix.lower() == ".zip":
+            from MedAnalysisLib import safe_archive
+
+            with tempfile.TemporaryDirectory(prefix="medanalysis-bundle-") as scratch:
+                folder = Path(scratch) / "bundle"
+                folder.mkdir()
+                write_folder(folder)
+                safe_archive.zip_directory(folder, out)
+        else:
+            with atomic_directory(out) as temporary:
+                write_folder(temporary)
+    finally:
+        loaded.cleanup()
+    return out
+
+
 def bundle_summary(config: BundleConfig) -> str:
     """A plain-text model card (used by ``medanalysis info``)."""
     plan = config.plan

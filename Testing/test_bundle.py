@@ -21,6 +21,7 @@ from helpers_models import tiny_plan
 from MedAnalysisLib.bundle import (
     BundleConfig,
     LabelInfo,
+    copy_with_inference_defaults,
     default_labels,
     load_bundle,
     read_bundle_config,
@@ -242,3 +243,36 @@ def test_info_command_prints_a_model_card(saved: tuple) -> None:
     assert json.loads(buffer.getvalue())["weights"]["sha256"] == read_bundle_config(saved[0]).weights["sha256"]
     with redirect_stdout(io.StringIO()):
         assert main(["info", str(saved[0] / "model.weights.h5"), "--progress", "none"]) == 2
+
+
+def test_configure_writes_a_copy_with_new_inference_defaults_and_the_same_weights(saved: tuple,
+                                                                                 tmp_path: Path) -> None:
+    """``medanalysis configure``: settings chosen after training (on validation cases) go into a copy of the
+    bundle, weights byte for byte, sidecars kept, the change recorded; the source is untouched and bad values or
+    an in-place target are refused."""
+    from MedAnalysisLib.cli import main
+
+    folder, archive, _, x, expected = saved
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "configured.zip"
+    with redirect_stdout(io.StringIO()):
+        assert main(["configure", str(folder), "--out", str(out), "--tta", "on", "--postprocess", "largest-component",
+                     "--progress", "none"]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    loaded = load_bundle(out)
+    assert loaded.config.inference == {"overlap": 0.5, "tta": True, "postprocess": "largest_component"}
+    assert loaded.weights_sha256 == read_bundle_config(folder).weights["sha256"]
+    assert (loaded.directory / "training_log.csv").read_bytes() == before["training_log.csv"]
+    assert loaded.config.training["inference_defaults_changed"] == {
+        "tta": [False, True], "postprocess": ["none", "largest_component"]}
+    np.testing.assert_array_equal(loaded.model(x, training=False).numpy(), expected)
+    loaded.cleanup()
+    with pytest.raises(BundleError, match="never changed in place"):
+        copy_with_inference_defaults(folder, folder, tta=True)
+    with pytest.raises(BundleError, match=r"expected inference.overlap in \[0, 1\), got 1.5"):
+        copy_with_inference_defaults(archive, tmp_path / "bad", overlap=1.5)
+    with pytest.raises(BundleError, match="expected inference settings among"):
+        copy_with_inference_defaults(archive, tmp_path / "bad", threshold=0.3)
+    assert not (tmp_path / "bad").exists()
+    with redirect_stdout(io.StringIO()):
+        assert main(["configure", str(folder), "--out", str(tmp_path / "none"), "--progress", "none"]) == 2
