@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -576,6 +576,13 @@ def save_bundle(
                 shutil.copyfile(content, folder / name)
         write_text_atomic(folder / CONFIG_FILE, final.to_json())
 
+    return _write_bundle_files(path, write_folder)
+
+
+def _write_bundle_files(path: Path, write_folder: Callable[[Path], None]) -> Path:
+    """Let ``write_folder`` fill a scratch folder, then publish it atomically as ``path`` (a folder or a .zip)."""
+    from MedAnalysisLib import safe_archive
+
     if path.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory(prefix="medanalysis-bundle-") as scratch:
             folder = Path(scratch) / "bundle"
@@ -621,20 +628,9 @@ def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.P
                     shutil.copyfile(item, folder / item.name)
             write_text_atomic(folder / CONFIG_FILE, new_config.to_json())
 
-        if out.suffix.lower() == ".zip":
-            from MedAnalysisLib import safe_archive
-
-            with tempfile.TemporaryDirectory(prefix="medanalysis-bundle-") as scratch:
-                folder = Path(scratch) / "bundle"
-                folder.mkdir()
-                write_folder(folder)
-                safe_archive.zip_directory(folder, out)
-        else:
-            with atomic_directory(out) as temporary:
-                write_folder(temporary)
+        return _write_bundle_files(out, write_folder)
     finally:
         loaded.cleanup()
-    return out
 
 
 def bundle_summary(config: BundleConfig) -> str:
