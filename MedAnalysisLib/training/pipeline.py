@@ -232,9 +232,10 @@ def train(
     """
     from MedAnalysisLib.data.datasets import Dataset, kfold_splits, load_dataset, split_cases
     from MedAnalysisLib.models import MODEL_FAMILIES, family_task
+    from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
+
     augment_config = augment_settings(augment)
     monitored = monitor_setting(monitor) if monitor else None
-    from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
 
     reporter = reporter or Reporter("none")
     if family not in MODEL_FAMILIES:
