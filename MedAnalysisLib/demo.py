@@ -234,7 +234,7 @@ def run_demo(
     from MedAnalysisLib.evaluation.metrics import roc_auc
     from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
     from MedAnalysisLib.inference.predict import predict
-    from MedAnalysisLib.inference.writers import write_prediction, write_table
+    from MedAnalysisLib.inference.writers import write_prediction
     from MedAnalysisLib.io import load_volume
     from MedAnalysisLib.io.files import read_volume
     from MedAnalysisLib.phantom import phantom_targets, write_phantom_dataset, write_phantom_dicom
@@ -377,8 +377,7 @@ def run_demo(
         )
         files["scan probabilities"] = str(out / "prediction" / written["table_csv"])
         slice_rows = scan_prediction.per_slice or []
-        slice_table, _ = write_table(slice_rows, out / "prediction" / f"{case.case_id}_lesion_slices.csv")
-        files["slice probabilities"] = str(slice_table)
+        files["slice probabilities"] = str(out / "prediction" / written["slices_csv"])  # written with the prediction
         positive = classifier.labels[-1].name
         slice_probabilities = [float(row[f"p_{positive}"]) for row in slice_rows]
         scan_probability = float(scan_prediction.scan["probabilities"][positive]) if scan_prediction.scan else None
