@@ -45,19 +45,6 @@ class EvaluationOptions:
     threshold: float = 0.5
 
 
-def _effective_inference(config: Any, options: EvaluationOptions) -> dict[str, Any]:
-    """The inference settings the evaluation used: the options given, else the bundle's defaults."""
-    from MedAnalysisLib.inference.postprocess import normalise_steps
-
-    defaults = dict(getattr(config, "inference", None) or {})
-    return {
-        "overlap": options.overlap if options.overlap is not None else defaults.get("overlap"),
-        "tta": options.tta if options.tta is not None else bool(defaults.get("tta", False)),
-        "postprocess": list(normalise_steps(options.postprocess if options.postprocess is not None
-                                            else defaults.get("postprocess"))),
-    }
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -127,6 +114,7 @@ def evaluate_bundle(
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     panels: list[figures.MontageCase] = []
+    inference: dict[str, Any] = {}  # the settings predict() resolved (options, else the bundle's defaults)
     for number, entry in enumerate(chosen):
         if stop_flag is not None and stop_flag.is_set():
             raise CancelledError(f"evaluation stopped after {number} of {len(chosen)} case(s)")
@@ -134,7 +122,7 @@ def evaluate_bundle(
             reporter.progress("evaluate", number, len(chosen), entry.case_id)
         case = by_id[entry.case_id]
         try:
-            row, panel = _evaluate_case(loaded, case, options)
+            row, panel, inference = _evaluate_case(loaded, case, options)
         except CancelledError:
             raise
         except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
@@ -157,7 +145,7 @@ def evaluate_bundle(
         "cases": len(rows),
         "failed": failed,
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "level": 0.95},
-        "inference": _effective_inference(config, options),
+        "inference": inference,
     }
     files = {"per_case": "per_case.csv", "summary": "summary.json"}
     if task == "segmentation":
@@ -187,7 +175,8 @@ def evaluate_bundle(
                    "failed": len(failed)})
 
 
-def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[dict[str, Any], Any]:
+def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """One case's metrics row, its montage panel (or None) and the inference settings predict() used."""
     from MedAnalysisLib.inference.predict import predict
     from MedAnalysisLib.io import load_volume
     from MedAnalysisLib.volume import require_same_geometry
@@ -198,6 +187,7 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
                for p in case.images]
     prediction = predict(loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
                          batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb)
+    used = {key: prediction.details[key] for key in ("overlap", "tta", "postprocess")}
     if config.task == "segmentation":
         truth = load_volume(case.label, kind="label")
         require_same_geometry(volumes[0], truth, what="label map")
@@ -209,7 +199,7 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
         score = float(np.mean(dice_values)) if dice_values else float("nan")
         panel = figures.pick_slice(volumes[0].array, truth.array, prediction.label.array, volumes[0].spacing,
                                    case.case_id, score) if options.figures else None
-        return row, panel
+        return row, panel, used
     names = config.label_names()
     values = sorted(names)
     if prediction.scan is not None:
@@ -228,7 +218,7 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
         row["predicted"] = int(values[1] if probabilities[1] >= options.threshold else values[0])
     else:
         row["predicted"] = int(values[int(np.argmax(probabilities))])
-    return row, None
+    return row, None, used
 
 
 def _classification_summary(rows: list[dict[str, Any]], config: Any, options: EvaluationOptions, out: Path,
