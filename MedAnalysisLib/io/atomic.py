@@ -14,15 +14,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    ``os.umask`` can only read the mask by setting it, and a file another thread creates in between would get the
+    temporary mask; Linux reports the mask in ``/proc/self/status``, so that is read first.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _default_mode(directory: bool) -> int:
     """The permissions a plain ``open()``/``mkdir()`` would give under the current umask.
 
     ``tempfile`` creates private (0600/0700) entries; outputs are meant to be as readable as any other file the
     user writes, so the mode is set explicitly before the rename.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return (0o777 if directory else 0o666) & ~_current_umask()
 
 
 def _temporary_sibling(target: Path, directory: bool = False) -> Path:
