@@ -37,6 +37,9 @@ def _generator(rng: np.random.Generator | int | None, fallback: np.random.Genera
         return rng
     return np.random.default_rng(rng)
 
+def slice_foreground(label: np.ndarray) -> np.ndarray:
+    """``(S,)`` booleans: whether each axial slice of a ``(S, ...)`` label map holds any foreground (label > 0)."""
+    return (np.asarray(label) > 0).reshape(label.shape[0], -1).any(axis=1)
 
 
 def _slice_shape(cases: Sequence[Any], slice_shape: Sequence[int] | None) -> tuple[int, ...]:
@@ -47,6 +50,7 @@ def _slice_shape(cases: Sequence[Any], slice_shape: Sequence[int] | None) -> tup
             raise InputError(f"expected one in-plane shape across cases or a slice_shape, got {sorted(shapes)}")
         slice_shape = shapes.pop()
     return tuple(int(s) for s in slice_shape)
+
 
 class _Sampler:
     """Shared machinery: a fallback generator and threaded, seed-deterministic batch streams."""
@@ -295,7 +299,7 @@ class SliceSampler(_Sampler):
             (n, k)
             for n, c in enumerate(self.cases)
             if c.label is not None
-            for k in np.flatnonzero((c.label > 0).any(axis=(1, 2)))
+            for k in np.flatnonzero(slice_foreground(c.label))
         ]
         float_targets = target == "case" and any(isinstance(c.target, float) and not float(c.target).is_integer() for c in self.cases)
         self._target_dtype = np.float32 if float_targets else np.int32
@@ -392,9 +396,9 @@ class SequenceSampler(_Sampler):
         mask[:count] = True
         y_slices = np.zeros(self.max_slices, dtype=np.int32)
         if label is not None:
-            y_slices[:count] = (label > 0).any(axis=(1, 2))
+            y_slices[:count] = slice_foreground(label)
         elif case.label is not None:
-            y_slices[:count] = (case.label[first : first + count] > 0).any(axis=(1, 2))
+            y_slices[:count] = slice_foreground(case.label[first : first + count])
         y_scan = float(case.target) if case.target is not None else float(y_slices.any())
         return x, mask, y_slices, y_scan
 

@@ -250,10 +250,10 @@ def train(
         if family == "slice_cnn" and dataset.task != task and not _slice_foreground_targets(dataset) and any(
                 c.target is not None for c in dataset.cases):
             dataset = load_dataset(source, task=task)
-    slice_foreground = family == "slice_cnn" and _slice_foreground_targets(dataset)
+    foreground_targets = family == "slice_cnn" and _slice_foreground_targets(dataset)
     if task == "segmentation" and any(c.label is None for c in dataset.cases):
         raise InputError("expected a label map for every case to train segmentation, some cases have none")
-    if task == "classification" and family != "cnn_rnn" and not slice_foreground and any(
+    if task == "classification" and family != "cnn_rnn" and not foreground_targets and any(
             c.target is None for c in dataset.cases):
         raise InputError("expected a class target for every case to train classification, some cases have none")
     if folds:
@@ -340,22 +340,21 @@ def train(
                 val_feeder = ArrayFeeder(vx, tuple(vy) if isinstance(vy, list) else vy, bs, shuffle=False)
             return train_feeder, val_feeder
         if family == "slice_cnn":
-            from MedAnalysisLib.data.samplers import SliceSampler
+            from MedAnalysisLib.data.samplers import SliceSampler, slice_foreground
 
-            if not slice_foreground:
+            if not foreground_targets:
                 for case in [*train_prepared, *val_prepared]:
                     _class_index(case.target, n_classes, case.case_id)
             sampler = SliceSampler(train_prepared, bs, slice_shape=plan.slice_shape,
-                                   target="slice_foreground" if slice_foreground else "case",
+                                   target="slice_foreground" if foreground_targets else "case",
                                    foreground_fraction=plan.foreground_fraction, augmenter=augmenter, seed=seed)
             train_feeder = SamplerFeeder(sampler.batch, steps, seed=seed,
                                          transform=lambda b: (b[0], cls_target(b[1])), workers=workers)
             val_feeder = None
             if val_prepared:
                 vx = np.concatenate([c.image for c in val_prepared]).astype(np.float32)
-                if slice_foreground:
-                    vy = np.concatenate([(c.label > 0).reshape(c.label.shape[0], -1).any(axis=1).astype(np.int32)
-                                         for c in val_prepared])
+                if foreground_targets:
+                    vy = np.concatenate([slice_foreground(c.label).astype(np.int32) for c in val_prepared])
                 else:
                     vy = np.concatenate([[int(float(c.target))] * c.image.shape[0] for c in val_prepared])
                 val_feeder = ArrayFeeder(vx, cls_target(vy), bs, shuffle=False)
