@@ -90,7 +90,7 @@ class FitSpec:
     provenance: dict[str, Any] = field(default_factory=dict)
     inference_defaults: dict[str, Any] | None = None
     #: Validation metric name and ``"max"``/``"min"`` for best-epoch selection and early stopping, overriding the
-    #: task's default (e.g. ``("val_slices_auc", "max")`` when a sequence model's scan targets are all one class).
+    #: task's default (e.g. ``("val_slices_loss", "min")`` when a sequence model's scan targets are all one class).
     monitor: tuple[str, str] | None = None
 
 
