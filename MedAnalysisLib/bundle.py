@@ -358,15 +358,19 @@ def _zip_root(members: list[str]) -> str:
 def read_bundle_config(path: str | os.PathLike[str]) -> BundleConfig:
     """Read and validate ``bundle.json`` from a bundle folder, the json file itself, or a .zip bundle.
 
-    Does not import TensorFlow or Keras and does not check the weights (that happens in :func:`load_bundle`).
+    Does not import TensorFlow or Keras and does not check the weights (that happens in :func:`load_bundle`). For
+    an ensemble it returns the ensemble's model card (:func:`MedAnalysisLib.ensemble.read_ensemble_config`).
 
     Raises:
         BundleError: Not a bundle, unsafe archive, invalid JSON, unknown keys, wrong schema version or types.
     """
     from MedAnalysisLib import safe_archive
+    from MedAnalysisLib.ensemble import is_ensemble, read_ensemble_config
 
     path = Path(path)
     _expect(path.exists(), f"expected a bundle folder or .zip at {path}, found nothing")
+    if is_ensemble(path):
+        return read_ensemble_config(path)
     _refuse_foreign_formats(path)
     if path.is_dir():
         data = _config_bytes_from_folder(path)
@@ -479,19 +483,24 @@ def _check_hdf5_weights(weights: Path, model: keras.Model) -> None:
 def load_bundle(path: str | os.PathLike[str]) -> LoadedBundle:
     """Load a bundle folder or .zip: validate ``bundle.json``, check the weights' sha256, build and load the model.
 
-    The model is returned uncompiled, ready for ``predict`` or ``__call__``.
+    The model is returned uncompiled, ready for ``predict`` or ``__call__``. An ensemble path (see
+    :mod:`MedAnalysisLib.ensemble`) gives a :class:`~MedAnalysisLib.ensemble.LoadedEnsemble`, whose members are
+    each loaded this way.
 
     Args:
-        path: Bundle folder, its ``bundle.json``, or a .zip of the folder.
+        path: Bundle folder, its ``bundle.json``, or a .zip of the folder (or an ensemble folder or .zip).
 
     Raises:
         BundleError: Any check fails (see :func:`read_bundle_config`), the weights hash differs, or the weights do
             not fit the architecture the config describes. Nothing from the bundle was executed.
     """
     from MedAnalysisLib import safe_archive
+    from MedAnalysisLib.ensemble import is_ensemble, load_ensemble
     from MedAnalysisLib.models import build_model
 
     path = Path(path)
+    if is_ensemble(path):
+        return load_ensemble(path)
     config = read_bundle_config(path)
     temporary: Path | None = None
     if path.is_dir():
@@ -615,6 +624,10 @@ def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.P
         raise BundleError(f"expected inference settings among {sorted(_INFERENCE_DEFAULTS)}, got {unknown}")
     loaded = load_bundle(source)
     try:
+        from MedAnalysisLib.ensemble import LoadedEnsemble, copy_ensemble_with_inference_defaults
+
+        if isinstance(loaded, LoadedEnsemble):
+            return copy_ensemble_with_inference_defaults(loaded, out, changes)
         config = loaded.config
         inference = {**config.inference, **{k: v for k, v in changes.items() if v is not None}}
         training = dict(config.training)
@@ -669,7 +682,15 @@ def bundle_summary(config: BundleConfig) -> str:
         lines.append("Versions:     " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines.append(f"Inference:    overlap {config.inference['overlap']}, tta {config.inference['tta']}, "
                  f"postprocess {config.inference['postprocess']}")
-    lines.append(f"Weights:      {config.weights['file']} sha256 {config.weights['sha256']}")
+    ensemble = training.get("ensemble")
+    if isinstance(ensemble, dict):
+        members = ensemble.get("members", [])
+        lines.append(f"Ensemble:     {len(members)} members, probabilities combined by {ensemble.get('combine')}")
+        for number, member in enumerate(members):
+            lines.append(f"  member-{number}:   {member.get('name')} ({member.get('family')}) weights sha256 "
+                         f"{member.get('weights_sha256')}")
+    else:
+        lines.append(f"Weights:      {config.weights['file']} sha256 {config.weights['sha256']}")
     if config.description:
         lines.append(f"Description:  {config.description}")
     return "\n".join(lines)

@@ -73,6 +73,24 @@ def test_labelmap_output_with_probabilities_and_reuse_of_the_chosen_node(scene, 
     assert scene.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == count
 
 
+def test_an_ensemble_bundle_segments_like_its_members(scene, bundles, tmp_path):
+    from MedAnalysisLib.ensemble import make_ensemble
+
+    segmentation_bundle, _ = bundles
+    ensemble = make_ensemble([segmentation_bundle, segmentation_bundle], tmp_path / "organ-ensemble",
+                             name="organ ensemble")
+    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    card = logic.readModelCard(str(ensemble))
+    assert card.name == "organ ensemble" and "organ ensemble" in logic.modelCardHtml(card)
+    assert [label.name for label in logic.displayedLabels(card)] == ["liver", "tumor"]
+    volume = Volume(np.random.default_rng(2).normal(0, 50, (10, 16, 18)).astype(np.float32), spacing=(1.2, 0.9, 3.0))
+    node = adapter.scalar_volume_node_from_volume(scene.scene, volume, "CT")
+    single = adapter.volume_from_node(logic.segment(node, str(segmentation_bundle), outputType="labelmap")).array
+    combined = logic.segment(node, str(ensemble), outputType="labelmap")
+    np.testing.assert_array_equal(adapter.volume_from_node(combined).array, single)
+    np.testing.assert_array_equal(adapter.ijk_to_ras_array(combined), adapter.ijk_to_ras_array(node))
+
+
 def test_wrong_task_and_missing_input_are_refused(scene, bundles):
     segmentation_bundle, classification_bundle = bundles
     logic = MedAnalysis.MedAnalysisLogic(scene.scene)

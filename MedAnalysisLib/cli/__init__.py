@@ -21,7 +21,8 @@ from MedAnalysisLib.errors import CancelledError, MedAnalysisError
 from MedAnalysisLib.progress import Reporter
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("dicom", "convert", "plan", "train", "info", "configure", "predict", "evaluate", "demo")
+COMMAND_MODULES = ("dicom", "convert", "plan", "train", "info", "configure", "ensemble", "predict", "evaluate",
+                   "demo")
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 

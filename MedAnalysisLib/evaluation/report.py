@@ -187,7 +187,8 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
                for p in case.images]
     prediction = predict(loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
                          batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb)
-    used = {key: prediction.details[key] for key in ("overlap", "tta", "postprocess")}
+    used = {key: prediction.details[key] for key in ("overlap", "tta", "postprocess", "ensemble")
+            if key in prediction.details}
     if config.task == "segmentation":
         truth = load_volume(case.label, kind="label")
         require_same_geometry(volumes[0], truth, what="label map")

@@ -209,7 +209,8 @@ def predict(
     """Run ``bundle`` on one case.
 
     Args:
-        bundle: A :class:`~MedAnalysisLib.bundle.LoadedBundle` or a bundle path (folder or .zip).
+        bundle: A :class:`~MedAnalysisLib.bundle.LoadedBundle` or a bundle path (folder or .zip); an ensemble
+            (:mod:`MedAnalysisLib.ensemble`) runs every member and averages their probabilities.
         images: One Volume per input channel (or one multi-component Volume), any geometry.
         overlap: Sliding-window overlap in [0, 1) (default: the bundle's).
         tta: Test-time augmentation by flips (default: the bundle's).
@@ -230,12 +231,17 @@ def predict(
         InputError: Wrong channel count, non-Volume input, a 2D image for a 3D model (ImageValidationError), NaN/Inf.
         BundleError: The bundle fails its checks.
     """
+    from MedAnalysisLib.ensemble import LoadedEnsemble
     from MedAnalysisLib.inference.postprocess import normalise_steps, postprocess_labels
     from MedAnalysisLib.inference.sliding_window import make_grid, sliding_window_predict
     from MedAnalysisLib.preprocessing.transforms import apply_plan, invert_plan, prepare_slices
 
     started = time.perf_counter()
     loaded = _load(bundle)
+    if isinstance(loaded, LoadedEnsemble):
+        return _predict_ensemble(loaded, images, overlap=overlap, tta=tta, postprocess=postprocess,
+                                 batch_size=batch_size, precision=precision, memory_budget_mb=memory_budget_mb,
+                                 return_probabilities=return_probabilities, reporter=reporter, stop_flag=stop_flag)
     config = loaded.config
     plan = config.plan
     family = config.family
@@ -338,6 +344,12 @@ def predict(
                       loaded.weights_sha256, details, source)
 
 
+def _scan_result(probs: np.ndarray, class_names: Sequence[str], values: np.ndarray) -> dict[str, Any]:
+    best = int(np.argmax(probs))
+    return {"predicted": class_names[best], "value": int(values[best]),
+            "probabilities": {name: float(p) for name, p in zip(class_names, probs, strict=True)}}
+
+
 def _classify(
     loaded: Any, volumes: list[Volume], plan: Any, family: str, values: np.ndarray, names: dict[int, str],
     n_classes: int, batch_size: int | None, precision: str, tta: bool, details: dict[str, Any],
@@ -351,9 +363,7 @@ def _classify(
     scan: dict[str, Any] | None = None
 
     def scan_result(probs: np.ndarray) -> dict[str, Any]:
-        best = int(np.argmax(probs))
-        return {"predicted": class_names[best], "value": int(values[best]),
-                "probabilities": {name: float(p) for name, p in zip(class_names, probs, strict=True)}}
+        return _scan_result(probs, class_names, values)
 
     t0 = time.perf_counter()
     if family in SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS:
@@ -427,3 +437,103 @@ def _classify(
     timings["total"] = time.perf_counter() - started
     return Prediction(config.task, None, None, table, per_slice, scan, timings, config.name, loaded.weights_sha256,
                       details, source)
+
+
+def _predict_ensemble(
+    ensemble: Any, images: Volume | Sequence[Volume], *, overlap: float | None, tta: bool | None,
+    postprocess: str | Sequence[str] | None, batch_size: int | None, precision: str, memory_budget_mb: float | None,
+    return_probabilities: bool, reporter: Any, stop_flag: Any,
+) -> Prediction:
+    """Run every member of an ensemble with the ensemble's settings and average their probabilities on the input grid.
+
+    Segmentation: the members' probability maps (each member's own plan inverted) are averaged, then the arg-max and
+    the post-processing run once on the mean. Classification: per-slice and whole-scan probabilities are averaged.
+    """
+    from MedAnalysisLib.errors import BundleError
+    from MedAnalysisLib.inference.postprocess import normalise_steps, postprocess_labels
+
+    started = time.perf_counter()
+    config = ensemble.config
+    defaults = config.inference
+    overlap = float(defaults["overlap"] if overlap is None else overlap)
+    tta = bool(defaults["tta"] if tta is None else tta)
+    steps = normalise_steps(defaults["postprocess"] if postprocess is None else postprocess)
+    values = _class_values(config)
+    names = config.label_names()
+    class_names = [names.get(int(v), str(int(v))) for v in values]
+    segmentation = config.task == "segmentation"
+    results: list[Prediction] = []
+    for number, member in enumerate(ensemble.members):
+        if not np.array_equal(_class_values(member.config), values):
+            raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
+                              f"{_class_values(member.config).tolist()} in {member.config.name!r}")
+        if reporter is not None:
+            reporter.log(f"ensemble member {number + 1}/{len(ensemble.members)}: {member.config.name}")
+        try:
+            results.append(predict(member, images, overlap=overlap, tta=tta, postprocess="none", batch_size=batch_size,
+                                   precision=precision, memory_budget_mb=memory_budget_mb,
+                                   return_probabilities=segmentation, reporter=reporter, stop_flag=stop_flag))
+        except MemoryBudgetError as error:
+            raise MemoryBudgetError(f"an ensemble averages probability maps, which do not fit the memory budget: "
+                                    f"{error}") from error
+    timings: dict[str, float] = {}
+    for result in results:
+        for stage, seconds in result.timings.items():
+            if stage != "total":
+                timings[stage] = timings.get(stage, 0.0) + seconds
+    details: dict[str, Any] = {
+        "family": config.family, "overlap": overlap, "tta": tta, "postprocess": list(steps),
+        "precision": results[0].details.get("precision"), "output": "probabilities",
+        "ensemble": {"members": len(results), "combine": "mean",
+                     "member_weights_sha256": [r.bundle_sha256 for r in results]},
+    }
+    t0 = time.perf_counter()
+    label: Volume | None = None
+    probabilities: Volume | None = None
+    per_slice: list[dict[str, Any]] | None = None
+    scan: dict[str, Any] | None = None
+    if segmentation:
+        total = np.array(results[0].probabilities.array, dtype=np.float32)  # type: ignore[union-attr]
+        for result in results[1:]:
+            total += result.probabilities.array  # type: ignore[union-attr]
+        total /= len(results)
+        base = results[0].probabilities
+        assert base is not None
+        label_array = values[np.argmax(total, axis=-1)].astype(_label_dtype(values))
+        label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
+        volume = base.with_array(label_array)
+        label = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
+                       metadata={"bundle": config.name, "kind": "label"})
+        if return_probabilities:
+            probabilities = base.with_array(total)
+        table = label_volume_table(label, names)
+    else:
+        first = results[0]
+        if first.per_slice is not None:
+            slices = [[row["slice"] for row in (r.per_slice or [])] for r in results]
+            if any(s != slices[0] for s in slices[1:]):
+                raise BundleError("expected every ensemble member to classify the same slices, got "
+                                  f"{[len(s) for s in slices]} slices; the members' plans resample the slice axis "
+                                  "differently")
+            per_slice = []
+            for index, row in enumerate(first.per_slice):
+                probs = np.mean([[r.per_slice[index][f"p_{n}"] for n in class_names] for r in results  # type: ignore[index]
+                                 ], axis=0)
+                merged = {"slice": row["slice"], "position_lps": row["position_lps"]}
+                merged.update({f"p_{n}": float(p) for n, p in zip(class_names, probs, strict=True)})
+                merged["predicted"] = class_names[int(np.argmax(probs))]
+                per_slice.append(merged)
+        if first.scan is not None:
+            probs = np.mean([[r.scan["probabilities"][n] for n in class_names] for r in results], axis=0)  # type: ignore[index]
+            scan = _scan_result(probs, class_names, values)
+        if scan is not None:
+            table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]}
+                     for v, n in zip(values, class_names, strict=True)]
+        else:
+            table = per_slice or []
+        if per_slice is not None:
+            details["slices"] = len(per_slice)
+    timings["combine"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    return Prediction(config.task, label, probabilities, table, per_slice, scan, timings, config.name,
+                      ensemble.weights_sha256, details, dict(results[0].source))
