@@ -170,6 +170,16 @@ class _Runner:
         return cls._cache[key][1]
 
 
+def _settings(config: Any, overlap: float | None, tta: bool | None,
+              postprocess: str | Sequence[str] | None) -> tuple[float, bool, tuple[str, ...]]:
+    """Overlap, TTA and post-processing steps: the caller's where given, else the bundle's inference defaults."""
+    from MedAnalysisLib.inference.postprocess import normalise_steps
+
+    defaults = config.inference
+    return (float(defaults["overlap"] if overlap is None else overlap), bool(defaults["tta"] if tta is None else tta),
+            normalise_steps(defaults["postprocess"] if postprocess is None else postprocess))
+
+
 def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool) -> np.ndarray:
     """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta``."""
     flips: list[tuple[int, ...]] = [()] + ([(1,), (2,), (1, 2)] if tta else [])
@@ -232,7 +242,7 @@ def predict(
         BundleError: The bundle fails its checks.
     """
     from MedAnalysisLib.ensemble import LoadedEnsemble
-    from MedAnalysisLib.inference.postprocess import normalise_steps, postprocess_labels
+    from MedAnalysisLib.inference.postprocess import postprocess_labels
     from MedAnalysisLib.inference.sliding_window import make_grid, sliding_window_predict
     from MedAnalysisLib.preprocessing.transforms import apply_plan, invert_plan, prepare_slices
 
@@ -247,10 +257,7 @@ def predict(
     family = config.family
     volumes = _as_volumes(images)
     _validate(volumes, family, plan)
-    defaults = config.inference
-    overlap = float(defaults["overlap"] if overlap is None else overlap)
-    tta = bool(defaults["tta"] if tta is None else tta)
-    steps = normalise_steps(defaults["postprocess"] if postprocess is None else postprocess)
+    overlap, tta, steps = _settings(config, overlap, tta, postprocess)
     values = _class_values(config)
     names = config.label_names()
     n_classes = config.n_classes
@@ -450,14 +457,11 @@ def _predict_ensemble(
     the post-processing run once on the mean. Classification: per-slice and whole-scan probabilities are averaged.
     """
     from MedAnalysisLib.errors import BundleError
-    from MedAnalysisLib.inference.postprocess import normalise_steps, postprocess_labels
+    from MedAnalysisLib.inference.postprocess import postprocess_labels
 
     started = time.perf_counter()
     config = ensemble.config
-    defaults = config.inference
-    overlap = float(defaults["overlap"] if overlap is None else overlap)
-    tta = bool(defaults["tta"] if tta is None else tta)
-    steps = normalise_steps(defaults["postprocess"] if postprocess is None else postprocess)
+    overlap, tta, steps = _settings(config, overlap, tta, postprocess)
     values = _class_values(config)
     names = config.label_names()
     class_names = [names.get(int(v), str(int(v))) for v in values]
