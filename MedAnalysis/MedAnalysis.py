@@ -563,7 +563,8 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ model card
     @staticmethod
     def readModelCard(bundlePath: str):
-        """The bundle's validated :class:`BundleConfig` (reads bundle.json only; TensorFlow is not imported)."""
+        """The bundle's validated :class:`BundleConfig` from bundle.json only (for an ensemble, its model card from
+        ensemble.json and the members' bundle.json); TensorFlow is not imported."""
         from MedAnalysisLib.bundle import read_bundle_config
 
         if not bundlePath:
@@ -654,7 +655,7 @@ class MedAnalysisLogic(ScriptedLoadableModuleLogic):
 
         Args:
             volumeNodes: The input scalar volume node, or one per model channel. Never modified.
-            bundlePath: Model bundle folder or .zip.
+            bundlePath: Model bundle or ensemble (folder or .zip).
             outputType: "segmentation" (segments with names, colors, terminology) or "labelmap".
             outputNode: Existing node to overwrite; ``None`` creates a new one (earlier results are kept).
             tableNode: Existing table node for per-label volumes (mm3, mL, voxels); ``None`` creates one.
