@@ -115,3 +115,54 @@ def test_kfold_covers_every_case_once_and_keeps_groups():
     assert kfold_splits(cases, 5, seed=3) == folds
     with pytest.raises(InputError):
         kfold_splits(cases, 8)
+
+
+def skewed_patients(seed: int = 0) -> list[Case]:
+    """44 patients, 83 cases as in the CT contrast set: patients with several slices are mostly of one class."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for patient in range(44):
+        n = 1 if patient < 20 else int(rng.integers(1, 4))
+        target = int(patient % 2) if patient < 20 else int(rng.random() < 0.7)
+        cases += [Case(f"p{patient}s{s}", (f"p{patient}s{s}.dcm",), target=target, group=f"p{patient}")
+                  for s in range(n)]
+    return cases
+
+
+def test_classification_splits_keep_the_class_proportions_in_every_validation_side():
+    cases = skewed_patients()
+    share = np.mean([c.target for c in cases])
+    for seed in range(20):
+        train, val = split_cases(cases, 0.2, seed=seed)
+        assert not {c.group for c in train} & {c.group for c in val}
+        assert abs(len(val) - 0.2 * len(cases)) <= 3
+        assert abs(np.mean([c.target for c in val]) - share) < 0.15, seed
+        assert {c.target for c in val} == {0, 1}
+    for seed in range(5):
+        folds = kfold_splits(cases, 5, seed=seed)
+        assert sorted(c.case_id for _, val in folds for c in val) == sorted(c.case_id for c in cases)
+        for train, val in folds:
+            assert not {c.group for c in train} & {c.group for c in val}
+            assert abs(np.mean([c.target for c in val]) - share) < 0.2
+            assert 0.6 * len(cases) / 5 <= len(val) <= 1.4 * len(cases) / 5
+
+
+def test_unstratified_grouped_split_can_give_a_one_class_validation_side():
+    """Why splits are stratified: with targets hidden, some seeds put (nearly) one class in validation."""
+    cases = skewed_patients()
+    hidden = [Case(c.case_id, c.images, group=c.group) for c in cases]
+    targets = {c.case_id: c.target for c in cases}
+    shares = []
+    for seed in range(20):
+        _, val = split_cases(hidden, 0.2, seed=seed)
+        shares.append(np.mean([targets[c.case_id] for c in val]))
+    stratified = [np.mean([c.target for c in split_cases(cases, 0.2, seed=seed)[1]]) for seed in range(20)]
+    assert np.ptp(shares) > 2 * np.ptp(stratified)
+
+
+def test_regression_like_or_missing_targets_fall_back_to_the_grouped_split():
+    floats = [Case(f"c{n}", (f"{n}.nii",), target=n * 0.37, group=f"g{n // 2}") for n in range(20)]
+    train, val = split_cases(floats, 0.2, seed=0)
+    assert len(val) == 4 and len(train) == 16
+    one_class = [Case(f"c{n}", (f"{n}.nii",), target=1) for n in range(10)]
+    assert len(split_cases(one_class, 0.3, seed=0)[1]) == 3

@@ -338,8 +338,35 @@ def _groups(cases: Sequence[Case]) -> dict[str, list[int]]:
     return groups
 
 
+#: Most distinct targets for which splits are stratified by class (more looks like a regression target).
+MAX_STRATA = 20
+
+
+def _class_counts(cases: Sequence[Case], groups: dict[str, list[int]], keys: list[str]) -> np.ndarray | None:
+    """Per group (rows, in ``keys`` order) the number of cases of each target class, or None when the cases have no
+    class targets (segmentation) and splits are not stratified."""
+    targets = [case.target for case in cases]
+    if any(t is None for t in targets):
+        return None
+    classes = sorted(set(targets))  # type: ignore[type-var]
+    if not 2 <= len(classes) <= MAX_STRATA or not all(float(t).is_integer() for t in classes):  # type: ignore[arg-type]
+        return None
+    column = {c: n for n, c in enumerate(classes)}
+    counts = np.zeros((len(keys), len(classes)))
+    for row, key in enumerate(keys):
+        for index in groups[key]:
+            counts[row, column[targets[index]]] += 1
+    return counts
+
+
 def split_cases(cases: Sequence[Case], val_fraction: float, seed: int = 0) -> tuple[list[Case], list[Case]]:
     """Seeded train/validation split; cases of the same ``group`` always land on the same side.
+
+    When every case has a class target (classification), the split is also stratified: groups are taken in the seeded
+    order only while they bring the validation side's count of each class closer to ``val_fraction`` of that class, so
+    the validation cases keep the classes' proportions (a validation side of one class would make the epoch chosen on
+    it meaningless). Without targets, groups are taken in the seeded order until ``val_fraction`` of the cases is
+    reached.
 
     Args:
         cases: The cases to split.
@@ -356,11 +383,23 @@ def split_cases(cases: Sequence[Case], val_fraction: float, seed: int = 0) -> tu
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
     wanted = val_fraction * len(cases)
+    counts = _class_counts(cases, groups, keys)
     val_indices: set[int] = set()
-    for position in order:
-        if len(val_indices) >= wanted:
-            break
-        val_indices.update(groups[keys[position]])
+    if counts is not None and val_fraction > 0:
+        target = val_fraction * counts.sum(axis=0)
+        taken = np.zeros_like(target)
+        for position in order:
+            closer = np.sum((taken + counts[position] - target) ** 2) < np.sum((taken - target) ** 2)
+            if closer:
+                taken += counts[position]
+                val_indices.update(groups[keys[position]])
+    else:
+        for position in order:
+            if len(val_indices) >= wanted:
+                break
+            val_indices.update(groups[keys[position]])
+    if len(keys) >= 2 and val_fraction > 0 and not val_indices:  # every group larger than the share: take one
+        val_indices.update(groups[keys[order[0]]])
     if len(keys) >= 2 and len(val_indices) == len(cases):  # one huge group must not empty the training side
         val_indices -= set(groups[keys[order[-1]]])
     train = [c for n, c in enumerate(cases) if n not in val_indices]
@@ -372,7 +411,9 @@ def kfold_splits(cases: Sequence[Case], k: int, seed: int = 0) -> list[tuple[lis
     """Seeded k-fold cross-validation by group: every case is in exactly one validation fold.
 
     Groups are shuffled, then assigned largest-first to the fold with the fewest cases so far, so folds stay
-    balanced even with uneven groups.
+    balanced even with uneven groups. When every case has a class target, a group goes to the fold where it brings
+    the class counts of all folds closest to an equal share of each class (ties: the fold with the fewest cases), so
+    every fold keeps the classes' proportions.
 
     Returns:
         ``k`` pairs ``(train, val)``, each list in the input order.
@@ -383,10 +424,20 @@ def kfold_splits(cases: Sequence[Case], k: int, seed: int = 0) -> list[tuple[lis
     keys = sorted(groups)
     shuffled = [keys[n] for n in np.random.default_rng(seed).permutation(len(keys))]
     shuffled.sort(key=lambda key: -len(groups[key]))  # stable: equal sizes keep the seeded order
+    counts = _class_counts(cases, groups, shuffled)
+    share = counts.sum(axis=0) / k if counts is not None else None
+    fold_counts = np.zeros((k, counts.shape[1])) if counts is not None else None
     folds: list[list[int]] = [[] for _ in range(k)]
-    for key in shuffled:
-        smallest = min(range(k), key=lambda f: (len(folds[f]), f))
-        folds[smallest].extend(groups[key])
+    for row, key in enumerate(shuffled):
+        if counts is not None and fold_counts is not None:
+            # the change in squared deviation from the equal share when the group joins fold f
+            cost = [np.sum((fold_counts[f] + counts[row] - share) ** 2) - np.sum((fold_counts[f] - share) ** 2)
+                    for f in range(k)]
+            chosen = min(range(k), key=lambda f: (round(cost[f], 9), len(folds[f]), f))
+            fold_counts[chosen] += counts[row]
+        else:
+            chosen = min(range(k), key=lambda f: (len(folds[f]), f))
+        folds[chosen].extend(groups[key])
     splits = []
     for fold in folds:
         members = set(fold)

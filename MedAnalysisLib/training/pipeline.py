@@ -201,7 +201,8 @@ def train(
         epochs: Maximum number of epochs.
         plan: A preprocessing plan; by default planned from the training cases' fingerprint.
         hparams: Model hyper-parameters (``n_classes``, channels and sizes are filled in from the plan).
-        val_fraction: Share of cases (whole groups) held out for validation; ignored with ``folds``.
+        val_fraction: Share of cases (whole groups) held out for validation, stratified by class when every case has
+            a class target; ignored with ``folds`` (whose folds are stratified the same way).
         seed: Seed of the split, the initialisation, sampling and augmentation.
         reporter: Progress, metrics and logs (JSON lines for the Slicer panel).
         stop_flag: Polled at every batch; when set, the run saves its checkpoint and raises CancelledError.
@@ -423,7 +424,8 @@ def train(
             "data": Path(str(dataset.root)).name if dataset.root else "dataset",
             "n_train": len(train_cases),
             "n_val": len(val_cases),
-            "split": f"fold {fold} of {folds}" if folds else f"val_fraction {val_fraction}, by group",
+            "split": (f"fold {fold} of {folds}" if folds else f"val_fraction {val_fraction}, by group")
+            + (", stratified by class" if all(c.target is not None for c in dataset.cases) else ""),
             "val_case_ids": [c.case_id for c in val_cases],
             "augment": augment_config.to_dict() if augment_config is not None else False,
         },
