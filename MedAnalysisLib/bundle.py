@@ -336,13 +336,17 @@ def _refuse_foreign_formats(path: Path) -> None:
         )
 
 
+def _small_file_bytes(path: Path, where: str = "the bundle folder") -> bytes:
+    """A configuration file's bytes: a regular file (not a link) of at most :data:`MAX_CONFIG_BYTES`."""
+    _expect(path.is_file() and not path.is_symlink(),
+            f"expected {path.name} in {where} {path.parent.name!r}, found none")
+    size = path.stat().st_size
+    _expect(size <= MAX_CONFIG_BYTES, f"expected {path.name} of at most {MAX_CONFIG_BYTES} bytes, got {size}")
+    return path.read_bytes()
+
+
 def _config_bytes_from_folder(folder: Path) -> bytes:
-    config_path = folder / CONFIG_FILE
-    _expect(config_path.is_file() and not config_path.is_symlink(),
-            f"expected {CONFIG_FILE} in the bundle folder {folder.name!r}, found none")
-    size = config_path.stat().st_size
-    _expect(size <= MAX_CONFIG_BYTES, f"expected {CONFIG_FILE} of at most {MAX_CONFIG_BYTES} bytes, got {size}")
-    return config_path.read_bytes()
+    return _small_file_bytes(folder / CONFIG_FILE)
 
 
 def _zip_root(members: list[str]) -> str:
@@ -604,6 +608,21 @@ def _write_bundle_files(path: Path, write_folder: Callable[[Path], None]) -> Pat
     return path
 
 
+def copy_plain_files(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the regular files directly in ``source`` (no links, no sub-folders) into ``target``, byte for byte."""
+    for item in source.iterdir():
+        if item.is_file() and not item.is_symlink() and item.name not in skip:
+            shutil.copyfile(item, target / item.name)
+
+
+def _changed_defaults(old: Mapping[str, Any], changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    """The new inference defaults (``changes`` that are not None applied to ``old``) and ``{key: [old, new]}`` for the
+    ones that really changed, as ``inference_defaults_changed`` records them."""
+    inference = {**old, **{k: v for k, v in changes.items() if v is not None}}
+    return inference, {k: [old.get(k), inference[k]] for k in changes
+                       if changes[k] is not None and old.get(k) != inference[k]}
+
+
 def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.PathLike[str],
                                  **changes: Any) -> Path:
     """Write a copy of a bundle whose inference defaults (``overlap``, ``tta``, ``postprocess``) are changed.
@@ -629,16 +648,12 @@ def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.P
         if isinstance(loaded, LoadedEnsemble):
             return copy_ensemble_with_inference_defaults(loaded, out, changes)
         config = loaded.config
-        inference = {**config.inference, **{k: v for k, v in changes.items() if v is not None}}
-        training = dict(config.training)
-        training["inference_defaults_changed"] = {k: [config.inference.get(k), inference[k]] for k in changes
-                                                  if changes[k] is not None and config.inference.get(k) != inference[k]}
-        new_config = config.replace(inference=inference, training=training)  # validates the values
+        inference, changed = _changed_defaults(config.inference, changes)
+        new_config = config.replace(inference=inference, training={**config.training,
+                                                                   "inference_defaults_changed": changed})
 
         def write_folder(folder: Path) -> None:  # the verified files, byte for byte, and the new bundle.json
-            for item in loaded.directory.iterdir():
-                if item.is_file() and not item.is_symlink() and item.name != CONFIG_FILE:
-                    shutil.copyfile(item, folder / item.name)
+            copy_plain_files(loaded.directory, folder, skip=(CONFIG_FILE,))
             write_text_atomic(folder / CONFIG_FILE, new_config.to_json())
 
         return _write_bundle_files(out, write_folder)

@@ -35,15 +35,19 @@ from typing import Any
 
 from MedAnalysisLib.bundle import (
     _INFERENCE_DEFAULTS,
+    _SHA256_RE,
     CONFIG_FILE,
     MAX_CONFIG_BYTES,
     BundleConfig,
     LoadedBundle,
+    _changed_defaults,
     _check_json_safe,
     _check_keys,
     _expect,
     _reject_constant,
+    _small_file_bytes,
     _write_bundle_files,
+    copy_plain_files,
 )
 from MedAnalysisLib.errors import BundleError
 from MedAnalysisLib.io.atomic import write_text_atomic
@@ -54,7 +58,6 @@ ENSEMBLE_SCHEMA_VERSION = 1
 COMBINE_RULES = ("mean",)
 MIN_MEMBERS, MAX_MEMBERS = 2, 16
 _MEMBER_FOLDER_RE = re.compile(r"^member-[0-9]{1,2}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -214,8 +217,8 @@ def read_ensemble_config(path: str | Path) -> BundleConfig:
     if path.name == ENSEMBLE_FILE:
         path = path.parent
     if path.is_dir():
-        ensemble = EnsembleConfig.from_json(_read_small(path / ENSEMBLE_FILE))
-        members = [BundleConfig.from_json(_read_small(path / m["folder"] / CONFIG_FILE)) for m in ensemble.members]
+        ensemble = EnsembleConfig.from_json(_small_file_bytes(path / ENSEMBLE_FILE, "the ensemble folder"))
+        members = [BundleConfig.from_json(_small_file_bytes(path / m["folder"] / CONFIG_FILE, "the member folder")) for m in ensemble.members]
     else:
         try:
             root = _zip_root(safe_archive.list_members(path)) or ""
@@ -232,13 +235,6 @@ def read_ensemble_config(path: str | Path) -> BundleConfig:
                 f"{config.weights['sha256']}")
     check_members(members)
     return _card(ensemble, members, shas)
-
-
-def _read_small(path: Path) -> bytes:
-    _expect(path.is_file() and not path.is_symlink(), f"expected the file {path.parent.name}/{path.name}, found none")
-    size = path.stat().st_size
-    _expect(size <= MAX_CONFIG_BYTES, f"expected {path.name} of at most {MAX_CONFIG_BYTES} bytes, got {size}")
-    return path.read_bytes()
 
 
 def load_ensemble(path: str | Path) -> LoadedEnsemble:
@@ -262,7 +258,7 @@ def load_ensemble(path: str | Path) -> LoadedEnsemble:
             temporary = Path(tempfile.mkdtemp(prefix="medanalysis-ensemble-"))
             extracted = safe_archive.safe_extract(source, temporary / "ensemble")
             root = extracted / (_zip_root(safe_archive.list_members(source)) or "").rstrip("/")
-        ensemble = EnsembleConfig.from_json(_read_small(root / ENSEMBLE_FILE))
+        ensemble = EnsembleConfig.from_json(_small_file_bytes(root / ENSEMBLE_FILE, "the ensemble folder"))
         for entry in ensemble.members:
             folder = root / entry["folder"]
             _expect(folder.is_dir() and not folder.is_symlink(),
@@ -333,16 +329,7 @@ def make_ensemble(
         )
         _card(config, configs, [m.weights_sha256 for m in loaded])  # validates the inference values
 
-        def write_folder(folder: Path) -> None:
-            for entry, member in zip(config.members, loaded, strict=True):
-                target = folder / entry["folder"]
-                target.mkdir()
-                for item in member.directory.iterdir():
-                    if item.is_file() and not item.is_symlink():
-                        shutil.copyfile(item, target / item.name)
-            write_text_atomic(folder / ENSEMBLE_FILE, config.to_json())
-
-        return _write_bundle_files(out, write_folder)
+        return _write_ensemble(out, config, [m.directory for m in loaded])
     finally:
         for member in loaded:
             member.cleanup()
@@ -352,21 +339,20 @@ def copy_ensemble_with_inference_defaults(loaded: LoadedEnsemble, out: Path, cha
     """:func:`~MedAnalysisLib.bundle.copy_with_inference_defaults` for an ensemble: members copied byte for byte,
     the changed defaults (old, new) recorded in ``provenance["inference_defaults_changed"]``."""
     assert loaded.ensemble is not None
-    old = loaded.config.inference
-    inference = {**old, **{k: v for k, v in changes.items() if v is not None}}
-    provenance = dict(loaded.ensemble.provenance)
-    provenance["inference_defaults_changed"] = {k: [old.get(k), inference[k]] for k in changes
-                                                if changes[k] is not None and old.get(k) != inference[k]}
-    config = dataclasses.replace(loaded.ensemble, inference=inference, provenance=provenance)
+    inference, changed = _changed_defaults(loaded.config.inference, changes)
+    config = dataclasses.replace(loaded.ensemble, inference=inference,
+                                 provenance={**loaded.ensemble.provenance, "inference_defaults_changed": changed})
     loaded.config.replace(inference=inference)  # validates the values
+    return _write_ensemble(out, config, [loaded.directory / entry["folder"] for entry in config.members])
+
+
+def _write_ensemble(out: Path, config: EnsembleConfig, member_folders: Sequence[Path]) -> Path:
+    """Publish ``ensemble.json`` and a byte-for-byte copy of each member folder atomically as ``out``."""
 
     def write_folder(folder: Path) -> None:
-        for entry in config.members:
-            target = folder / entry["folder"]
-            target.mkdir()
-            for item in (loaded.directory / entry["folder"]).iterdir():
-                if item.is_file() and not item.is_symlink():
-                    shutil.copyfile(item, target / item.name)
+        for entry, source in zip(config.members, member_folders, strict=True):
+            (folder / entry["folder"]).mkdir()
+            copy_plain_files(source, folder / entry["folder"])
         write_text_atomic(folder / ENSEMBLE_FILE, config.to_json())
 
-    return _write_bundle_files(out, write_folder)
+    return _write_bundle_files(Path(out), write_folder)
