@@ -424,19 +424,19 @@ def kfold_splits(cases: Sequence[Case], k: int, seed: int = 0) -> list[tuple[lis
     keys = sorted(groups)
     shuffled = [keys[n] for n in np.random.default_rng(seed).permutation(len(keys))]
     shuffled.sort(key=lambda key: -len(groups[key]))  # stable: equal sizes keep the seeded order
+    # Without class targets the counts are zero, every fold costs the same and the smallest fold takes the group.
     counts = _class_counts(cases, groups, shuffled)
-    share = counts.sum(axis=0) / k if counts is not None else None
-    fold_counts = np.zeros((k, counts.shape[1])) if counts is not None else None
+    if counts is None:
+        counts = np.zeros((len(shuffled), 1))
+    share = counts.sum(axis=0) / k
+    fold_counts = np.zeros((k, counts.shape[1]))
     folds: list[list[int]] = [[] for _ in range(k)]
     for row, key in enumerate(shuffled):
-        if counts is not None and fold_counts is not None:
-            # the change in squared deviation from the equal share when the group joins fold f
-            cost = [np.sum((fold_counts[f] + counts[row] - share) ** 2) - np.sum((fold_counts[f] - share) ** 2)
-                    for f in range(k)]
-            chosen = min(range(k), key=lambda f: (round(cost[f], 9), len(folds[f]), f))
-            fold_counts[chosen] += counts[row]
-        else:
-            chosen = min(range(k), key=lambda f: (len(folds[f]), f))
+        # the change in squared deviation from the equal share of each class when the group joins fold f
+        cost = [np.sum((fold_counts[f] + counts[row] - share) ** 2) - np.sum((fold_counts[f] - share) ** 2)
+                for f in range(k)]
+        chosen = min(range(k), key=lambda f: (round(cost[f], 9), len(folds[f]), f))
+        fold_counts[chosen] += counts[row]
         folds[chosen].extend(groups[key])
     splits = []
     for fold in folds:
