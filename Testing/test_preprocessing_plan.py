@@ -77,6 +77,11 @@ def test_ct_plan_uses_dataset_statistics_and_fits_the_budget():
     big = make_plan(make_fingerprint(), memory_budget_mb=24000)
     assert np.prod(big.patch_size) > np.prod(plan.patch_size)
     assert big.median_shape == (180, 240, 250)
+    # CT crops to the body (air is -1000 HU, not zero); new plans keep the slice aspect when resizing slices
+    assert plan.crop_to_nonzero and plan.body_threshold == -500.0 and plan.slice_keep_aspect
+    assert any("body" in note for note in plan.notes)
+    mri = make_plan(make_fingerprint(modality="MRI"))
+    assert mri.body_threshold is None and mri.normalization.scheme == "zscore_nonzero"
     thick = make_plan(make_fingerprint(spacings=tuple((0.7, 0.7, 6.0) for _ in range(20)),
                                        shapes_after_crop=tuple((12, 256, 256) for _ in range(20))))
     assert thick.recommended_model == "unet2d"
@@ -105,6 +110,12 @@ def test_plan_json_round_trip_and_strictness():
             Plan.from_dict(bad)
     with pytest.raises(PlanError, match="does not parse"):
         Plan.from_json("{not json")
+    with pytest.raises(PlanError, match="body_threshold"):
+        Plan.from_dict({**data, "body_threshold": "air"})
+    # a plan stored before body cropping and aspect keeping existed loads as it was made: neither applies
+    older = {k: v for k, v in data.items() if k not in ("body_threshold", "slice_keep_aspect")}
+    loaded = Plan.from_dict(older)
+    assert loaded.body_threshold is None and loaded.slice_keep_aspect is False
 
 
 def test_overrides_from_text_and_values():
@@ -198,3 +209,10 @@ def test_single_slice_ct_classification_plan(shared_data):
     images, _ = read_case(dataset.cases[0])
     prepared = apply_plan(plan, images, pad_to_patch=False)
     assert prepared.image.shape[0] == 1  # one slice stays one slice
+    # the crop is the body: the air and table around the patient are gone, the box is inside the 512x512 slice
+    assert plan.body_threshold == -500.0 and fingerprint.crop_fraction_median < 0.9
+    (_, _), (j0, j1), (i0, i1) = prepared.inverse.crop_box
+    assert 0 < (j1 - j0) * (i1 - i0) < 512 * 512
+    body = np.asarray(images[0].array)[0, j0:j1, i0:i1] > -500
+    assert body[0].any() and body[-1].any() and body[:, 0].any() and body[:, -1].any()  # tight on every side
+    assert (np.asarray(images[0].array)[0] > -500).sum() * 0.9 < body.sum()  # and nearly all of the patient

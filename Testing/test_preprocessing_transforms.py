@@ -15,12 +15,14 @@ from MedAnalysisLib.preprocessing.transforms import (
     Inverse,
     PreprocessingWarning,
     apply_plan,
+    body_box,
     invert_plan,
     normalize,
     prepare_slices,
     reorient,
     resample_to_spacing,
     spacing_grid,
+    widen_to_aspect,
 )
 from MedAnalysisLib.volume import Volume, rotation_about_axis
 
@@ -243,3 +245,83 @@ def test_label_values_outside_the_plan_are_refused(oblique_volume_factory):
     label = volume.with_array((volume.array == 100).astype(np.uint8) * 3)
     with pytest.raises(ImageValidationError, match=r"label values among the plan's \[0, 1\], got \[3\]"):
         apply_plan(plan_for(), volume, label)
+
+
+def ct_phantom() -> tuple[Volume, dict[str, np.ndarray]]:
+    """Air (-1000 HU) around an elliptic trunk (40 HU), an arm (300 HU) beside it, a 1-voxel table top and a speck."""
+    k, j, i = np.mgrid[0:6, 0:120, 0:160]
+    trunk = ((j - 55) / 35.0) ** 2 + ((i - 70) / 45.0) ** 2 <= 1
+    arm = ((j - 55) / 10.0) ** 2 + ((i - 135) / 10.0) ** 2 <= 1
+    table = (j == 100) & (i >= 5) & (i < 155)
+    speck = (j == 5) & (i == 150)
+    array = np.full(k.shape, -1000, dtype=np.int16)
+    for part, value in ((trunk, 40), (arm, 300), (table, 300), (speck, 200)):
+        array[part] = value
+    volume = Volume(array, spacing=(0.8, 0.8, 2.5), origin=(-64.0, -48.0, 10.0))
+    return volume, {"trunk": trunk, "arm": arm, "table": table, "speck": speck}
+
+
+def test_body_box_keeps_trunk_and_arm_and_drops_air_table_and_noise():
+    volume, parts = ct_phantom()
+    box = body_box([np.asarray(volume.array)], -500.0, volume.spacing)
+    (k0, k1), (j0, j1), (i0, i1) = box
+    assert (k0, k1) == (0, 6)
+    assert (j0, j1) == (20, 91)  # the trunk's rows 20..90; the table top (row 100) and the speck (row 5) are out
+    assert (i0, i1) == (25, 146)  # from the trunk's left edge to the arm's right edge
+    # a multi-channel image counts a voxel as body where any channel is, and air alone has no body
+    two = np.stack([np.full(volume.shape, -1000, np.int16), np.asarray(volume.array)], axis=-1)
+    assert body_box([two], -500.0, volume.spacing) == box
+    assert body_box([np.full((2, 8, 8), -1000.0)], -500.0, (1.0, 1.0, 1.0)) is None
+
+
+def test_ct_body_crop_inverts_exactly_and_the_original_is_untouched():
+    volume, parts = ct_phantom()
+    before = np.asarray(volume.array).copy()
+    plan = plan_for(target_spacing=None, normalization=Normalization("ct", -1000.0, 400.0, 0.0, 100.0),
+                    body_threshold=-500.0, patch_size=(1, 8, 8))
+    label = volume.with_array(parts["arm"].astype(np.uint8))
+    prepared = apply_plan(plan, volume, label, pad_to_patch=False)
+    assert prepared.image.shape[:3] == (6, 71, 121)
+    assert np.array_equal(np.asarray(volume.array), before)
+    # the prepared grid is the cropped part of the input grid: same spacing, origin at the box corner
+    corner = volume.index_to_physical((25, 20, 0))
+    assert np.allclose(prepared.inverse.prepared.origin, corner) and prepared.inverse.prepared.spacing == volume.spacing
+    back = invert_plan(plan, prepared.label, prepared.inverse, kind="label")
+    assert_same_grid(back, volume)
+    assert np.array_equal(back.array, parts["arm"])  # voxel for voxel; outside the box is background
+    soft = invert_plan(plan, np.stack([1.0 - prepared.label, prepared.label], -1).astype(np.float32),
+                       prepared.inverse, kind="probability")
+    assert np.allclose(soft.array[..., 0][~parts["arm"]], 1.0) and np.allclose(soft.array[..., 1][parts["arm"]], 1.0)
+
+
+def test_widen_to_aspect_grows_the_short_side_around_its_centre_inside_the_image():
+    shape, spacing = (1, 100, 200), (1.0, 1.0, 1.0)
+    assert widen_to_aspect(((0, 1), (40, 60), (50, 150)), shape, spacing, 1.0) == ((0, 1), (0, 100), (50, 150))
+    assert widen_to_aspect(((0, 1), (10, 90), (95, 105)), shape, spacing, 1.0) == ((0, 1), (10, 90), (60, 140))
+    # near the edge the box is shifted inwards, not cut
+    assert widen_to_aspect(((0, 1), (10, 90), (0, 10)), shape, spacing, 1.0) == ((0, 1), (10, 90), (0, 80))
+    # the aspect is in mm: rows of 2 mm need half as many voxels
+    assert widen_to_aspect(((0, 1), (0, 10), (0, 100)), shape, (1.0, 2.0, 1.0), 1.0) == ((0, 1), (0, 50), (0, 100))
+    # already right, or an aspect of 2 (tall slices)
+    assert widen_to_aspect(((0, 1), (0, 50), (0, 50)), shape, spacing, 1.0) == ((0, 1), (0, 50), (0, 50))
+    assert widen_to_aspect(((0, 1), (0, 50), (0, 50)), shape, spacing, 2.0) == ((0, 1), (0, 100), (0, 50))
+
+
+@pytest.mark.parametrize("keep_aspect", [True, False])
+def test_slices_of_a_body_crop_are_scaled_not_stretched(keep_aspect):
+    volume, parts = ct_phantom()
+    plan = plan_for(target_spacing=None, normalization=Normalization("ct", -1000.0, 400.0, 0.0, 100.0),
+                    body_threshold=-500.0, slice_shape=(64, 64), slice_keep_aspect=keep_aspect)
+    slices, inverse = prepare_slices(plan, volume)
+    assert slices.shape == (6, 64, 64, 1)
+    # the trunk + arm box is 71 x 121 voxels of 0.8 mm: widened to 120 rows (all the image has), pixels stay square
+    # within the one voxel the image lacks; otherwise they are 1.7 times wider than tall
+    spacing = inverse.prepared.spacing
+    assert (abs(spacing[0] / spacing[1] - 1) < 0.01) is keep_aspect
+    arm = slices[2, ..., 0] > 2.0  # 300 HU -> 3.0; the trunk is at 0.4
+    rows, cols = np.flatnonzero(arm.any(axis=1)), np.flatnonzero(arm.any(axis=0))
+    ratio = (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1)
+    assert bool(abs(ratio - 1) < 0.15) is keep_aspect  # the round arm stays round only when the aspect is kept
+    back = invert_plan(plan, (slices[..., 0] > 0).astype(np.uint8), inverse, kind="label")
+    assert_same_grid(back, volume)
+    assert ((back.array == 1) == (parts["trunk"] | parts["arm"])).mean() > 0.95  # 1.5 mm pixels, edges differ

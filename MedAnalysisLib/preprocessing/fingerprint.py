@@ -1,10 +1,10 @@
 """Dataset fingerprint: what a preprocessing plan needs to know about a training set, measured in one pass.
 
 For every case (read once, two at a time on worker threads: reading and most numpy work release the GIL) the
-fingerprint records spacing, shape, orientation, the shape after cropping to the non-zero region, label values and
-voxel counts, and a seeded random sample of intensities inside the foreground (the label's non-zero voxels, or
-the image's non-zero voxels when there is no label). Pooled, the samples give the dataset's foreground intensity
-statistics (percentiles 0.5/99.5, mean, std), which CT normalisation uses. Unlabelled CT uses the body (voxels
+fingerprint records spacing, shape, orientation, the shape after the plan's crop (the body for CT, else the
+non-zero region), label values and voxel counts, and a seeded random sample of intensities inside the foreground
+(the label's non-zero voxels, or the image's non-zero voxels when there is no label). Pooled, the samples give the
+dataset's foreground intensity statistics (percentiles 0.5/99.5, mean, std), which CT normalisation uses. Unlabelled CT uses the body (voxels
 above -500 HU) as its foreground, so air and the padding outside the field of view do not set the clip range.
 
 Axis conventions: spacings (i, j, k) mm, shapes (k, j, i) voxels.
@@ -23,7 +23,8 @@ import numpy as np
 
 from MedAnalysisLib.data.datasets import Case, Dataset, read_case
 from MedAnalysisLib.errors import GeometryError, PlanError
-from MedAnalysisLib.preprocessing.transforms import nonzero_box
+from MedAnalysisLib.preprocessing.plan import CT_BODY_THRESHOLD_HU
+from MedAnalysisLib.preprocessing.transforms import body_box, nonzero_box
 from MedAnalysisLib.progress import Reporter, StopFlag
 from MedAnalysisLib.volume import geometry_differences
 
@@ -45,7 +46,8 @@ class Fingerprint:
         case_ids: Case names.
         spacings: Per case (i, j, k) mm.
         shapes: Per case (k, j, i) voxels.
-        shapes_after_crop: Per case (k, j, i) voxels of the non-zero bounding box.
+        shapes_after_crop: Per case (k, j, i) voxels of the plan's crop box (CT: the body; otherwise the non-zero
+            voxels).
         orientations: Orientation code -> number of cases.
         label_values: Segmentation label values including 0, or classification classes.
         class_voxel_fraction: Label value (text) -> share of all label voxels.
@@ -86,7 +88,7 @@ class Fingerprint:
 
     @property
     def crop_fraction_median(self) -> float:
-        """Median share of voxels kept by cropping to the non-zero bounding box."""
+        """Median share of voxels kept by the crop (the body for CT, else the non-zero box)."""
         kept = [float(np.prod(c)) / float(np.prod(s)) for c, s in zip(self.shapes_after_crop, self.shapes, strict=True)]
         return float(np.median(kept)) if kept else 1.0
 
@@ -160,7 +162,7 @@ class Fingerprint:
             f"{s['n_cases']} cases, {s['task']}, modality {s['modality']}, channels {s['channels']}",
             f"spacing (i,j,k) mm: median {s['median_spacing_ijk_mm']}, range {s['min_spacing_ijk_mm']} - {s['max_spacing_ijk_mm']}",
             f"shape (k,j,i): median {s['median_shape_kji']}, range {s['min_shape_kji']} - {s['max_shape_kji']}",
-            f"orientations {s['orientations']}; non-zero crop keeps {s['median_crop_fraction']:.0%} (median)",
+            f"orientations {s['orientations']}; crop keeps {s['median_crop_fraction']:.0%} (median)",
             f"foreground intensity: {s['foreground_intensity']}",
         ]
         if self.task == "segmentation":
@@ -194,10 +196,6 @@ class _CaseFacts:
     warnings: list[str]
 
 
-#: Without a label, CT "foreground" is the body: voxels above this value (HU), not air or padding outside the
-#: field of view.
-CT_BODY_THRESHOLD_HU = -500.0
-
 
 def _measure_case(case: Case, index: int, seed: int, modality: str) -> _CaseFacts:
     images, label = read_case(case)
@@ -219,7 +217,8 @@ def _measure_case(case: Case, index: int, seed: int, modality: str) -> _CaseFact
                 f"({label.describe_geometry()}); differences: {'; '.join(differences)}"
             )
     arrays = [np.asarray(v.array) for v in images]
-    box = nonzero_box(arrays)
+    # the crop that the plan will apply: the body for CT, the non-zero voxels otherwise
+    box = body_box(arrays, CT_BODY_THRESHOLD_HU, first.spacing) if is_ct else nonzero_box(arrays)
     crop_shape = first.shape if box is None else tuple(stop - start for start, stop in box)
     label_counts: dict[int, int] = {}
     if label is not None:

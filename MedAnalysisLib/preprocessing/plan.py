@@ -34,6 +34,10 @@ PLAN_SCHEMA_VERSION = 1
 #: on a 2-core CPU. GPU users raise it (``--memory-budget-mb 16000``) or override ``patch_size``/``batch_size``.
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 
+#: CT voxels above this value (HU) are the body (soft tissue, bone; lung parenchyma is below it but enclosed by the
+#: chest wall); air, padding outside the field of view and foam cushions are below it.
+CT_BODY_THRESHOLD_HU = -500.0
+
 #: nnU-Net's anisotropy threshold: an axis is "low resolution" when its spacing is more than 3x the next largest.
 ANISOTROPY_THRESHOLD = 3.0
 
@@ -106,10 +110,17 @@ class Plan:
         image_interpolation: ``"linear"`` or ``"bspline"`` (label maps always nearest, probabilities linear).
         normalization: The intensity normalisation.
         crop_to_nonzero: Crop to the bounding box of non-zero voxels (all channels) before resampling.
+        body_threshold: With ``crop_to_nonzero``, crop instead to the box around the body: the connected regions
+            brighter than this value (raw units, before normalisation) in any channel, after an in-plane opening
+            that cuts thin structures such as the table (see :func:`~MedAnalysisLib.preprocessing.transforms.body_box`).
+            CT plans use :data:`CT_BODY_THRESHOLD_HU`; ``None`` (other modalities) keeps the non-zero box.
         patch_size: Training/inference patch (k, j, i) in voxels at the target spacing, each a multiple of
             ``2 ** pooling_levels`` unless overridden.
         batch_size: Patches per 3D training batch.
         slice_shape: (j, i) size of axial slices for 2D and slice-sequence models.
+        slice_keep_aspect: When slices are resized to ``slice_shape``, first widen the crop box (inside the image)
+            to the same height/width ratio in mm, so that anatomy is scaled, not stretched. Plans made by
+            :func:`make_plan` set it; ``False`` (plans of earlier bundles) resizes the crop box as it is.
         slice_batch_size: Slices per 2D training batch.
         sequence_length: Slices per sequence for slice-sequence (CNN+RNN) models; shorter scans are zero-padded.
         recommended_model: Model family that suits the data (``"unet3d"``, ``"unet2d"``, ``"cnn_rnn"``,
@@ -132,9 +143,11 @@ class Plan:
     image_interpolation: str = "linear"
     normalization: Normalization = field(default_factory=Normalization)
     crop_to_nonzero: bool = True
+    body_threshold: float | None = None
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = 2
     slice_shape: tuple[int, int] = (128, 128)
+    slice_keep_aspect: bool = False
     slice_batch_size: int = 16
     sequence_length: int = 32
     recommended_model: str = "unet3d"
@@ -499,12 +512,14 @@ def make_plan(
         normalization = Normalization("zscore_nonzero")
         notes.append(f"{modality}: each image z-scored over its non-zero voxels (intensities are not comparable across scans)")
 
-    # As nnU-Net: always crop to the non-zero box; it costs nothing where there is no zero background.
+    # As nnU-Net: always crop to the non-zero box; it costs nothing where there is no zero background. CT has no
+    # zero background (air is -1000 HU), so CT crops to the body instead: the same anatomy then fills the same share
+    # of a slice whatever the reconstruction field of view, and the table and the air around the patient are gone.
     crop = True
-    notes.append(
-        f"cropped to the non-zero bounding box of all channels (keeps {fingerprint.crop_fraction_median:.0%} of the "
-        "voxels, median)"
-    )
+    body_threshold = CT_BODY_THRESHOLD_HU if modality.upper() == "CT" else None
+    region = (f"body (connected regions above {body_threshold:g} HU, table cut off)" if body_threshold is not None
+              else "non-zero bounding box of all channels")
+    notes.append(f"cropped to the {region} (keeps {fingerprint.crop_fraction_median:.0%} of the voxels, median)")
 
     # ---- patch and batch size (3D)
     if pooling_levels is None:
@@ -559,9 +574,11 @@ def make_plan(
         orientation=orientation,
         normalization=normalization,
         crop_to_nonzero=crop,
+        body_threshold=body_threshold,
         patch_size=patch,
         batch_size=batch,
         slice_shape=slice_shape,
+        slice_keep_aspect=True,
         slice_batch_size=slice_batch,
         sequence_length=sequence_length,
         recommended_model=model,

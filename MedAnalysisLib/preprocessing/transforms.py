@@ -5,7 +5,8 @@ The pipeline of :func:`apply_plan`, each step recorded in an :class:`Inverse`:
 1. **Reorient** to the plan's canonical orientation code by permuting and flipping array axes only. The result is
    the axis order whose directions are closest to the code, so oblique scans stay oblique and are *not*
    interpolated for this step (no voxel changes value; the direction matrix absorbs the permutation).
-2. **Crop** to the bounding box of the non-zero voxels of all channels (if ``plan.crop_to_nonzero``).
+2. **Crop** to the bounding box of the non-zero voxels of all channels (if ``plan.crop_to_nonzero``), or of the
+   body where the plan sets ``body_threshold`` (CT: :func:`body_box`).
 3. **Normalise** intensities (see :class:`~MedAnalysisLib.preprocessing.plan.Normalization`) on the cropped grid.
 4. **Resample** to the target spacing with SimpleITK (images linear or B-spline, labels nearest neighbour). The new
    grid keeps the direction and is centred on the old grid's extent, its size the old extent divided by the new
@@ -342,6 +343,71 @@ def nonzero_box(arrays: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...] | N
     return tuple(box)
 
 
+#: Radius (mm, in-plane) of the opening that :func:`body_box` applies before it looks for the body: it removes the
+#: table top, cables and blankets up to about twice as thick, never the body.
+BODY_OPENING_MM = 2.5
+#: Connected regions kept by :func:`body_box`: those with at least this share of the largest region's voxels (both
+#: arms beside the chest are kept; specks of noise and table remnants are not).
+BODY_MIN_SHARE = 0.05
+
+
+def body_box(
+    arrays: Sequence[np.ndarray], threshold: float, spacing: Sequence[float]
+) -> tuple[tuple[int, int], ...] | None:
+    """((k0, k1), (j0, j1), (i0, i1)) around the body: the large connected regions above ``threshold``.
+
+    A voxel is "body" where any channel exceeds ``threshold`` (CT: -500 HU). The mask is opened slice by slice with
+    a disc of :data:`BODY_OPENING_MM` (``spacing`` (i, j, k) mm), which cuts the thin table top off the patient; of
+    the 3D connected regions left, every one with at least :data:`BODY_MIN_SHARE` of the largest one's voxels is
+    kept (the trunk and the arms), and grown back by the same disc within the thresholded voxels, so the box ends at
+    the skin. None when no voxel exceeds the threshold.
+    """
+    import SimpleITK as sitk
+
+    mask = np.zeros(arrays[0].shape[:3], dtype=np.uint8)
+    for array in arrays:
+        mask |= (array > threshold) if array.ndim == 3 else np.any(array > threshold, axis=-1)
+    if not mask.any():
+        return None
+    image = sitk.GetImageFromArray(mask)
+    radius = [max(1, int(round(BODY_OPENING_MM / float(s)))) for s in spacing[:2]] + [0]
+    opened = sitk.BinaryMorphologicalOpening(image, radius, sitk.sitkBall)
+    if not np.any(sitk.GetArrayFromImage(opened)):
+        opened = image  # everything above the threshold is thinner than the opening: keep it as it is
+    regions = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(opened), sortByObjectSize=True))
+    sizes = np.bincount(regions.reshape(-1))[1:]
+    keep = ((regions != 0) & (regions <= int(np.sum(sizes >= BODY_MIN_SHARE * sizes[0])))).astype(np.uint8)
+    # give back what the opening shaved off the kept regions (skin at the extremes), nothing further away
+    grown = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(keep), radius, sitk.sitkBall))
+    return nonzero_box([(grown != 0) & (mask != 0)])
+
+
+def widen_to_aspect(
+    box: Sequence[tuple[int, int]], shape: Sequence[int], spacing: Sequence[float], aspect: float
+) -> tuple[tuple[int, int], ...]:
+    """``box`` ((k0, k1), (j0, j1), (i0, i1)) grown along j or i until its height/width in mm is ``aspect``.
+
+    The box keeps its centre where the image (``shape`` (k, j, i), ``spacing`` (i, j, k) mm) allows and is shifted
+    inwards where it would leave it; it never grows past the image, so an image of another aspect keeps some of it.
+    """
+    (k0, k1), (j0, j1), (i0, i1) = box
+    height, width = (j1 - j0) * float(spacing[1]), (i1 - i0) * float(spacing[0])
+    if height <= 0 or width <= 0:
+        return tuple(box)
+
+    def grow(start: int, stop: int, wanted: int, size: int) -> tuple[int, int]:
+        wanted = min(max(wanted, stop - start), size)
+        start = int(round((start + stop - wanted) / 2))
+        start = min(max(start, 0), size - wanted)
+        return start, start + wanted
+
+    if height / width < aspect:
+        j0, j1 = grow(j0, j1, int(round(width * aspect / float(spacing[1]))), int(shape[1]))
+    else:
+        i0, i1 = grow(i0, i1, int(round(height / aspect / float(spacing[0]))), int(shape[2]))
+    return ((k0, k1), (j0, j1), (i0, i1))
+
+
 def pad_amounts(shape: Sequence[int], minimum: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """Symmetric (before, after) padding per axis bringing ``shape`` up to at least ``minimum``."""
     amounts = []
@@ -603,12 +669,21 @@ def apply_plan(
     arrays = [_reorient_array(np.asarray(c.array), r) for c in channels]
     label_array = _reorient_array(_label_dtype(np.asarray(label.array)), r) if label is not None else None
 
-    # 2. crop to non-zero
+    # 2. crop to the non-zero voxels or the body
     full = ((0, oriented.shape[0]), (0, oriented.shape[1]), (0, oriented.shape[2]))
-    box = nonzero_box(arrays) if plan.crop_to_nonzero else full
-    if box is None:
-        warnings.warn("expected non-zero voxels to crop to, got an all-zero image: nothing cropped", PreprocessingWarning, stacklevel=2)
+    if not plan.crop_to_nonzero:
         box = full
+    elif plan.body_threshold is not None:
+        box = body_box(arrays, plan.body_threshold, oriented.spacing)
+    else:
+        box = nonzero_box(arrays)
+    if box is None:
+        found = ("an all-zero image" if plan.body_threshold is None
+                 else f"no voxel above the body threshold {plan.body_threshold:g}")
+        warnings.warn(f"expected a region to crop to, got {found}: nothing cropped", PreprocessingWarning, stacklevel=2)
+        box = full
+    if slice_shape is not None and plan.slice_keep_aspect:
+        box = widen_to_aspect(box, oriented.shape, oriented.spacing, slice_shape[0] / slice_shape[1])
     slices = tuple(slice(a, b) for a, b in box)
     cropped = crop_grid(oriented, box)
     arrays = [a[slices] for a in arrays]
