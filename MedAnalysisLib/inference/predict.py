@@ -16,6 +16,7 @@ Segmentation results have exactly the input's shape, spacing, origin and directi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -453,8 +454,9 @@ def _predict_ensemble(
 ) -> Prediction:
     """Run every member of an ensemble with the ensemble's settings and average their probabilities on the input grid.
 
-    Segmentation: the members' probability maps (each member's own plan inverted) are averaged, then the arg-max and
-    the post-processing run once on the mean. Classification: per-slice and whole-scan probabilities are averaged.
+    Segmentation: the members' probability maps (each member's own plan inverted) are summed as they come, so memory
+    holds the running sum and one member's map whatever the number of members; the arg-max and the post-processing
+    run once on the mean. Classification: per-slice and whole-scan probabilities are averaged.
     """
     from MedAnalysisLib.errors import BundleError
     from MedAnalysisLib.inference.postprocess import postprocess_labels
@@ -466,7 +468,9 @@ def _predict_ensemble(
     names = config.label_names()
     class_names = [names.get(int(v), str(int(v))) for v in values]
     segmentation = config.task == "segmentation"
-    results: list[Prediction] = []
+    results: list[Prediction] = []  # without their probability maps, which go into the running sum
+    total: np.ndarray | None = None
+    base: Volume | None = None  # the first member's probabilities, kept for their grid only
     for number, member in enumerate(ensemble.members):
         if not np.array_equal(_class_values(member.config), values):
             raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
@@ -474,12 +478,21 @@ def _predict_ensemble(
         if reporter is not None:
             reporter.log(f"ensemble member {number + 1}/{len(ensemble.members)}: {member.config.name}")
         try:
-            results.append(predict(member, images, overlap=overlap, tta=tta, postprocess="none", batch_size=batch_size,
-                                   precision=precision, memory_budget_mb=memory_budget_mb,
-                                   return_probabilities=segmentation, reporter=reporter, stop_flag=stop_flag))
+            result = predict(member, images, overlap=overlap, tta=tta, postprocess="none", batch_size=batch_size,
+                             precision=precision, memory_budget_mb=memory_budget_mb,
+                             return_probabilities=segmentation, reporter=reporter, stop_flag=stop_flag)
         except MemoryBudgetError as error:
             raise MemoryBudgetError(f"an ensemble averages probability maps, which do not fit the memory budget: "
                                     f"{error}") from error
+        if segmentation:
+            assert result.probabilities is not None
+            if total is None:
+                total = np.array(result.probabilities.array, dtype=np.float32)
+                base = result.probabilities.with_array(np.zeros(result.probabilities.shape, dtype=np.uint8))
+            else:
+                total += result.probabilities.array
+            result = dataclasses.replace(result, probabilities=None)
+        results.append(result)
     timings: dict[str, float] = {}
     for result in results:
         for stage, seconds in result.timings.items():
@@ -497,12 +510,8 @@ def _predict_ensemble(
     per_slice: list[dict[str, Any]] | None = None
     scan: dict[str, Any] | None = None
     if segmentation:
-        total = np.array(results[0].probabilities.array, dtype=np.float32)  # type: ignore[union-attr]
-        for result in results[1:]:
-            total += result.probabilities.array  # type: ignore[union-attr]
+        assert total is not None and base is not None
         total /= len(results)
-        base = results[0].probabilities
-        assert base is not None
         label_array = values[np.argmax(total, axis=-1)].astype(_label_dtype(values))
         label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
         volume = base.with_array(label_array)
