@@ -11,10 +11,14 @@ import pytest
 from helpers_inference import train_classifier_bundle
 
 
-def _ct_manifest(shared_data: Path, folder: Path, n: int) -> Path:
-    """A CSV manifest of ``n`` single-slice CT DICOM files of ct_contrast (image, target, patient_id)."""
+def _ct_manifest(shared_data: Path, folder: Path, n: int, *, both_classes: bool = False) -> Path:
+    """A CSV manifest of ``n`` single-slice CT DICOM files of ct_contrast (image, target, patient_id): the first
+    ``n`` rows, or with ``both_classes`` the first ``n // 2`` of each class."""
     with (shared_data / "ct_contrast" / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))[:n]
+        rows = list(csv.DictReader(handle))
+    if both_classes:
+        rows = [r for r in rows if r["contrast"] == "0"][: n // 2] + [r for r in rows if r["contrast"] == "1"][: n // 2]
+    rows = rows[:n]
     lines = ["image,target,patient_id"]
     for row in rows:
         lines.append(f"{shared_data / 'ct_contrast' / row['file']},{row['contrast']},{row['patient_id']}")
@@ -207,3 +211,30 @@ def test_train_command_refuses_bad_augmentation_or_monitor_before_training(tmp_p
     assert main([*common, "--monitor", "auc"]) == 2
     assert "expected a validation metric to monitor (a name starting with 'val_'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes"]
+
+
+def test_ct_bundle_crops_to_the_body_in_training_and_in_prediction(shared_data: Path, tmp_path: Path) -> None:
+    """``medanalysis train`` on real CT slices plans the body crop, the bundle carries it, and prediction applies it
+    (the prepared slice shows the patient, not the air and table of the whole field of view)."""
+    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.cli import main
+    from MedAnalysisLib.inference.predict import predict
+    from MedAnalysisLib.io import load_volume
+    from MedAnalysisLib.preprocessing.transforms import apply_plan
+
+    manifest = _ct_manifest(shared_data, tmp_path, 8, both_classes=True)
+    out = tmp_path / "ct-bundle"
+    assert main(["train", str(manifest), "--task", "classification", "--model", "slice_cnn", "--out", str(out),
+                 "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--set", "slice_shape=32,32",
+                 "--hparam", "base_filters=4", "--progress", "log"]) == 0
+    bundle = load_bundle(out)
+    plan = bundle.config.plan
+    assert plan.modality == "CT" and plan.body_threshold == -500.0 and plan.slice_keep_aspect
+    image = shared_data / "ct_contrast" / "dicom" / "ID_0000_AGE_0060_CONTRAST_1_CT.dcm"
+    volume = load_volume(image, allow_2d=True)
+    prepared = apply_plan(plan, volume, slice_shape=tuple(plan.slice_shape))
+    (_, _), (j0, j1), (i0, i1) = prepared.inverse.crop_box
+    assert (j1 - j0) < 512 and (i1 - i0) < 512  # the air and the table are not in the model's input
+    result = predict(bundle, volume)
+    assert result.per_slice is not None and len(result.per_slice) == 1
+    assert abs(sum(v for k, v in result.per_slice[0].items() if k.startswith("p_")) - 1.0) < 1e-5
