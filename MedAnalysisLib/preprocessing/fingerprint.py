@@ -4,8 +4,9 @@ For every case (read once, two at a time on worker threads: reading and most num
 fingerprint records spacing, shape, orientation, the shape after the plan's crop (the body for CT, else the
 non-zero region), label values and voxel counts, and a seeded random sample of intensities inside the foreground
 (the label's non-zero voxels, or the image's non-zero voxels when there is no label). Pooled, the samples give the
-dataset's foreground intensity statistics (percentiles 0.5/99.5, mean, std), which CT normalisation uses. Unlabelled CT uses the body (voxels
-above -500 HU) as its foreground, so air and the padding outside the field of view do not set the clip range.
+dataset's foreground intensity statistics (percentiles 0.5/99.5, mean, std), which CT normalisation uses. Unlabelled
+CT uses the body (voxels above -500 HU) as its foreground, so air and the padding outside the field of view do not
+set the clip range.
 
 Axis conventions: spacings (i, j, k) mm, shapes (k, j, i) voxels.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from MedAnalysisLib.data.datasets import Case, Dataset, read_case
 from MedAnalysisLib.errors import GeometryError, PlanError
 from MedAnalysisLib.preprocessing.plan import CT_BODY_THRESHOLD_HU
-from MedAnalysisLib.preprocessing.transforms import body_box, nonzero_box
+from MedAnalysisLib.preprocessing.transforms import crop_box
 from MedAnalysisLib.progress import Reporter, StopFlag
 from MedAnalysisLib.volume import geometry_differences
 
@@ -218,7 +219,7 @@ def _measure_case(case: Case, index: int, seed: int, modality: str) -> _CaseFact
             )
     arrays = [np.asarray(v.array) for v in images]
     # the crop that the plan will apply: the body for CT, the non-zero voxels otherwise
-    box = body_box(arrays, CT_BODY_THRESHOLD_HU, first.spacing) if is_ct else nonzero_box(arrays)
+    box = crop_box(arrays, first.spacing, CT_BODY_THRESHOLD_HU if is_ct else None)
     crop_shape = first.shape if box is None else tuple(stop - start for start, stop in box)
     label_counts: dict[int, int] = {}
     if label is not None:

@@ -382,6 +382,14 @@ def body_box(
     return nonzero_box([(grown != 0) & (mask != 0)])
 
 
+def crop_box(
+    arrays: Sequence[np.ndarray], spacing: Sequence[float], body_threshold: float | None
+) -> tuple[tuple[int, int], ...] | None:
+    """The crop of :func:`apply_plan` (and of the fingerprint, which measures it): :func:`body_box` with a body
+    threshold, else :func:`nonzero_box`. None when there is nothing to crop to."""
+    return nonzero_box(arrays) if body_threshold is None else body_box(arrays, body_threshold, spacing)
+
+
 def widen_to_aspect(
     box: Sequence[tuple[int, int]], shape: Sequence[int], spacing: Sequence[float], aspect: float
 ) -> tuple[tuple[int, int], ...]:
@@ -671,12 +679,7 @@ def apply_plan(
 
     # 2. crop to the non-zero voxels or the body
     full = ((0, oriented.shape[0]), (0, oriented.shape[1]), (0, oriented.shape[2]))
-    if not plan.crop_to_nonzero:
-        box = full
-    elif plan.body_threshold is not None:
-        box = body_box(arrays, plan.body_threshold, oriented.spacing)
-    else:
-        box = nonzero_box(arrays)
+    box = crop_box(arrays, oriented.spacing, plan.body_threshold) if plan.crop_to_nonzero else full
     if box is None:
         found = ("an all-zero image" if plan.body_threshold is None
                  else f"no voxel above the body threshold {plan.body_threshold:g}")
