@@ -469,8 +469,7 @@ def _predict_ensemble(
     class_names = [names.get(int(v), str(int(v))) for v in values]
     segmentation = config.task == "segmentation"
     results: list[Prediction] = []  # without their probability maps, which go into the running sum
-    total: np.ndarray | None = None
-    base: Volume | None = None  # the first member's probabilities, kept for their grid only
+    summed: Volume | None = None  # the members' probability maps added up, on the input grid
     for number, member in enumerate(ensemble.members):
         if not np.array_equal(_class_values(member.config), values):
             raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
@@ -486,11 +485,10 @@ def _predict_ensemble(
                                     f"{error}") from error
         if segmentation:
             assert result.probabilities is not None
-            if total is None:
-                total = np.array(result.probabilities.array, dtype=np.float32)
-                base = result.probabilities.with_array(np.zeros(result.probabilities.shape, dtype=np.uint8))
+            if summed is None:  # the first member's own map (float32) becomes the running sum
+                summed = result.probabilities.with_array(np.asarray(result.probabilities.array, dtype=np.float32))
             else:
-                total += result.probabilities.array
+                summed.array[...] += result.probabilities.array
             result = dataclasses.replace(result, probabilities=None)
         results.append(result)
     timings: dict[str, float] = {}
@@ -510,15 +508,15 @@ def _predict_ensemble(
     per_slice: list[dict[str, Any]] | None = None
     scan: dict[str, Any] | None = None
     if segmentation:
-        assert total is not None and base is not None
-        total /= len(results)
-        label_array = values[np.argmax(total, axis=-1)].astype(_label_dtype(values))
+        assert summed is not None
+        summed.array[...] /= len(results)  # now the mean
+        label_array = values[np.argmax(summed.array, axis=-1)].astype(_label_dtype(values))
         label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
-        volume = base.with_array(label_array)
+        volume = summed.with_array(label_array)
         label = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
                        metadata={"bundle": config.name, "kind": "label"})
         if return_probabilities:
-            probabilities = base.with_array(total)
+            probabilities = summed
         table = label_volume_table(label, names)
     else:
         first = results[0]
