@@ -220,7 +220,7 @@ def test_ct_bundle_crops_to_the_body_in_training_and_in_prediction(shared_data: 
     from MedAnalysisLib.cli import main
     from MedAnalysisLib.inference.predict import predict
     from MedAnalysisLib.io import load_volume
-    from MedAnalysisLib.preprocessing.transforms import apply_plan
+    from MedAnalysisLib.preprocessing.transforms import apply_plan, prepare_slices
 
     manifest = _ct_manifest(shared_data, tmp_path, 8, both_classes=True)
     out = tmp_path / "ct-bundle"
@@ -238,3 +238,11 @@ def test_ct_bundle_crops_to_the_body_in_training_and_in_prediction(shared_data: 
     result = predict(bundle, volume)
     assert result.per_slice is not None and len(result.per_slice) == 1
     assert abs(sum(v for k, v in result.per_slice[0].items() if k.startswith("p_")) - 1.0) < 1e-5
+
+    # prediction saw the body crop: its probability is the model's on the body-cropped slice, not on the whole field
+    def p_contrast(slice_plan: object) -> float:
+        return float(np.asarray(bundle.model(prepare_slices(slice_plan, volume)[0], training=False))[0, -1])
+
+    whole_field = plan.replace(body_threshold=None, slice_keep_aspect=False)
+    assert result.per_slice[0]["p_1"] == pytest.approx(p_contrast(plan), abs=1e-5)
+    assert abs(p_contrast(whole_field) - p_contrast(plan)) > 1e-4
