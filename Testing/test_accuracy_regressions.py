@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -170,9 +171,8 @@ def test_sequence_model_on_label_maps_selects_epochs_on_per_slice_loss(tmp_path:
     assert config.training["best_epoch"] == 1 + int(np.argmin(losses))
 
 
-def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path: Path) -> None:
-    """A small validation set reaches AUC 1.0 early; later epochs at the same AUC with a lower validation loss
-    replace it as the best epoch (a higher loss at the same AUC does not)."""
+def _checkpoint_callback(tmp_path: Path, monitor: str, mode: str, patience: int | None = 2) -> tuple[Any, Any]:
+    """A :class:`CheckpointCallback` on a one-layer model, for feeding epoch logs by hand."""
     import keras
 
     from MedAnalysisLib.progress import Reporter
@@ -182,9 +182,16 @@ def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path: 
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
     model.train_on_batch(np.zeros((2, 2), "float32"), np.zeros((2, 1), "float32"))
     progress = ProgressCallback(Reporter("none"), None, epochs=5, steps=1)
-    callback = CheckpointCallback(tmp_path / "checkpoint", model, monitor="val_auc", mode="max", patience=None,
+    callback = CheckpointCallback(tmp_path / "checkpoint", model, monitor=monitor, mode=mode, patience=patience,
                                   progress=progress, signature="test")
     callback.set_model(model)
+    return callback, model
+
+
+def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path: Path) -> None:
+    """A small validation set reaches AUC 1.0 early; later epochs at the same AUC with a lower validation loss
+    replace it as the best epoch (a higher loss at the same AUC does not)."""
+    callback, _ = _checkpoint_callback(tmp_path, "val_auc", "max", patience=None)
     logs = [(0.9, 0.60), (1.0, 0.50), (1.0, 0.30), (1.0, 0.40), (0.95, 0.10)]
     for epoch, (auc, loss) in enumerate(logs):
         callback.on_epoch_end(epoch, {"val_auc": auc, "val_loss": loss, "loss": loss})
@@ -192,8 +199,46 @@ def test_ties_of_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path: 
     assert (tmp_path / "checkpoint" / "best.weights.h5").is_file()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__, "-q"])
+def test_monitor_last_and_runs_without_validation_keep_the_final_epoch(tmp_path: Path) -> None:
+    """``monitor="last"`` keeps the final epoch although validation peaked earlier (and patience never stops the
+    run); a run whose logs carry no validation metric keeps its final epoch too, not the epoch of lowest training
+    loss, and the kept weights are the final ones."""
+    import keras
+
+    from MedAnalysisLib.training.pipeline import monitor_setting
+
+    assert monitor_setting("last") == ("last", "last")
+    callback, _ = _checkpoint_callback(tmp_path / "last", "last", "last")
+    for epoch, auc in enumerate([0.7, 0.99, 0.8, 0.75, 0.72]):
+        callback.on_epoch_end(epoch, {"val_auc": auc, "val_loss": 1.0 - auc, "loss": 0.5})
+    assert callback.state["best_epoch"] == 5 and callback.state["monitor"] == "last"
+    assert not callback.state["early_stopped"]  # five epochs without a better AUC, patience 2
+
+    callback, model = _checkpoint_callback(tmp_path / "no-val", "val_auc", "max")
+    for epoch, loss in enumerate([0.9, 0.2, 0.5, 0.4]):
+        model.layers[0].kernel.assign(np.full((2, 1), float(epoch), "float32"))
+        callback.on_epoch_end(epoch, {"loss": loss})
+    assert callback.state["best_epoch"] == 4 and callback.state["monitor"] == "last"
+    kept = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    kept.load_weights(str(tmp_path / "no-val" / "checkpoint" / "best.weights.h5"))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kept.layers[0].kernel), np.full((2, 1), 3.0))
+
+
+def test_training_on_every_case_keeps_the_final_epoch(tmp_path: Path) -> None:
+    """``val_fraction=0`` trains on every case; with nothing to choose an epoch on, the bundle holds the final epoch
+    and says so in its provenance."""
+    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.training import train
+
+    root = _box_msd(tmp_path / "boxes")
+    result = train(root, task="classification", family="slice_cnn", out=tmp_path / "bundle", epochs=3,
+                   steps_per_epoch=2, batch_size=8, val_fraction=0.0, workers=1,
+                   hparams={"preset": "global_pool", "base_filters": 4, "n_blocks": 1},
+                   plan_overrides={"slice_shape": [16, 16]})
+    training = read_bundle_config(result.bundle_path).training
+    assert training["n_train"] == 6 and training["n_val"] == 0 and training["val_case_ids"] == []
+    assert training["monitor"] == "last" and training["best_epoch"] == 3 == training["epochs_completed"]
+    assert not any(key.startswith("val_") for key in result.history)
 
 
 def test_train_command_refuses_bad_augmentation_or_monitor_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -246,3 +291,7 @@ def test_ct_bundle_crops_to_the_body_in_training_and_in_prediction(shared_data: 
     whole_field = plan.replace(body_threshold=None, slice_keep_aspect=False)
     assert result.per_slice[0]["p_1"] == pytest.approx(p_contrast(plan), abs=1e-5)
     assert abs(p_contrast(whole_field) - p_contrast(plan)) > 1e-4
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])

@@ -62,8 +62,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--learning-rate", type=float, default=None, help="initial learning rate")
     parser.add_argument("--monitor", default=None, metavar="METRIC",
-                        help="validation metric that picks the epoch to keep, e.g. val_loss or val_auc (default: "
-                        "mean Dice for segmentation, AUC for binary classification)")
+                        help="validation metric that picks the epoch to keep, e.g. val_loss or val_auc, or 'last' "
+                        "for the final epoch (default: mean Dice for segmentation, AUC for binary classification; "
+                        "the final epoch with --val-fraction 0)")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (threads)")
     parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",

@@ -27,6 +27,7 @@ import numpy as np
 
 from MedAnalysisLib.io.atomic import atomic_directory
 from MedAnalysisLib.progress import Reporter, StopFlag
+from MedAnalysisLib.training.runner import LAST_EPOCH
 
 STATE_FILE = "state.json"
 LAST_WEIGHTS = "last.weights.h5"
@@ -82,8 +83,8 @@ class CheckpointCallback(keras.callbacks.Callback):
     Args:
         directory: Checkpoint folder (replaced as a whole after every epoch).
         inference_model: The model whose weights go into the bundle (shares layers with the trained model).
-        monitor: Name of the metric to watch, e.g. ``"val_mean_dice"``; if absent from the logs, ``val_loss``
-            then ``loss`` is used.
+        monitor: Name of the metric to watch, e.g. ``"val_mean_dice"``; if absent from the logs, ``val_loss`` is
+            used, and without validation metrics the last epoch is kept. ``"last"`` always keeps the last epoch.
         mode: ``"max"`` or ``"min"``.
         patience: Epochs without improvement before stopping (``None``: never).
         progress: The :class:`ProgressCallback`, to know whether an epoch ended early because of a stop request.
@@ -117,10 +118,17 @@ class CheckpointCallback(keras.callbacks.Callback):
         }
 
     def _monitored(self, logs: dict[str, float]) -> tuple[str, float | None]:
-        for key in (self.monitor, "val_loss", "loss"):
-            if key in logs and math.isfinite(logs[key]):
-                return key, logs[key]
-        return self.monitor, None
+        """The monitored name and value, or ``("last", None)`` when the final epoch is to be kept.
+
+        A run without validation data keeps its final epoch: under a learning rate that decays to zero the final
+        weights are the converged ones, while the epoch of lowest *training* loss is mostly the one whose
+        augmented batches happened to be easy.
+        """
+        if self.monitor != LAST_EPOCH:
+            for key in (self.monitor, "val_loss"):
+                if key in logs and math.isfinite(logs[key]):
+                    return key, logs[key]
+        return LAST_EPOCH, None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.progress.stopped:
@@ -133,7 +141,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         mode = self.mode if key == self.monitor else "min"
         self.state["monitor"] = key
         best = self.state["best_value"]
-        improved = value is not None and (best is None or (value > best if mode == "max" else value < best))
+        improved = key == LAST_EPOCH or (
+            value is not None and (best is None or (value > best if mode == "max" else value < best)))
         # Ties (e.g. a validation AUC of 1.0 on a small validation set, reached early and kept) go to the epoch with
         # the lower validation loss, so an under-trained first epoch at the ceiling is not kept for good.
         tie_loss = values.get("val_loss") if key != "val_loss" else None

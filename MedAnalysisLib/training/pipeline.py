@@ -37,7 +37,14 @@ from MedAnalysisLib.bundle import LabelInfo, default_labels
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.preprocessing.augment import AugmentConfig, Augmenter
 from MedAnalysisLib.progress import Reporter, StopFlag
-from MedAnalysisLib.training.runner import FitSpec, TrainResult, _batch_transform, _default_hparams, fit_and_bundle
+from MedAnalysisLib.training.runner import (
+    LAST_EPOCH,
+    FitSpec,
+    TrainResult,
+    _batch_transform,
+    _default_hparams,
+    fit_and_bundle,
+)
 
 SLICE_FAMILIES = ("unet2d", "slice_cnn", "cnn_rnn")
 #: Validation batches drawn once (fixed) for patch- and slice-based segmentation.
@@ -104,12 +111,16 @@ def _class_index(target: Any, n_classes: int, case_id: str) -> int:
 def monitor_setting(monitor: str) -> tuple[str, str]:
     """``(metric, mode)`` for a monitored metric name: ``"min"`` for losses, ``"max"`` for the rest.
 
+    ``"last"`` keeps the final epoch's weights whatever the validation says (mode ``"last"``), as nnU-Net does.
+
     Raises:
-        InputError: A name that is not a validation metric (``val_...``).
+        InputError: A name that is not a validation metric (``val_...``) nor ``last``.
     """
+    if monitor == LAST_EPOCH:
+        return LAST_EPOCH, LAST_EPOCH
     if not monitor.startswith("val_"):
         raise InputError(f"expected a validation metric to monitor (a name starting with 'val_', such as val_loss "
-                         f"or val_auc), got {monitor!r}")
+                         f"or val_auc) or 'last', got {monitor!r}")
     return monitor, "min" if monitor.endswith("loss") else "max"
 
 
@@ -223,6 +234,7 @@ def train(
         monitor: Validation metric that chooses the epoch whose weights are kept, e.g. ``"val_loss"`` (lowest
             wins for names ending in ``loss``, highest otherwise; default: mean Dice for segmentation, AUC for
             binary classification, accuracy otherwise). A name the run does not log falls back to ``val_loss``.
+            ``"last"`` keeps the final epoch; so does a run without validation cases (``val_fraction=0``).
         mixed_precision, strategy: See :func:`MedAnalysisLib.training.device.setup_devices`.
         tensorboard_dir: Also write TensorBoard logs there.
         name: Model name for the bundle.

@@ -40,6 +40,8 @@ from MedAnalysisLib.progress import Reporter, StopFlag
 SEGMENTATION_MONITOR = ("val_mean_dice", "max")
 BINARY_MONITOR = ("val_auc", "max")
 MULTICLASS_MONITOR = ("val_accuracy", "max")
+#: Monitor name (and mode) that keeps the final epoch's weights instead of choosing one on validation data.
+LAST_EPOCH = "last"
 
 
 @dataclass
