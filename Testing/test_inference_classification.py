@@ -75,3 +75,33 @@ def test_slice_classifiers_give_one_row_per_input_slice(family: str, tmp_path: P
         assert [row["name"] for row in result.table] == ["no box", "box"]
     else:
         assert result.scan is None and result.table == result.per_slice
+
+
+@pytest.mark.parametrize("family", ["slice_cnn", "cnn_rnn"])
+def test_slice_classifier_tta_averages_the_flipped_slices(family: str, tmp_path: Path) -> None:
+    """``tta=True`` on a slice or sequence classifier averages the model's scores over the four H/W flips of each
+    prepared slice (class scores are not flipped back); ``tta=False`` is the model on the slices as they are."""
+    import keras
+
+    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.preprocessing.transforms import prepare_slices
+
+    loaded = load_bundle(train_classifier_bundle(tmp_path / family, family))
+    # Random weights give near-constant scores; larger kernels make them depend on where the box is.
+    for layer in loaded.model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.kernel.assign(np.random.default_rng(0).normal(0, 1, layer.kernel.shape).astype("float32"))
+    volume = Volume(box_or_not((5, 20, 24), np.random.default_rng(6), True), spacing=(0.8, 0.8, 3.0))
+    slices, _ = prepare_slices(loaded.config.plan, [volume])
+    flips = [(), (1,), (2,), (1, 2)]
+    if family == "slice_cnn":
+        scores = [np.asarray(loaded.model(np.flip(slices, axes).copy()))[:, 0] for axes in flips]
+    else:
+        mask = np.ones((1, len(slices)), bool)
+        scores = [np.asarray(loaded.model({"slices": np.flip(slices, axes).copy()[None], "mask": mask})["slices"])
+                  [0, :, -1] for axes in flips]
+    plain = [row["p_box"] for row in predict(loaded, volume, tta=False).per_slice]
+    averaged = [row["p_box"] for row in predict(loaded, volume, tta=True).per_slice]
+    np.testing.assert_allclose(plain, scores[0], atol=1e-5)
+    np.testing.assert_allclose(averaged, np.mean(scores, axis=0), atol=1e-5)
+    assert np.max(np.abs(np.asarray(averaged) - np.asarray(plain))) > 1e-4

@@ -181,13 +181,17 @@ def _settings(config: Any, overlap: float | None, tta: bool | None,
             normalise_steps(defaults["postprocess"] if postprocess is None else postprocess))
 
 
-def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool) -> np.ndarray:
-    """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta``."""
+def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = True) -> np.ndarray:
+    """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta``.
+
+    ``maps``: the output is a map on the slice grid, flipped back before averaging; otherwise (class scores) the
+    outputs of the flipped slices are averaged as they are.
+    """
     flips: list[tuple[int, ...]] = [()] + ([(1,), (2,), (1, 2)] if tta else [])
     total = None
     for axes in flips:
         y = np.asarray(predict_fn(np.ascontiguousarray(np.flip(x, axes)) if axes else x), np.float32)
-        y = np.flip(y, axes) if axes else y
+        y = np.flip(y, axes) if axes and maps else y
         total = y if total is None else total + y
     assert total is not None
     return total / len(flips)
@@ -381,9 +385,13 @@ def _classify(
         if family in SEQUENCE_CLASSIFIERS:
             # A traced call (slice count left free), not an eager one: eager Keras runs the recurrent loop op by op.
             sequence_fn = _Runner.get(loaded.model, "float32")
-            outputs = sequence_fn({"slices": slices[None], "mask": np.ones((1, len(slices)), bool)})
-            slice_probs = _class_probabilities(np.asarray(outputs["slices"])[0], n_classes)
-            scan = scan_result(_class_probabilities(np.asarray(outputs["scan"]), n_classes)[0])
+            mask = np.ones((1, len(slices)), bool)
+            flips = [()] + ([(2,), (3,), (2, 3)] if tta else [])  # H and W of (1, S, H, W, C), as for slices
+            runs = [sequence_fn({"slices": np.ascontiguousarray(np.flip(slices[None], axes)), "mask": mask})
+                    for axes in flips]
+            slice_probs = np.mean([_class_probabilities(np.asarray(o["slices"])[0], n_classes) for o in runs], axis=0)
+            scan = scan_result(np.mean([_class_probabilities(np.asarray(o["scan"]), n_classes)[0] for o in runs],
+                                       axis=0))
             details.update(precision="float32")
         else:
             predict_fn = _Runner.get(loaded.model, precision)
@@ -395,7 +403,8 @@ def _classify(
                     from MedAnalysisLib.errors import CancelledError
 
                     raise CancelledError("prediction stopped on request")
-                chunks.append(_class_probabilities(predict_fn(slices[start : start + batch]), n_classes))
+                chunks.append(_class_probabilities(_flip_tta_2d(predict_fn, slices[start : start + batch], tta,
+                                                                maps=False), n_classes))
                 progress(min(start + batch, len(slices)), len(slices))
             slice_probs = np.concatenate(chunks, axis=0)
         timings["model"] = time.perf_counter() - t0
