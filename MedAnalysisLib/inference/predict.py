@@ -181,13 +181,17 @@ def _settings(config: Any, overlap: float | None, tta: bool | None,
             normalise_steps(defaults["postprocess"] if postprocess is None else postprocess))
 
 
+#: Flips that slice test-time augmentation averages over: none, H, W, both (axes of a ``(B, H, W, C)`` batch).
+_SLICE_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
+
+
 def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = True) -> np.ndarray:
     """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta``.
 
     ``maps``: the output is a map on the slice grid, flipped back before averaging; otherwise (class scores) the
     outputs of the flipped slices are averaged as they are.
     """
-    flips: list[tuple[int, ...]] = [()] + ([(1,), (2,), (1, 2)] if tta else [])
+    flips = _SLICE_FLIPS if tta else _SLICE_FLIPS[:1]
     total = None
     for axes in flips:
         y = np.asarray(predict_fn(np.ascontiguousarray(np.flip(x, axes)) if axes else x), np.float32)
@@ -386,9 +390,9 @@ def _classify(
             # A traced call (slice count left free), not an eager one: eager Keras runs the recurrent loop op by op.
             sequence_fn = _Runner.get(loaded.model, "float32")
             mask = np.ones((1, len(slices)), bool)
-            flips = [()] + ([(2,), (3,), (2, 3)] if tta else [])  # H and W of (1, S, H, W, C), as for slices
-            runs = [sequence_fn({"slices": np.ascontiguousarray(np.flip(slices[None], axes)), "mask": mask})
-                    for axes in flips]
+            flips = _SLICE_FLIPS if tta else _SLICE_FLIPS[:1]  # shifted by one: H, W of (1, S, H, W, C)
+            runs = [sequence_fn({"slices": np.ascontiguousarray(np.flip(slices[None], tuple(a + 1 for a in axes))),
+                                 "mask": mask}) for axes in flips]
             slice_probs = np.mean([_class_probabilities(np.asarray(o["slices"])[0], n_classes) for o in runs], axis=0)
             scan = scan_result(np.mean([_class_probabilities(np.asarray(o["scan"]), n_classes)[0] for o in runs],
                                        axis=0))
