@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUTPUT = ROOT / "bench" / "output"
 
-#: name -> (bundle folder, held-out data, family, number of inputs)
+#: name -> (bundle folder, held-out cases, number of inputs: patches, slices or scans)
 SOURCES = {
     "hippocampus_unet3d": (OUTPUT / "hippocampus" / "hippocampus-unet3d", OUTPUT / "hippocampus" / "test", 4),
     "ct_slice_cnn": (OUTPUT / "ct_contrast-split0-last" / "fold0" / "slice_cnn-global_pool",
@@ -158,9 +158,11 @@ def parity(folder: Path) -> dict[str, Any]:
     return results
 
 
-def _sync(value: Any) -> Any:
-    return np.asarray(value) if not isinstance(value, (dict, list, tuple)) else [np.asarray(v) for v in
-                                                                                   (value.values() if isinstance(value, dict) else value)]
+def _sync(value: Any) -> None:
+    """Wait for a result computed asynchronously on an accelerator (copying it to the host does)."""
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for part in parts:
+        np.asarray(part)
 
 
 def _median_seconds(fn: Any, steps: int, warmup: int = 2) -> tuple[float, float]:
