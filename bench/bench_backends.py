@@ -55,27 +55,11 @@ SOURCES = {
 }
 
 
-def _center_crop_or_pad(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    out = np.zeros((*size, image.shape[-1]), image.dtype)
-    src, dst = [], []
-    for have, want in zip(image.shape[:-1], size, strict=True):
-        if have >= want:
-            start = (have - want) // 2
-            src.append(slice(start, start + want))
-            dst.append(slice(0, want))
-        else:
-            start = (want - have) // 2
-            src.append(slice(0, have))
-            dst.append(slice(start, start + have))
-    out[tuple(dst)] = image[tuple(src)]
-    return out
-
-
 def _inputs_for(bundle: Any, data: Path, n: int) -> dict[str, np.ndarray]:
     """Held-out cases prepared with the bundle's own plan, in the layout its model takes."""
     from MedAnalysisLib.data.datasets import load_dataset
     from MedAnalysisLib.progress import Reporter
-    from MedAnalysisLib.training.pipeline import _prepare
+    from MedAnalysisLib.training.pipeline import _center_crop_or_pad, _prepare
 
     family, plan = bundle.config.family, bundle.plan
     task = None if family == "cnn_rnn" else bundle.config.task
