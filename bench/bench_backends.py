@@ -20,11 +20,12 @@ training step of the benchmark configurations (on a GPU where there is one). Two
        KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false python bench/bench_backends.py check \
            bench/output/backends --json result.json
 
-Timed configurations (random inputs of the real shapes): the hippocampus U-Net of ``bench/accuracy_hippocampus``
-(widths 16-128, deep supervision, batch 4 of 40x56x40), the same with nnU-Net's base width 32 (doubling to 256 at
-the fourth and last stage this patch allows) and nnU-Net's batch 9 for this task, in float32 and
-``mixed_bfloat16``; the CT ``slice_cnn`` (global_pool, batch norm, batch 16 of 128x128); the ``cnn_rnn`` of
-``bench/accuracy_sequence`` (batch 4 of 47 slices of 64x48).
+Timed configurations (the exported bundles' architectures, freshly initialised, on random inputs of their shapes):
+the hippocampus U-Net of ``bench/accuracy_hippocampus`` (widths 16-128, deep supervision, batch 4 of 40x56x40), the
+same with nnU-Net's base width 32 (doubling to 256 at the fourth and last stage this patch allows) and nnU-Net's
+batch 9 for this task, in float32 and ``mixed_bfloat16``; the CT ``slice_cnn`` of ``bench/accuracy_ct_contrast``
+(global_pool, base width 16, batch norm, batch 16 of 128x128); the ``cnn_rnn`` of ``bench/accuracy_sequence``
+(batch 4 of 47 slices of 64x48).
 """
 
 from __future__ import annotations
@@ -164,20 +165,25 @@ def _median_seconds(fn: Any, steps: int, warmup: int = 2) -> tuple[float, float]
     return first, statistics.median(times)
 
 
+#: name -> (exported bundle whose model and input shape are timed, hyper-parameters changed, batch size)
 TIMED = {
-    # name: (family, hparams, batch, input shape without batch)
-    "hippocampus_unet3d_16-128_b4": ("unet3d", {"base_filters": 16, "max_filters": 128, "deep_supervision": True,
-                                                 "n_classes": 3, "in_channels": 1, "patch_size": [40, 56, 40]},
-                                     4, (40, 56, 40, 1)),
-    "hippocampus_unet3d_32-256_b9": ("unet3d", {"base_filters": 32, "max_filters": 320, "deep_supervision": True,
-                                                 "n_classes": 3, "in_channels": 1, "patch_size": [40, 56, 40]},
-                                     9, (40, 56, 40, 1)),
-    "ct_slice_cnn_global_pool_b16": ("slice_cnn", {"preset": "global_pool", "norm": "batch", "pooling": "max",
-                                                    "n_classes": 2, "in_channels": 1}, 16, (128, 128, 1)),
-    "sequence_cnn_rnn_b4": ("cnn_rnn", {"encoder_filters": [16, 32, 64], "norm": "group", "rnn": "gru",
-                                         "rnn_units": 64, "dropout": 0.2, "n_classes": 2, "in_channels": 1,
-                                         "slice_shape": [64, 48]}, 4, (47, 64, 48, 1)),
+    "hippocampus_unet3d_16-128_b4": ("hippocampus_unet3d", {}, 4),
+    "hippocampus_unet3d_32-256_b9": ("hippocampus_unet3d", {"base_filters": 32, "max_filters": 320}, 9),
+    "ct_slice_cnn_global_pool_b16": ("ct_slice_cnn", {}, 16),
+    "sequence_cnn_rnn_b4": ("sequence_cnn_rnn", {}, 4),
 }
+
+
+def _timed_config(folder: Path, name: str) -> tuple[str, dict[str, Any], int, tuple[int, ...]]:
+    """(family, hyper-parameters, batch, input shape without the batch axis) of a timed configuration, read from
+    the exported bundle and its inputs so that the timing runs the benchmarks' own models."""
+    from MedAnalysisLib.bundle import read_bundle_config
+
+    source, changes, batch = TIMED[name]
+    config = read_bundle_config(folder / source / "bundle")
+    inputs = json.loads((folder / "manifest.json").read_text())["entries"][source]["inputs"]
+    shape = inputs["image"] if "image" in inputs else inputs["slices"]
+    return config.family, {**config.hparams, **changes}, batch, tuple(shape[1:])
 
 
 def _batch(family: str, hparams: dict[str, Any], batch: int, shape: tuple[int, ...]) -> tuple[Any, Any]:
@@ -206,13 +212,13 @@ def _repeat(value: Any, times: int) -> Any:
     return np.concatenate([value] * times)
 
 
-def time_keras(name: str, precision: str, steps: int) -> dict[str, Any]:
+def time_keras(config: tuple[str, dict[str, Any], int, tuple[int, ...]], precision: str, steps: int) -> dict[str, Any]:
     import keras
 
     from MedAnalysisLib.models import build_training_model, family_task
     from MedAnalysisLib.training.runner import _compile
 
-    family, hparams, batch, shape = TIMED[name]
+    family, hparams, batch, shape = config
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
@@ -237,7 +243,8 @@ def time_keras(name: str, precision: str, steps: int) -> dict[str, Any]:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def time_monai(name: str, steps: int, filters: list[int], strides: list[list[int]]) -> dict[str, Any] | None:
+def time_monai(config: tuple[str, dict[str, Any], int, tuple[int, ...]], steps: int, filters: list[int],
+               strides: list[list[int]]) -> dict[str, Any] | None:
     """MONAI's DynUNet with the same widths, strides and deep supervision on the same batch, in PyTorch (None when
     PyTorch or MONAI is missing). ``filters`` and ``strides`` are the Keras U-Net's topology."""
     try:
@@ -247,7 +254,7 @@ def time_monai(name: str, steps: int, filters: list[int], strides: list[list[int
     except ImportError:
         return None
 
-    _, hparams, batch, shape = TIMED[name]
+    _, hparams, batch, shape = config
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     levels = int(hparams.get("deep_supervision_levels", 2))
@@ -302,27 +309,28 @@ def check(folder: Path, steps: int, only: list[str] | None, json_out: Path | Non
 
     result: dict[str, Any] = {"backend": keras.backend.backend(), "keras": keras.__version__,
                               "device": _device_name(), "parity": parity(folder), "timing": {}}
-    print(f"backend {result['backend']} on {result['device']}, median of {steps} steps after warm-up", flush=True)
+    print(f"backend {result['backend']} on {result['device']}; Keras training: mean step of a fit epoch of {steps} "
+          f"steps; forward passes and MONAI: median of {steps} calls", flush=True)
 
     def save() -> None:  # after every row, so that a run cut short keeps what it measured
         if json_out is not None:
             json_out.write_text(json.dumps(result, indent=1))
 
     for name in only or list(TIMED):
-        precisions = ["float32", "mixed_bfloat16"] if TIMED[name][0] == "unet3d" else ["float32"]
-        for precision in precisions:
-            row = time_keras(name, precision, steps)
+        config = _timed_config(folder, name)
+        family, hparams = config[0], config[1]
+        for precision in ["float32", "mixed_bfloat16"] if family == "unet3d" else ["float32"]:
+            row = time_keras(config, precision, steps)
             result["timing"][f"{name}/{precision}"] = row
             save()
             print(f"keras {name:<32}{precision:<16}{row['train_step_ms']:>9.2f} ms/step {row['train_samples_per_s']:>8.1f}"
                   f" samples/s  forward {row['forward_ms']:.2f} ms  first step {row['first_step_s']:.1f} s", flush=True)
-        if TIMED[name][0] == "unet3d":
+        if family == "unet3d":
             from MedAnalysisLib.models.unet import unet_topology
 
-            hparams = TIMED[name][1]
             topology = unet_topology(3, patch_size=hparams["patch_size"], base_filters=hparams["base_filters"],
                                      max_filters=hparams["max_filters"])
-            row = time_monai(name, steps, [int(f) for f in topology.filters],
+            row = time_monai(config, steps, [int(f) for f in topology.filters],
                              [[int(v) for v in s] for s in topology.strides])
             if row is not None:
                 result["timing"][f"{name}/monai-float32"] = row
