@@ -11,12 +11,22 @@ The JSON-lines protocol (``--progress jsonl``) is how the Slicer panel and any o
 
 Human-readable logging goes to stderr in every mode, so stdout stays machine-readable. Messages never carry
 patient identifiers (callers pass only paths, counts and figures).
+
+Stopping a child cleanly works the same on every platform: a parent that sets the environment variable
+``MEDANALYSIS_STOP_ON_STDIN=1`` (:class:`MedAnalysisLib.worker.WorkerJob` does) keeps a pipe to the child's stdin
+and writes the line ``stop`` to it. :meth:`StopFlag.install` then starts a daemon thread that reads stdin and sets
+the flag on that line, exactly as SIGTERM does; the long loops notice it at their next batch or case boundary, save
+what they can (training: its resume checkpoint) and the command exits with code 3. End of file on stdin (the parent
+closed the pipe) is not a stop request: the thread just ends. Other lines are ignored. The child removes the
+variable from its environment when it reads it, so processes it starts never read the same pipe. Without the
+variable stdin is left alone, and SIGTERM/SIGINT (Slurm, a terminal's Ctrl+C, ``kill``) stop the work as before.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -26,6 +36,12 @@ from typing import IO, Any
 from MedAnalysisLib.errors import CancelledError
 
 PROTOCOL_VERSION = 1
+
+#: Environment variable by which a parent asks the child to watch its stdin for :data:`STOP_LINE`.
+STOP_ON_STDIN_ENV = "MEDANALYSIS_STOP_ON_STDIN"
+
+#: The line (surrounding whitespace ignored) that a parent writes to the child's stdin to stop it cleanly.
+STOP_LINE = "stop"
 
 
 def _clean(value: Any) -> Any:
@@ -126,10 +142,12 @@ def format_duration(seconds: float | None) -> str:
 
 
 class StopFlag:
-    """Set by SIGTERM (or by a caller); long loops poll it at safe points (batch or case boundaries).
+    """Set by SIGTERM, by a ``stop`` line on stdin (see the module docstring) or by a caller; long loops poll it at
+    safe points (batch or case boundaries).
 
     ``install()`` replaces the SIGTERM and SIGINT handlers for the life of the process; the first signal only sets
-    the flag so the work can stop cleanly and save a checkpoint, a second SIGINT raises KeyboardInterrupt.
+    the flag so the work can stop cleanly and save a checkpoint, a second SIGINT raises KeyboardInterrupt. When the
+    parent set ``MEDANALYSIS_STOP_ON_STDIN=1``, it also points the stdin watcher at this flag.
     """
 
     def __init__(self) -> None:
@@ -156,4 +174,59 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
+        _StdinStopWatcher.watch(self)
         return self
+
+
+class _StdinStopWatcher:
+    """At most one per process: a daemon thread that reads stdin and sets the latest installed flag on ``stop``.
+
+    It reads the raw file descriptor with ``os.read`` rather than ``sys.stdin``: a daemon thread blocked inside a
+    buffered reader can abort the interpreter at exit, one blocked in ``os.read`` cannot.
+    """
+
+    _instance: _StdinStopWatcher | None = None
+    _requested: bool | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, fd: int) -> None:
+        self.flag: StopFlag | None = None
+        self._fd = fd
+        self._thread = threading.Thread(target=self._run, daemon=True, name="medanalysis-stdin-stop")
+
+    @classmethod
+    def watch(cls, flag: StopFlag) -> None:
+        with cls._lock:
+            if cls._requested is None:  # decided once; the variable is consumed so grandchildren never inherit it
+                cls._requested = os.environ.pop(STOP_ON_STDIN_ENV, "") == "1"
+            if not cls._requested:
+                return
+            if cls._instance is None:
+                try:
+                    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+                except (OSError, ValueError):  # no usable stdin (e.g. replaced by a StringIO): nothing to watch
+                    fd = -1
+                if fd < 0:
+                    cls._requested = False
+                    return
+                cls._instance = cls(fd)
+                cls._instance.flag = flag
+                cls._instance._thread.start()
+            else:
+                cls._instance.flag = flag  # the latest install wins, as it does for the signal handlers
+
+    def _run(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._fd, 1024)
+            except OSError:
+                return  # stdin closed or unreadable: nothing more to watch, and not a stop request
+            if not chunk:
+                return  # EOF: the parent closed the pipe; that alone is not a cancel
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            pending = pending[-1024:]  # a parent that never sends a newline cannot grow this without bound
+            for line in lines:
+                if line.strip().decode("ascii", "replace") == STOP_LINE and self.flag is not None:
+                    self.flag.set("stopped on request")

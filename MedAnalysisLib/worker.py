@@ -3,9 +3,18 @@
 This is how the Slicer panel trains and predicts without freezing Slicer: the work runs in
 ``python -m MedAnalysisLib <command> ... --progress jsonl`` (see :mod:`MedAnalysisLib.progress` for the protocol);
 a reader thread parses the child's stdout into messages, and the GUI drains them with :meth:`WorkerJob.poll` from a
-timer. The child runs in its own process group (its own session on POSIX), so :meth:`WorkerJob.cancel` can stop it
-cleanly (SIGTERM: the command stops at the next batch or case boundary and saves what it can) and then kill the
-whole process tree if it does not stop within the grace period.
+timer.
+
+Cancelling is one protocol on every platform. The child is started with ``MEDANALYSIS_STOP_ON_STDIN=1`` and a pipe
+on its stdin; :meth:`WorkerJob.request_stop` writes the line ``stop`` to it, which sets the child's stop flag (see
+:mod:`MedAnalysisLib.progress`): the command stops at its next batch or case boundary, saves what it can (training:
+the resume checkpoint) and exits with code 3. ``request_stop`` never blocks; it records a deadline, and
+:meth:`WorkerJob.poll`, which the GUI keeps calling anyway, kills the whole process tree once the deadline has passed
+and the child still runs. :meth:`WorkerJob.cancel` is the blocking form for scripts and tests. The hard kill is
+``killpg(SIGKILL)`` plus every descendant found on POSIX, where the child leads its own session and process group,
+and ``taskkill /F /T`` on Windows. No signal is used for the clean stop, so it works the same on Windows, where
+SIGTERM does not exist and CTRL_BREAK_EVENT could not be handled by the child. Parents other than ``WorkerJob``
+(Slurm, a shell) can still stop a child with SIGTERM.
 
 Nothing here imports Qt or Slicer: any parent (Slicer, a notebook, a scheduler script) can use it.
 
@@ -18,6 +27,9 @@ Example::
         time.sleep(0.1)
     job.poll()
     print(job.returncode, job.result, job.error)
+
+    # From a GUI timer: ask once, then keep polling; the tree is killed if it has not stopped after 15 s.
+    job.request_stop(grace_s=15.0)
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from MedAnalysisLib.progress import STOP_LINE, STOP_ON_STDIN_ENV
 
 #: Folder that holds the ``MedAnalysisLib`` package; put on the child's PYTHONPATH so a source checkout works.
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
@@ -60,7 +74,7 @@ class WorkerJob:
             the end of stderr when the child died without sending one; ``None`` while running or on success.
         progress: The latest ``progress`` message (stage, fraction 0..1, eta_s, message).
         metrics: Every ``metrics`` message received, in order (training curves).
-        cancelled: ``True`` once :meth:`cancel` was called.
+        cancelled: ``True`` once :meth:`request_stop` (or :meth:`cancel`) was called.
     """
 
     def __init__(self, argv: Sequence[str], *, python: str | None = None, env: Mapping[str, str] | None = None,
@@ -78,6 +92,7 @@ class WorkerJob:
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         child_env.update(env or {})
+        child_env[STOP_ON_STDIN_ENV] = "1"  # the child watches its stdin for the stop line (see request_stop)
 
         self.result: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
@@ -88,16 +103,22 @@ class WorkerJob:
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._finished = False
+        self._stop_deadline: float | None = None  # time.monotonic() after which poll() kills the tree
+        self._stop_tree: list[int] = []  # descendants seen when the stop was requested (they may be orphaned later)
+        self._killed = False
+        self._killer: subprocess.Popen[bytes] | None = None  # Windows: the running taskkill
 
         popen_options: dict[str, Any] = {}
         if os.name == "posix":
             popen_options["start_new_session"] = True  # own session and process group: killpg reaches the tree
         else:  # pragma: no cover - Windows
+            # taskkill /T finds the tree by parent ids and needs no process group; the new group is kept so that a
+            # Ctrl+C or Ctrl+Break in the parent's console never reaches the child: only the stdin line stops it.
             popen_options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(
                 subprocess, "CREATE_NO_WINDOW", 0)
         self._process = subprocess.Popen(  # noqa: S603 - argv is our own interpreter and module
             self.argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -144,6 +165,11 @@ class WorkerJob:
     def stderr_tail(self) -> str:
         return "\n".join(self._stderr_tail)
 
+    @property
+    def stop_deadline_passed(self) -> bool:
+        """True once a stop was requested and its grace period is over (:meth:`poll` then kills a running child)."""
+        return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
+
     # ------------------------------------------------------------------ readers
     def _read_stdout(self, stream: IO[str]) -> None:
         for line in stream:
@@ -169,9 +195,17 @@ class WorkerJob:
     def poll(self) -> list[dict[str, Any]]:
         """Messages received since the last call, in order; updates :attr:`result`, :attr:`error`, etc.
 
-        Never blocks. After the child exits and its output is drained, a missing ``error`` message is replaced by
-        one built from the exit code and the end of stderr, so a crash is always explained.
+        Never blocks. When a stop was requested (:meth:`request_stop`) and its deadline has passed while the child
+        still runs, the whole process tree is killed here, so a GUI only has to keep polling. After the child exits
+        and its output is drained, a missing ``error`` message is replaced by one built from the exit code and the
+        end of stderr, so a crash is always explained.
         """
+        if self._process.poll() is None:
+            if self.stop_deadline_passed and not self._killed:
+                self._kill_tree()
+        else:
+            self._close_stdin()
+        self._reap_killer()
         messages: list[dict[str, Any]] = []
         while True:
             try:
@@ -209,51 +243,96 @@ class WorkerJob:
             subprocess.TimeoutExpired: still running after ``timeout`` seconds (the child is left running).
         """
         code = self._process.wait(timeout)
+        self._close_stdin()
         for reader in self._readers:
             reader.join(timeout)
         return code
 
     # ------------------------------------------------------------------ stopping
-    def cancel(self, grace_s: float = 10.0) -> int:
-        """Ask the child to stop (SIGTERM), then kill its whole process tree after ``grace_s`` seconds.
+    def request_stop(self, grace_s: float = 10.0) -> None:
+        """Ask the child to stop cleanly; :meth:`poll` kills its process tree if it still runs after ``grace_s``.
 
-        SIGTERM sets the child's stop flag: training saves a checkpoint at the next batch boundary and exits with
-        code 3. Blocks at most about ``grace_s`` seconds; returns the exit code.
+        Writes the line ``stop`` to the child's stdin, which sets its stop flag: training saves a checkpoint at the
+        next batch boundary and the child exits with code 3. Never blocks (one short line into an empty pipe), so
+        the GUI thread may call it; a child that has already ended is fine. Calling it again sends nothing more
+        and can only bring the deadline earlier.
         """
+        deadline = time.monotonic() + max(float(grace_s), 0.0)
+        first = self._stop_deadline is None
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
         self.cancelled = True
-        if self._process.poll() is not None:
-            return self._process.returncode
-        tree = _descendants(self._process.pid)
-        _signal_group(self._process, signal.SIGTERM)
+        if not first or self._process.poll() is not None:
+            return
+        self._stop_tree = _descendants(self._process.pid)
+        stdin = self._process.stdin
         try:
-            self._process.wait(grace_s)
+            if stdin is not None and not stdin.closed:
+                stdin.write(STOP_LINE + "\n")
+                stdin.flush()
+        except (OSError, ValueError):  # BrokenPipeError: the child has just ended; ValueError: stdin was closed
+            pass
+
+    def cancel(self, grace_s: float = 10.0) -> int:
+        """:meth:`request_stop`, wait up to ``grace_s`` seconds, then kill the whole process tree (for scripts and
+        tests; blocks). Returns the exit code: 3 when the child stopped cleanly, negative when it was killed."""
+        self.request_stop(grace_s)
+        remaining = (self._stop_deadline or 0.0) - time.monotonic()
+        try:
+            self._process.wait(max(remaining, 0.0))
         except subprocess.TimeoutExpired:
-            self.kill(tree)
+            self.kill()
+        self._close_stdin()
         return self._process.returncode
 
     def kill(self, known_descendants: Sequence[int] = ()) -> None:
-        """Kill the child, its process group and every descendant found (no clean stop)."""
-        tree = set(known_descendants) | set(_descendants(self._process.pid))
-        _signal_group(self._process, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """Kill the child, its process group and every descendant found (no clean stop); blocks until it exited."""
+        if self._process.poll() is None:
+            self._kill_tree(known_descendants)
         self._process.wait()
+        self._close_stdin()
+        if self._killer is not None:  # pragma: no cover - Windows
+            self._killer.wait()
+        self._reap_killer()
 
-
-def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
-    if process.poll() is not None:
-        return
-    try:
+    def _kill_tree(self, known_descendants: Sequence[int] = ()) -> None:
+        """Send the hard kill to the whole tree without waiting for it to take effect (never raises)."""
+        self._killed = True
+        tree = set(known_descendants) | set(self._stop_tree) | set(_descendants(self._process.pid))
         if os.name == "posix":
-            os.killpg(process.pid, sig)  # the child leads its own process group
-        elif sig == signal.SIGTERM:  # pragma: no cover - Windows
-            process.send_signal(signal.CTRL_BREAK_EVENT)
-        else:  # pragma: no cover - Windows
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], check=False, capture_output=True)
-    except ProcessLookupError:
+            if self._process.poll() is None:  # while the leader is unreaped its pid cannot name another group
+                _ignore_os_errors(os.killpg, self._process.pid, signal.SIGKILL)
+            for pid in tree:
+                _ignore_os_errors(os.kill, pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows: taskkill /T is the only tree kill; started, not waited for
+            try:
+                self._killer = subprocess.Popen(  # noqa: S603, S607 - a fixed system command
+                    ["taskkill", "/F", "/T", "/PID", str(self._process.pid)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            except OSError:
+                self._killer = None
+            _ignore_os_errors(self._process.kill)  # TerminateProcess: at least the child itself goes
+
+    def _reap_killer(self) -> None:
+        if self._killer is not None and self._killer.poll() is not None:  # pragma: no cover - Windows
+            self._killer = None
+
+    def _close_stdin(self) -> None:
+        stdin = self._process.stdin
+        if stdin is not None and not stdin.closed:
+            try:
+                stdin.close()
+            except OSError:  # flushing into a pipe whose reader has gone
+                pass
+
+
+def _ignore_os_errors(call: Any, *args: Any) -> None:
+    """Run a signalling call; a process that is already gone or not ours (ProcessLookupError, PermissionError and
+    any other OSError) is not an error for a kill."""
+    try:
+        call(*args)
+    except OSError:
         pass
 
 

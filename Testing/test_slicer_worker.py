@@ -152,7 +152,7 @@ def test_cancel_kills_the_whole_tree_when_the_child_does_not_stop(tmp_path, bund
     segmentation_bundle, _ = bundles
     image = write_volume(oblique_volume(), tmp_path / "ct.nrrd")
     job = WorkerJob(["predict", str(segmentation_bundle), str(image), "--out", str(tmp_path / "out")])
-    time.sleep(0.5)  # importing, not yet able to react to SIGTERM between cases
+    time.sleep(0.5)  # importing, not yet able to react to the stop line between cases
     pgid = job.pid
     code = job.cancel(grace_s=0.0)
     follow(job)

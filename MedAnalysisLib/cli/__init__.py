@@ -4,8 +4,9 @@ Each sub-command lives in its own module of this package and exposes ``register(
 its parser and sets ``func(args, reporter) -> int | None`` as the default. Nothing heavy (TensorFlow) is imported
 until a command runs, so ``medanalysis --help`` stays fast.
 
-Exit codes: 0 success, 2 bad input or refused bundle (a :class:`MedAnalysisError`), 3 cancelled (SIGTERM/Cancel),
-1 anything unexpected.
+Exit codes: 0 success, 2 bad input or refused bundle (a :class:`MedAnalysisError`), 3 cancelled (the line ``stop``
+on stdin from a parent that set ``MEDANALYSIS_STOP_ON_STDIN=1``, as the Slicer panel's Cancel does; or SIGTERM or
+Ctrl+C; see :mod:`MedAnalysisLib.progress`), 1 anything unexpected.
 """
 
 from __future__ import annotations

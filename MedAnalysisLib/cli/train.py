@@ -5,7 +5,9 @@ DATA is anything :func:`MedAnalysisLib.data.datasets.load_dataset` reads: a Medi
 model bundle (folder, or .zip when BUNDLE ends in .zip) and keeps a resume checkpoint beside it until it finishes,
 so running the same command again after a crash or a cancel continues from the last completed epoch.
 
-SIGTERM (the Slicer panel's Cancel) stops at the next batch boundary, saves the checkpoint and exits with code 3.
+A stop request stops at the next batch boundary, saves the checkpoint and exits with code 3: the line ``stop`` on
+stdin when the parent set ``MEDANALYSIS_STOP_ON_STDIN=1`` (the Slicer panel's Cancel, on every platform), or
+SIGTERM/Ctrl+C (a scheduler such as Slurm, a terminal).
 """
 
 from __future__ import annotations
