@@ -18,7 +18,8 @@ attributes (``MedAnalysisLib.bundle.LabelInfo``), or by dicts with the same keys
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ from MedAnalysisLib.volume import Volume
 DEFAULT_TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 DEFAULT_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 BINARY_LABELMAP = "Binary labelmap"
+#: Attribute set on the color tables :func:`labelmap_node_from_volume` makes, so that writing into the same labelmap
+#: again updates its table instead of leaving the previous one behind.
+COLOR_TABLE_ATTRIBUTE = "MedAnalysis.LabelColors"
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,41 @@ def _set_voxels(node: Any, volume: Volume) -> None:
     node.Modified()
 
 
+def _node_ids(scene: Any) -> list[str]:
+    """IDs of the scene's nodes, in the order they were added."""
+    return [scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())]
+
+
+def _remove_nodes_added_since(scene: Any, before: set[str]) -> None:
+    """Remove, newest first, every node added to the scene after ``before`` (a set of node IDs) was taken."""
+    for node_id in reversed([node_id for node_id in _node_ids(scene) if node_id not in before]):
+        added = scene.GetNodeByID(node_id)
+        if added is not None:  # removing a node can remove the nodes that came with it
+            scene.RemoveNode(added)
+
+
+@contextmanager
+def _temporary_nodes(scene: Any) -> Iterator[None]:
+    """Remove every node added to the scene inside the block, on every exit (temporary nodes and whatever Slicer
+    adds along with them: display nodes, color tables)."""
+    before = set(_node_ids(scene))
+    try:
+        yield
+    finally:
+        _remove_nodes_added_since(scene, before)
+
+
+@contextmanager
+def _removed_on_error(scene: Any) -> Iterator[None]:
+    """Remove the nodes added inside the block when it raises, so a failed call leaves no half-made output."""
+    before = set(_node_ids(scene))
+    try:
+        yield
+    except BaseException:
+        _remove_nodes_added_since(scene, before)
+        raise
+
+
 def _add_node(scene: Any, class_name: str, name: str, node: Any | None) -> Any:
     if node is not None:
         if not node.IsA(class_name):
@@ -280,10 +319,20 @@ def _add_node(scene: Any, class_name: str, name: str, node: Any | None) -> Any:
 
 
 def color_table_node(scene: Any, labels: Sequence[Label], name: str) -> Any:
-    """A user color table node (0 = background, transparent) with one entry per label value."""
+    """A user color table node (0 = background, transparent) with one entry per label value.
+
+    The table is an ordinary, saveable color node: shown to editors, so Slicer's Save Data dialog offers it (and gives
+    it its default storage node) and the label names and colors survive saving and loading the labelmap.
+    """
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(name))
     table.SetTypeToUser()
-    table.HideFromEditorsOn()
+    table.HideFromEditorsOff()  # color nodes are hidden by default; the Save Data dialog skips hidden nodes
+    table.SetAttribute(COLOR_TABLE_ATTRIBUTE, "1")
+    _fill_color_table(table, labels)
+    return table
+
+
+def _fill_color_table(table: Any, labels: Sequence[Label]) -> None:
     highest = max([label.value for label in labels], default=0)
     table.SetNumberOfColors(highest + 1)
     table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
@@ -291,7 +340,18 @@ def color_table_node(scene: Any, labels: Sequence[Label], name: str) -> Any:
         table.SetColor(value, "", 0.0, 0.0, 0.0, 0.0)
     for label in labels:
         table.SetColor(label.value, label.name, *label.color_float, 1.0)
-    return table
+
+
+def _own_color_table(scene: Any, display_node: Any) -> Any | None:
+    """The color table :func:`color_table_node` made for this display node, when no other display node uses it."""
+    colors = display_node.GetColorNode()
+    if colors is None or not colors.IsA("vtkMRMLColorTableNode") or not colors.GetAttribute(COLOR_TABLE_ATTRIBUTE):
+        return None
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLDisplayNode")):
+        other = scene.GetNthNodeByClass(n, "vtkMRMLDisplayNode")
+        if other.GetID() != display_node.GetID() and other.GetColorNodeID() == colors.GetID():
+            return None
+    return colors
 
 
 def scalar_volume_node_from_volume(scene: Any, volume: Volume, name: str, *, reference_node: Any | None = None,
@@ -299,11 +359,12 @@ def scalar_volume_node_from_volume(scene: Any, volume: Volume, name: str, *, ref
     """A scalar volume node (e.g. a probability map) holding ``volume``; placed like ``reference_node``."""
     if volume.array.ndim != 3:
         raise ImageValidationError(f"expected a single-component volume (k, j, i), got shape {volume.array.shape}")
-    node = _add_node(scene, "vtkMRMLScalarVolumeNode", name, node)
-    _set_voxels(node, volume)
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
-    place_like(node, reference_node)
+    with _removed_on_error(scene):
+        node = _add_node(scene, "vtkMRMLScalarVolumeNode", name, node)
+        _set_voxels(node, volume)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        place_like(node, reference_node)
     return node
 
 
@@ -318,18 +379,25 @@ def labelmap_node_from_volume(scene: Any, label_volume: Volume, labels: Iterable
         labels: The bundle labels (value, name, color, terminology).
         name: Node name (made unique in the scene).
         reference_node: The input volume node: its grid is required, its transform and study are reused.
-        node: An existing labelmap node to overwrite (the output the user chose); a new node otherwise.
+        node: An existing labelmap node to overwrite (the output the user chose); a new node otherwise. Its color
+            table is updated in place when this function made it and nothing else uses it.
     """
     _require_integer(label_volume)
     _require_grid(label_volume, reference_node)
     label_list = normalize_labels(labels)
-    node = _add_node(scene, "vtkMRMLLabelMapVolumeNode", name, node)
-    _set_voxels(node, label_volume)
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
-    colors = color_table_node(scene, label_list, f"{node.GetName()} colors")
-    node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
-    place_like(node, reference_node)
+    with _removed_on_error(scene):
+        node = _add_node(scene, "vtkMRMLLabelMapVolumeNode", name, node)
+        _set_voxels(node, label_volume)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        colors = _own_color_table(scene, node.GetDisplayNode())
+        if colors is not None:
+            _fill_color_table(colors, label_list)
+            colors.Modified()
+        else:
+            colors = color_table_node(scene, label_list, f"{node.GetName()} colors")
+        node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+        place_like(node, reference_node)
     return node
 
 
@@ -351,8 +419,6 @@ def segmentation_node_from_volume(scene: Any, label_volume: Volume, labels: Iter
 
     Args: see :func:`labelmap_node_from_volume`; ``node`` is an existing segmentation node to overwrite.
     """
-    import slicer
-
     _require_integer(label_volume)
     _require_grid(label_volume, reference_node)
     label_list = normalize_labels(labels)
@@ -364,12 +430,38 @@ def segmentation_node_from_volume(scene: Any, label_volume: Volume, labels: Iter
         )
     highest = max([label.value for label in label_list], default=0)
     dtype = np.uint8 if highest < 256 else np.uint16
-    temporary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medanalysis_temporary__")
-    try:
-        _set_voxels(temporary, label_volume.with_array(label_volume.array.astype(dtype)))
-        layer = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(temporary)
-    finally:
-        scene.RemoveNode(temporary)
+    layer = _oriented_image(label_volume.with_array(label_volume.array.astype(dtype)))
+
+    with _removed_on_error(scene):
+        node = _fill_segmentation(scene, layer, label_list, name, reference_node, node)
+    return node
+
+
+def _oriented_image(volume: Volume) -> Any:
+    """A ``vtkOrientedImageData`` holding a copy of ``volume``'s voxels and geometry (RAS).
+
+    The labelmap node it is made from is never added to the scene. ``CreateOrientedImageDataFromVolumeNode`` returns
+    a new object the caller owns (C++ takes it with ``vtkSmartPointer::Take``; Slicer's Python calls
+    ``UnRegister(None)`` on it); without the release the image, one full-size labelmap, is never freed.
+    """
+    import slicer
+
+    temporary = slicer.vtkMRMLLabelMapVolumeNode()
+    _set_voxels(temporary, volume)
+    image = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(temporary)
+    if image is None:
+        raise ImageValidationError(f"expected Slicer to accept the label map of shape {volume.array.shape}, got "
+                                   "no image from it")
+    # A fresh object: this wrapper and the reference the caller owns are its only holders. The check keeps this
+    # right should Slicer ever mark the method as returning a new instance (the wrapper would then own it alone).
+    if image.GetReferenceCount() > 1:
+        image.UnRegister(None)
+    return image
+
+
+def _fill_segmentation(scene: Any, layer: Any, label_list: list[Label], name: str, reference_node: Any | None,
+                       node: Any | None) -> Any:
+    import slicer
 
     node = _add_node(scene, "vtkMRMLSegmentationNode", name, node)
     segmentation = node.GetSegmentation()
@@ -421,6 +513,10 @@ def label_volume_from_segmentation(segmentation_node: Any, labels: Iterable[Any]
     Used to turn user segmentations into training labels. Segments are matched to labels by name (case-insensitive);
     a label without a segment stays empty, a segment without a label is ignored.
 
+    The scene is left as it was: the temporary labelmap, and the display node and ``<segmentation>_ColorTable`` color
+    table Slicer's export adds for it (and a segmentation display node, when the segmentation had none), are removed,
+    also when the export fails.
+
     Raises:
         InputError: no segment matches any label name.
     """
@@ -432,28 +528,20 @@ def label_volume_from_segmentation(segmentation_node: Any, labels: Iterable[Any]
     by_name = {segmentation.GetNthSegment(n).GetName().lower(): segmentation.GetNthSegmentID(n)
                for n in range(segmentation.GetNumberOfSegments())}
     reference = volume_from_node(reference_node)
-    result = np.zeros(reference.shape, np.uint16 if len(label_list) > 255 else np.uint8)
+    highest = max([label.value for label in label_list], default=0)
+    result = np.zeros(reference.shape, np.uint16 if highest > 255 else np.uint8)
     scene = segmentation_node.GetScene()
-    matched = 0
-    for label in label_list:
-        segment_id = by_name.get(label.name.lower())
-        if segment_id is None:
-            continue
-        matched += 1
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medanalysis_temporary__")
-        try:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                    segmentation_node, ids, exported, reference_node):
-                raise GeometryError(f"could not export segment {label.name!r} on the reference volume's grid")
-            mask = slicer.util.arrayFromVolume(exported) > 0
-        finally:
-            color = exported.GetDisplayNode().GetColorNode() if exported.GetDisplayNode() else None
-            scene.RemoveNode(exported)
-            if color is not None and color.GetName().startswith("__medanalysis_temporary__"):
-                scene.RemoveNode(color)
-        result[mask] = label.value
+    matched = [(label, by_name[label.name.lower()]) for label in label_list if label.name.lower() in by_name]
+    if matched:
+        with _temporary_nodes(scene):
+            exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medanalysis_temporary__")
+            for label, segment_id in matched:
+                ids = vtk.vtkStringArray()
+                ids.InsertNextValue(segment_id)
+                if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                        segmentation_node, ids, exported, reference_node):
+                    raise GeometryError(f"could not export segment {label.name!r} on the reference volume's grid")
+                result[slicer.util.arrayFromVolume(exported) > 0] = label.value
     if not matched:
         raise InputError(
             f"expected segments named like the labels {[label.name for label in label_list]}, got segments "
@@ -477,9 +565,17 @@ def table_node_from_rows(scene: Any, rows: Sequence[Mapping[str, Any]], name: st
         reference_node: Node whose study the table is placed under.
         node: Existing table node to overwrite.
     """
+    with _removed_on_error(scene):
+        node = _add_node(scene, "vtkMRMLTableNode", name, node)
+        _fill_table(node, rows, columns, units)
+        place_like(node, reference_node)
+    return node
+
+
+def _fill_table(node: Any, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None,
+                units: Mapping[str, str] | None) -> None:
     import vtk
 
-    node = _add_node(scene, "vtkMRMLTableNode", name, node)
     table = node.GetTable()
     table.Initialize()
     columns = list(columns or (list(rows[0]) if rows else []))
@@ -508,8 +604,6 @@ def table_node_from_rows(scene: Any, rows: Sequence[Mapping[str, Any]], name: st
             node.SetColumnUnitLabel(column, unit)
     node.SetUseColumnTitleAsColumnHeader(True)
     node.Modified()
-    place_like(node, reference_node)
-    return node
 
 
 def rows_from_table_node(node: Any) -> list[dict[str, Any]]:
@@ -531,26 +625,44 @@ def rows_from_table_node(node: Any) -> list[dict[str, Any]]:
 def plot_chart_from_table(scene: Any, table_node: Any, x_column: str, y_columns: Sequence[str], *, title: str,
                           x_title: str, y_title: str, colors: Mapping[str, tuple[int, int, int]] | None = None,
                           reference_node: Any | None = None, chart_node: Any | None = None) -> Any:
-    """A plot chart node with one line series per ``y_columns`` entry against ``x_column`` of ``table_node``."""
-    chart = _add_node(scene, "vtkMRMLPlotChartNode", title, chart_node)
-    chart.RemoveAllPlotSeriesNodeIDs()
-    chart.SetTitle(title)
-    chart.SetXAxisTitle(x_title)
-    chart.SetYAxisTitle(y_title)
-    chart.SetLegendVisibility(True)
-    for index, column in enumerate(y_columns):
-        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{title} {column}"))
-        series.SetAndObserveTableNodeID(table_node.GetID())
-        series.SetXColumnName(x_column)
-        series.SetYColumnName(column)
-        series.SetPlotType(series.PlotTypeScatter)
-        series.SetMarkerStyle(series.MarkerStyleNone)
-        color = (colors or {}).get(column) or _default_color(index + 1)
-        series.SetColor(*(c / 255.0 for c in color))
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        place_like(series, reference_node)
-    place_like(chart, reference_node)
+    """A plot chart node with one line series per ``y_columns`` entry against ``x_column`` of ``table_node``.
+
+    With ``chart_node`` (an existing chart) its series are replaced: the series nodes it held are removed from the
+    scene, except those another chart also shows.
+    """
+    with _removed_on_error(scene):
+        chart = _add_node(scene, "vtkMRMLPlotChartNode", title, chart_node)
+        _remove_plot_series(scene, chart)
+        chart.SetTitle(title)
+        chart.SetXAxisTitle(x_title)
+        chart.SetYAxisTitle(y_title)
+        chart.SetLegendVisibility(True)
+        for index, column in enumerate(y_columns):
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{title} {column}"))
+            series.SetAndObserveTableNodeID(table_node.GetID())
+            series.SetXColumnName(x_column)
+            series.SetYColumnName(column)
+            series.SetPlotType(series.PlotTypeScatter)
+            series.SetMarkerStyle(series.MarkerStyleNone)
+            color = (colors or {}).get(column) or _default_color(index + 1)
+            series.SetColor(*(c / 255.0 for c in color))
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            place_like(series, reference_node)
+        place_like(chart, reference_node)
     return chart
+
+
+def _remove_plot_series(scene: Any, chart: Any) -> None:
+    """Detach every series from ``chart`` and remove from the scene those no other chart shows."""
+    held = [chart.GetNthPlotSeriesNodeID(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
+    chart.RemoveAllPlotSeriesNodeIDs()
+    others = [scene.GetNthNodeByClass(n, "vtkMRMLPlotChartNode")
+              for n in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode"))]
+    others = [other for other in others if other.GetID() != chart.GetID()]
+    for series_id in dict.fromkeys(held):
+        series = scene.GetNodeByID(series_id) if series_id else None
+        if series is not None and not any(other.HasPlotSeriesNodeID(series_id) for other in others):
+            scene.RemoveNode(series)
 
 
 def study_item(node: Any) -> int:
