@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from MedAnalysisLib.volume import Volume, rotation_about_axis  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The Slicer module's plain-Python library (MedAnalysis/MedAnalysisSlicerLib), importable as Slicer imports it.
+if str(PROJECT_ROOT / "MedAnalysis") not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
 SHARED_DATA = Path(os.environ.get("MEDANALYSIS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
 

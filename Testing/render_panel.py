@@ -179,11 +179,8 @@ def example_card():
 
 
 def fill(panel: QtWidgets.QWidget) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import qt_placeholders
-
-    module = qt_placeholders.import_module_file()
-    logic_class = module.MedAnalysisLogic
+    sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
+    from MedAnalysisSlicerLib.logic import SceneLogic as logic_class
     card = example_card()
 
     def find(name: str):

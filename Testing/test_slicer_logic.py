@@ -1,10 +1,8 @@
-"""The module logic on slicer-core's real MRML scene: the self-test, training-case export, input warnings,
-dependency checks. MedAnalysis.py is imported with inert placeholders for the Qt layer (see qt_placeholders.py);
-nothing here is asserted through them."""
+"""The module's scene logic (``MedAnalysisSlicerLib``, plain Python) on slicer-core's real MRML scene: the self-test,
+training-case export, input warnings, command lines of background jobs, evaluation tables, training curves."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -14,14 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import qt_placeholders  # noqa: E402
+from MedAnalysisSlicerLib.logic import SceneLogic, pathText  # noqa: E402
+from MedAnalysisSlicerLib.selftest import buildTinyBundles, runSelfTest  # noqa: E402
 from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
 from MedAnalysisLib.errors import InputError  # noqa: E402
 from MedAnalysisLib.volume import Volume  # noqa: E402
-
-MedAnalysis = qt_placeholders.import_module_file()
 
 
 @pytest.fixture
@@ -33,7 +30,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    return MedAnalysis.buildTinyBundles(tmp_path_factory.mktemp("bundles"))
+    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
 
 
 def check(condition, message):
@@ -41,8 +38,8 @@ def check(condition, message):
 
 
 def test_self_test_segments_and_classifies_on_the_real_scene(scene, tmp_path):
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
-    nodes = MedAnalysis.runSelfTest(logic, scene.scene, tmp_path, check)
+    logic = SceneLogic(scene.scene)
+    nodes = runSelfTest(logic, scene.scene, tmp_path, check)
     sh = scene.scene.GetSubjectHierarchyNode()
     assert sh.GetItemParent(sh.GetItemByDataNode(nodes["classification"])) == nodes["study"]
     table = adapter.rows_from_table_node(nodes["table"])
@@ -53,7 +50,7 @@ def test_self_test_segments_and_classifies_on_the_real_scene(scene, tmp_path):
 
 def test_labelmap_output_with_probabilities_and_reuse_of_the_chosen_node(scene, bundles):
     segmentation_bundle, _ = bundles
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     rng = np.random.default_rng(1)
     volume = Volume(rng.normal(0, 50, (10, 16, 18)).astype(np.float32), spacing=(1.2, 0.9, 3.0))
     node = adapter.scalar_volume_node_from_volume(scene.scene, volume, "MR")
@@ -79,7 +76,7 @@ def test_an_ensemble_bundle_segments_like_its_members(scene, bundles, tmp_path):
     segmentation_bundle, _ = bundles
     ensemble = make_ensemble([segmentation_bundle, segmentation_bundle], tmp_path / "organ-ensemble",
                              name="organ ensemble")
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     card = logic.readModelCard(str(ensemble))
     assert card.name == "organ ensemble" and "organ ensemble" in logic.modelCardHtml(card)
     assert [label.name for label in logic.displayedLabels(card)] == ["liver", "tumor"]
@@ -93,7 +90,7 @@ def test_an_ensemble_bundle_segments_like_its_members(scene, bundles, tmp_path):
 
 def test_wrong_task_and_missing_input_are_refused(scene, bundles):
     segmentation_bundle, classification_bundle = bundles
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     node = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.zeros((4, 5, 6), np.int16)), "CT")
     with pytest.raises(InputError, match="expected a classification bundle, got a segmentation bundle"):
         logic.classify(node, str(segmentation_bundle))
@@ -105,7 +102,7 @@ def test_wrong_task_and_missing_input_are_refused(scene, bundles):
 
 def test_input_warnings_name_modality_and_spacing(scene, bundles):
     segmentation_bundle, _ = bundles
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     card = logic.readModelCard(str(segmentation_bundle)).replace(
         plan=logic.readModelCard(str(segmentation_bundle)).plan.replace(target_spacing=(1.0, 1.0, 1.0)))
     node = adapter.scalar_volume_node_from_volume(
@@ -123,7 +120,7 @@ def test_training_cases_from_the_scene_become_a_dataset_the_library_reads(scene,
     from MedAnalysisLib.data.datasets import load_dataset
     from MedAnalysisLib.io import read_volume
 
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     pairs = []
     for case in range(2):
         volume = Volume(np.full((6, 8, 9), case, np.int16), spacing=(0.8, 0.8, 2.0))
@@ -145,25 +142,12 @@ def test_training_cases_from_the_scene_become_a_dataset_the_library_reads(scene,
     np.testing.assert_allclose(label.spacing, (0.8, 0.8, 2.0), atol=1e-6)
 
 
-def test_dependency_checks_use_installed_versions():
-    logic_class = MedAnalysis.MedAnalysisLogic
-    assert {r.split(">=")[0] for r in logic_class.requirements()} >= {"tensorflow", "keras", "pydicom"}
-    assert logic_class.missingRequirements() == []  # this environment has them all
-    assert MedAnalysis._requirementSatisfied("numpy>=1.20")
-    assert not MedAnalysis._requirementSatisfied("numpy>=999")
-    assert not MedAnalysis._requirementSatisfied("no-such-package-medanalysis>=1")
-    constraints = logic_class.constraintsFile().read_text().splitlines()
-    assert f"numpy=={importlib.metadata.version('numpy')}" in constraints
-    assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in constraints
-    assert "keras>=3.12" in constraints  # the shipped constraints are kept
-
-
 def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_path):
     """The argv the logic builds for predict/train/evaluate is accepted by the real ``medanalysis`` parser."""
     from MedAnalysisLib.cli import build_parser
 
     segmentation_bundle, _ = bundles
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     node = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.zeros((6, 8, 9), np.int16)), "CT")
     labels = np.zeros((6, 8, 9), np.uint8)
     labels[2:4, 2:5, 2:6] = 1
@@ -207,7 +191,7 @@ def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_pa
 
 def test_evaluation_in_process_becomes_a_metrics_table(scene, bundles, tmp_path):
     segmentation_bundle, _ = bundles
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     pairs = []
     for case in range(2):
         volume = Volume(np.random.default_rng(case).normal(0, 30, (8, 16, 16)).astype(np.int16))
@@ -228,7 +212,7 @@ def test_evaluation_in_process_becomes_a_metrics_table(scene, bundles, tmp_path)
 
 
 def test_training_curves_grow_one_row_per_epoch_with_a_series_per_metric(scene):
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene)
+    logic = SceneLogic(scene.scene)
     table, chart = logic.createTrainingCurves()
     logic.addTrainingMetrics(table, chart, {"type": "metrics", "epoch": 1, "metrics": {"loss": 1.5}})
     logic.addTrainingMetrics(table, chart, {"type": "metrics", "epoch": 2,
@@ -242,7 +226,7 @@ def test_training_curves_grow_one_row_per_epoch_with_a_series_per_metric(scene):
 
 
 def test_progress_text_shows_stage_percent_and_eta():
-    describe = MedAnalysis.MedAnalysisLogic.describeProgress
+    describe = SceneLogic.describeProgress
     text = describe({"type": "progress", "stage": "windows", "fraction": 0.25, "eta_s": 75.0, "message": "case 1"})
     assert text == "windows: 25%, about 1m15s left \u2014 case 1"
     assert describe({"type": "progress", "stage": "cases", "fraction": 1.0, "eta_s": 0.0}) == "cases: 100%"
@@ -251,6 +235,6 @@ def test_progress_text_shows_stage_percent_and_eta():
 def test_unset_path_parameters_read_as_empty():
     import pathlib
 
-    assert MedAnalysis.pathText(pathlib.Path()) == ""  # the parameter node's default path
-    assert MedAnalysis.pathText(None) == ""
-    assert MedAnalysis.pathText(pathlib.Path("/models/liver.zip")) == "/models/liver.zip"
+    assert pathText(pathlib.Path()) == ""  # the parameter node's default path
+    assert pathText(None) == ""
+    assert pathText(pathlib.Path("/models/liver.zip")) == "/models/liver.zip"

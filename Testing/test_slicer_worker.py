@@ -13,7 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import qt_placeholders  # noqa: E402
+from MedAnalysisSlicerLib.jobs import MedAnalysisJob  # noqa: E402
+from MedAnalysisSlicerLib.logic import SceneLogic  # noqa: E402
+from MedAnalysisSlicerLib.selftest import buildTinyBundles  # noqa: E402
 from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
@@ -21,13 +23,12 @@ from MedAnalysisLib.io import write_volume  # noqa: E402
 from MedAnalysisLib.volume import Volume, rotation_about_axis  # noqa: E402
 from MedAnalysisLib.worker import WorkerJob  # noqa: E402
 
-MedAnalysis = qt_placeholders.import_module_file()
 TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    return MedAnalysis.buildTinyBundles(tmp_path_factory.mktemp("bundles"))
+    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.fixture
@@ -71,14 +72,14 @@ def group_members(pgid: int) -> list[int]:
 
 def test_background_jobs_stream_progress_and_match_the_in_process_results(scene, bundles):
     segmentation_bundle, classification_bundle = bundles
-    logic = MedAnalysis.MedAnalysisLogic(scene.scene, python=sys.executable)
+    logic = SceneLogic(scene.scene, python=sys.executable)
     node = adapter.scalar_volume_node_from_volume(scene.scene, oblique_volume(), "CT")
     before = adapter.snapshot(node)
 
     # Both children start at once, as they may from the panel and the console.
     segment_job = logic.segment(node, str(segmentation_bundle), background=True)
     classify_job = logic.classify(node, str(classification_bundle), background=True)
-    assert isinstance(segment_job, MedAnalysis.MedAnalysisJob) and segment_job.kind == "segment"
+    assert isinstance(segment_job, MedAnalysisJob) and segment_job.kind == "segment"
     assert os.getpgid(segment_job.worker.pid) == segment_job.worker.pid  # the child leads its own process group
     messages = follow(segment_job)
     follow(classify_job)

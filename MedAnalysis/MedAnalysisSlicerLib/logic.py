@@ -1,0 +1,628 @@
+"""The MedAnalysis module's logic: moves data between the MRML scene and ``MedAnalysisLib``.
+
+Plain Python with no Qt import and no dialogs: it takes the scene, the Python interpreter for background jobs and the
+package installer by injection, so the same code runs in Slicer (the module's ``MedAnalysisLogic`` adds Slicer's
+parameter node to it), in the Slicer Python console, in scripts, and in tests on slicer-core's real scene.
+
+Console use::
+
+    logic = slicer.util.getModuleLogic("MedAnalysis")
+    segmentation = logic.segment(volumeNode, "/path/to/model.zip")     # returns the segmentation node
+    table = logic.classify(volumeNode, "/path/to/classifier.zip")      # returns the table node
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from MedAnalysisLib import slicer_adapter
+from MedAnalysisLib.errors import InputError, MedAnalysisError
+from MedAnalysisLib.worker import WorkerJob
+
+from .installer import PackageInstaller
+from .jobs import MedAnalysisJob
+
+try:  # Slicer's translation function where it exists; the text as it is elsewhere
+    from slicer.i18n import tr as _
+except ImportError:
+    def _(text: str) -> str:
+        return text
+
+
+class SceneLogic:
+    """Scene <-> library glue; usable from the Python console and scripts. Never opens dialogs.
+
+    Args:
+        scene: The MRML scene the nodes live in (``slicer.mrmlScene`` in Slicer).
+        python: Interpreter for background jobs (default: ``PythonSlicer`` next to Slicer, else this Python).
+        installer: The :class:`PackageInstaller` that checks and installs MedAnalysis's Python packages.
+    """
+
+    def __init__(self, scene, python: str | None = None, installer: PackageInstaller | None = None) -> None:
+        if scene is None:
+            raise InputError("expected an MRML scene, got None")
+        self.scene = scene
+        self.python = python or shutil.which("PythonSlicer") or sys.executable
+        self.installer = installer if installer is not None else PackageInstaller()
+        #: Nodes created by the last synchronous run or finished job: segmentation/labelmap/table/chart/...
+        self.lastOutputs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ model card
+    @staticmethod
+    def readModelCard(bundlePath: str):
+        """The bundle's validated :class:`BundleConfig` from bundle.json only (for an ensemble, its model card from
+        ensemble.json and the members' bundle.json); TensorFlow is not imported.
+
+        Raises:
+            MedAnalysisError: not a bundle, or it cannot be read (an ``OSError`` is reported as such, never raised).
+        """
+        from MedAnalysisLib.bundle import read_bundle_config
+
+        location = bundleLocation(bundlePath)
+        try:
+            return read_bundle_config(location)
+        except OSError as error:
+            raise InputError(f"expected a readable model bundle at {location}, got {type(error).__name__}: "
+                             f"{error.strerror or error}") from error
+
+    @staticmethod
+    def modelCardHtml(card) -> str:
+        """A short rich-text model card: name, task, family, inputs, expected spacing, training summary."""
+        from html import escape
+
+        plan = card.plan
+        spacing = getattr(plan, "target_spacing", None)
+        spacingText = (" x ".join(f"{s:g}" for s in spacing) + " mm") if spacing else _("native (not resampled)")
+        channels = ", ".join(f"{escape(str(c.get('name')))} ({escape(str(c.get('modality')))})"
+                             for c in card.input["channels"])
+        rows = [
+            (_("Name"), escape(card.name)),
+            (_("Task"), escape(f"{card.task} ({card.family})")),
+            (_("Inputs"), channels),
+            (_("Spacing"), escape(spacingText)),
+        ]
+        metrics = card.training.get("metrics") if isinstance(card.training, dict) else None
+        if isinstance(metrics, dict) and metrics:
+            rows.append((_("Validation"), escape(", ".join(
+                f"{k} {v:.3g}" for k, v in list(metrics.items())[:3] if isinstance(v, (int, float))))))
+        if card.description:
+            rows.append((_("About"), escape(card.description)))
+        return "<table>" + "".join(f"<tr><td><b>{k}:</b>&nbsp;</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+    @staticmethod
+    def displayedLabels(card) -> list:
+        """The labels listed on the model card: segmentation hides the background (value 0), classes are all kept."""
+        return [label for label in card.labels if card.task != "segmentation" or label.value != 0]
+
+    @staticmethod
+    def channelLabelText(card, index: int) -> str:
+        """Form label of input selector ``index``: "Input (CT):" for one channel, "T2 (MR):" for several."""
+        channels = card.input["channels"]
+        modality = channels[index].get("modality", "?")
+        if len(channels) == 1:
+            return _("Input ({modality}):").format(modality=modality)
+        return f"{channels[index].get('name', index + 1)} ({modality}):"
+
+    @staticmethod
+    def terminologyMeaning(label) -> str:
+        """The coded type meaning of a label (e.g. "Liver"), or "" without terminology."""
+        terminology = slicer_adapter.terminology_string(label.terminology, label.name) if label.terminology else ""
+        return terminology.split("~")[2].split("^")[-1] if terminology else ""
+
+    def inputWarnings(self, card, volumeNodes: Sequence) -> list[str]:
+        """Reasons the selected volumes may not suit the model (shown in the panel; they do not block Apply)."""
+        warnings = []
+        channels = card.input["channels"]
+        for index, (channel, node) in enumerate(zip(channels, volumeNodes, strict=False)):
+            if node is None:
+                continue
+            grid = slicer_adapter.node_grid(node)
+            name = channel.get("name", f"channel {index + 1}")
+            expected = str(channel.get("modality", "")).upper()
+            modality = slicer_adapter.volume_modality(node)
+            if expected and modality and modality.upper() != expected:
+                warnings.append(_("{name}: the model expects {expected}, this volume is {modality}.").format(
+                    name=name, expected=expected, modality=modality))
+            if min(grid.shape) == 1 and card.family in ("unet3d", "cnn3d"):
+                warnings.append(_("{name}: a single slice was selected, the model is 3D.").format(name=name))
+            target = getattr(card.plan, "target_spacing", None)
+            if target:
+                ratios = [s / t for s, t in zip(grid.spacing, target, strict=True) if t]
+                if any(r > 2.0 or r < 0.5 for r in ratios):
+                    warnings.append(_("{name}: spacing {spacing} mm is far from the model's {target} mm; results "
+                                      "may be poor.").format(
+                        name=name, spacing=" x ".join(f"{s:.2g}" for s in grid.spacing),
+                        target=" x ".join(f"{t:.2g}" for t in target)))
+        return warnings
+
+    # ------------------------------------------------------------------ inference
+    def _inputNodes(self, volumeNodes) -> list:
+        nodes = list(volumeNodes) if isinstance(volumeNodes, (list, tuple)) else [volumeNodes]
+        if not nodes or any(node is None for node in nodes):
+            raise InputError(f"expected one input volume node per model channel, got {nodes}")
+        return nodes
+
+    def segment(self, volumeNodes, bundlePath: str, *, outputType: str = "segmentation", outputNode=None,
+                tableNode=None, probabilities: bool = False, overlap: float | None = None, tta: bool | None = None,
+                background: bool = False):
+        """Segment the volume(s) with a segmentation bundle.
+
+        Args:
+            volumeNodes: The input scalar volume node, or one per model channel. Never modified.
+            bundlePath: Model bundle or ensemble (folder or .zip).
+            outputType: "segmentation" (segments with names, colors, terminology) or "labelmap".
+            outputNode: Existing node to overwrite; ``None`` creates a new one (earlier results are kept).
+            tableNode: Existing table node for per-label volumes (mm3, mL, voxels); ``None`` creates one.
+            probabilities: Also create one probability volume (0-1) per foreground class.
+            overlap, tta: Override the bundle's sliding-window overlap and flip averaging.
+            background: ``False`` runs in this process and returns the output node; ``True`` starts a
+                ``medanalysis predict`` child process and returns a :class:`MedAnalysisJob` (call :meth:`finishJob`
+                when it has ended, as the panel does).
+
+        Returns:
+            The segmentation (or labelmap) node, or the running job. Created nodes are also in :attr:`lastOutputs`.
+        """
+        if outputType not in ("segmentation", "labelmap"):
+            raise InputError(f"expected outputType 'segmentation' or 'labelmap', got {outputType!r}")
+        nodes = self._inputNodes(volumeNodes)
+        bundlePath = bundleLocation(bundlePath)
+        card = self.readModelCard(bundlePath)
+        if card.task != "segmentation":
+            raise InputError(f"expected a segmentation bundle, got a {card.task} bundle; use classify()")
+        context = {"nodes": nodes, "card": card, "outputType": outputType, "outputNode": outputNode,
+                   "tableNode": tableNode, "probabilities": probabilities}
+        if background:
+            return self._startPredictJob("segment", bundlePath, context, overlap, tta)
+        prediction = self._predictInProcess(bundlePath, nodes, overlap, tta, probabilities)
+        self.lastOutputs = self._importSegmentation(context, prediction.label, prediction.probabilities)
+        return self.lastOutputs[outputType]
+
+    def classify(self, volumeNodes, bundlePath: str, *, tableNode=None, plot: bool = True,
+                 background: bool = False):
+        """Classify the volume(s) with a classification bundle.
+
+        Returns the table node (one row per slice when the model scores slices, then one whole-scan row; columns:
+        the predicted label name and one probability column per class), or a :class:`MedAnalysisJob` when
+        ``background`` is True. With ``plot``, a plot chart of the per-slice probabilities is created too.
+        """
+        nodes = self._inputNodes(volumeNodes)
+        bundlePath = bundleLocation(bundlePath)
+        card = self.readModelCard(bundlePath)
+        if card.task != "classification":
+            raise InputError(f"expected a classification bundle, got a {card.task} bundle; use segment()")
+        context = {"nodes": nodes, "card": card, "tableNode": tableNode, "plot": plot}
+        if background:
+            return self._startPredictJob("classify", bundlePath, context, None, None)
+        prediction = self._predictInProcess(bundlePath, nodes, None, None, False)
+        self.lastOutputs = self._importClassification(context, prediction.per_slice, prediction.scan)
+        return self.lastOutputs["table"]
+
+    def _predictInProcess(self, bundlePath, nodes, overlap, tta, probabilities):
+        from MedAnalysisLib.inference.predict import predict
+
+        volumes = [slicer_adapter.volume_from_node(node) for node in nodes]
+        return predict(bundlePath, volumes if len(volumes) > 1 else volumes[0], overlap=overlap, tta=tta,
+                       return_probabilities=probabilities)
+
+    def _scratchFolder(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"MedAnalysis-{prefix}-"))
+
+    def _startPredictJob(self, kind, bundlePath, context, overlap, tta) -> MedAnalysisJob:
+        """Write the input node(s) to a scratch folder and start ``medanalysis predict`` on them."""
+        from MedAnalysisLib.io import write_volume
+
+        scratch = self._scratchFolder(kind)
+        (scratch / "input").mkdir()
+        paths = []
+        for index, node in enumerate(context["nodes"]):
+            paths.append(write_volume(slicer_adapter.volume_from_node(node), scratch / "input" / f"channel{index}.nrrd"))
+        if len(paths) == 1:
+            source = paths[0]
+        else:  # one case with several channels: a one-row CSV manifest (image, image2, ...)
+            source = scratch / "input" / "case.csv"
+            header = ["case_id", "image"] + [f"image{n + 1}" for n in range(1, len(paths))]
+            source.write_text(",".join(header) + "\n" + ",".join(["input", *map(str, paths)]) + "\n",
+                              encoding="utf-8")
+        argv = ["predict", str(bundlePath), str(source), "--out", str(scratch / "output"), "--format", "nrrd"]
+        if context.get("probabilities"):
+            argv.append("--probabilities")
+        if overlap is not None:
+            argv += ["--overlap", str(overlap)]
+        if tta is not None:
+            argv += ["--tta", "on" if tta else "off"]
+        context["scratch"] = scratch
+        return MedAnalysisJob(kind, WorkerJob(argv, python=self.python), context)
+
+    def train(self, data, outputBundlePath: str, *, task: str = "segmentation", family: str = "unet3d",
+              epochs: int = 50, resume: bool = True, extraArguments: Sequence[str] = (), background: bool = True):
+        """Train a model and write a bundle.
+
+        Args:
+            data: A dataset path (MSD folder, CSV manifest, DICOM folder) or a list of
+                ``(volumeNode, segmentationNode)`` pairs from the scene; pairs are exported to an MSD folder next to
+                the output bundle (``<bundle>-training-data``), segments matched to labels by name.
+            outputBundlePath: Bundle folder or .zip to write.
+            task, family, epochs: What to train (see ``medanalysis train --help``).
+            resume: Continue from the checkpoint of an earlier, interrupted run of the same output.
+            extraArguments: More ``medanalysis train`` options, e.g. ``["--hparam", "base_filters=8"]``.
+            background: ``True`` (default) returns a :class:`MedAnalysisJob`; ``False`` blocks and returns the
+                library's ``TrainResult``.
+        """
+        if not outputBundlePath:
+            raise InputError("expected an output bundle path, got an empty path")
+        if extraArguments and not background:
+            raise InputError(f"expected extraArguments only with background=True (they are command-line options), got "
+                             f"{list(extraArguments)}")
+        datasetPath = datasetLocation(data) if isinstance(data, (str, os.PathLike)) else str(
+            self.exportTrainingCases(data, Path(str(outputBundlePath).removesuffix(".zip") + "-training-data")))
+        argv = ["train", datasetPath, "--task", task, "--model", family, "--out", str(outputBundlePath),
+                "--epochs", str(int(epochs)), *extraArguments]
+        if not resume:
+            argv.append("--no-resume")
+        if background:
+            return MedAnalysisJob("train", WorkerJob(argv, python=self.python),
+                                  {"bundlePath": str(outputBundlePath)})
+        from MedAnalysisLib.data.datasets import load_dataset
+        from MedAnalysisLib.training import train
+
+        return train(load_dataset(datasetPath), task=task, family=family, out=outputBundlePath, epochs=int(epochs),
+                     resume=resume)
+
+    def exportTrainingCases(self, pairs: Sequence, folder: Path) -> Path:
+        """Write (volume node, segmentation node) pairs as an MSD dataset folder; returns the folder.
+
+        Labels are the union of segment names over the cases, numbered 1, 2, ... in order of first appearance.
+        """
+        from MedAnalysisLib.io import write_volume
+        from MedAnalysisLib.io.atomic import write_text_atomic
+
+        pairs = list(pairs)
+        if not pairs:
+            raise InputError("expected at least one (volume, segmentation) training pair, got none")
+        names: list[str] = []
+        for volume, segmentation in pairs:
+            if volume is None or segmentation is None:
+                raise InputError(f"expected a volume and a segmentation in every training pair, got {(volume, segmentation)}")
+            seg = segmentation.GetSegmentation()
+            for n in range(seg.GetNumberOfSegments()):
+                name = seg.GetNthSegment(n).GetName()
+                if name.lower() not in [x.lower() for x in names]:
+                    names.append(name)
+        labels = [{"value": i + 1, "name": name} for i, name in enumerate(names)]
+        (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+        training = []
+        modality = slicer_adapter.volume_modality(pairs[0][0]) or "CT"
+        for index, (volume, segmentation) in enumerate(pairs):
+            case = f"case_{index:03d}"
+            write_volume(slicer_adapter.volume_from_node(volume), folder / "imagesTr" / f"{case}_0000.nii.gz")
+            label = slicer_adapter.label_volume_from_segmentation(segmentation, labels, volume)
+            write_volume(label, folder / "labelsTr" / f"{case}.nii.gz")
+            training.append({"image": f"./imagesTr/{case}_0000.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+        description = {
+            "name": "MedAnalysis scene export",
+            "modality": {"0": modality},
+            "labels": {"0": "background", **{str(label["value"]): label["name"] for label in labels}},
+            "numTraining": len(training),
+            "training": training,
+            "file_ending": ".nii.gz",
+        }
+        write_text_atomic(folder / "dataset.json", json.dumps(description, indent=2))
+        return folder
+
+    def evaluate(self, bundlePath: str, datasetPath: str, outputFolder: str, *, background: bool = True,
+                 bootstrap: int = 1000, figures: bool = True):
+        """Evaluate a bundle on labelled data (MSD folder or CSV manifest); the summary becomes a table node.
+
+        Writes per-case metrics (``per_case.csv``), ``summary.json`` (means with bootstrap 95% intervals) and
+        figures into ``outputFolder``. Returns a :class:`MedAnalysisJob` (``medanalysis evaluate`` in a child
+        process), or with ``background=False`` runs in this process and returns the table node.
+        """
+        if not str(datasetPath or "") or not str(outputFolder or ""):
+            raise InputError(f"expected a labelled dataset and an output folder, got {datasetPath!r}, {outputFolder!r}")
+        bundlePath = bundleLocation(bundlePath)
+        datasetPath = datasetLocation(datasetPath)
+        self.readModelCard(bundlePath)
+        if background:
+            argv = ["evaluate", str(bundlePath), str(datasetPath), "--out", str(outputFolder),
+                    "--bootstrap", str(int(bootstrap))]
+            if not figures:
+                argv.append("--no-figures")
+            return MedAnalysisJob("evaluate", WorkerJob(argv, python=self.python), {"outputFolder": str(outputFolder)})
+        from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
+
+        evaluate_bundle(str(bundlePath), str(datasetPath), str(outputFolder),
+                        EvaluationOptions(bootstrap=int(bootstrap), figures=figures))
+        self.lastOutputs = self.importEvaluationSummary(outputFolder)
+        return self.lastOutputs["table"]
+
+    # ------------------------------------------------------------------ bringing results into the scene
+    def _importSegmentation(self, context: dict, labelVolume, probabilityVolume=None) -> dict:
+        from MedAnalysisLib.inference.predict import label_volume_table
+
+        card = context["card"]
+        reference = context["nodes"][0]
+        scene = slicer_adapter.require_scene(reference)
+        baseName = f"{reference.GetName()} {card.name}"
+        outputs: dict[str, Any] = {}
+        if context["outputType"] == "segmentation":
+            outputs["segmentation"] = slicer_adapter.segmentation_node_from_volume(
+                scene, labelVolume, card.labels, name=baseName, reference_node=reference, node=context["outputNode"])
+        else:
+            outputs["labelmap"] = slicer_adapter.labelmap_node_from_volume(
+                scene, labelVolume, card.labels, name=baseName, reference_node=reference, node=context["outputNode"])
+        rows = label_volume_table(labelVolume, card.labels)
+        outputs["table"] = slicer_adapter.table_node_from_rows(
+            scene, rows, f"{baseName} volumes", units=_volumeUnits(rows), reference_node=reference,
+            node=context["tableNode"])
+        if probabilityVolume is not None and context.get("probabilities"):
+            outputs["probabilities"] = []
+            for label in card.labels:
+                if label.value == 0 or label.value >= probabilityVolume.n_components:
+                    continue
+                channel = probabilityVolume.with_array(probabilityVolume.array[..., label.value])
+                outputs["probabilities"].append(slicer_adapter.scalar_volume_node_from_volume(
+                    scene, channel, f"{baseName} P({label.name})", reference_node=reference))
+        return outputs
+
+    def _importClassification(self, context: dict, perSlice, scan) -> dict:
+        card = context["card"]
+        reference = context["nodes"][0]
+        scene = slicer_adapter.require_scene(reference)
+        baseName = f"{reference.GetName()} {card.name}"
+        perSlice = [_sliceRow(row) for row in (perSlice or [])]
+        rows = [{"scope": "slice", **row} for row in perSlice]
+        if scan:
+            rows.append(_scanRow(scan))
+        if not rows:
+            raise InputError("expected per-slice or whole-scan results from the classifier, got none")
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        outputs: dict[str, Any] = {"table": slicer_adapter.table_node_from_rows(
+            scene, rows, f"{baseName} classification", columns=columns, reference_node=reference,
+            node=context["tableNode"])}
+        probabilityColumns = [c for c in columns if c.startswith("p_")]
+        if context.get("plot") and perSlice and probabilityColumns and "slice" in columns:
+            sliceTable = slicer_adapter.table_node_from_rows(
+                scene, [{k: row.get(k) for k in ["slice", *probabilityColumns]} for row in perSlice],
+                f"{baseName} per-slice probabilities", reference_node=reference)
+            colors = {f"p_{label.name}": label.color for label in card.labels}
+            outputs["chart"] = slicer_adapter.plot_chart_from_table(
+                scene, sliceTable, "slice", probabilityColumns, title=f"{baseName} per slice",
+                x_title=_("slice index (k)"), y_title=_("probability"), colors=colors, reference_node=reference)
+            outputs["sliceTable"] = sliceTable
+        return outputs
+
+    def finishJob(self, job: MedAnalysisJob) -> dict:
+        """Bring a finished job's outputs into the scene; raises with the worker's message when it failed."""
+        job.poll()
+        worker = job.worker
+        if worker.running:
+            raise RuntimeError("expected a finished job, got one still running")
+        try:
+            if worker.cancelled and worker.result is None:
+                from MedAnalysisLib.errors import CancelledError
+
+                raise CancelledError(_("Stopped on request."))
+            failed = (worker.result or {}).get("failed") or []
+            if failed:  # the batch ran, the case did not: the library's own message
+                raise MedAnalysisError(f"{failed[0].get('error_type')}: {failed[0].get('message')}")
+            if worker.error is not None or worker.result is None:
+                error = worker.error or {"error_type": "Error", "message": "no result"}
+                raise MedAnalysisError(f"{error['message']}")
+            if job.kind in ("segment", "classify"):
+                outputs = self._importPredictOutputs(job)
+            elif job.kind == "evaluate":
+                outputs = self.importEvaluationSummary(job.context["outputFolder"])
+            else:
+                outputs = {"bundlePath": job.context["bundlePath"]}
+        finally:
+            job.discardScratch()
+        self.lastOutputs = outputs
+        return outputs
+
+    def _importPredictOutputs(self, job: MedAnalysisJob) -> dict:
+        from MedAnalysisLib.io import read_volume
+
+        outputFolder = job.context["scratch"] / "output"
+        record = _caseRecord(job.worker.result, outputFolder)
+        files = {kind: outputFolder / name for kind, name in record.get("outputs", {}).items()}
+        if job.kind == "segment":
+            label = read_volume(files["label_nrrd"], kind="label")
+            probabilities = read_volume(files["probabilities"]) if "probabilities" in files else None
+            # The child read the file written from the input node: the same grid up to the decimal rounding of the
+            # file header. Put the result on the input node's exact grid (after checking it is that grid).
+            grid = slicer_adapter.node_grid(job.context["nodes"][0])
+            from MedAnalysisLib.volume import require_same_geometry
+
+            require_same_geometry(grid, label, what="prediction")
+            label = grid.with_array(label.array)
+            if probabilities is not None:
+                probabilities = grid.with_array(probabilities.array)
+            return self._importSegmentation(job.context, label, probabilities)
+        rows = json.loads(files["table_json"].read_text(encoding="utf-8")) if "table_json" in files else []
+        perSlice = [row for row in rows if "slice" in row] or None
+        return self._importClassification(job.context, perSlice, record.get("scan"))
+
+    def importEvaluationSummary(self, outputFolder) -> dict:
+        """summary.json of an evaluation as a table node: one row per metric (mean, 95% CI, median, ...)."""
+        summary = json.loads((Path(outputFolder) / "summary.json").read_text(encoding="utf-8"))
+        metrics = summary.get("metrics") or {}
+        rows = [{"metric": name, **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
+                for name, stats in metrics.items() if isinstance(stats, dict)]
+        if not rows:  # classifiers: headline figures (AUC, accuracy, ...)
+            rows = [{"metric": name, "value": value} for name, value in (summary.get("headline") or {}).items()
+                    if isinstance(value, (int, float))]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        table = slicer_adapter.table_node_from_rows(self.scene, rows, self.scene.GenerateUniqueName(
+            "MedAnalysis evaluation"), columns=columns)
+        return {"table": table, "summary": summary}
+
+    # ------------------------------------------------------------------ what the panel offers and shows
+    def defaultInputVolume(self):
+        """The first volume the input selectors list (plain scalar volumes; not labelmaps, vector, RGB, DWI or
+        tensor volumes, which are subclasses), or None. Hidden nodes are skipped like the selectors skip them."""
+        for index in range(self.scene.GetNumberOfNodesByClass(INPUT_VOLUME_CLASS)):
+            node = self.scene.GetNthNodeByClass(index, INPUT_VOLUME_CLASS)
+            if node.GetClassName() == INPUT_VOLUME_CLASS and not node.GetHideFromEditors():
+                return node
+        return None
+
+    def trainingPlotViewNode(self):
+        """The plot view node behind the panel's training-curve widget (one per scene).
+
+        It belongs to a layout node of its own, so the main view layout does not create a second plot view for it,
+        and it ignores chart selection propagation, so charts shown in the main layout (a classification's
+        per-slice plot) never replace the training curves.
+        """
+        view = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLPlotViewNode")
+        if view is not None:
+            return view
+        layout = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLLayoutNode")
+        if layout is None:
+            layout = self.scene.CreateNodeByClass("vtkMRMLLayoutNode")
+            layout.SetSingletonTag(TRAINING_PLOT_TAG)
+            layout.SetName(self.scene.GenerateUniqueName("MedAnalysis panel layout"))
+            layout.SetHideFromEditors(True)
+            layout = self.scene.AddNode(layout)
+        view = self.scene.CreateNodeByClass("vtkMRMLPlotViewNode")
+        view.SetSingletonTag(TRAINING_PLOT_TAG)
+        view.SetName(self.scene.GenerateUniqueName("MedAnalysis training plot view"))
+        view.SetLayoutName(TRAINING_PLOT_TAG)
+        view.SetDoPropagatePlotChartSelection(False)
+        view.SetAndObserveParentLayoutNodeID(layout.GetID())
+        view.SetHideFromEditors(True)
+        return self.scene.AddNode(view)
+
+    def showTrainingCurves(self, chartNode) -> None:
+        """Show ``chartNode`` in the panel's training-curve view (and nowhere else)."""
+        self.trainingPlotViewNode().SetPlotChartNodeID(chartNode.GetID() if chartNode is not None else None)
+
+    # ------------------------------------------------------------------ progress text and training curves
+    @staticmethod
+    def describeProgress(message: dict) -> str:
+        from MedAnalysisLib.progress import format_duration
+
+        fraction = message.get("fraction") or 0.0
+        eta = message.get("eta_s")
+        text = f"{message.get('stage', '')}: {fraction:.0%}"
+        if eta is not None and fraction < 1:
+            text += _(", about {eta} left").format(eta=format_duration(eta))
+        if message.get("message"):
+            text += f" \u2014 {message['message']}"
+        return text
+
+    @staticmethod
+    def describeOutcome(job: MedAnalysisJob) -> str:
+        seconds = f"{job.worker.elapsed_s:.0f} s"
+        if job.kind == "train":
+            return _("Training finished in {seconds}; bundle written to {path}.").format(
+                seconds=seconds, path=job.context["bundlePath"])
+        return _("Done in {seconds}.").format(seconds=seconds)
+
+    def createTrainingCurves(self):
+        """An empty table (epoch, metrics...) and a plot chart for the live training curves."""
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("MedAnalysis training"))
+        chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", table.GetName() + " curves")
+        chart.SetTitle(_("Training"))
+        chart.SetXAxisTitle(_("epoch"))
+        chart.SetYAxisTitle(_("value"))
+        return table, chart
+
+    def addTrainingMetrics(self, tableNode, chartNode, message: dict) -> None:
+        """Append one ``metrics`` message (``epoch`` and its figures) to the curves table; one chart series per
+        figure (loss, val_loss, val_dice, ...), added when a figure first appears."""
+        metrics = {k: float(v) for k, v in (message.get("metrics") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows = slicer_adapter.rows_from_table_node(tableNode)
+        rows.append({"epoch": int(message.get("epoch", len(rows) + 1)), **metrics})
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        slicer_adapter.table_node_from_rows(self.scene, rows, tableNode.GetName(), columns=columns, node=tableNode)
+        if chartNode.GetNumberOfPlotSeriesNodes() != len(columns) - 1:
+            slicer_adapter.plot_chart_from_table(self.scene, tableNode, "epoch", columns[1:],
+                                                 title=chartNode.GetTitle() or _("Training"), x_title=_("epoch"),
+                                                 y_title=_("value"), chart_node=chartNode)
+
+
+def _sliceRow(row: dict) -> dict:
+    """A per-slice result row for a table: the LPS slice centre becomes R, A, S columns (Slicer shows RAS)."""
+    result = {key: value for key, value in row.items() if key != "position_lps"}
+    if row.get("position_lps") is not None:
+        left, posterior, superior = row["position_lps"]
+        result.update({"R": -float(left), "A": -float(posterior), "S": float(superior)})
+    return result
+
+
+def _scanRow(scan: dict) -> dict:
+    """The whole-scan result ``{"predicted", "value", "probabilities": {name: p}}`` as one flat table row."""
+    row = {"scope": "scan", "predicted": scan.get("predicted"), "value": scan.get("value")}
+    row.update({f"p_{name}": float(p) for name, p in (scan.get("probabilities") or {}).items()})
+    return row
+
+
+def _volumeUnits(rows: list) -> dict:
+    units = {}
+    for column in (rows[0] if rows else {}):
+        lowered = column.lower()
+        if "mm3" in lowered:
+            units[column] = "mm3"
+        elif lowered.endswith("ml") or "_ml" in lowered:
+            units[column] = "mL"
+    return units
+
+
+def _caseRecord(result: dict, outputFolder: Path) -> dict:
+    """The provenance sidecar (``<case>.json``, with its ``outputs``) of the one case a predict job ran."""
+    done = result.get("done") or []
+    if len(done) != 1:
+        raise MedAnalysisError(f"expected the prediction of one case, got {len(done)} in {outputFolder}")
+    return json.loads((outputFolder / f"{done[0]}.json").read_text(encoding="utf-8"))
+
+
+#: The node class the input selectors list (exact class: subclasses such as labelmaps and vector volumes are hidden).
+INPUT_VOLUME_CLASS = "vtkMRMLScalarVolumeNode"
+#: Singleton tag of the panel's own layout node and training plot view node.
+TRAINING_PLOT_TAG = "MedAnalysisTrainingCurves"
+#: Files inside a bundle or dataset folder that users pick in a file dialog; the folder is what they mean.
+BUNDLE_FILES = ("bundle.json", "ensemble.json")
+DATASET_FILES = ("dataset.json",)
+
+
+def pathText(path) -> str:
+    """A path parameter as text: "" when unset (the parameter node's default path is ``Path()``, i.e. ".")."""
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
+
+
+def bundleLocation(path) -> str:
+    """A bundle as the library takes it: the folder when ``bundle.json``/``ensemble.json`` inside it was picked.
+
+    Raises:
+        InputError: the path is empty.
+    """
+    text = pathText(path)
+    if not text:
+        raise InputError("expected a model bundle (folder, .zip, bundle.json or ensemble.json), got an empty path")
+    location = Path(text)
+    return str(location.parent) if location.name in BUNDLE_FILES else text
+
+
+def datasetLocation(path) -> str:
+    """A dataset as every command takes it: the MSD folder when its ``dataset.json`` was picked; folders (MSD,
+    DICOM) and CSV manifests as they are.
+
+    Raises:
+        InputError: the path is empty.
+    """
+    text = pathText(path)
+    if not text:
+        raise InputError("expected a dataset (MSD folder, DICOM folder or CSV manifest), got an empty path")
+    location = Path(text)
+    return str(location.parent) if location.name in DATASET_FILES else text
+
