@@ -17,7 +17,7 @@ from MedAnalysisSlicerLib.selftest import buildTinyBundles, runSelfTest  # noqa:
 from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
-from MedAnalysisLib.errors import InputError  # noqa: E402
+from MedAnalysisLib.errors import InputError, MedAnalysisError  # noqa: E402
 from MedAnalysisLib.volume import Volume  # noqa: E402
 
 
@@ -238,3 +238,85 @@ def test_unset_path_parameters_read_as_empty():
     assert pathText(pathlib.Path()) == ""  # the parameter node's default path
     assert pathText(None) == ""
     assert pathText(pathlib.Path("/models/liver.zip")) == "/models/liver.zip"
+
+
+def test_exporting_training_cases_three_times_leaves_the_scene_unchanged(scene, tmp_path):
+    node = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.zeros((6, 8, 9), np.int16)), "CT")
+    labels = np.zeros((6, 8, 9), np.uint8)
+    labels[2:4, 2:5, 2:6] = 1
+    segmentation = adapter.segmentation_node_from_volume(
+        scene.scene, adapter.volume_from_node(node).with_array(labels), [{"value": 1, "name": "liver"}],
+        reference_node=node)
+    logic = SceneLogic(scene.scene)
+    ids = {scene.scene.GetNthNode(i).GetID() for i in range(scene.scene.GetNumberOfNodes())}
+    for attempt in range(3):
+        logic.exportTrainingCases([(node, segmentation)], tmp_path / f"data{attempt}")
+        assert {scene.scene.GetNthNode(i).GetID() for i in range(scene.scene.GetNumberOfNodes())} == ids
+
+
+def test_the_default_input_is_a_volume_the_selectors_list(scene):
+    """Labelmaps, vector/RGB, DWI and hidden volumes are subclasses or hidden: the selectors (exact class
+    vtkMRMLScalarVolumeNode, hidden nodes skipped) never list them, so the panel never picks them."""
+    logic = SceneLogic(scene.scene)
+    assert logic.defaultInputVolume() is None
+    for class_name in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode"):
+        scene.scene.AddNewNodeByClass(class_name, class_name)
+    hidden = scene.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "hidden")
+    hidden.SetHideFromEditors(True)
+    assert logic.defaultInputVolume() is None
+    ct = scene.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    assert logic.defaultInputVolume() is ct
+
+
+def test_the_ui_selectors_list_exactly_what_the_default_pick_allows():
+    import xml.etree.ElementTree as ET
+
+    from MedAnalysisSlicerLib.logic import INPUT_VOLUME_CLASS
+
+    root = ET.parse(Path(__file__).resolve().parents[1] / "MedAnalysis" / "Resources" / "UI" / "MedAnalysis.ui")
+    for name in ("inputVolumeSelector0", "inputVolumeSelector1", "inputVolumeSelector2"):
+        widget = root.find(f".//widget[@name='{name}']")
+        properties = {p.get("name"): p for p in widget.findall("property")}
+        assert [s.text for s in properties["nodeTypes"].iter("string")] == [INPUT_VOLUME_CLASS]
+        assert properties["showChildNodeTypes"].find("bool").text == "false"
+        assert "showHidden" not in properties
+
+
+def test_training_curves_view_is_not_part_of_the_main_layout(scene):
+    """The panel's plot view has its own layout node (so the view layout makes no second plot widget for it) and
+    ignores chart propagation (so a classification's chart shown in the layout leaves the curves alone)."""
+    logic = SceneLogic(scene.scene)
+    table, curves = logic.createTrainingCurves()
+    logic.showTrainingCurves(curves)
+    view = logic.trainingPlotViewNode()
+    assert logic.trainingPlotViewNode() is view  # one per scene
+    assert view.GetParentLayoutNode() is not None and view.GetParentLayoutNode().IsA("vtkMRMLLayoutNode")
+    assert not view.GetDoPropagatePlotChartSelection()
+    assert view.GetPlotChartNodeID() == curves.GetID()
+
+    main_view = scene.scene.AddNewNodeByClass("vtkMRMLPlotViewNode")  # a plot view of the main layout
+    other = scene.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "per-slice probabilities")
+    scene.plots_logic.ShowChartInLayout(other)
+    assert main_view.GetPlotChartNodeID() == other.GetID()
+    assert view.GetPlotChartNodeID() == curves.GetID()
+
+
+def test_picked_bundle_and_dataset_files_mean_their_folders(scene, bundles, tmp_path):
+    from MedAnalysisSlicerLib.logic import bundleLocation, datasetLocation
+
+    segmentation_bundle, _ = bundles
+    assert bundleLocation(Path(segmentation_bundle) / "bundle.json") == str(segmentation_bundle)
+    assert bundleLocation("/models/liver.zip") == "/models/liver.zip"
+    assert datasetLocation("/data/Task04/dataset.json") == "/data/Task04"
+    assert datasetLocation("/data/cases.csv") == "/data/cases.csv"
+    for location in (bundleLocation, datasetLocation):
+        with pytest.raises(InputError, match="empty path"):
+            location(Path())
+    card = SceneLogic(scene.scene).readModelCard(str(Path(segmentation_bundle) / "bundle.json"))
+    assert card.task == "segmentation"
+
+
+@pytest.mark.parametrize("path", ["x" * 5000, "/proc/self/mem/bundle.zip", "/dev/null"])
+def test_unreadable_bundle_paths_are_input_errors_not_os_errors(scene, path):
+    with pytest.raises(MedAnalysisError):
+        SceneLogic(scene.scene).readModelCard(path)
