@@ -78,11 +78,10 @@ def _ensureLibrariesOnPath():
 UNSUPPORTED_REASON = unsupportedSlicerReason()
 if UNSUPPORTED_REASON is None:
     _ensureLibrariesOnPath()
+    from MedAnalysisLib.errors import MedAnalysisError
     from MedAnalysisSlicerLib.installer import PackageInstaller
     from MedAnalysisSlicerLib.jobs import MedAnalysisJob
     from MedAnalysisSlicerLib.logic import SceneLogic, pathText
-
-    from MedAnalysisLib.errors import MedAnalysisError
 else:  # an older Slicer: the module loads and its panel says why it cannot run; nothing else is imported
     MedAnalysisError = Exception
 

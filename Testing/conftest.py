@@ -20,17 +20,45 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The Slicer module's plain-Python library (MedAnalysis/MedAnalysisSlicerLib), importable as Slicer imports it.
 if str(PROJECT_ROOT / "MedAnalysis") not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
-SHARED_DATA = Path(os.environ.get("MEDANALYSIS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+SHARED = Path(os.environ.get("MEDANALYSIS_SHARED", PROJECT_ROOT.parent / "shared"))
+SHARED_DATA = Path(os.environ.get("MEDANALYSIS_SHARED_DATA", SHARED / "data"))
+SLICER_API_MANIFEST = Path(os.environ.get("MEDANALYSIS_SLICER_API", SHARED / "slicer-api" / "manifest.json"))
+#: Set by CI (.ci/run): a missing shared folder is then a failure instead of a skip.
+REQUIRE_SHARED = os.environ.get("MEDANALYSIS_REQUIRE_SHARED") == "1"
+
+
+def require_shared(path: Path, what: str, where: str) -> Path:
+    """``path`` when it exists; otherwise skip the test with a reason that says where to get it, or fail under CI.
+
+    Args:
+        path: The file or folder the test needs.
+        what: What it is, for the message.
+        where: Where it comes from and which variable points to it.
+    """
+    if path.exists():
+        return path
+    message = f"{what} not found at {path}: {where}"
+    if REQUIRE_SHARED:
+        pytest.fail(f"{message} (MEDANALYSIS_REQUIRE_SHARED=1 makes this a failure)")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real public images (see shared/data/README.md). Their absence is an error, not a skip."""
-    if not (SHARED_DATA / "README.md").is_file():
-        raise FileNotFoundError(
-            f"expected the shared test data at {SHARED_DATA} (set MEDANALYSIS_SHARED_DATA to override), found nothing"
-        )
+    """The real public images (see shared/data/README.md beside the project): skipped where absent, failed in CI."""
+    require_shared(SHARED_DATA / "README.md", "the public test images (shared/data)",
+                   "the public datasets MSD Task04 Hippocampus, TCIA chest CT slices, Slicer's CT head series, "
+                   "TCIA Brain-Tumor-Progression and the dicom2nifti vendor samples, laid out as in its README.md; "
+                   "point MEDANALYSIS_SHARED_DATA at a copy")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def slicer_api_manifest() -> Path:
+    """Facts read from Slicer's and CTK's sources per Slicer version (shared/slicer-api/manifest.json)."""
+    return require_shared(SLICER_API_MANIFEST, "the Slicer API manifest (shared/slicer-api/manifest.json)",
+                          "it is generated from the Slicer and CTK sources of each supported version; point "
+                          "MEDANALYSIS_SLICER_API at a copy")
 
 
 @pytest.fixture

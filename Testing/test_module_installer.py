@@ -19,12 +19,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from MedAnalysisSlicerLib import installer as installer_module
 from MedAnalysisSlicerLib.installer import PackageInstaller, requirementName, requirementSatisfied, versionTuple
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = Path(__import__("os").environ.get("MEDANALYSIS_SLICER_API",
-                                             PROJECT_ROOT.parent / "shared" / "slicer-api" / "manifest.json"))
 
 
 def write_wheel(folder: Path, version: str) -> Path:
@@ -160,7 +157,7 @@ def test_requirement_checks_use_installed_versions():
     assert requirementName("keras>=3.12") == "keras" and requirementName("pylibjpeg[all]>=2") == "pylibjpeg"
 
 
-def test_slicer_pip_function_per_version(monkeypatch, tmp_path):
+def test_slicer_pip_function_per_version(monkeypatch, tmp_path, slicer_api_manifest):
     """5.12+ has ``slicer.packaging.pip_install`` (used without pip_ensure's own prompts); 5.10 has only
     ``slicer.util.pip_install``. The keyword arguments used exist in the manifest's signature for each version."""
     import slicer
@@ -180,9 +177,7 @@ def test_slicer_pip_function_per_version(monkeypatch, tmp_path):
     assert calls[0] == ("packaging", ["keras>=3.12"], {"constraints": str(tmp_path / "c.txt"),
                                                        "requester": "MedAnalysis"})
     assert calls[1] == ("util", ["keras>=3.12", "-c", str(tmp_path / "c.txt")], {})
-    if not MANIFEST.is_file():
-        pytest.skip(f"the Slicer API manifest is not at {MANIFEST}; signatures not checked")
-    versions = json.loads(MANIFEST.read_text())["versions"]
+    versions = json.loads(slicer_api_manifest.read_text())["versions"]
     for version in ("5.12.0", "main"):
         signature = versions[version]["python_modules"]["slicer.packaging"]["pip_install"]
         assert all(f"{name}=" in signature for name in calls[0][2]), (version, signature)

@@ -13,15 +13,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from MedAnalysisSlicerLib.jobs import MedAnalysisJob  # noqa: E402
-from MedAnalysisSlicerLib.logic import SceneLogic  # noqa: E402
-from MedAnalysisSlicerLib.selftest import buildTinyBundles  # noqa: E402
 from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
 from MedAnalysisLib.io import write_volume  # noqa: E402
 from MedAnalysisLib.volume import Volume, rotation_about_axis  # noqa: E402
 from MedAnalysisLib.worker import WorkerJob  # noqa: E402
+from MedAnalysisSlicerLib.jobs import MedAnalysisJob  # noqa: E402
+from MedAnalysisSlicerLib.logic import SceneLogic  # noqa: E402
+from MedAnalysisSlicerLib.selftest import buildTinyBundles  # noqa: E402
 
 TIMEOUT_S = 240
 
