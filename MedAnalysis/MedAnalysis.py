@@ -128,6 +128,7 @@ class MedAnalysisParameterNode:
     testTimeAugmentation: "bundle default", "on" or "off" (flip averaging).
     runInBackground: child process (True) or in Slicer's process.
     trainingSource: "scene" (trainingVolumes/trainingSegmentations pairs) or "folder" (trainingDatasetPath).
+    trainingOptions: more ``medanalysis train`` options, as typed on a command line.
     """
 
     bundlePath: pathlib.Path
@@ -153,6 +154,7 @@ class MedAnalysisParameterNode:
     trainingEpochs: Annotated[int, WithinRange(1, 10000)] = 50
     trainingOutputPath: pathlib.Path
     resumeTraining: bool = True
+    trainingOptions: str = ""
     evaluationDatasetPath: pathlib.Path
     evaluationOutputPath: pathlib.Path
 
@@ -469,7 +471,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             job = self.logic.train(data, pathText(params.trainingOutputPath), task=params.trainingTask,
                                    family=params.trainingFamily, epochs=params.trainingEpochs,
-                                   resume=params.resumeTraining, background=True)
+                                   resume=params.resumeTraining,
+                                   extraArguments=self.logic.parseTrainingOptions(params.trainingOptions),
+                                   background=True)
         except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
             self._showError(self.ui.trainingStatusLabel, error)
             return

@@ -320,3 +320,19 @@ def test_picked_bundle_and_dataset_files_mean_their_folders(scene, bundles, tmp_
 def test_unreadable_bundle_paths_are_input_errors_not_os_errors(scene, path):
     with pytest.raises(MedAnalysisError):
         SceneLogic(scene.scene).readModelCard(path)
+
+
+def test_training_options_are_checked_by_the_command_parser_before_anything_starts(scene, tmp_path):
+    logic = SceneLogic(scene.scene)
+    assert logic.parseTrainingOptions(" --hparam filters=[4,8]  --steps-per-epoch 2 ") == [
+        "--hparam", "filters=[4,8]", "--steps-per-epoch", "2"]
+    assert logic.parseTrainingOptions("") == []
+    for text, message in [("--bogus 1", "unrecognized arguments: --bogus"), ("stray", "unrecognized arguments"),
+                          ("--batch-size x", "invalid int value"), ('"unclosed', "No closing quotation"),
+                          ("--epochs 3", "panel's own fields"), ("--epo 3", "panel's own fields"),
+                          ("--out=/tmp/x", "panel's own fields")]:
+        with pytest.raises(InputError, match=message):
+            logic.parseTrainingOptions(text)
+    with pytest.raises(InputError, match="unrecognized"):
+        logic.train(str(tmp_path), str(tmp_path / "model.zip"), extraArguments=["--bogus"])
+    assert not (tmp_path / "model.zip").exists()

@@ -13,8 +13,11 @@ Console use::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -260,6 +263,7 @@ class SceneLogic:
         if extraArguments and not background:
             raise InputError(f"expected extraArguments only with background=True (they are command-line options), got "
                              f"{list(extraArguments)}")
+        extraArguments = checkTrainingOptions(extraArguments)
         datasetPath = datasetLocation(data) if isinstance(data, (str, os.PathLike)) else str(
             self.exportTrainingCases(data, Path(str(outputBundlePath).removesuffix(".zip") + "-training-data")))
         argv = ["train", datasetPath, "--task", task, "--model", family, "--out", str(outputBundlePath),
@@ -274,6 +278,16 @@ class SceneLogic:
 
         return train(load_dataset(datasetPath), task=task, family=family, out=outputBundlePath, epochs=int(epochs),
                      resume=resume)
+
+    @staticmethod
+    def parseTrainingOptions(text: str) -> list[str]:
+        """More ``medanalysis train`` options typed as on a command line (the panel's field), checked with the
+        command's own parser; raises InputError with the parser's message when they are not valid."""
+        try:
+            tokens = shlex.split(text or "")
+        except ValueError as error:
+            raise InputError(f"expected training options as on a command line, got {text!r}: {error}") from error
+        return checkTrainingOptions(tokens)
 
     def exportTrainingCases(self, pairs: Sequence, folder: Path) -> Path:
         """Write (volume node, segmentation node) pairs as an MSD dataset folder; returns the folder.
@@ -625,4 +639,39 @@ def datasetLocation(path) -> str:
         raise InputError("expected a dataset (MSD folder, DICOM folder or CSV manifest), got an empty path")
     location = Path(text)
     return str(location.parent) if location.name in DATASET_FILES else text
+
+
+#: Options of ``medanalysis train`` that the panel and :meth:`SceneLogic.train` set themselves.
+OWN_TRAINING_OPTIONS = ("--task", "--model", "--out", "--epochs", "--no-resume", "--progress", "-h", "--help")
+
+
+def _namesOwnOption(name: str) -> bool:
+    """True for one of :data:`OWN_TRAINING_OPTIONS` or an abbreviation argparse would expand to one."""
+    return name in OWN_TRAINING_OPTIONS or (name.startswith("--") and len(name) > 2 and any(
+        option.startswith(name) for option in OWN_TRAINING_OPTIONS))
+
+
+def checkTrainingOptions(tokens: Sequence[str]) -> list[str]:
+    """``tokens`` when ``medanalysis train``'s own parser accepts them after the options the logic sets itself.
+
+    Raises:
+        InputError: an option the logic sets itself, or one the parser refuses (with the parser's message).
+    """
+    tokens = [str(token) for token in tokens]
+    clashes = [token for token in tokens if _namesOwnOption(token.split("=")[0])]
+    if clashes:
+        raise InputError(f"expected options other than task, model, output, epochs and resume (the panel's own "
+                         f"fields), got {', '.join(clashes)}")
+    from MedAnalysisLib.cli import build_parser
+
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages):
+            build_parser().parse_args(["train", "data", "--task", "segmentation", "--model", "unet3d", "--out",
+                                       "bundle", *tokens])
+    except SystemExit as exit_:
+        errors = [line.split("error:", 1)[1].strip() for line in messages.getvalue().splitlines() if "error:" in line]
+        raise InputError(f"expected valid medanalysis train options, got {' '.join(tokens)!r}"
+                         + (f": {errors[-1]}" if errors else "")) from exit_
+    return tokens
 
