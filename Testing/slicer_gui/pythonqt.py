@@ -10,14 +10,12 @@ public member that its ``OFFERS`` does not declare.
 
 from __future__ import annotations
 
-import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from PySide6 import QtCore
-
 
 #: C++ parameter type of a look-alike signal -> the overload key of its PySide6 ``Signal``.
 _OVERLOADS: dict[str, type] = {"bool": bool, "int": int, "QString": str}
