@@ -190,7 +190,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     POLL_INTERVAL_MS = 200
 
     def __init__(self, parent=None, logic=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # Everything setup() needs first: without a parent, Slicer's base class calls setup() from its __init__.
         VTKObservationMixin.__init__(self)
         self.logic = logic
         self.ui = None
@@ -198,8 +198,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None  # the MedAnalysisJob of Apply/Train/Evaluate (one at a time)
         self._modelCard = None
+        self._modelCardPath = None  # the bundle path the shown model card was read from
         self._pollTimer = None
         self._trainingCurves = None
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -227,8 +229,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
-        self.ui.bundlePathLineEdit.connect("currentPathChanged(QString)", self.onBundlePathChanged)
         for selector in (self.ui.inputVolumeSelector0, self.ui.inputVolumeSelector1, self.ui.inputVolumeSelector2):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUI)
         for comboBox in (self.ui.outputTypeComboBox, self.ui.trainingSourceComboBox):
@@ -274,6 +276,13 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onNodeAdded(self, caller, event):
+        """A volume loaded while the panel is open becomes the input when none is chosen yet."""
+        if self._parameterNode and not self._parameterNode.inputVolume0 and self._jobKind() is None:
+            firstVolume = self.logic.defaultInputVolume()
+            if firstVolume is not None:
+                self._parameterNode.inputVolume0 = firstVolume
+
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume0:
@@ -289,12 +298,16 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
-            self.onBundlePathChanged(self._parameterNode.bundlePath)
+            self.updateGUI()
 
     # ------------------------------------------------------------------ display
-    def onBundlePathChanged(self, path=""):
-        """Read the model card (no TensorFlow involved) and show it; any failure goes to the card label."""
+    def _showModelCard(self, path):
+        """Read the model card of ``path`` (no TensorFlow involved) and show it; any failure goes to the card label.
+
+        Driven by the parameter node (its ``bundlePath``), so a path set from the console or a loaded scene shows
+        its card just as one chosen in the field does."""
         path = pathText(path)
+        self._modelCardPath = path
         self._modelCard = None
         self.ui.labelsTableWidget.setRowCount(0)
         if not path:
@@ -310,7 +323,6 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelCardLabel.setTextFormat(qt.Qt.RichText)  # modelCardHtml escapes every value
                 self.ui.modelCardLabel.setText(self.logic.modelCardHtml(self._modelCard))
                 self._showLabels(self._modelCard)
-        self.updateGUI()
 
     def _showLabels(self, card):
         labels = self.logic.displayedLabels(card)
@@ -333,6 +345,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             return
         params = self._parameterNode
+        if pathText(params.bundlePath) != self._modelCardPath:
+            self._showModelCard(params.bundlePath)
         card = self._modelCard
         channels = len(card.input["channels"]) if card else 1
         for index in range(3):

@@ -7,44 +7,18 @@ nothing is a failure, a package that was already imported and changed asks for a
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib
 import importlib.metadata
 import json
 import subprocess
 import sys
 import types
-import zipfile
-from pathlib import Path
 
 import pytest
+from helpers_packages import pip_into, requirement_files, write_wheel
 
 from MedAnalysisSlicerLib import installer as installer_module
 from MedAnalysisSlicerLib.installer import PackageInstaller, requirementName, requirementSatisfied, versionTuple
-
-
-def write_wheel(folder: Path, version: str) -> Path:
-    """A pure-Python wheel of the distribution ``medanalysis-probe`` (import name ``medanalysis_probe``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    info = f"medanalysis_probe-{version}.dist-info"
-    files = {
-        "medanalysis_probe/__init__.py": f"VERSION = {version!r}\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: medanalysis-probe\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{info}/top_level.txt": "medanalysis_probe\n",
-    }
-    record = []
-    for name, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(text.encode())}")
-    record.append(f"{info}/RECORD,,")
-    path = folder / f"medanalysis_probe-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    return path
 
 
 @pytest.fixture
@@ -53,24 +27,11 @@ def site(tmp_path, monkeypatch):
     wheelhouse, target = tmp_path / "wheels", tmp_path / "site"
     target.mkdir()
     monkeypatch.syspath_prepend(str(target))
-    calls = []
-
-    def pip(requirements, constraints: Path) -> None:
-        calls.append({"requirements": list(requirements), "constraints": constraints.read_text().splitlines()})
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "--no-index", "--find-links", str(wheelhouse), "--target", str(target), "--upgrade",
-                        "-c", str(constraints), *requirements], check=True, capture_output=True, text=True)
-
-    yield types.SimpleNamespace(wheelhouse=wheelhouse, target=target, pip=pip, calls=calls)
+    calls: list = []
+    yield types.SimpleNamespace(wheelhouse=wheelhouse, target=target, pip=pip_into(wheelhouse, target, calls),
+                                calls=calls)
     sys.modules.pop("medanalysis_probe", None)
     importlib.invalidate_caches()
-
-
-def requirement_files(tmp_path: Path, lines: list[str]) -> tuple[Path, Path]:
-    requirements, constraints = tmp_path / "requirements.txt", tmp_path / "constraints.txt"
-    requirements.write_text("# what the module needs\n" + "\n".join(lines) + "\n")
-    constraints.write_text("# shipped constraints\nkeras>=3.12\n")
-    return requirements, constraints
 
 
 def test_installing_a_missing_package_reports_it_installed(site, tmp_path):

@@ -20,25 +20,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 UI_FILE = PROJECT_ROOT / "MedAnalysis" / "Resources" / "UI" / "MedAnalysis.ui"
 MODULE_FILE = PROJECT_ROOT / "MedAnalysis" / "MedAnalysis.py"
 
-#: Signals and methods of Slicer/CTK widgets, from their headers (CTK Libs/Widgets, Slicer Libs/MRML/Widgets).
+#: Signals and Python-callable methods (public slots and Q_INVOKABLE; property accessors are C++-only and reached as
+#: attributes in PythonQt) of the Slicer/CTK widgets the panel uses, as the Slicer 5.10 API manifest lists them
+#: (Testing/test_slicer_gui_manifest.py checks the module against the manifest of every supported version).
 CUSTOM_CLASSES: dict[str, dict[str, set[str]]] = {
-    # ctkCollapsibleButton.h
-    "ctkCollapsibleButton": {"signals": {"contentsCollapsed(bool)"}, "methods": {"collapsed", "setCollapsed"}},
-    # ctkPathLineEdit.h
+    "ctkCollapsibleButton": {"signals": {"contentsCollapsed(bool)"}, "methods": set()},
     "ctkPathLineEdit": {"signals": {"currentPathChanged(QString)", "validInputChanged(bool)"},
-                        "methods": {"currentPath", "setCurrentPath", "filters", "setFilters", "nameFilters",
-                                    "setNameFilters"}},
-    # qMRMLWidget.h
+                        "methods": {"setCurrentPath", "browse", "addCurrentPathToHistory", "retrieveHistory",
+                                    "comboBox"}},
     "qMRMLWidget": {"signals": {"mrmlSceneChanged(vtkMRMLScene*)"}, "methods": {"setMRMLScene", "mrmlScene"}},
-    # qMRMLNodeComboBox.h
     "qMRMLNodeComboBox": {"signals": {"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)",
                                       "currentNodeIDChanged(QString)", "nodeActivated(vtkMRMLNode*)",
                                       "nodeAdded(vtkMRMLNode*)", "nodeAddedByUser(vtkMRMLNode*)",
                                       "nodeAboutToBeRemoved(vtkMRMLNode*)"},
-                          "methods": {"currentNode", "setCurrentNode", "currentNodeID", "setCurrentNodeID",
-                                      "setMRMLScene", "mrmlScene", "nodeTypes", "setNodeTypes"}},
-    # qMRMLPlotWidget.h
-    "qMRMLPlotWidget": {"signals": set(), "methods": {"setMRMLPlotViewNode", "mrmlPlotViewNode", "setMRMLScene"}},
+                          "methods": {"currentNode", "setCurrentNode", "setCurrentNodeID", "setMRMLScene",
+                                      "mrmlScene", "nodeCount", "nodeFromIndex", "addNode", "removeCurrentNode"}},
+    "qMRMLPlotWidget": {"signals": set(), "methods": {"setMRMLPlotViewNode", "mrmlPlotViewNode",
+                                                      "setMRMLAbstractViewNode"}},
 }
 
 #: Exact widget classes ``parameterNodeWrapper.connectGui`` binds for each parameter type (the GuiConnector classes
@@ -56,7 +54,7 @@ BINDABLE = {
 #: Widget name suffix -> the class the code expects (the code calls methods of that class on it).
 SUFFIX_CLASSES = [
     ("CollapsibleButton", {"ctkCollapsibleButton"}), ("Button", {"QPushButton"}), ("Selector", {"qMRMLNodeComboBox"}),
-    ("LineEdit", {"ctkPathLineEdit"}), ("ComboBox", {"QComboBox"}), ("CheckBox", {"QCheckBox"}),
+    ("PathLineEdit", {"ctkPathLineEdit"}), ("LineEdit", {"QLineEdit"}), ("ComboBox", {"QComboBox"}), ("CheckBox", {"QCheckBox"}),
     ("ProgressBar", {"QProgressBar"}), ("TableWidget", {"QTableWidget"}), ("SpinBox", {"QSpinBox", "QDoubleSpinBox"}),
     ("PlotWidget", {"qMRMLPlotWidget"}), ("Label", {"QLabel"}),
 ]

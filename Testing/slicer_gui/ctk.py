@@ -142,7 +142,11 @@ class ctkPathLineEdit(PythonQtObject, QtWidgets.QWidget):  # noqa: N801 - CTK's 
         valid = re.fullmatch(self._regexp, text) is not None
         if valid:
             path = Path(text).absolute()
-            _last_directory[0] = str(path.parent if path.is_file() else path)
+            try:  # QFileInfo never raises; a name too long for the file system is just not a file
+                is_file = path.is_file()
+            except OSError:
+                is_file = False
+            _last_directory[0] = str(path.parent if is_file else path)
             self.currentPathChanged.emit(text)
         if valid != self._valid:
             self._valid = valid
@@ -161,6 +165,8 @@ class ctkPathLineEdit(PythonQtObject, QtWidgets.QWidget):  # noqa: N801 - CTK's 
                 path = dialog.getOpenFileName(caption="Open a file", filter=text_filter, **common)
         else:
             path = dialog.getExistingDirectory(caption="Select a directory...", **common)
+        if isinstance(path, tuple):  # PySide6's file-name dialogs return (path, chosen filter); C++ returns the path
+            path = path[0]
         if path:
             self.setCurrentPath(path)
 
