@@ -33,6 +33,17 @@ def bundles(tmp_path_factory):
     return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
 
 
+def ct_with_liver(scene):
+    """A small CT node and a segmentation with one "liver" segment on its grid."""
+    node = adapter.scalar_volume_node_from_volume(scene, Volume(np.zeros((6, 8, 9), np.int16)), "CT")
+    labels = np.zeros((6, 8, 9), np.uint8)
+    labels[2:4, 2:5, 2:6] = 1
+    segmentation = adapter.segmentation_node_from_volume(
+        scene, adapter.volume_from_node(node).with_array(labels), [{"value": 1, "name": "liver"}],
+        reference_node=node)
+    return node, segmentation
+
+
 def check(condition, message):
     assert condition, message
 
@@ -148,12 +159,7 @@ def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_pa
 
     segmentation_bundle, _ = bundles
     logic = SceneLogic(scene.scene)
-    node = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.zeros((6, 8, 9), np.int16)), "CT")
-    labels = np.zeros((6, 8, 9), np.uint8)
-    labels[2:4, 2:5, 2:6] = 1
-    segmentation = adapter.segmentation_node_from_volume(
-        scene.scene, adapter.volume_from_node(node).with_array(labels), [{"value": 1, "name": "liver"}],
-        reference_node=node)
+    node, segmentation = ct_with_liver(scene.scene)
     parser = build_parser()
     jobs = [
         logic.segment(node, str(segmentation_bundle), probabilities=True, overlap=0.25, tta=True, background=True),
@@ -241,12 +247,7 @@ def test_unset_path_parameters_read_as_empty():
 
 
 def test_exporting_training_cases_three_times_leaves_the_scene_unchanged(scene, tmp_path):
-    node = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.zeros((6, 8, 9), np.int16)), "CT")
-    labels = np.zeros((6, 8, 9), np.uint8)
-    labels[2:4, 2:5, 2:6] = 1
-    segmentation = adapter.segmentation_node_from_volume(
-        scene.scene, adapter.volume_from_node(node).with_array(labels), [{"value": 1, "name": "liver"}],
-        reference_node=node)
+    node, segmentation = ct_with_liver(scene.scene)
     logic = SceneLogic(scene.scene)
     ids = {scene.scene.GetNthNode(i).GetID() for i in range(scene.scene.GetNumberOfNodes())}
     for attempt in range(3):

@@ -614,31 +614,28 @@ def pathText(path) -> str:
     return "" if text in ("", ".") else text
 
 
-def bundleLocation(path) -> str:
-    """A bundle as the library takes it: the folder when ``bundle.json``/``ensemble.json`` inside it was picked.
+def _folderWhenItsFile(path, files: tuple[str, ...], expected: str) -> str:
+    """``path`` as text, or its folder when it names one of ``files`` inside that folder.
 
     Raises:
         InputError: the path is empty.
     """
     text = pathText(path)
     if not text:
-        raise InputError("expected a model bundle (folder, .zip, bundle.json or ensemble.json), got an empty path")
+        raise InputError(f"expected {expected}, got an empty path")
     location = Path(text)
-    return str(location.parent) if location.name in BUNDLE_FILES else text
+    return str(location.parent) if location.name in files else text
+
+
+def bundleLocation(path) -> str:
+    """A bundle as the library takes it: the folder when ``bundle.json``/``ensemble.json`` inside it was picked."""
+    return _folderWhenItsFile(path, BUNDLE_FILES, "a model bundle (folder, .zip, bundle.json or ensemble.json)")
 
 
 def datasetLocation(path) -> str:
     """A dataset as every command takes it: the MSD folder when its ``dataset.json`` was picked; folders (MSD,
-    DICOM) and CSV manifests as they are.
-
-    Raises:
-        InputError: the path is empty.
-    """
-    text = pathText(path)
-    if not text:
-        raise InputError("expected a dataset (MSD folder, DICOM folder or CSV manifest), got an empty path")
-    location = Path(text)
-    return str(location.parent) if location.name in DATASET_FILES else text
+    DICOM) and CSV manifests as they are."""
+    return _folderWhenItsFile(path, DATASET_FILES, "a dataset (MSD folder, DICOM folder or CSV manifest)")
 
 
 #: Options of ``medanalysis train`` that the panel and :meth:`SceneLogic.train` set themselves.
