@@ -157,6 +157,7 @@ def test_apply_runs_in_the_background_and_puts_results_under_the_study(panel, sl
     segmentation_bundle, _ = bundles
     ct = add_ct(scene)
     params.bundlePath = pathlib.Path(segmentation_bundle) / "bundle.json"
+    params.createProbabilities = True
     before = adapter.snapshot(ct)
 
     ui.applyButton.click()
@@ -184,6 +185,13 @@ def test_apply_runs_in_the_background_and_puts_results_under_the_study(panel, sl
     after = adapter.snapshot(ct)
     assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
     assert not job.context["scratch"].exists()
+    # One probability volume per foreground label, on the input's exact grid, summing to at most 1.
+    maps = widget.logic.lastOutputs["probabilities"]
+    assert [node.GetName().rsplit(" ", 1)[-1] for node in maps] == ["P(liver)", "P(tumor)"]
+    arrays = [adapter.volume_from_node(node).array for node in maps]
+    for node in maps:
+        np.testing.assert_allclose(adapter.ijk_to_ras_array(node), adapter.ijk_to_ras_array(ct), atol=1e-9)
+    assert all(a.min() >= 0 and a.max() <= 1 for a in arrays) and (arrays[0] + arrays[1]).max() <= 1 + 1e-5
 
 
 def test_overridden_overlap_and_tta_reach_the_command_line(panel, slicer_gui, bundles):  # noqa: F811

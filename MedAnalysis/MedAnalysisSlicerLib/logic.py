@@ -184,7 +184,8 @@ class SceneLogic:
         if background:
             return self._startPredictJob("segment", bundlePath, context, overlap, tta)
         prediction = self._predictInProcess(bundlePath, nodes, overlap, tta, probabilities)
-        self.lastOutputs = self._importSegmentation(context, prediction.label, prediction.probabilities)
+        maps = probabilityMaps(prediction.probabilities, card.labels) if prediction.probabilities is not None else {}
+        self.lastOutputs = self._importSegmentation(context, prediction.label, maps)
         return self.lastOutputs[outputType]
 
     def classify(self, volumeNodes, bundlePath: str, *, tableNode=None, plot: bool = True,
@@ -358,7 +359,9 @@ class SceneLogic:
         return self.lastOutputs["table"]
 
     # ------------------------------------------------------------------ bringing results into the scene
-    def _importSegmentation(self, context: dict, labelVolume, probabilityVolume=None) -> dict:
+    def _importSegmentation(self, context: dict, labelVolume, probabilityMaps: dict | None = None) -> dict:
+        """Segmentation or labelmap, volume table and (when asked) one probability volume per foreground label
+        (``probabilityMaps``: label value -> scalar Volume on the input grid)."""
         from MedAnalysisLib.inference.predict import label_volume_table
 
         card = context["card"]
@@ -376,14 +379,11 @@ class SceneLogic:
         outputs["table"] = slicer_adapter.table_node_from_rows(
             scene, rows, f"{baseName} volumes", units=_volumeUnits(rows), reference_node=reference,
             node=context["tableNode"])
-        if probabilityVolume is not None and context.get("probabilities"):
-            outputs["probabilities"] = []
-            for label in card.labels:
-                if label.value == 0 or label.value >= probabilityVolume.n_components:
-                    continue
-                channel = probabilityVolume.with_array(probabilityVolume.array[..., label.value])
-                outputs["probabilities"].append(slicer_adapter.scalar_volume_node_from_volume(
-                    scene, channel, f"{baseName} P({label.name})", reference_node=reference))
+        if probabilityMaps and context.get("probabilities"):
+            outputs["probabilities"] = [
+                slicer_adapter.scalar_volume_node_from_volume(
+                    scene, probabilityMaps[label.value], f"{baseName} P({label.name})", reference_node=reference)
+                for label in card.labels if label.value != 0 and label.value in probabilityMaps]
         return outputs
 
     def _importClassification(self, context: dict, perSlice, scan) -> dict:
@@ -448,18 +448,20 @@ class SceneLogic:
         record = _caseRecord(job.worker.result, outputFolder)
         files = {kind: outputFolder / name for kind, name in record.get("outputs", {}).items()}
         if job.kind == "segment":
-            label = read_volume(files["label_nrrd"], kind="label")
-            probabilities = read_volume(files["probabilities"]) if "probabilities" in files else None
-            # The child read the file written from the input node: the same grid up to the decimal rounding of the
-            # file header. Put the result on the input node's exact grid (after checking it is that grid).
-            grid = slicer_adapter.node_grid(job.context["nodes"][0])
+            from MedAnalysisLib.inference.writers import probability_files
             from MedAnalysisLib.volume import require_same_geometry
 
-            require_same_geometry(grid, label, what="prediction")
-            label = grid.with_array(label.array)
-            if probabilities is not None:
-                probabilities = grid.with_array(probabilities.array)
-            return self._importSegmentation(job.context, label, probabilities)
+            # The child read the file written from the input node: the same grid up to the decimal rounding of the
+            # file header. Put the results on the input node's exact grid (after checking it is that grid).
+            grid = slicer_adapter.node_grid(job.context["nodes"][0])
+            onGrid = {}
+            for key, path in [("label", files["label_nrrd"]), *(
+                    (value, outputFolder / name) for value, name in probability_files(record).items())]:
+                volume = read_volume(path, kind="label" if key == "label" else "image")
+                require_same_geometry(grid, volume, what="prediction")
+                onGrid[key] = grid.with_array(volume.array)
+            label = onGrid.pop("label")
+            return self._importSegmentation(job.context, label, onGrid)
         rows = json.loads(files["table_json"].read_text(encoding="utf-8")) if "table_json" in files else []
         perSlice = [row for row in rows if "slice" in row] or None
         return self._importClassification(job.context, perSlice, record.get("scan"))
@@ -671,4 +673,15 @@ def checkTrainingOptions(tokens: Sequence[str]) -> list[str]:
         raise InputError(f"expected valid medanalysis train options, got {' '.join(tokens)!r}"
                          + (f": {errors[-1]}" if errors else "")) from exit_
     return tokens
+
+
+def probabilityMaps(probabilities, labels) -> dict:
+    """``{label value: scalar Volume}`` of the foreground labels from a ``(k, j, i, n)`` probability Volume whose
+    channels follow ``labels`` (the bundle's label order, as :func:`MedAnalysisLib.inference.predict.predict`
+    returns it)."""
+    array = probabilities.array
+    if array.ndim != 4 or array.shape[-1] != len(labels):
+        raise MedAnalysisError(f"expected one probability channel per label ({len(labels)}), got shape {array.shape}")
+    return {int(label.value): probabilities.with_array(array[..., channel])
+            for channel, label in enumerate(labels) if label.value != 0}
 
