@@ -670,6 +670,17 @@ def bundle_summary(config: BundleConfig) -> str:
         f"Model:        {config.name}",
         f"Task:         {config.task} ({config.family})",
         "Labels:       " + ", ".join(f"{label.value} {label.name}" for label in config.labels),
+    ]
+    if config.task == "segmentation":
+        from MedAnalysisLib.terminology import describe_terminology
+
+        coded = [(label, describe_terminology(label.terminology)) for label in config.labels if label.value != 0]
+        lines.append("Codes:        " + "; ".join(f"{label.value} {label.name}: {text}" for label, text in coded))
+        missing = [label.name for label, text in coded if text.startswith("no standard code")]
+        if missing:
+            lines.append(f"              no standard code for {', '.join(missing)}: DICOM SEG codes "
+                         f"{'it' if len(missing) == 1 else 'them'} as SCT Tissue; give codes with train --labels")
+    lines += [
         f"Modality:     {plan_dict.get('modality', '?')}; channels: "
         + ", ".join(f"{c['name']} ({c['modality']})" for c in config.input["channels"]),
     ]

@@ -10,7 +10,8 @@ The JSON-lines protocol (``--progress jsonl``) is how the Slicer panel and any o
 * ``{"type": "error", "error_type": str, "message": str}`` exactly once on failure
 
 Human-readable logging goes to stderr in every mode, so stdout stays machine-readable. Messages never carry
-patient identifiers (callers pass only paths, counts and figures).
+patient identifiers: callers pass only paths, counts and figures, and every message, error and result still passes
+:func:`MedAnalysisLib.privacy.redact` (the filter third-party log records pass too).
 
 Stopping a child cleanly works the same on every platform: a parent that sets the environment variable
 ``MEDANALYSIS_STOP_ON_STDIN=1`` (:class:`MedAnalysisLib.worker.WorkerJob` does) keeps a pipe to the child's stdin
@@ -34,6 +35,7 @@ import time
 from typing import IO, Any
 
 from MedAnalysisLib.errors import CancelledError
+from MedAnalysisLib.privacy import redact, redact_value
 
 PROTOCOL_VERSION = 1
 
@@ -80,7 +82,7 @@ class Reporter:
 
     def _emit(self, message: dict[str, Any]) -> None:
         with self._lock:
-            self.stream.write(json.dumps(_clean(message), separators=(",", ":")) + "\n")
+            self.stream.write(json.dumps(redact_value(_clean(message)), separators=(",", ":")) + "\n")
             self.stream.flush()
 
     def progress(self, stage: str, done: float, total: float, message: str = "", **extra: Any) -> None:
@@ -95,14 +97,15 @@ class Reporter:
             width = 30
             filled = int(round(width * fraction))
             eta_text = f" ETA {format_duration(eta)}" if eta is not None else ""
-            sys.stderr.write(f"\r{stage:>10} [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%}{eta_text} {message[:40]:<40}")
+            sys.stderr.write(f"\r{stage:>10} [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%}{eta_text} "
+                             f"{redact(message)[:40]:<40}")
             if fraction >= 1:
                 sys.stderr.write("\n")
             sys.stderr.flush()
         elif self.mode == "log" and (fraction >= 1 or now - self._last_log > 5 or done == 0):
             self._last_log = now
             eta_text = f", ETA {format_duration(eta)}" if eta is not None and fraction < 1 else ""
-            print(f"[{stage}] {fraction:.0%}{eta_text} {message}".rstrip(), file=sys.stderr, flush=True)
+            print(f"[{stage}] {fraction:.0%}{eta_text} {redact(message)}".rstrip(), file=sys.stderr, flush=True)
 
     def metrics(self, stage: str, epoch: int, metrics: dict[str, float], step: int | None = None) -> None:
         if self.mode == "jsonl":
@@ -117,6 +120,7 @@ class Reporter:
         if self.mode == "jsonl":
             self._emit({"type": "log", "level": level, "message": message})
         elif self.mode != "none":
+            message = redact(message)
             print(f"{level}: {message}" if level != "info" else message, file=sys.stderr, flush=True)
 
     def result(self, **payload: Any) -> None:
@@ -127,7 +131,7 @@ class Reporter:
         if self.mode == "jsonl":
             self._emit({"type": "error", "error_type": type(error).__name__, "message": str(error)})
         else:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            print(f"error: {redact(error)}", file=sys.stderr, flush=True)
 
 
 def format_duration(seconds: float | None) -> str:

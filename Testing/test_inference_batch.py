@@ -129,3 +129,99 @@ def test_sigterm_stops_cleanly_and_keeps_finished_cases(tmp_path: Path) -> None:
     for sidecar in finished:  # every finished case is complete
         assert (out / sidecar.replace(".json", "_label.nii.gz")).is_file()
     assert not list(out.glob("*.partial*"))
+
+
+# ---------------------------------------------------------------------------------------------- issue 19
+def _series_without_frame_of_reference(folder: Path) -> Path:
+    import pydicom
+
+    pixels = np.random.default_rng(2).normal(0, 10, size=(6, 16, 18)).round() + 1024
+    for path in write_dicom_series(folder, pixels.astype(np.int16)):
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(path)
+    return folder
+
+
+def test_dicom_seg_needs_are_checked_before_any_work_and_cost_no_other_format(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19.4: a series without FrameOfReferenceUID ran the model, then failed the DICOM SEG, and the .seg.nrrd
+    asked for in the same run (after it) was never written. Now the problem is reported before the first model
+    call, every other output is written, the sidecar and the summary say what was left out, and the exit code is 1."""
+    from MedAnalysisLib.cli import main
+
+    series = _series_without_frame_of_reference(tmp_path / "scan")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code = main(["predict", str(shared_cube_bundle()), str(series), "--out", str(out), "--format", "dicom-seg",
+                 "--format", "seg.nrrd", "--probabilities", "--progress", "jsonl"])
+    messages = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 1
+    warnings = [n for n, m in enumerate(messages) if m["type"] == "log" and "dicom-seg" in m["message"]]
+    assert warnings, f"no early report of the DICOM SEG problem: {messages}"
+    warning = warnings[0]
+    assert "FrameOfReferenceUID" in messages[warning]["message"]
+    first_case = next(n for n, m in enumerate(messages) if m["type"] == "progress" and m["stage"] == "cases")
+    assert warning < first_case  # reported before the first case (and its model call) started
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "batch_summary.json", "scan.json", "scan.seg.nrrd", "scan_probability_1_cube.nii.gz", "scan_table.csv",
+        "scan_table.json"])
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["done"] == ["scan"] and summary["failed"] == []
+    assert [(n["case_id"], n["output"]) for n in summary["not_written"]] == [("scan", "label_dicom-seg")]
+    assert json.loads((out / "scan.json").read_text())["not_written"]["label_dicom-seg"].startswith("the DICOM")
+    # the same holds for image files: DICOM SEG cannot be made from them, the NIfTI still is
+    write_cases(tmp_path / "files", 1)
+    assert main(["predict", str(shared_cube_bundle()), str(tmp_path / "files"), "--out", str(tmp_path / "out2"),
+                 "--format", "dicom-seg", "--format", "nifti", "--progress", "none"]) == 1
+    assert (tmp_path / "out2" / "case00_label.nii.gz").is_file()
+
+
+def test_a_bundle_that_cannot_give_a_format_is_refused_before_any_case(tmp_path: Path) -> None:
+    from helpers_inference import train_classifier_bundle
+
+    from MedAnalysisLib.bundle import load_bundle
+
+    write_cases(tmp_path / "cases", 2)
+    bundle = load_bundle(train_classifier_bundle(tmp_path / "classifier", "cnn3d"))
+    with pytest.raises(InputError, match="segmentation bundle for --format dicom-seg"):
+        run_batch(bundle, [tmp_path / "cases"], tmp_path / "out", BatchOptions(formats=("dicom-seg",)))
+    assert not (tmp_path / "out" / "batch_summary.json").exists()
+    with pytest.raises(InputError, match="formats among"):
+        run_batch(bundle, [tmp_path / "cases"], tmp_path / "out", BatchOptions(formats=("png",)))
+
+
+def _msd_folder(root: Path, n: int = 3) -> Path:
+    rng = np.random.default_rng(4)
+    training = []
+    for m in range(n):
+        image, label = cube_volume((12, 14, 16), rng)
+        write_volume(Volume(image, spacing=(1.5, 1.5, 1.5)), root / "imagesTr" / f"hip_{m:03d}.nii.gz")
+        write_volume(Volume(label, spacing=(1.5, 1.5, 1.5)), root / "labelsTr" / f"hip_{m:03d}.nii.gz")
+        training.append({"image": f"./imagesTr/hip_{m:03d}.nii.gz", "label": f"./labelsTr/hip_{m:03d}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "toy", "modality": {"0": "MRI"},
+                                                   "labels": {"0": "background", "1": "liver"},
+                                                   "training": training, "test": []}))
+    return root
+
+
+def test_predict_accepts_every_dataset_form_the_other_commands_accept(tmp_path: Path) -> None:
+    """Issue 19.7: predict took dataset.json but refused the MSD folder ("expected DICOM image series"), while plan,
+    train and evaluate took the folder and refused dataset.json. Every form now gives the same cases."""
+    msd = _msd_folder(tmp_path / "Task99_Toy")
+    names = ["hip_000", "hip_001", "hip_002"]
+    assert [c.case_id for c in discover_cases([msd])] == names
+    assert [c.case_id for c in discover_cases([msd / "dataset.json"])] == names
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("image\n" + "".join(f"Task99_Toy/imagesTr/{n}.nii.gz\n" for n in names))
+    assert [c.case_id for c in discover_cases([manifest])] == names
+    assert [c.case_id for c in discover_cases([msd / "imagesTr"])] == names  # a folder of image files
+    assert [c.case_id for c in discover_cases([msd / "imagesTr" / "hip_001.nii.gz"])] == ["hip_001"]
+    files = write_dicom_series(tmp_path / "dicom" / "scan", np.zeros((3, 8, 8), np.int16))
+    assert [c.case_id for c in discover_cases([files[0]])] == ["slice000"]  # one DICOM file
+    assert [c.case_id for c in discover_cases([tmp_path / "dicom"])] == ["dicom_scan"]
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="MSD folder .or its dataset.json., a CSV manifest, a DICOM"):
+        discover_cases([tmp_path / "notes.txt"])
+    summary = run_batch(shared_cube_bundle(), [msd], tmp_path / "out", BatchOptions(formats=("nifti",)))
+    assert summary.done == names

@@ -165,7 +165,10 @@ def test_folder_with_two_series_and_a_localizer(tmp_path: Path, capsys) -> None:
     assert [s.series_description for s in report.localizer_series] == ["scout"]
     assert [s.series_description for s in scan_dicom_folder(tmp_path, include_localizers=True)] == ["scout", "chest", "chest thin"]
     message = _refused(DicomSeriesError, "2 series found, got no choice", load_volume, tmp_path)
-    assert "chest thin" in message and "scout" not in message
+    # series are named by index, modality, size and UID: descriptions are free text that can hold patient data
+    # (issue 19), and `dicom ls` lists them for the user who asks
+    assert f"[1] CT, 5 slice(s), uid {series[1].series_instance_uid}" in message and "dicom ls" in message
+    assert "chest" not in message and "scout" not in message
     assert load_volume(tmp_path, series=1).spacing[2] == pytest.approx(1.0)
     assert main(["dicom", "ls", str(tmp_path), "--progress", "none"]) == 0
     listing = capsys.readouterr().out

@@ -26,6 +26,7 @@ from helpers_security import (
     PHI_ID,
     PHI_NAME,
     PHI_OPTIONAL,
+    PHI_STRINGS,
     leaks,
     make_tiny_bundle,
     write_canary_series,
@@ -94,7 +95,7 @@ def test_no_patient_data_in_any_output_log_or_error(bundle: Path, tmp_path: Path
         assert leaks(text) == [], f"patient data in {channel}: {leaks(text)}"
     assert {p.name for p in out.iterdir()} >= {
         "converted.nii.gz", "converted.nrrd", "converted.mha", "series_a_label.nii.gz", "series_a_label.nrrd",
-        "series_a.seg.nrrd", "series_a_seg.dcm", "series_a_probabilities.nii.gz", "series_a_table.csv",
+        "series_a.seg.nrrd", "series_a_seg.dcm", "series_a_probability_1_organ.nii.gz", "series_a_table.csv",
         "series_a_table.json", "series_a.json", "batch_summary.json"}
     assert _scan_outputs(out) == {}  # every output file name and every byte (headers included) is clean
     sidecar = json.loads((out / "series_a.json").read_text())
@@ -162,7 +163,8 @@ def test_output_names_from_manifests_and_tags_cannot_escape(bundle: Path, tmp_pa
 # ---------------------------------------------------------------------------------------------- nothing lost
 def test_a_failing_writer_leaves_no_half_file_and_no_sidecar(bundle: Path, tmp_path: Path) -> None:
     """The NRRD output cannot be renamed into place (a folder holds its name): the NIfTI written before it stays
-    complete, nothing half-written or temporary remains, and without a sidecar the case is redone next time."""
+    complete, the outputs after it are still written (one format's failure costs no other), nothing half-written or
+    temporary remains, and without a sidecar the case is redone next time."""
     image = Volume(np.random.default_rng(2).normal(size=(10, 12, 14)).astype(np.float32), spacing=(1.5, 1.5, 1.5))
     write_volume(image, tmp_path / "cases" / "c1.nii.gz")
     out = tmp_path / "out"
@@ -171,7 +173,8 @@ def test_a_failing_writer_leaves_no_half_file_and_no_sidecar(bundle: Path, tmp_p
     assert main(argv) == 1  # the case failed, the batch reported it
     summary = json.loads((out / "batch_summary.json").read_text())
     assert [f["case_id"] for f in summary["failed"]] == ["c1"]
-    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.json", "c1_label.nii.gz", "c1_label.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.json", "c1_label.nii.gz", "c1_label.nrrd",
+                                                     "c1_table.csv", "c1_table.json"]
     assert load_volume(out / "c1_label.nii.gz", kind="label").shape == image.shape
     (out / "c1_label.nrrd").rmdir()
     assert main(argv) == 0
@@ -249,3 +252,98 @@ def test_two_processes_predicting_into_one_folder(bundle: Path, tmp_path: Path) 
     for m in range(4):  # each sidecar describes outputs that exist
         sidecar = json.loads(contents[f"case{m:02d}.json"])
         assert all((out / name).is_file() for name in sidecar["outputs"].values())
+
+
+# ---------------------------------------------------------------------------------------------- issue 19.3
+SINGLE_NAME = "CANARYPATIENT"  # one component: highdicom warns about it, quoting it
+SERIES_CANARY = "CANARY-SERIES-DESCRIPTION"
+
+
+def test_third_party_warnings_and_logs_never_print_patient_data(bundle: Path, tmp_path: Path,
+                                                                 shared_data: Path) -> None:
+    """Issue 19.3: on the Slicer CT head series highdicom's UserWarning printed the PatientName, and its INFO lines
+    (nine per SEG) reached the terminal. Run as a user runs it (a real process, real warnings and logging), with -v,
+    on that real series and on canary series (a single-component name, a SeriesDescription canary, one series with a
+    slice missing so that its error is reported): no identifying value appears on stdout or stderr, in the batch
+    summary, in a sidecar, a table, a NIfTI/NRRD header or a file name, and highdicom's narration is gone."""
+    import shutil
+
+    ct_head = tmp_path / "study" / "ct_head"
+    ct_head.mkdir(parents=True)
+    for source in sorted((shared_data / "dicom" / "ct_head_slicer_64x64").glob("*.dcm")):
+        dataset = pydicom.dcmread(source)
+        dataset.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.77"  # it has none: added so that a SEG is written
+        dataset.save_as(ct_head / source.name)
+    real_name, real_id = str(dataset.PatientName), str(dataset.PatientID)
+    for name, n in (("canary", 6), ("broken", 5)):
+        folder = _series(tmp_path / "study" / name, n=n, description=SERIES_CANARY)
+        for path in folder.iterdir():
+            ds = pydicom.dcmread(path)
+            ds.PatientName = SINGLE_NAME
+            ds.save_as(path)
+    (tmp_path / "study" / "broken" / "slice002.dcm").unlink()  # a missing slice: that case fails with an error
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "MedAnalysisLib", "predict", str(bundle), str(tmp_path / "study"), "--out", str(out),
+         "--format", "dicom-seg", "--format", "nifti", "--format", "seg.nrrd", "--probabilities", "-v",
+         "--progress", "log"], capture_output=True, text=True, env=ENV, timeout=600, check=False)
+    assert completed.returncode == 1, completed.stderr[-3000:]  # the broken series failed, the others are done
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["done"] == ["study_canary", "study_ct_head"]
+    assert [f["case_id"] for f in summary["failed"]] == ["study_broken"]
+    secrets = [SINGLE_NAME, SERIES_CANARY, real_name, real_id, *PHI_STRINGS]
+    for channel, text in (("stdout", completed.stdout), ("stderr", completed.stderr)):
+        assert leaks(text, secrets) == [], f"patient data on {channel}: {leaks(text, secrets)}"
+    assert "copy attributes of module" not in completed.stderr  # highdicom's INFO narration
+    assert "[patient data]" in completed.stderr  # with -v the contained warning is shown, redacted
+    assert "missing" in json.dumps(summary["failed"])  # the error itself still says what is wrong
+    for path in out.iterdir():
+        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        assert leaks(path.name, secrets) == [], path.name
+        if not path.name.endswith("_seg.dcm"):
+            assert leaks(data, secrets) == [], (path.name, leaks(data, secrets))
+    seg = pydicom.dcmread(out / "study_ct_head_seg.dcm")  # the SEG belongs to the patient's study, as DICOM requires
+    assert str(seg.PatientName) == real_name and SERIES_CANARY not in str(seg.get("SeriesDescription"))
+    shutil.rmtree(out)
+
+
+def test_the_phi_filter_covers_our_messages_and_third_party_records() -> None:
+    """One filter: values remembered from a SEG's sources are removed from Reporter messages, from log records
+    passing the command line's handler filter, and from contained third-party warnings; short and placeholder
+    values (which identify nobody and are common words) are left alone."""
+    import io
+    import warnings
+
+    from MedAnalysisLib import privacy
+    from MedAnalysisLib.progress import Reporter
+
+    privacy.remember(["DOE^JANE^Q", "12345678", "1", "Unknown"])
+    try:
+        assert privacy.redact("case of DOE^JANE^Q, Jane? JANE DOE id 12345678 got None 1") == (
+            "case of [patient data], Jane? [patient data] [patient data] id [patient data] got None 1")
+        stream = io.StringIO()
+        Reporter("jsonl", stream=stream).log("loaded DOE, JANE")
+        assert "JANE" not in stream.getvalue() and "[patient data]" in stream.getvalue()
+        record = logging.LogRecord("highdicom.base", logging.WARNING, __file__, 1, "name %s", ("DOE^JANE^Q",), None)
+        assert privacy.PhiFilter().filter(record) and record.getMessage() == "name [patient data]"
+        seen: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record.getMessage())
+
+        handler = Keep(level=logging.DEBUG)
+        privacy.logger.addHandler(handler)
+        privacy.logger.setLevel(logging.DEBUG)
+        try:
+            with privacy.contain_third_party("testing"):
+                warnings.warn("The string 'DOE^JANE^Q' is unlikely", UserWarning, stacklevel=1)
+                logging.getLogger("highdicom.seg").info("copy attributes of DOE^JANE^Q")
+                logging.getLogger("pydicom").warning("bad value 12345678")
+        finally:
+            privacy.logger.removeHandler(handler)
+            privacy.logger.setLevel(logging.NOTSET)
+        assert len(seen) == 2 and all("JANE" not in m and "12345678" not in m for m in seen), seen
+        assert "UserWarning" in seen[0] and "pydicom WARNING" in seen[1]
+    finally:
+        privacy.forget_all()

@@ -63,11 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INPUT
+    verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from MedAnalysisLib.privacy import install_cli_logging
+
+    install_cli_logging(verbose)  # third-party records and warnings pass the same PHI filter as ours
     reporter = Reporter(getattr(args, "progress", "none"))
     try:
         code = args.func(args, reporter)

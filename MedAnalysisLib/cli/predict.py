@@ -1,9 +1,12 @@
 """``medanalysis predict BUNDLE INPUT... --out DIR``: run a trained bundle on scans.
 
-INPUT may be image files (NIfTI, NRRD, MetaImage), DICOM folders (one series, or every series of a study) or a
-folder of cases. Each case gets a label map (or a classification table), an optional probability map and a JSON
-sidecar with provenance; existing outputs are skipped so a re-run resumes, and ``--shard i/n`` splits the cases
-deterministically between parallel jobs (Slurm arrays, Kubernetes jobs).
+INPUT may be image files (NIfTI, NRRD, MetaImage), a folder of them, DICOM folders (one series, or every series of
+a study) or files, an MSD folder or its dataset.json, or a CSV manifest: the same forms plan, train and evaluate
+accept. Each case gets a label map (or a classification table), optional probability maps (one file per class)
+and a JSON sidecar with provenance; existing outputs are skipped so a re-run resumes, and ``--shard i/n`` splits
+the cases deterministically between parallel jobs (Slurm arrays, Kubernetes jobs). What each --format needs is
+checked before any case runs; a format a case's input cannot give (DICOM SEG without DICOM input or without a
+FrameOfReferenceUID) is reported at once, the other outputs are still written, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -55,17 +58,21 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "predict",
         parents=parents,
-        help="run a trained model bundle on scans (files, DICOM folders, folders of cases)",
+        help="run a trained model bundle on scans (image files, DICOM, MSD folders, CSV manifests)",
         description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="model bundle folder or .zip")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, DICOM folders or folders of cases")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files or folders of them, DICOM folders or files, MSD folders (or dataset.json), CSV "
+                   "manifests")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--format", dest="formats", action="append",
                    choices=("nifti", "nrrd", "seg.nrrd", "dicom-seg"),
                    help="label map format(s); repeat for several (default: nifti; dicom-seg needs DICOM input)")
-    p.add_argument("--probabilities", action="store_true", help="also write the probability map (NIfTI)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write probability maps: one float32 NIfTI per foreground class, "
+                   "<case>_probability_<value>_<name>.nii.gz")
     p.add_argument("--postprocess", action="append", choices=("largest-component", "fill-holes"),
                    help="post-processing of label maps; repeat for both (default: the bundle's)")
     p.add_argument("--series", default=None, help="SeriesInstanceUID or index when a DICOM folder has several")
@@ -97,4 +104,4 @@ def run(args: argparse.Namespace, reporter: Any) -> int:
     )
     summary = run_batch(args.bundle, args.inputs, args.out, options, reporter=reporter, stop_flag=StopFlag().install())
     reporter.result(**summary.to_dict())
-    return 0 if not summary.failed else 1
+    return 0 if not summary.failed and not summary.not_written else 1

@@ -1,7 +1,11 @@
 """``medanalysis train DATA --task segmentation|classification --model NAME --out BUNDLE``.
 
-DATA is anything :func:`MedAnalysisLib.data.datasets.load_dataset` reads: a Medical Segmentation Decathlon folder
-(``dataset.json``, ``imagesTr/``, ``labelsTr/``), a CSV manifest, or a folder of DICOM series. The run writes a
+DATA is any input form the other commands accept (:func:`MedAnalysisLib.data.sources.resolve_source`): a Medical
+Segmentation Decathlon folder or its ``dataset.json`` (``imagesTr/``, ``labelsTr/``), a CSV manifest, DICOM folders
+or files, image files or a folder of them (unlabelled forms can only train what needs no labels). Label names come
+from ``dataset.json``; ``--labels labels.json`` gives names, colours and standard codes (see
+:func:`MedAnalysisLib.terminology.read_labels_file`), and names the built-in table knows get their codes anyway.
+The run writes a
 model bundle (folder, or .zip when BUNDLE ends in .zip) and keeps a resume checkpoint beside it until it finishes,
 so running the same command again after a crash or a cancel continues from the last completed epoch.
 
@@ -40,7 +44,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Train a segmentation or classification model and save it as a bundle. Re-running the same "
         "command resumes an interrupted run.",
     )
-    parser.add_argument("data", help="MSD folder (dataset.json), CSV manifest, or folder of DICOM series")
+    parser.add_argument("data", help="MSD folder or its dataset.json, CSV manifest, DICOM folder or file, image file "
+                        "or folder of image files")
     parser.add_argument("--task", choices=("segmentation", "classification"), required=True)
     parser.add_argument("--model", required=True, metavar="NAME",
                         help="model family: unet3d, unet2d, slice_cnn, cnn3d or cnn_rnn")
@@ -74,16 +79,25 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard logs to DIR")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     parser.add_argument("--name", default=None, help="model name stored in the bundle")
+    parser.add_argument("--labels", default=None, metavar="LABELS.json",
+                        help="label names, colours and standard codes per label value, e.g. "
+                        '[{"value": 1, "name": "liver"}, {"value": 2, "name": "tumour", "color": [255, 0, 200]}] '
+                        "(codes of names the built-in table knows are filled in; see docs/outputs.md)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.data.sources import resolve_source
     from MedAnalysisLib.training import train
 
     if args.epochs < 1:
         raise InputError(f"expected --epochs >= 1, got {args.epochs}")
-    dataset = load_dataset(args.data)
+    labels = None
+    if args.labels:
+        from MedAnalysisLib.terminology import read_labels_file
+
+        labels = read_labels_file(args.labels)
+    dataset = resolve_source(args.data)  # checked now; train() loads it with the task the model family needs
     plan = None
     if args.plan:
         from MedAnalysisLib.preprocessing.plan import Plan
@@ -94,7 +108,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     augment: bool | dict[str, Any] = False if args.no_augment else (dict(args.augment) or True)
     stop_flag = StopFlag().install()
     result = train(
-        dataset,
+        dataset.path,
         task=args.task,
         family=args.model,
         out=args.out,
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         tensorboard_dir=args.tensorboard,
         resume=not args.no_resume,
         name=args.name,
+        labels=labels,
         reporter=reporter,
         stop_flag=stop_flag,
     )

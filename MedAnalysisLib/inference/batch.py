@@ -1,13 +1,20 @@
 """Batch prediction over many cases: discovery, deterministic sharding, resume, and isolation of bad cases.
 
-What counts as a case (``discover_cases``):
+What counts as a case (``discover_cases``; each input is classified by
+:func:`MedAnalysisLib.data.sources.resolve_source`, the same function ``plan``, ``train`` and ``evaluate`` use):
 
 * an image file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``): one case named after the file;
-* a dataset description (``dataset.json`` of a Medical Segmentation Decathlon folder, or a ``.csv`` manifest): one
-  case per entry, with every image channel the model needs (see :func:`MedAnalysisLib.data.datasets.load_dataset`);
+* a Medical Segmentation Decathlon folder or its ``dataset.json``, or a ``.csv`` manifest: one case per entry, with
+  every image channel the model needs (see :func:`MedAnalysisLib.data.datasets.load_dataset`);
 * a folder holding image files: each file is a case;
-* any other folder, or a ``.dcm`` file: DICOM, scanned recursively; each image series is a case, named after its
+* any other folder, or a DICOM file: DICOM, scanned recursively; each image series is a case, named after its
   folder (plus ``_s<N>`` when a folder holds several series; ``--series`` picks one).
+
+Before any case is run, what every requested format needs is checked: the bundle and options once
+(:func:`~MedAnalysisLib.inference.writers.check_formats`, a refusal with exit code 2), then each case's input from
+its headers (DICOM SEG: DICOM input with a FrameOfReferenceUID, single-frame images). A case whose input cannot
+give one format is reported at once and still gets every other output; ``not_written`` in the summary and in the
+case's sidecar says what was left out and why, and the command exits 1.
 
 Sharding (``--shard i/n``): cases are sorted by name and case number ``m`` (0-based) goes to shard ``m % n + 1``, so
 shards are balanced, disjoint, and together cover every case once, whatever machine runs them.
@@ -26,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MedAnalysisLib.data.sources import image_stem, is_image_file, resolve_source
 from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError
-from MedAnalysisLib.inference.writers import SIDECAR_SUFFIX, write_prediction
+from MedAnalysisLib.inference.writers import SIDECAR_SUFFIX, check_formats, format_problems, write_prediction
 from MedAnalysisLib.io.atomic import write_text_atomic
-
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+from MedAnalysisLib.privacy import redact
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     out_dir: str = ""
+    #: Outputs a case's input cannot give (``case_id``, ``output``, ``reason``); the case's other outputs exist.
+    not_written: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,18 +93,6 @@ def safe_case_id(text: str) -> str:
     """A file-name-safe case id (other characters become ``_``)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
     return cleaned or "case"
-
-
-def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(_IMAGE_SUFFIXES)
 
 
 def _dicom_cases(folder: Path, series: str | None) -> list[CaseInput]:
@@ -132,25 +129,24 @@ def discover_cases(inputs: Sequence[str | Path], *, series: str | None = None) -
     """
     cases: list[CaseInput] = []
     for raw in inputs:
-        path = Path(raw)
-        if not path.exists():
-            raise InputError(f"expected an image file, DICOM folder or folder of cases, got nothing at {path}")
-        if path.is_file() and (path.name == "dataset.json" or path.suffix.lower() == ".csv"):
+        source = resolve_source(raw)
+        path = source.path
+        if source.kind in ("msd", "csv"):
             from MedAnalysisLib.data.datasets import load_dataset
 
-            dataset = load_dataset(path if path.suffix.lower() == ".csv" else path.parent)
+            dataset = load_dataset(path)
             cases.extend(CaseInput(safe_case_id(c.case_id), tuple(str(p) for p in c.images), c.series)
                          for c in dataset.cases)
-        elif _is_image_file(path):
-            cases.append(CaseInput(safe_case_id(_strip_suffix(path.name)), (str(path),)))
-        elif path.is_dir() and any(_is_image_file(p) for p in path.iterdir()):
+        elif source.kind == "image":
+            cases.append(CaseInput(safe_case_id(image_stem(path.name)), (str(path),)))
+        elif source.kind == "images":
             for child in sorted(path.iterdir()):
-                if _is_image_file(child):
-                    cases.append(CaseInput(safe_case_id(_strip_suffix(child.name)), (str(child),)))
+                if is_image_file(child):
+                    cases.append(CaseInput(safe_case_id(image_stem(child.name)), (str(child),)))
         elif path.is_dir():
             cases.extend(_dicom_cases(path, series))
         else:  # a single DICOM file
-            cases.append(CaseInput(safe_case_id(_strip_suffix(path.stem)), (str(path),), series))
+            cases.append(CaseInput(safe_case_id(path.stem), (str(path),), series))
     names = [c.case_id for c in cases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -165,6 +161,35 @@ def select_shard(cases: Sequence[CaseInput], shard: tuple[int, int]) -> list[Cas
         raise InputError(f"expected a shard i/n with 1 <= i <= n, got {index}/{count}")
     ordered = sorted(cases, key=lambda c: c.case_id)
     return [case for m, case in enumerate(ordered) if m % count == index - 1]
+
+
+def header_problems(case: CaseInput, formats: Sequence[str], scans: dict[str, list[Any]] | None = None) -> dict[str, str]:
+    """What keeps a requested format from being written for this case, judged from file names and DICOM headers
+    only (no pixels): ``{format: reason}``. ``scans`` caches folder scans between cases of one study."""
+    if "dicom-seg" not in formats:
+        return {}
+    from MedAnalysisLib.io import is_dicom_path
+    from MedAnalysisLib.io.dicom import scan_dicom_folder
+
+    image = case.images[0].rsplit("#", 1)[0] if "#" in case.images[0] else case.images[0]
+    if not is_dicom_path(image):
+        return {"dicom-seg": "the input is not a DICOM series (a DICOM SEG references its source images)"}
+    scans = {} if scans is None else scans
+    if image not in scans:
+        try:
+            scans[image] = scan_dicom_folder(image, recursive=True)
+        except (MedAnalysisError, OSError):
+            scans[image] = []
+    found = [s for s in scans[image] if case.series is None or s.series_instance_uid == case.series]
+    if len(found) != 1:
+        return {}  # loading the case will say what is wrong with it
+    info = found[0]
+    if not info.frame_of_reference_uid:
+        return {"dicom-seg": "the DICOM series has no FrameOfReferenceUID, which a DICOM SEG needs to place its frames"}
+    if len(set(info.files)) != info.n_slices:
+        return {"dicom-seg": f"expected one single-frame DICOM image per slice, got {len(set(info.files))} file(s) "
+                             f"for {info.n_slices} slices (enhanced multi-frame images)"}
+    return {}
 
 
 def load_case(case: CaseInput) -> list[Any]:
@@ -206,14 +231,22 @@ def run_batch(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
-    if "dicom-seg" in options.formats and loaded.config.task != "segmentation":
-        raise InputError("expected a segmentation bundle for --format dicom-seg, got a classification bundle")
+    check_formats(options.formats, loaded.config.task, loaded.labels)
     all_cases = discover_cases(inputs, series=options.series)
     cases = select_shard(all_cases, options.shard)
     summary = BatchSummary(options.shard, len(all_cases), out_dir=str(out))
     log = reporter.log if reporter is not None else (lambda message, level="info": None)
     log(f"{len(cases)} of {len(all_cases)} case(s) in shard {options.shard[0]}/{options.shard[1]}; "
         f"bundle {loaded.config.name}")
+    formats = options.formats if loaded.config.task == "segmentation" else ()
+    scans: dict[str, list[Any]] = {}
+    unavailable: dict[str, dict[str, str]] = {}
+    for case in cases:  # every case's format needs, from headers, before the first model call
+        if options.overwrite or not (out / f"{case.case_id}{SIDECAR_SUFFIX}").is_file():
+            unavailable[case.case_id] = header_problems(case, formats, scans)
+            for fmt, reason in unavailable[case.case_id].items():
+                log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be",
+                    "warning")
     for number, case in enumerate(cases):
         if stop_flag is not None and stop_flag.is_set():
             raise CancelledError(f"stopped after {number} of {len(cases)} case(s); completed outputs are kept")
@@ -225,6 +258,11 @@ def run_batch(
             continue
         try:
             volumes = load_case(case)
+            problems = {**unavailable.get(case.case_id, {}), **format_problems(formats, volumes[0])}
+            for fmt, reason in problems.items():
+                if fmt not in unavailable.get(case.case_id, {}):
+                    log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be",
+                        "warning")
             prediction = predict(
                 loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
                 batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb,
@@ -232,11 +270,15 @@ def run_batch(
             )
             write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
                              formats=options.formats if prediction.label is not None else (),
-                             write_probability_map=options.write_probabilities)
+                             write_probability_map=options.write_probabilities, unavailable=problems)
+            summary.not_written.extend({"case_id": case.case_id, "output": f"label_{fmt}", "reason": reason}
+                                       for fmt, reason in problems.items())
         except CancelledError:
             raise
         except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
-            summary.failed.append({"case_id": case.case_id, "error_type": type(error).__name__, "message": str(error)})
+            # the summary is a file, not a message: it passes the PHI filter here (third-party errors may quote values)
+            summary.failed.append({"case_id": case.case_id, "error_type": type(error).__name__,
+                                   "message": redact(str(error))})
             log(f"{case.case_id}: failed ({type(error).__name__}: {error}); continuing", "warning")
             continue
         summary.done.append(case.case_id)

@@ -10,6 +10,13 @@ referenced series/instance UIDs. Optional (Type 3) patient and study attributes 
 weight, comments, study description, other IDs, ...) are removed.
 The sidecar JSON records the bundle (name, weights sha256), library versions, timings and how inference ran, and
 describes the input only by its grid and modality.
+
+What each format needs is checked before any work (:func:`check_formats` for the bundle and the options,
+:func:`format_problems` for one case's input), and one format that cannot be written never costs the others:
+:func:`write_prediction` writes every output it can and records in the sidecar (``not_written``) what it could not
+write and why. Probability maps are written as one scalar float32 file per foreground class, named after the class
+(``<case>_probability_<value>_<name>.nii.gz``), which Slicer, ITK and every NIfTI reader open as an ordinary volume
+(see ``docs/outputs.md``).
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from MedAnalysisLib.errors import GeometryError, InputError
+from MedAnalysisLib.errors import GeometryError, InputError, MedAnalysisError
 from MedAnalysisLib.io.atomic import atomic_path, write_text_atomic
 from MedAnalysisLib.volume import Volume
 
 #: ``--format`` name -> file suffix of the label map.
 LABEL_SUFFIXES = {"nifti": "_label.nii.gz", "nrrd": "_label.nrrd", "seg.nrrd": ".seg.nrrd", "dicom-seg": "_seg.dcm"}
 SIDECAR_SUFFIX = ".json"
+#: Probability map of one class: ``<case>`` + this + ``<value>_<name>.nii.gz``.
+PROBABILITY_INFIX = "_probability_"
 
 
 def library_versions() -> dict[str, str]:
@@ -67,16 +76,25 @@ def segments_for(labels: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def slicer_terminology(terminology: dict[str, Any] | None) -> str | None:
-    """Slicer's ``TerminologyEntry`` tag value from ``{"category": {scheme, code, meaning}, "type": {...}}``."""
-    if not terminology or "category" not in terminology or "type" not in terminology:
+    """Slicer's ``TerminologyEntry`` tag value from a label's terminology (see :mod:`MedAnalysisLib.terminology`):
+    ``context~category~type~type modifier~anatomic context~region~region modifier``, codes as ``SCHEME^CODE^Meaning``.
+    """
+    from MedAnalysisLib.terminology import normalize_terminology
+
+    try:
+        canonical = normalize_terminology(terminology) if terminology else None
+    except InputError:
+        return None
+    if not canonical:
         return None
 
-    def triplet(entry: dict[str, Any]) -> str:
-        return f"{entry['scheme']}^{entry['code']}^{entry['meaning']}"
+    def triplet(key: str) -> str:
+        entry = canonical.get(key)
+        return f"{entry['scheme']}^{entry['code']}^{entry['meaning']}" if entry else "^^"
 
-    modifier = triplet(terminology["modifier"]) if terminology.get("modifier") else "^^"
-    return (f"Segmentation category and type - MedAnalysis~{triplet(terminology['category'])}~"
-            f"{triplet(terminology['type'])}~{modifier}~Anatomic codes - DICOM master list~^^~^^")
+    return (f"Segmentation category and type - 3D Slicer General Anatomy list~{triplet('category')}~"
+            f"{triplet('type')}~{triplet('type_modifier')}~Anatomic codes - DICOM master list~"
+            f"{triplet('anatomic_region')}~{triplet('anatomic_region_modifier')}")
 
 
 def write_label(label: Volume, path: Path, fmt: str, labels: Sequence[Any]) -> Path:
@@ -120,12 +138,78 @@ def _strip_optional_patient_attributes(dataset: Any) -> None:
             del dataset[element.tag]
 
 
-def _code(entry: dict[str, Any] | None, default: Any) -> Any:
+def _code(entry: dict[str, str]) -> Any:
     from highdicom.sr.coding import CodedConcept
 
-    if not entry:
-        return default
-    return CodedConcept(value=str(entry["code"]), scheme_designator=str(entry["scheme"]), meaning=str(entry["meaning"]))
+    return CodedConcept(value=entry["code"], scheme_designator=entry["scheme"], meaning=entry["meaning"])
+
+
+def seg_coding(label: Any) -> dict[str, Any]:
+    """The codes a DICOM SEG segment gets: the label's terminology (validated), or the generic SCT Tissue / Tissue
+    when it has none (DICOM requires a category and a type; the model card says which labels have no code)."""
+    from MedAnalysisLib.terminology import GENERIC, normalize_terminology
+
+    return normalize_terminology(label.terminology, label.name) or dict(GENERIC)
+
+
+def display_color(rgb: Sequence[int]) -> Any:
+    """highdicom's CIELab colour of an RGB colour given as integers 0-255 (what ``CIELabColor.from_rgb`` expects)."""
+    import highdicom as hd
+
+    r, g, b = (int(c) for c in rgb)
+    if not all(0 <= c <= 255 for c in (r, g, b)):
+        raise InputError(f"expected an RGB colour of integers 0-255, got {tuple(rgb)}")
+    return hd.color.CIELabColor.from_rgb(r, g, b)
+
+
+def check_formats(formats: Sequence[str], task: str, labels: Sequence[Any]) -> None:
+    """Check what every requested format needs from the bundle and the options, before any work.
+
+    Raises:
+        InputError: An unknown format; ``dicom-seg`` with a classification bundle, without foreground labels, with
+            a malformed label terminology or without highdicom; a label name Slicer's ``.seg.nrrd`` cannot hold.
+    """
+    unknown = [fmt for fmt in formats if fmt not in LABEL_SUFFIXES]
+    if unknown:
+        raise InputError(f"expected formats among {sorted(LABEL_SUFFIXES)}, got {unknown}")
+    if "seg.nrrd" in formats:
+        bad = [label.name for label in labels if any(c in label.name for c in "|\n\r")]
+        if bad:
+            raise InputError(f"expected label names without '|' or line breaks for --format seg.nrrd, got {bad}")
+    if "dicom-seg" not in formats:
+        return
+    if task != "segmentation":
+        raise InputError("expected a segmentation bundle for --format dicom-seg, got a classification bundle")
+    if not [label for label in labels if label.value != 0]:
+        raise InputError("expected at least one foreground label to write a DICOM SEG, got only the background")
+    for label in labels:
+        if label.value != 0:
+            seg_coding(label)
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise InputError("expected the highdicom package for --format dicom-seg (pip install highdicom), it is not "
+                         "installed") from None
+
+
+def format_problems(formats: Sequence[str], input_volume: Volume) -> dict[str, str]:
+    """What keeps a requested format from being written for this input: ``{format: reason}`` (empty when none).
+
+    Only ``dicom-seg`` depends on the input: it references the source series, so it needs DICOM input, a
+    FrameOfReferenceUID, and one single-frame image per slice of the grid.
+    """
+    problems: dict[str, str] = {}
+    if "dicom-seg" in formats:
+        files = input_volume.metadata.get("source_files") or []
+        if not files:
+            problems["dicom-seg"] = "the input is not a DICOM series (a DICOM SEG references its source images)"
+        elif not input_volume.metadata.get("FrameOfReferenceUID"):
+            problems["dicom-seg"] = ("the DICOM series has no FrameOfReferenceUID, which a DICOM SEG needs to place "
+                                     "its frames")
+        elif len(files) != input_volume.shape[0]:
+            problems["dicom-seg"] = (f"expected one single-frame DICOM image per slice, got {len(files)} file(s) for "
+                                     f"{input_volume.shape[0]} slices (enhanced multi-frame or resampled input)")
+    return problems
 
 
 def write_dicom_seg(
@@ -144,25 +228,55 @@ def write_dicom_seg(
         label: Label map on the grid of the DICOM series it was predicted from.
         path: Target ``.dcm`` file.
         source_files: The series' image files (``Volume.metadata["source_files"]`` of the loaded series).
-        labels: :class:`LabelInfo` per class (0 = background is not written); terminology codes are used when set,
-            else SCT "Anatomical Structure" / "Tissue".
+        labels: :class:`LabelInfo` per class (0 = background is not written): name, display colour (RGB 0-255,
+            stored as CIELab) and terminology codes (:func:`seg_coding`; SCT Tissue / Tissue when a label has none).
         bundle_name: Recorded as the algorithm name.
         bundle_sha256: Recorded as an algorithm parameter (weights hash).
         series_description: Of the SEG series (default: ``"<bundle name> segmentation"``).
 
+    Patient data: the source files are read whole (the SEG must carry the patient module), so their identifying
+    values are handed to :func:`MedAnalysisLib.privacy.remember_dataset` first, and pydicom's and highdicom's
+    warnings and log records are contained (:func:`MedAnalysisLib.privacy.contain_third_party`): none is printed,
+    and ``-v`` shows them redacted.
+
     Raises:
         GeometryError: The label map is not on the grid of the source images.
-        InputError: No source files.
+        InputError: No source files, no FrameOfReferenceUID, no foreground label, a malformed terminology.
     """
+    from MedAnalysisLib.privacy import contain_third_party
+
+    if not source_files:
+        raise InputError("expected the DICOM source files of the series to reference, got none (input was not DICOM)")
+    present = [lab for lab in labels if lab.value != 0]
+    if not present:
+        raise InputError("expected at least one foreground label to write a DICOM SEG, got only the background")
+    codings = [seg_coding(lab) for lab in present]
+    with contain_third_party("writing the DICOM SEG"):
+        seg = _build_dicom_seg(label, source_files, present, codings, bundle_name=bundle_name,
+                               bundle_sha256=bundle_sha256, series_description=series_description)
+        with atomic_path(path) as temporary:
+            seg.save_as(str(temporary))
+    return Path(path)
+
+
+def _build_dicom_seg(label: Volume, source_files: Sequence[str | Path], present: Sequence[Any],
+                     codings: Sequence[dict[str, Any]], *, bundle_name: str, bundle_sha256: str,
+                     series_description: str | None) -> Any:
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     from MedAnalysisLib import __version__
+    from MedAnalysisLib.privacy import remember_dataset
 
-    if not source_files:
-        raise InputError("expected the DICOM source files of the series to reference, got none (input was not DICOM)")
-    datasets = [pydicom.dcmread(str(f)) for f in source_files]
+    datasets = []
+    for file in source_files:
+        dataset = pydicom.dcmread(str(file))
+        remember_dataset(dataset)
+        datasets.append(dataset)
+    if not all(str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets):
+        raise InputError("expected source images with a FrameOfReferenceUID (a DICOM SEG needs it to place its "
+                         "frames), got a series without one")
     for ds in datasets:  # Type 2 patient/study attributes highdicom copies: present (empty) if the source omits them
         for keyword in _TYPE2_COPIED:
             if keyword not in ds:
@@ -181,9 +295,6 @@ def write_dicom_seg(
             raise GeometryError(f"expected source images of {label.shape[1:]} (rows, columns), got "
                                 f"{(int(ds.Rows), int(ds.Columns))}")
         frames[n] = label.array[k]
-    present = [lab for lab in labels if lab.value != 0]
-    if not present:
-        raise InputError("expected at least one foreground label to write a DICOM SEG, got only the background")
     # One binary plane per segment, numbered 1..n in the order of `present`.
     masks = np.stack([frames == lab.value for lab in present], axis=-1).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -191,18 +302,25 @@ def write_dicom_seg(
         parameters={"weights_sha256": bundle_sha256},
     )
     descriptions = []
-    for number, lab in enumerate(present, start=1):
-        terminology = lab.terminology or {}
-        descriptions.append(hd.seg.SegmentDescription(
+    for number, (lab, coding) in enumerate(zip(present, codings, strict=True), start=1):
+        region = coding.get("anatomic_region")
+        description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=lab.name[:64],
-            segmented_property_category=_code(terminology.get("category"), codes.SCT.AnatomicalStructure),
-            segmented_property_type=_code(terminology.get("type"), codes.SCT.Tissue),
+            segmented_property_category=_code(coding["category"]),
+            segmented_property_type=_code(coding["type"]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*[c / 255.0 for c in lab.color])
-            if hasattr(hd.color.CIELabColor, "from_rgb") else None,
-        ))
+            anatomic_regions=[_code(region)] if region else None,
+            display_color=display_color(lab.color),  # RGB 0-255, as CIELabColor.from_rgb expects
+        )
+        if coding.get("type_modifier"):  # nested in the type item, where dcmqi and Slicer read it
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _code(coding["type_modifier"])]
+        if region and coding.get("anatomic_region_modifier"):
+            description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                _code(coding["anatomic_region_modifier"])]
+        descriptions.append(description)
     seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=masks,
@@ -220,16 +338,56 @@ def write_dicom_seg(
         omit_empty_frames=False,
     )
     _strip_optional_patient_attributes(seg)
-    with atomic_path(path) as temporary:
-        seg.save_as(str(temporary))
-    return Path(path)
+    return seg
 
 
-def write_probabilities(probabilities: Volume, path: Path) -> Path:
-    """Write the ``(k, j, i, n_classes)`` probability map (NIfTI with one component per class)."""
+def _safe_name(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("._") or "class"
+
+
+def probability_file_name(case_id: str, label: Any) -> str:
+    """``<case>_probability_<value>_<name>.nii.gz`` (the name with file-unsafe characters as ``_``)."""
+    return f"{case_id}{PROBABILITY_INFIX}{int(label.value)}_{_safe_name(str(label.name))}.nii.gz"
+
+
+def write_probabilities(probabilities: Volume, out_dir: Path, case_id: str, labels: Sequence[Any]) -> dict[int, str]:
+    """Write one scalar float32 NIfTI per foreground class (the background, 1 minus their sum for soft-max models, is
+    left out).
+
+    Args:
+        probabilities: ``(k, j, i, n_classes)`` on the input grid; channel ``n`` belongs to ``labels[n]`` (the
+            bundle's label order).
+        out_dir: Output folder.
+        case_id: Case name (file name prefix).
+        labels: The bundle's labels, in channel order.
+
+    Returns:
+        ``{label value: file name}``.
+    """
     from MedAnalysisLib.io import write_volume
 
-    return write_volume(probabilities.with_array(probabilities.array.astype(np.float32, copy=False)), path)
+    array = np.asarray(probabilities.array)
+    if array.ndim != 4 or array.shape[-1] != len(labels):
+        raise InputError(f"expected probabilities of shape (k, j, i, {len(labels)}) (one channel per label), got "
+                         f"{array.shape}")
+    written = {}
+    for channel, label in enumerate(labels):
+        if label.value == 0:
+            continue
+        name = probability_file_name(case_id, label)
+        write_volume(probabilities.with_array(np.ascontiguousarray(array[..., channel], dtype=np.float32)),
+                     Path(out_dir) / name)
+        written[int(label.value)] = name
+    return written
+
+
+def probability_files(record: dict[str, Any]) -> dict[int, str]:
+    """``{label value: file name}`` of the probability maps a sidecar lists (``outputs["probability_<value>"]``)."""
+    prefix = "probability_"
+    return {int(kind[len(prefix):]): name for kind, name in record.get("outputs", {}).items()
+            if kind.startswith(prefix) and kind[len(prefix):].isdigit()}
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -276,7 +434,8 @@ def describe_input(volume: Volume) -> dict[str, Any]:
     }
 
 
-def sidecar(prediction: Any, *, case_id: str, input_volume: Volume, outputs: dict[str, str]) -> dict[str, Any]:
+def sidecar(prediction: Any, *, case_id: str, input_volume: Volume, outputs: dict[str, str],
+            not_written: dict[str, str] | None = None) -> dict[str, Any]:
     """The provenance record of one case (see the module docstring for what it holds and leaves out)."""
     import datetime
 
@@ -291,6 +450,8 @@ def sidecar(prediction: Any, *, case_id: str, input_volume: Volume, outputs: dic
         "versions": library_versions(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if not_written:
+        record["not_written"] = dict(not_written)
     if prediction.scan is not None:
         record["scan"] = prediction.scan
     if prediction.task == "segmentation":
@@ -307,33 +468,51 @@ def write_prediction(
     labels: Sequence[Any],
     formats: Sequence[str] = ("nifti",),
     write_probability_map: bool = False,
+    unavailable: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Write every output of one case into ``out_dir``; the sidecar ``<case_id>.json`` is written last.
 
+    Each format is written on its own: one that fails does not stop the others, the tables or the probability maps.
+    Formats in ``unavailable`` (``{format: reason}``, from :func:`format_problems`), and formats whose input needs
+    are not met, are not attempted; the sidecar lists them under ``not_written`` with the reason, and the case is
+    complete. A format that fails while being written (a disk error, a file in the way) leaves no sidecar, so a
+    re-run redoes the case; the first such error is raised after everything else was written.
+
     Returns:
-        ``{kind: file name}`` of what was written (file names relative to ``out_dir``).
+        ``{kind: file name}`` of what was written (file names relative to ``out_dir``); ``probability_<value>`` for
+        the per-class probability maps.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
+    not_written: dict[str, str] = {}
+    errors: list[BaseException] = []
     if prediction.label is not None:
+        unknown = [fmt for fmt in formats if fmt not in LABEL_SUFFIXES]
+        if unknown:
+            raise InputError(f"expected formats among {sorted(LABEL_SUFFIXES)}, got {unknown}")
+        problems = {**format_problems(formats, input_volume), **(unavailable or {})}
         for fmt in formats:
-            if fmt not in LABEL_SUFFIXES:
-                raise InputError(f"expected a format among {sorted(LABEL_SUFFIXES)}, got {fmt!r}")
+            if fmt in problems:
+                not_written[f"label_{fmt}"] = problems[fmt]
+                continue
             target = out_dir / f"{case_id}{LABEL_SUFFIXES[fmt]}"
-            if fmt == "dicom-seg":
-                files = input_volume.metadata.get("source_files")
-                if not files:
-                    raise InputError(f"expected DICOM input for --format dicom-seg, got case {case_id!r} from a file")
-                write_dicom_seg(prediction.label, target, files, labels, bundle_name=prediction.bundle_name,
-                                bundle_sha256=prediction.bundle_sha256)
-            else:
-                write_label(prediction.label, target, fmt, labels)
+            try:
+                if fmt == "dicom-seg":
+                    write_dicom_seg(prediction.label, target, input_volume.metadata["source_files"], labels,
+                                    bundle_name=prediction.bundle_name, bundle_sha256=prediction.bundle_sha256)
+                else:
+                    write_label(prediction.label, target, fmt, labels)
+            except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
+                errors.append(error)
+                continue
             outputs[f"label_{fmt}"] = target.name
-    if write_probability_map and prediction.probabilities is not None:
-        target = out_dir / f"{case_id}_probabilities.nii.gz"
-        write_probabilities(prediction.probabilities, target)
-        outputs["probabilities"] = target.name
+    try:
+        if write_probability_map and prediction.probabilities is not None:
+            for value, name in write_probabilities(prediction.probabilities, out_dir, case_id, labels).items():
+                outputs[f"probability_{value}"] = name
+    except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
+        errors.append(error)
     if prediction.table:
         csv_path, json_path = write_table(prediction.table, out_dir / f"{case_id}_table.csv")
         outputs["table_csv"], outputs["table_json"] = csv_path.name, json_path.name
@@ -341,7 +520,10 @@ def write_prediction(
     if per_slice and per_slice is not prediction.table:  # sequence models: per-slice rows besides the scan table
         csv_path, json_path = write_table(per_slice, out_dir / f"{case_id}_slices.csv")
         outputs["slices_csv"], outputs["slices_json"] = csv_path.name, json_path.name
-    record = sidecar(prediction, case_id=case_id, input_volume=input_volume, outputs=outputs)
+    if errors:
+        raise errors[0]
+    record = sidecar(prediction, case_id=case_id, input_volume=input_volume, outputs=outputs,
+                     not_written=not_written)
     write_text_atomic(out_dir / f"{case_id}{SIDECAR_SUFFIX}", json.dumps(record, indent=2, allow_nan=False) + "\n")
     outputs["sidecar"] = f"{case_id}{SIDECAR_SUFFIX}"
     return outputs

@@ -245,9 +245,9 @@ class SeriesInfo:
         }
 
     def describe(self) -> str:
-        """One line for error messages and listings (no patient data)."""
-        description = f" '{self.series_description}'" if self.series_description else ""
-        return f"[{self.index}] {self.modality or '?'}{description}, {self.n_slices} slice(s), uid {self.series_instance_uid}"
+        """One line for error messages (no patient data, and no SeriesDescription: free text that sites fill with
+        names and dates; ``medanalysis dicom ls`` lists it for the user who asks)."""
+        return f"[{self.index}] {self.modality or '?'}, {self.n_slices} slice(s), uid {self.series_instance_uid}"
 
 
 # ------------------------------------------------------------------------------------------------ header reading
@@ -757,7 +757,7 @@ def select_series(path: str | os.PathLike[str], series: str | int | None = None,
             return found[0]
         raise DicomSeriesError(
             f"expected one series or a choice among the {len(found)} series found, got no choice; pass a "
-            f"SeriesInstanceUID or an index: {_choices(found)}"
+            f"SeriesInstanceUID or an index ('medanalysis dicom ls' shows their descriptions): {_choices(found)}"
         )
     if isinstance(series, (int, np.integer)) or (isinstance(series, str) and series.strip().isdigit() and "." not in series):
         number = int(series)
@@ -830,12 +830,15 @@ def _decode_with_pydicom(slices: Sequence[_Slice]) -> np.ndarray:
     """
     import pydicom
 
+    from MedAnalysisLib.privacy import contain_third_party
+
     decoded: dict[str, np.ndarray] = {}
     planes = []
     for s in slices:
         if s.path not in decoded:
             try:
-                array = pydicom.dcmread(s.path).pixel_array
+                with contain_third_party("decoding DICOM pixels with pydicom", quote=False):
+                    array = pydicom.dcmread(s.path).pixel_array
             except Exception as error:  # noqa: BLE001 - missing decoder plugins or damaged frames, many types
                 raise UnreadableFileError(
                     f"expected decodable pixel data in {Path(s.path).name} ({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax)}), "
@@ -857,6 +860,9 @@ def _read_with_sitk(info: SeriesInfo) -> np.ndarray:
     """Decode through SimpleITK/GDCM (compressed, big endian, color); returns rescaled values as GDCM does."""
     import SimpleITK as sitk
 
+    from MedAnalysisLib.privacy import quiet_simpleitk
+
+    quiet_simpleitk()  # GDCM's warnings go straight to stderr and may quote header values
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
     try:

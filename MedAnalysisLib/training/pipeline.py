@@ -151,14 +151,32 @@ def _slice_foreground_targets(dataset: Any) -> bool:
     return bool(dataset.cases) and all(c.label is not None and c.target is None for c in dataset.cases)
 
 
-def _labels_for(dataset: Any, plan: Any, task: str, family: str) -> tuple[LabelInfo, ...]:
+def _labels_for(dataset: Any, plan: Any, task: str, family: str,
+                given: Sequence[LabelInfo] | None = None) -> tuple[LabelInfo, ...]:
+    """One LabelInfo per model output, in output order.
+
+    Segmentation: one per plan label value. A label in ``given`` (``--labels``) is taken as it is; the others are
+    named from the dataset (MSD ``dataset.json`` names) and coded from the built-in terminology table when the name
+    is known there (:func:`MedAnalysisLib.terminology.coded_label`). ``given`` values the data does not hold are
+    refused.
+    """
+    from MedAnalysisLib.terminology import coded_label
+
     names = {int(k): str(v) for k, v in (dataset.labels or {}).items()}
+    chosen = {label.value: label for label in (given or ())}
     if task == "segmentation":
+        unknown = sorted(set(chosen) - {int(v) for v in plan.label_values})
+        if unknown:
+            raise InputError(f"expected labels among the values in the data {sorted(int(v) for v in plan.label_values)}"
+                             f", got labels for {unknown}")
+        defaults = default_labels(list(range(len(plan.label_values))))
         return tuple(
-            LabelInfo(int(value), names.get(int(value), "background" if value == 0 else f"label {value}"),
-                      info.color)
-            for value, info in zip(plan.label_values, default_labels(list(range(len(plan.label_values)))), strict=True)
+            chosen.get(int(value)) or coded_label(
+                int(value), names.get(int(value), "background" if value == 0 else f"label {value}"), info.color)
+            for value, info in zip(plan.label_values, defaults, strict=True)
         )
+    if given:
+        return tuple(given)
     if (family == "cnn_rnn" and dataset.task == "segmentation") or (family == "slice_cnn"
                                                                      and _slice_foreground_targets(dataset)):
         return default_labels({0: "absent", 1: "present"})
@@ -205,7 +223,9 @@ def train(
     """Train a model on a dataset and write a bundle.
 
     Args:
-        dataset: A :class:`~MedAnalysisLib.data.datasets.Dataset` or a path :func:`load_dataset` reads.
+        dataset: A :class:`~MedAnalysisLib.data.datasets.Dataset` or a path in any form
+            :func:`MedAnalysisLib.data.sources.resolve_source` knows (an MSD folder or its dataset.json, a CSV
+            manifest, DICOM, image files).
         task: ``"segmentation"`` or ``"classification"``; must match the family.
         family: ``unet3d``, ``unet2d``, ``slice_cnn``, ``cnn3d`` or ``cnn_rnn``.
         out: Bundle folder, or a path ending in ``.zip``.
@@ -238,12 +258,16 @@ def train(
         mixed_precision, strategy: See :func:`MedAnalysisLib.training.device.setup_devices`.
         tensorboard_dir: Also write TensorBoard logs there.
         name: Model name for the bundle.
-        labels: LabelInfo per class (names, colours, terminology), overriding the dataset's names.
+        labels: LabelInfo per class (names, colours, terminology; :func:`MedAnalysisLib.terminology.read_labels_file`
+            reads them from a labels file), overriding the dataset's names for the values they cover. Without it,
+            segmentation labels take the dataset's names and, where the built-in table knows a name, its codes
+            and colour.
 
     Returns:
         :class:`~MedAnalysisLib.training.runner.TrainResult`.
     """
-    from MedAnalysisLib.data.datasets import Dataset, kfold_splits, load_dataset, split_cases
+    from MedAnalysisLib.data.datasets import Dataset, kfold_splits, split_cases
+    from MedAnalysisLib.data.sources import load_source
     from MedAnalysisLib.models import MODEL_FAMILIES, family_task
     from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
 
@@ -258,11 +282,11 @@ def train(
     if not isinstance(dataset, Dataset):
         # cnn_rnn learns from label maps (per-slice targets) as well as from class targets: load what is there.
         source = dataset
-        dataset = load_dataset(source, task=None if family in ("cnn_rnn", "slice_cnn") else task)
+        dataset = load_source(source, task=None if family in ("cnn_rnn", "slice_cnn") else task)
         # slice_cnn learns per-slice targets from label maps when no case has a class target, else the class.
         if family == "slice_cnn" and dataset.task != task and not _slice_foreground_targets(dataset) and any(
                 c.target is not None for c in dataset.cases):
-            dataset = load_dataset(source, task=task)
+            dataset = load_source(source, task=task)
     foreground_targets = family == "slice_cnn" and _slice_foreground_targets(dataset)
     if task == "segmentation" and any(c.label is None for c in dataset.cases):
         raise InputError("expected a label map for every case to train segmentation, some cases have none")
@@ -293,7 +317,7 @@ def train(
     if plan.n_channels != dataset.n_channels:
         raise InputError(f"expected a plan for {dataset.n_channels} channel(s), got one for {plan.n_channels}")
 
-    label_infos = tuple(labels) if labels else _labels_for(dataset, plan, task, family)
+    label_infos = _labels_for(dataset, plan, task, family, labels)
     n_classes = len(label_infos)
     train_prepared = _prepare(plan, train_cases, family, workers=workers, reporter=reporter, stop_flag=stop_flag,
                               stage="prepare")
