@@ -25,7 +25,8 @@ results a user would look at:
       figures/                           overlay.png, training_curves.png, slice_probabilities.png
 
 The full run takes about six minutes on two CPU cores and reaches a held-out Dice above 0.9;
-:meth:`DemoConfig.quick` is a smoke test of about a minute whose numbers mean nothing.
+:meth:`DemoConfig.quick` is a smoke test of about a minute with low accuracy (held-out organ Dice about 0.7; the test
+of the quick run checks that the model beats calling the whole phantom organ).
 """
 
 from __future__ import annotations
@@ -38,18 +39,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from MedAnalysisLib.io.atomic import atomic_path, write_text_atomic
+from MedAnalysisLib.io.atomic import write_text_atomic
 from MedAnalysisLib.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, MANIFEST_NAME
 from MedAnalysisLib.progress import Reporter, StopFlag, format_duration
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-    from MedAnalysisLib.volume import Volume
 
 #: Seed offset of the held-out phantoms, so they never coincide with training phantoms of any demo seed below it.
 TEST_SEED_OFFSET = 1_000_003
@@ -124,9 +120,11 @@ class DemoConfig:
             n_test=2,
             shape=(24, 32, 32),
             spacing=(2.0, 2.0, 2.5),
-            segmentation_epochs=2,
+            # Enough U-Net steps that the organ is found (held-out organ Dice about 0.6-0.8, against 0.2 for calling
+            # the whole phantom organ), so that the smoke test can tell a model that learnt from one that did not.
+            segmentation_epochs=6,
             classification_epochs=1,
-            segmentation_training={"steps_per_epoch": 6, "learning_rate": 3e-3},
+            segmentation_training={"steps_per_epoch": 15, "learning_rate": 3e-3},
             classification_training={"steps_per_epoch": 6, "learning_rate": 2e-3},
             classification_plan={"slice_shape": "16,16"},
             bootstrap=50,
@@ -231,6 +229,8 @@ def run_demo(
     # Heavy modules (TensorFlow behind training and inference) are imported when the demo runs, not on import.
     from MedAnalysisLib.bundle import LabelInfo, load_bundle
     from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.evaluation import figures
+    from MedAnalysisLib.evaluation.metrics import dice as dice_score
     from MedAnalysisLib.evaluation.metrics import roc_auc
     from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
     from MedAnalysisLib.inference.predict import predict
@@ -320,15 +320,14 @@ def run_demo(
         for kind, title in (("label_nifti", "label map"), ("label_seg.nrrd", "Slicer segmentation"),
                             ("label_dicom-seg", "DICOM SEG"), ("table_csv", "volume table")):
             files[title] = str(out / "prediction" / written[kind])
+        styles = figures.label_styles(segmentation_bundle.labels)
+        case_dice = {info.name: dice_score(prediction.label.array, truth.array, info.value)
+                     for info in segmentation_bundle.labels if info.value != 0}
         files["overlay figure"] = str(
-            plot_overlay(
-                image,
-                truth,
-                prediction.label,
-                out / "figures" / "overlay.png",
-                label_names={info.value: info.name for info in segmentation_bundle.labels},
-                label_colors={info.value: info.color for info in segmentation_bundle.labels},
-                title=f"{case.case_id} (held out): image, truth and 3D U-Net prediction",
+            figures.overlay_slices(
+                image, truth.array, prediction.label.array, out / "figures" / "overlay.png", styles,
+                title=f"{case.case_id} (held out): truth (solid) and 3D U-Net prediction (dashed)",
+                label_scores=case_dice,
             )
         )
 
@@ -382,12 +381,14 @@ def run_demo(
         slice_probabilities = [float(row[f"p_{positive}"]) for row in slice_rows]
         scan_probability = float(scan_prediction.scan["probabilities"][positive]) if scan_prediction.scan else None
         files["slice probability figure"] = str(
-            plot_slice_probabilities(
+            figures.slice_probabilities(
                 slice_probabilities,
                 phantom_targets(truth.array)["slice_target"],
                 out / "figures" / "slice_probabilities.png",
+                class_name=positive,
                 scan_probability=scan_probability,
-                title=f"{case.case_id}: CNN+RNN lesion probability per slice",
+                positions=figures.slice_positions(image.direction, image.origin, image.spacing, image.array.shape),
+                title=f"{case.case_id}: CNN+RNN probability per slice",
             )
         )
         # Per-slice AUC over every held-out scan: does the slice head find the slices that hold the lesion?
@@ -403,19 +404,10 @@ def run_demo(
     # 9. Training curves of both models, from the logs their bundles carry.
     with clock.stage("figures", "training curves"):
         files["training curves"] = str(
-            plot_training_curves(
+            figures.training_curves(
                 {"3D U-Net (segmentation)": segmentation.history, "CNN+RNN (lesion classifier)": classification.history},
                 out / "figures" / "training_curves.png",
-                metric_names={
-                    "3D U-Net (segmentation)": {
-                        f"val_dice_{n}": f"validation Dice, {info.name}"
-                        for n, info in enumerate(segmentation_bundle.labels) if n > 0
-                    }
-                    | {"val_mean_dice": "validation Dice, mean"},
-                    "CNN+RNN (lesion classifier)": {
-                        "val_scan_auc": "validation AUC, scans", "val_slices_auc": "validation AUC, slices"
-                    },
-                },
+                label_names={"3D U-Net (segmentation)": segmentation_bundle.config.label_names()},
             )
         )
 
@@ -461,181 +453,6 @@ class _StageClock:
 
     def total(self) -> float:
         return round(time.monotonic() - self._start, 2)
-
-
-# ------------------------------------------------------------------------------------------------ figures
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _save_figure(figure: Figure, path: Path) -> Path:
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    return path
-
-
-def _label_colors(labels: dict[int, tuple[int, int, int]]) -> dict[int, tuple[float, float, float]]:
-    return {value: tuple(c / 255 for c in color) for value, color in labels.items()}  # type: ignore[misc]
-
-
-def _display_range(array: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(array, [0.5, 99.5])
-    return float(low), float(max(high, low + 1e-6))
-
-
-def choose_slices(truth: np.ndarray, count: int = 3) -> list[int]:
-    """Axial (k) slices worth showing: the one with the most foreground and ones spread through the structures."""
-    foreground = (np.asarray(truth) > 0).sum(axis=(1, 2))
-    present = np.flatnonzero(foreground)
-    if present.size == 0:
-        return sorted({int(round(q * (truth.shape[0] - 1))) for q in np.linspace(0.25, 0.75, count)})
-    chosen = [int(np.argmax(foreground))]
-    # Then slices spread through the foreground, outer quantiles first, skipping ones already chosen.
-    for q in (0.2, 0.8, 0.35, 0.65, 0.5, 0.1, 0.9, 0.0, 1.0):
-        k = int(present[int(round(q * (present.size - 1)))])
-        if len(chosen) < count and k not in chosen:
-            chosen.append(k)
-    for k in present:  # a structure only a few slices thick
-        if len(chosen) < count and int(k) not in chosen:
-            chosen.append(int(k))
-    return sorted(chosen)
-
-
-def plot_overlay(
-    image: Volume,
-    truth: Volume,
-    prediction: Volume,
-    path: Path,
-    *,
-    label_names: dict[int, str],
-    label_colors: dict[int, tuple[int, int, int]],
-    slices: list[int] | None = None,
-    title: str = "",
-) -> Path:
-    """PNG of axial slices: the image, the truth and the prediction as coloured overlays with the other's contours.
-
-    Rows are image / truth / prediction, columns the chosen k slices; pixels are drawn with the in-plane aspect
-    ratio of the voxel spacing (j over i), so shapes look as they are in millimetres.
-    """
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    slices = slices or choose_slices(truth.array)
-    colors = _label_colors(label_colors)
-    n_labels = max(label_names) + 1
-    rgba = np.zeros((n_labels, 4))
-    for value, color in colors.items():
-        if value > 0 and value < n_labels:
-            rgba[value] = (*color, 0.55)
-    colormap = ListedColormap(rgba)
-    low, high = _display_range(image.array)
-    aspect = image.spacing[1] / image.spacing[0]
-    figure = _new_figure(3.0 * len(slices), 9.2)
-    axes = figure.subplots(3, len(slices), squeeze=False)
-    for column, k in enumerate(slices):
-        for row, (name, labels, contour) in enumerate(
-            (("image", None, None), ("truth", truth.array, prediction.array), ("prediction", prediction.array, truth.array))
-        ):
-            ax = axes[row, column]
-            ax.imshow(image.array[k], cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
-            if labels is not None:
-                ax.imshow(labels[k], cmap=colormap, vmin=-0.5, vmax=n_labels - 0.5, aspect=aspect, interpolation="nearest")
-                for value in label_names:
-                    if value > 0 and np.any(contour[k] == value):
-                        ax.contour(contour[k] == value, levels=[0.5], colors=[colors.get(value, (1, 1, 1))],
-                                   linewidths=0.8, linestyles="--")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if column == 0:
-                ax.set_ylabel(name if name == "image" else f"{name}\n(dashed: {'prediction' if name == 'truth' else 'truth'})")
-            if row == 0:
-                ax.set_title(f"slice k={k}")
-    handles = [Patch(color=colors[v], label=n) for v, n in sorted(label_names.items()) if v > 0 and v in colors]
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    if title:
-        figure.suptitle(title)
-    return _save_figure(figure, path)
-
-
-#: Validation metrics drawn by :func:`plot_training_curves` (others stay in the CSV logs): Dice and AUC.
-CURVE_METRICS = ("dice", "auc")
-
-
-def plot_training_curves(
-    histories: dict[str, dict[str, list[float]]],
-    path: Path,
-    *,
-    metric_names: dict[str, dict[str, str]] | None = None,
-) -> Path:
-    """PNG with one panel per trained model: training and validation loss, and the validation Dice/AUC curves.
-
-    Args:
-        histories: Model title -> metric name -> one value per epoch (as Keras' ``History.history``).
-        path: PNG to write.
-        metric_names: Model title -> metric name -> legend text (e.g. ``{"val_dice_1": "organ Dice"}``); other
-            metrics are labelled by their name with ``val_`` written out.
-    """
-    metric_names = metric_names or {}
-    figure = _new_figure(5.2 * max(len(histories), 1), 3.8)
-    axes = figure.subplots(1, max(len(histories), 1), squeeze=False)[0]
-    for ax, (title, history) in zip(axes, histories.items(), strict=False):
-        names = metric_names.get(title, {})
-        epochs_axis = None
-        loss_names = [n for n in ("loss", "val_loss") if n in history]
-        for name in loss_names:
-            values = history[name]
-            epochs_axis = np.arange(1, len(values) + 1)
-            ax.plot(epochs_axis, values, marker="o" if len(values) < 15 else None, markersize=3,
-                    label=name.replace("val_", "validation "), linestyle="-" if name == "loss" else "--")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.set_title(title)
-        metrics = [
-            n for n in history
-            if n.startswith("val_") and "loss" not in n and any(word in n for word in CURVE_METRICS)
-        ]
-        if metrics:
-            twin = ax.twinx()
-            for name in metrics:
-                values = history[name]
-                label = names.get(name, name.replace("val_", "validation ").replace("_", " "))
-                twin.plot(np.arange(1, len(values) + 1), values, linestyle=":", linewidth=1.6, label=label)
-            twin.set_ylabel("validation Dice / AUC")
-            twin.set_ylim(0, 1.02)
-            lines = ax.get_legend_handles_labels()
-            more = twin.get_legend_handles_labels()
-            ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
-        elif loss_names:
-            ax.legend(fontsize=7)
-        if epochs_axis is not None and len(epochs_axis) <= 12:
-            ax.set_xticks(epochs_axis)
-    return _save_figure(figure, path)
-
-
-def plot_slice_probabilities(
-    probabilities: list[float], targets: list[int], path: Path, *, scan_probability: float | None, title: str = ""
-) -> Path:
-    """PNG of the per-slice lesion probability along k, with the slices that truly contain the lesion shaded."""
-    probabilities_array = np.asarray(probabilities, dtype=float)
-    targets_array = np.asarray(targets, dtype=int)
-    k = np.arange(probabilities_array.size)
-    figure = _new_figure(7.0, 3.4)
-    ax = figure.subplots()
-    ax.bar(k, targets_array, width=1.0, color="#f1d691", alpha=0.6, label="slice contains the lesion (truth)")
-    ax.plot(k, probabilities_array, color="#d8654f", marker="o", markersize=3, label="predicted P(lesion)")
-    ax.axhline(0.5, color="gray", linewidth=0.8, linestyle="--")
-    ax.set_xlim(-0.5, max(k.size - 0.5, 0.5))
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("axial slice k")
-    ax.set_ylabel("probability")
-    heading = title
-    if scan_probability is not None:
-        heading = f"{title}\nwhole scan: P(lesion) = {scan_probability:.2f}".strip()
-    ax.set_title(heading, fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
-    return _save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------------ small helpers

@@ -63,7 +63,7 @@ def train_cube_bundle(path: Path, *, steps: int = 60, seed: int = 0, name: str =
         loss = training_model.train_on_batch(np.stack(xs), np.stack(ys))
         losses.append(float(np.asarray(loss).ravel()[0]))
         if (step + 1) % steps_per_epoch == 0 or step == steps - 1:
-            log += f"{step // steps_per_epoch},{np.mean(losses)!r}\n"
+            log += f"{step // steps_per_epoch},{float(np.mean(losses))!r}\n"
             losses = []
     config = BundleConfig(
         name=name, task="segmentation", family="unet3d", hparams=hparams, plan=plan,

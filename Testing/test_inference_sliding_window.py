@@ -52,6 +52,8 @@ def test_window_starts_match_the_usual_grid() -> None:
 @pytest.mark.parametrize("gaussian", [True, False])
 @pytest.mark.parametrize("output", ["probabilities", "labels"])
 def test_blending_reproduces_a_position_independent_model(overlap: float, gaussian: bool, output: str) -> None:
+    """Any normalised weighting reproduces a voxel-wise model: this checks coverage and normalisation, not the
+    weights (see test_blending_weights_match_an_independent_oracle)."""
     image = random_image((21, 18, 30, 1))
     expected = pointwise_probabilities(image)
     result = sliding_window_predict(
@@ -64,6 +66,63 @@ def test_blending_reproduces_a_position_independent_model(overlap: float, gaussi
     else:
         assert result.shape == (21, 18, 30) and result.dtype == np.uint8
         np.testing.assert_array_equal(result, np.argmax(expected, axis=-1))
+
+
+def window_dependent_probabilities(x: np.ndarray) -> np.ndarray:
+    """A 'model' whose answer for a voxel depends on the window it sees (through the window's mean), as a real
+    network's does near window borders: blending weights change the result, so a test can tell them apart."""
+    context = x[..., :1].mean(axis=(1, 2, 3), keepdims=True)
+    p = 1.0 / (1.0 + np.exp(-(x[..., :1] + 4.0 * context)))
+    return np.concatenate([1.0 - p, p], axis=-1).astype(np.float32)
+
+
+def blend_oracle(image: np.ndarray, patch: tuple[int, int, int], overlap: float, gaussian: bool) -> np.ndarray:
+    """Sliding-window blending written out from its definition, without the library: windows every
+    int(patch * (1 - overlap)) voxels plus one flush with the far border; each window's output weighted by a Gaussian
+    of standard deviation patch / 8 centred on the window (exp(-d^2 / 2 sigma^2) per axis, multiplied), or by 1;
+    the weighted sum divided by the sum of weights at each voxel."""
+    shape = image.shape[:3]
+    starts = []
+    for length, size in zip(shape, patch):
+        step = int(size * (1 - overlap))
+        axis = list(range(0, length - size + 1, step))
+        if axis[-1] != length - size:
+            axis.append(length - size)
+        starts.append(axis)
+    weights_1d = []
+    for size in patch:
+        d = np.arange(size) - (size - 1) / 2.0
+        weights_1d.append(np.exp(-(d**2) / (2 * (size / 8.0) ** 2)) if gaussian else np.ones(size))
+    weight = weights_1d[0][:, None, None] * weights_1d[1][None, :, None] * weights_1d[2][None, None, :]
+    total = np.zeros((*shape, 2))
+    norm = np.zeros(shape)
+    for k in starts[0]:
+        for j in starts[1]:
+            for i in starts[2]:
+                window = (slice(k, k + patch[0]), slice(j, j + patch[1]), slice(i, i + patch[2]))
+                out = window_dependent_probabilities(image[window][None])[0]
+                total[window] += out * weight[..., None]
+                norm[window] += weight
+    return total / norm[..., None]
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.5])
+@pytest.mark.parametrize("gaussian", [True, False])
+def test_blending_weights_match_an_independent_oracle(overlap: float, gaussian: bool) -> None:
+    """With a window-dependent model the blend is only right with the right weights: uniform weights in place of
+    the Gaussian (or a Gaussian of another width) miss the oracle by far more than the tolerance."""
+    image = random_image((20, 22, 26, 1), seed=5)
+    patch = (8, 10, 12)
+    expected = blend_oracle(image, patch, overlap, gaussian)
+    other = blend_oracle(image, patch, overlap, not gaussian)
+    assert np.abs(expected - other).max() > 1e-2  # the two weightings really differ on this image
+    result = sliding_window_predict(window_dependent_probabilities, image, patch, n_classes=2, overlap=overlap,
+                                    gaussian=gaussian, batch_size=4)
+    np.testing.assert_allclose(result, expected, atol=2e-5)
+    labels = sliding_window_predict(window_dependent_probabilities, image, patch, n_classes=2, overlap=overlap,
+                                    gaussian=gaussian, batch_size=4, output="labels")
+    clear = np.abs(expected[..., 1] - 0.5) > 1e-3  # leave out near-ties
+    np.testing.assert_array_equal(labels[clear], np.argmax(expected, axis=-1)[clear])
 
 
 def test_test_time_flips_are_undone() -> None:

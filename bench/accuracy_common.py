@@ -125,23 +125,17 @@ def hippocampus_split(n_test: int, seed: int, max_train: int | None = None) -> t
 def cluster_bootstrap(groups: Any, statistic: Any, *arrays: Any, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of ``statistic(*arrays)`` resampling whole groups (patients, scans) with replacement.
 
-    Resamples where the statistic is undefined (NaN, e.g. an AUC with one class only) are skipped.
+    The library's patient-level bootstrap (``medanalysis evaluate`` uses it whenever the data has groups), with the
+    arrays as columns; resamples where the statistic is undefined (NaN, e.g. an AUC with one class only) are skipped.
     """
     import numpy as np
 
-    groups = np.asarray(groups)
-    arrays = tuple(np.asarray(a) for a in arrays)
-    unique = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in unique}
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        picked = np.concatenate([members[g] for g in rng.choice(unique, size=len(unique), replace=True)])
-        value = statistic(*(a[picked] for a in arrays))
-        if np.isfinite(value):
-            values.append(value)
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    from MedAnalysisLib.evaluation.metrics import bootstrap_ci
+
+    columns = np.column_stack([np.asarray(a, dtype=np.float64) for a in arrays])
+    interval = bootstrap_ci(columns, lambda rows: statistic(*(rows[:, c] for c in range(rows.shape[1]))),
+                            groups=list(groups), n_resamples=n, seed=seed)
+    return interval.low, interval.high
 
 
 def fmt_ci(summary: dict[str, Any]) -> str:

@@ -1,9 +1,24 @@
 """``medanalysis evaluate BUNDLE DATA --out DIR``: measure a bundle on labelled cases.
 
+DATA is an MSD folder or its dataset.json, or a CSV manifest (DICOM and image files, which the other commands take,
+are accepted too, but hold no labels).
 Writes a per-case CSV (Dice per label, 95% Hausdorff distance in mm, volume difference; or, for classifiers,
 probabilities and targets), a summary JSON with mean, median and bootstrap confidence intervals (plus AUC,
-accuracy, sensitivity, specificity and the confusion matrix for classifiers) and PNG figures: an overlay montage of
-the best and worst cases, the training curves from the bundle and a ROC curve for classifiers.
+accuracy, sensitivity, specificity and the confusion matrix for classifiers), the headline as text (also printed)
+and PNG figures: an overlay montage of the best and worst cases, the training curves from the bundle and a ROC curve
+for classifiers.
+
+Labels are matched by name when the data names them (an MSD dataset.json), by value when it does not (a CSV
+manifest); names left over on both sides (organ in the bundle, anterior in the data) are refused, leftovers on one
+side are not scored. --label-map BUNDLE_LABEL=DATA_LABEL pairs labels explicitly (e.g. --label-map organ=anterior;
+DATA_LABEL "none" leaves a bundle label unscored).
+
+Confidence intervals resample whole groups of cases when the manifest has a group column (group, else patient_id,
+or the one --group-column names): several slices or scans of one patient are not independent cases. --group-column
+none resamples cases.
+
+Exit codes: 0 done (cases that failed are listed in summary.json and in the printed headline), 2 bad input or
+mismatched labels (nothing is written).
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ import argparse
 from typing import Any
 
 from MedAnalysisLib.cli.predict import add_inference_options, parse_shard
+from MedAnalysisLib.data.dataset_input import add_manifest_options
 from MedAnalysisLib.errors import InputError
 
 
@@ -24,8 +40,11 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="model bundle folder or .zip")
-    p.add_argument("data", help="labelled data: an MSD folder (dataset.json) or a CSV manifest")
+    p.add_argument("data", help="labelled data: an MSD folder or its dataset.json, or a CSV manifest")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--label-map", action="append", default=None, metavar="BUNDLE_LABEL=DATA_LABEL",
+                   help="score a bundle label against a data label of another name or value, e.g. organ=anterior "
+                   "(repeat, or separate pairs with commas; DATA_LABEL 'none' leaves the bundle label unscored)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases (after sharding)")
@@ -35,10 +54,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="post-processing of label maps; repeat for both, 'none' for neither (default: the bundle's); "
                    "choose it on validation cases, never on the test cases")
     add_inference_options(p)
+    add_manifest_options(p, modality=False)  # the bundle knows its modality
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: Any) -> int:
+    from MedAnalysisLib.evaluation.labels import parse_label_map
     from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
     from MedAnalysisLib.progress import StopFlag
 
@@ -56,7 +77,14 @@ def run(args: argparse.Namespace, reporter: Any) -> int:
         max_cases=args.max_cases,
         shard=args.shard,
         figures=not args.no_figures,
+        label_map=parse_label_map(args.label_map or []) or None,
+        group_column=args.group_column,
+        image_columns=tuple(args.image_column) if args.image_column else None,
+        label_column=args.label_column,
+        target_column=args.target_column,
     )
     summary = evaluate_bundle(args.bundle, args.data, args.out, options, reporter=reporter, stop_flag=StopFlag().install())
+    if reporter.mode != "jsonl":
+        print(summary["text"], flush=True)
     reporter.result(**summary)
     return 0

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from MedAnalysisLib.data.dataset_input import add_manifest_options
 from MedAnalysisLib.errors import PlanError
 from MedAnalysisLib.progress import Reporter
 
@@ -22,11 +23,13 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "plan",
         parents=parents,
         help="measure a dataset and print its preprocessing plan (JSON)",
-        description="Read every case of DATA once (an MSD folder with dataset.json, a CSV manifest, or a folder of "
-        "DICOM series), measure spacings, shapes and intensities, and derive the preprocessing plan: target "
+        description="Read every case of DATA once (an MSD folder or its dataset.json, a CSV manifest, DICOM "
+        "folders or files, image files or a folder of them), measure spacings, shapes and intensities, and derive the preprocessing plan: target "
         "spacing, orientation, normalisation, patch and batch size, recommended model.",
     )
-    parser.add_argument("data", type=Path, metavar="DATA", help="MSD folder, CSV manifest or folder of DICOM series")
+    parser.add_argument("data", type=Path, metavar="DATA",
+                        help="MSD folder or its dataset.json, CSV manifest, DICOM folder or file, image file or folder "
+                        "of image files")
     parser.add_argument("--out", type=Path, default=None, help="write the plan JSON here (atomically)")
     parser.add_argument("--fingerprint-out", type=Path, default=None, help="also write the fingerprint JSON here")
     parser.add_argument(
@@ -44,13 +47,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="memory one training step may use, in MiB; the default suits a CPU (raise it for a GPU)",
     )
     parser.add_argument("--workers", type=int, default=2, help="threads reading cases (default 2)")
-    manifest = parser.add_argument_group("CSV manifests")
-    manifest.add_argument("--image-column", action="append", default=None, metavar="NAME",
-                          help="column with image paths (repeat for more channels; default image, image2, ...)")
-    manifest.add_argument("--label-column", default="label", help="column with label-map paths (default label)")
-    manifest.add_argument("--target-column", default="target", help="column with class values (default target)")
-    manifest.add_argument("--group-column", default=None, help="column grouping cases, e.g. patient_id")
-    manifest.add_argument("--modality", default=None, help="modality when the data does not say (CT, MRI, ...)")
+    add_manifest_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,13 +63,13 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.data.dataset_input import load_dataset_input
     from MedAnalysisLib.io.atomic import write_text_atomic
     from MedAnalysisLib.preprocessing.fingerprint import fingerprint_dataset
     from MedAnalysisLib.preprocessing.plan import DEFAULT_MEMORY_BUDGET_MB, make_plan
 
     overrides = parse_overrides(args.overrides)
-    dataset = load_dataset(
+    dataset = load_dataset_input(
         args.data,
         modality=args.modality,
         image_columns=args.image_column,

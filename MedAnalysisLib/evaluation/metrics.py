@@ -2,12 +2,24 @@
 
 Segmentation metrics take label maps as arrays in ``(k, j, i)`` order with the voxel spacing in ITK ``(i, j, k)``
 order in millimetres (as :class:`~MedAnalysisLib.volume.Volume` stores it), so distances and volumes are physical.
-Conventions (the same as MONAI's and nnU-Net's, stated so that numbers can be compared):
+The definitions, stated so that numbers can be compared with other tools (``docs/evaluation.md`` has the details):
 
-* Dice of a label absent from both maps is ``nan`` (nothing to find, nothing found): summaries ignore it.
-* The 95% Hausdorff distance is the larger of the two directed 95th percentiles of surface-to-surface distances
-  (surface = voxels of the label with a 6-connected neighbour outside it), in mm. When exactly one map has the label
-  it is ``inf``; when neither has it, ``nan``.
+* **Dice** of one label is ``2|P & T| / (|P| + |T|)`` over voxels. A label absent from both maps gives ``nan``
+  (nothing to find, nothing found; summaries leave it out), present in only one ``0``. nnU-Net v2 computes the same;
+  MONAI's ``DiceMetric`` (``ignore_empty=True``) gives ``nan`` whenever the truth is empty, even for a false positive.
+* **HD95** is the larger of the two directed 95th percentiles of boundary-to-boundary distances, in mm:
+  ``max(P95{d(p, dT) : p in dP}, P95{d(t, dP) : t in dT})``. The boundary ``dX`` of a mask is its voxels with at
+  least one of their 6 face neighbours outside the mask (the image border counts as outside); distances are
+  Euclidean between voxel centres with the real spacing; percentiles interpolate linearly (numpy's default). This is
+  MONAI's ``compute_hausdorff_distance(..., percentile=95)``. MedPy's ``hd95`` takes one 95th percentile of the
+  distances of both directions pooled (it lies between the two directed ones), and DeepMind's surface-distance
+  measures between surface elements on the voxel-corner grid and weights them by their area; both give smaller values
+  on the same masks (a matter of definition, not an error). nnU-Net computes no HD95. When exactly one map has the
+  label HD95 is ``inf``; when neither has it, ``nan``.
+* **Volumes** count voxels times the voxel volume (1 mL = 1000 mm^3).
+* **Bootstrap intervals** are percentile intervals over resamples of cases, or of whole groups of cases (patients)
+  when groups are given (:func:`bootstrap_ci`): cases of one patient are not independent, and resampling them one
+  by one gives intervals that are too narrow.
 """
 
 from __future__ import annotations
@@ -27,10 +39,23 @@ def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     return prediction, truth
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray, label: int = 1) -> float:
-    """Dice coefficient ``2|P & T| / (|P| + |T|)`` of one label; ``nan`` when the label is in neither map."""
+def dice(prediction: np.ndarray, truth: np.ndarray, label: int = 1, truth_label: int | None = None) -> float:
+    """Dice coefficient ``2|P & T| / (|P| + |T|)`` of one label; ``nan`` when the label is in neither map.
+
+    Args:
+        prediction: Label map (any shape).
+        truth: Label map of the same shape.
+        label: Value of the label in ``prediction``.
+        truth_label: Value of the same structure in ``truth`` (default: ``label``).
+    """
     prediction, truth = _check_pair(prediction, truth)
-    p, t = prediction == label, truth == label
+    return dice_of_masks(prediction == label, truth == (label if truth_label is None else truth_label))
+
+
+def dice_of_masks(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks of the same shape; ``nan`` when both are empty."""
+    p, t = _check_pair(prediction, truth)
+    p, t = p.astype(bool, copy=False), t.astype(bool, copy=False)
     total = int(p.sum()) + int(t.sum())
     if total == 0:
         return float("nan")
@@ -59,22 +84,31 @@ def _distance_to(surface: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 
 
 def surface_distances(
-    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], label: int = 1
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], label: int = 1,
+    truth_label: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Directed surface distances in mm: (prediction surface -> truth surface, truth surface -> prediction surface).
+    """Directed boundary distances in mm: (prediction boundary -> truth boundary, truth boundary -> prediction boundary).
 
     Args:
         prediction: Label map ``(k, j, i)``.
         truth: Label map ``(k, j, i)`` on the same grid.
         spacing: Voxel size ``(i, j, k)`` in mm.
-        label: The label whose surfaces are compared.
+        label: The label whose boundaries are compared.
+        truth_label: Its value in ``truth`` (default: ``label``).
     """
     prediction, truth = _check_pair(prediction, truth)
+    return _mask_surface_distances(prediction == label, truth == (label if truth_label is None else truth_label),
+                                   spacing)
+
+
+def _mask_surface_distances(
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     if prediction.ndim != 3:
         raise InputError(f"expected 3D label maps (k, j, i), got shape {prediction.shape}")
     if len(spacing) != 3:
         raise InputError(f"expected a spacing of three values (i, j, k) in mm, got {tuple(spacing)}")
-    p_surface, t_surface = _surface(prediction == label), _surface(truth == label)
+    p_surface, t_surface = _surface(prediction), _surface(truth)
     if not p_surface.any() or not t_surface.any():
         return np.empty(0), np.empty(0)
     to_truth = _distance_to(t_surface, spacing)[p_surface]
@@ -82,14 +116,34 @@ def surface_distances(
     return to_truth, to_prediction
 
 
-def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], label: int = 1) -> float:
-    """95% Hausdorff distance in mm (see the module notes for empty labels)."""
-    has_p, has_t = bool((np.asarray(prediction) == label).any()), bool((np.asarray(truth) == label).any())
+def hausdorff95(
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], label: int = 1,
+    truth_label: int | None = None,
+) -> float:
+    """95% Hausdorff distance in mm as defined in the module notes (``inf`` or ``nan`` for empty labels).
+
+    Args:
+        prediction: Label map ``(k, j, i)``.
+        truth: Label map ``(k, j, i)`` on the same grid.
+        spacing: Voxel size ``(i, j, k)`` in mm.
+        label: Value of the label in ``prediction``.
+        truth_label: Value of the same structure in ``truth`` (default: ``label``).
+    """
+    prediction, truth = _check_pair(prediction, truth)
+    return hausdorff95_of_masks(prediction == label, truth == (label if truth_label is None else truth_label),
+                                spacing)
+
+
+def hausdorff95_of_masks(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """HD95 in mm of two boolean ``(k, j, i)`` masks on one grid with spacing ``(i, j, k)`` mm."""
+    prediction, truth = _check_pair(prediction, truth)
+    prediction, truth = prediction.astype(bool, copy=False), truth.astype(bool, copy=False)
+    has_p, has_t = bool(prediction.any()), bool(truth.any())
     if not has_p and not has_t:
         return float("nan")
     if has_p != has_t:
         return float("inf")
-    forward, backward = surface_distances(prediction, truth, spacing, label)
+    forward, backward = _mask_surface_distances(prediction, truth, spacing)
     return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
 
 
@@ -99,7 +153,11 @@ def volume_ml(label_map: np.ndarray, spacing: Sequence[float], label: int = 1) -
 
 
 def segmentation_metrics(
-    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], labels: dict[int, str]
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float],
+    labels: dict[int, str],
+    truth_values: dict[int, int] | None = None,
 ) -> dict[str, float]:
     """Per-label Dice, HD95 (mm), predicted and true volume (mL) and their difference, keyed ``"<metric>_<name>"``.
 
@@ -107,15 +165,21 @@ def segmentation_metrics(
         prediction: Label map ``(k, j, i)``.
         truth: Label map ``(k, j, i)``, same grid.
         spacing: ``(i, j, k)`` in mm.
-        labels: Label value -> name (background 0 is skipped).
+        labels: Label value in ``prediction`` -> name (background 0 is skipped).
+        truth_values: Label value in ``prediction`` -> the value of the same structure in ``truth`` (default: the
+            same value); labels missing here are scored against the same value.
     """
+    prediction, truth = _check_pair(prediction, truth)
+    truth_values = truth_values or {}
     row: dict[str, float] = {}
     for value, name in sorted(labels.items()):
         if value == 0:
             continue
-        predicted, true = volume_ml(prediction, spacing, value), volume_ml(truth, spacing, value)
-        row[f"dice_{name}"] = dice(prediction, truth, value)
-        row[f"hd95_mm_{name}"] = hausdorff95(prediction, truth, spacing, value)
+        p, t = prediction == value, truth == truth_values.get(value, value)
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        predicted, true = float(p.sum()) * voxel_ml, float(t.sum()) * voxel_ml
+        row[f"dice_{name}"] = dice_of_masks(p, t)
+        row[f"hd95_mm_{name}"] = hausdorff95_of_masks(p, t, spacing)
         row[f"volume_ml_pred_{name}"] = predicted
         row[f"volume_ml_true_{name}"] = true
         row[f"volume_diff_ml_{name}"] = predicted - true
@@ -251,27 +315,59 @@ def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     statistic: Callable[[np.ndarray], float] = np.mean,  # type: ignore[assignment]
     *,
+    groups: Sequence[object] | np.ndarray | None = None,
     n_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> Interval:
-    """Percentile bootstrap interval of ``statistic`` over cases (rows of ``values`` are resampled together).
+    """Percentile bootstrap interval of ``statistic`` over cases, or over groups of cases (a cluster bootstrap).
 
-    ``values`` may be 1D (one number per case, non-finite values dropped) or 2D (e.g. columns target and score, for
-    AUC). Resamples where the statistic is undefined (nan) are skipped.
+    Without ``groups`` each resample draws ``n`` cases with replacement (rows of ``values`` stay together). With
+    ``groups`` (one group key per row, e.g. a patient) each resample draws as many groups as there are, with
+    replacement, and takes every case of each drawn group, so cases of one patient enter or leave a resample
+    together; the statistic is computed over the cases of the resample. The point estimate is always the statistic
+    over all cases.
+
+    Args:
+        values: 1D (one number per case; non-finite values are dropped with their group) or 2D (e.g. columns
+            target and score, for AUC).
+        statistic: Function of the (resampled) rows.
+        groups: One hashable key per row, or None for case resampling.
+        n_resamples: Number of resamples; 0 gives the point estimate only.
+        level: Confidence level in (0, 1).
+        seed: Seed of the resampling.
+
+    Returns:
+        The estimate with its interval; the interval is ``nan`` with fewer than two cases (or groups), and resamples
+        where the statistic is undefined (``nan``, e.g. an AUC of one class) are skipped.
     """
     data = np.asarray(values, dtype=np.float64)
+    keys = None if groups is None else np.asarray([str(g) for g in groups], dtype=object)
+    if keys is not None and len(keys) != len(data):
+        raise InputError(f"expected one group per case, got {len(keys)} groups for {len(data)} cases")
     if data.ndim == 1:
-        data = data[np.isfinite(data)]
+        finite = np.isfinite(data)
+        data = data[finite]
+        keys = None if keys is None else keys[finite]
     if len(data) == 0:
         return Interval(float("nan"), float("nan"), float("nan"), level)
     if not 0 < level < 1:
         raise InputError(f"expected a confidence level in (0, 1), got {level}")
     point = float(statistic(data))
-    if n_resamples <= 0 or len(data) < 2:
-        return Interval(point, float("nan"), float("nan"), level)
     rng = np.random.default_rng(seed)
-    samples = np.array([statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(n_resamples)], float)
+    if keys is None:
+        if n_resamples <= 0 or len(data) < 2:
+            return Interval(point, float("nan"), float("nan"), level)
+        samples = np.array([statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(n_resamples)], float)
+    else:
+        unique = sorted(set(keys.tolist()))
+        members = [np.flatnonzero(keys == key) for key in unique]
+        if n_resamples <= 0 or len(unique) < 2:
+            return Interval(point, float("nan"), float("nan"), level)
+        samples = np.array([
+            statistic(data[np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])])
+            for _ in range(n_resamples)
+        ], float)
     samples = samples[np.isfinite(samples)]
     if len(samples) == 0:
         return Interval(point, float("nan"), float("nan"), level)
@@ -279,16 +375,20 @@ def bootstrap_ci(
     return Interval(point, float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha)), level)
 
 
-def summarize(values: Sequence[float], *, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+def summarize(
+    values: Sequence[float], *, groups: Sequence[object] | None = None, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """Mean (with bootstrap 95% CI), median, standard deviation, min, max and counts of one per-case column.
 
     Non-finite values (absent labels, infinite HD95) are left out of the statistics and counted in ``n_excluded``.
+    With ``groups`` (one key per value) the interval resamples groups (see :func:`bootstrap_ci`) and ``n_groups``
+    counts the groups that have a finite value.
     """
     data = np.asarray(values, dtype=np.float64)
     finite = data[np.isfinite(data)]
-    interval = bootstrap_ci(finite, np.mean, n_resamples=n_resamples, seed=seed)  # type: ignore[arg-type]
+    interval = bootstrap_ci(data, np.mean, groups=groups, n_resamples=n_resamples, seed=seed)  # type: ignore[arg-type]
     has = len(finite) > 0
-    return {
+    result = {
         "mean": interval.value,
         "ci_low": interval.low,
         "ci_high": interval.high,
@@ -299,6 +399,10 @@ def summarize(values: Sequence[float], *, n_resamples: int = 1000, seed: int = 0
         "n": int(len(finite)),
         "n_excluded": int(len(data) - len(finite)),
     }
+    if groups is not None:
+        keys = [str(g) for g, v in zip(groups, data, strict=True) if np.isfinite(v)]
+        result["n_groups"] = len(set(keys))
+    return result
 
 
 def auc_statistic(pairs: np.ndarray) -> float:

@@ -5,9 +5,12 @@ Outputs in ``out_dir``:
 * ``per_case.csv``: segmentation: Dice, HD95 (mm), predicted/true volume and their difference (mL) per label;
   classification: target, probability per class, predicted class. Failed cases are listed with their error.
 * ``summary.json``: per metric mean with a 95% bootstrap CI, median, std, min, max, n; for classifiers the AUC with
-  its CI, accuracy, sensitivity, specificity and the confusion matrix; the bundle name and weights hash.
+  its CI, accuracy, sensitivity, specificity and the confusion matrix; the bundle name and weights hash; which truth
+  label each bundle label was scored against (:mod:`~MedAnalysisLib.evaluation.labels`) and how the intervals were
+  resampled (cases, or whole groups such as patients when the data has a group column).
+* ``summary.txt``: the headline (means with their intervals) as ``medanalysis evaluate`` prints it.
 * ``montage.png`` (best and worst cases, segmentation), ``training_curves.png`` (when the bundle has a
-  ``training_log.csv``), ``roc.png`` (binary classifiers).
+  ``training_log.csv``), ``roc.png`` (binary classifiers); see :mod:`~MedAnalysisLib.evaluation.figures`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ import numpy as np
 
 from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError
 from MedAnalysisLib.evaluation import figures, metrics
+from MedAnalysisLib.evaluation.labels import LabelMatch, match_labels, unscored_truth_labels
 from MedAnalysisLib.io.atomic import write_text_atomic
 
 MONTAGE_CASES = 3
+
+#: ``EvaluationOptions.group_column`` value that ignores the data's groups (intervals resample cases).
+NO_GROUPS = "none"
+
+
+class LabelValueError(InputError):
+    """A truth label map holds a value that no bundle label is matched to (labels matched by value)."""
 
 
 @dataclass
@@ -43,6 +54,11 @@ class EvaluationOptions:
     shard: tuple[int, int] = (1, 1)
     figures: bool = True
     threshold: float = 0.5
+    label_map: dict[str, str] | None = None  # bundle label -> dataset label (names or values, or "none")
+    group_column: str | None = None  # CSV column grouping cases; None: the manifest's default; "none": no groups
+    image_columns: tuple[str, ...] | None = None  # CSV manifest columns, as for `medanalysis plan`
+    label_column: str = "label"
+    target_column: str = "target"
 
 
 def _json_default(value: Any) -> Any:
@@ -65,7 +81,7 @@ def _clean(value: Any) -> Any:
 
 def evaluate_bundle(
     bundle: Any,
-    data: str | Path,
+    data: Any,
     out_dir: str | Path,
     options: EvaluationOptions | None = None,
     *,
@@ -76,42 +92,74 @@ def evaluate_bundle(
 
     Args:
         bundle: Bundle path or :class:`~MedAnalysisLib.bundle.LoadedBundle`.
-        data: Anything :func:`~MedAnalysisLib.data.datasets.load_dataset` reads (MSD folder, CSV manifest).
+        data: A :class:`~MedAnalysisLib.data.datasets.Dataset`, or anything
+            :func:`~MedAnalysisLib.data.dataset_input.load_dataset_input` reads (labelled: an MSD folder or its
+            ``dataset.json``, a CSV manifest).
         out_dir: Output folder.
         options: :class:`EvaluationOptions`.
         reporter: Progress sink.
         stop_flag: Checked between cases.
 
     Returns:
-        The headline summary (also in ``summary.json``) with the paths of the written files.
+        The headline summary (also in ``summary.json``): ``headline`` (means), ``headline_ci`` (means with their
+        intervals), ``text`` (what ``summary.txt`` holds), the paths of the written files and the failure count.
 
     Raises:
-        InputError: No labelled case, or a label on another grid than its image.
+        InputError: No labelled case; the bundle's labels do not match the data's (see
+            :mod:`~MedAnalysisLib.evaluation.labels`); a truth map with a value the bundle does not have; a label
+            map on another grid than its image.
     """
     from MedAnalysisLib.bundle import LoadedBundle, load_bundle
-    from MedAnalysisLib.data.datasets import load_dataset
+    from MedAnalysisLib.data.dataset_input import load_dataset_input
+    from MedAnalysisLib.data.datasets import Dataset
     from MedAnalysisLib.inference.batch import CaseInput, select_shard
     from MedAnalysisLib.inference.writers import rows_to_csv
 
     options = options or EvaluationOptions()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
     config = loaded.config
-    dataset = load_dataset(Path(data), task=config.task)  # a CSV with labels and targets serves either task
     task = config.task
+    use_groups = (options.group_column or "").casefold() != NO_GROUPS
+    if isinstance(data, Dataset):
+        dataset, data_name = data, (data.root.name if data.root else "dataset")
+    else:
+        # A CSV with labels and targets serves either task.
+        dataset = load_dataset_input(
+            data, task=task, image_columns=options.image_columns, label_column=options.label_column,
+            target_column=options.target_column, group_column=options.group_column if use_groups else None)
+        data_name = Path(data).parent.name if Path(data).name.lower() == "dataset.json" else Path(data).name
+    log = reporter.log if reporter is not None else (lambda message, level="info": None)
     labelled = [c for c in dataset.cases if (c.label if task == "segmentation" else c.target) is not None]
     if not labelled:
         what = "label maps" if task == "segmentation" else "targets"
-        raise InputError(f"expected cases with {what} to evaluate a {task} bundle, got none in {Path(data).name!r}")
+        found = f"{len(dataset.cases)} case(s) without {what}" if dataset.cases else "no case"
+        unlabelled = all(c.label is None and c.target is None for c in dataset.cases)
+        hint = (" (DICOM series and image files hold no labels: list them with their label maps or targets in a CSV "
+                "manifest)" if unlabelled and dataset.cases else "")
+        raise InputError(f"expected cases with {what} to evaluate a {task} bundle, got {found} in {data_name!r}"
+                         + hint)
+    matches: list[LabelMatch] = []
+    if task == "segmentation":
+        matches = match_labels(config.label_names(), dataset.labels, options.label_map, data_name=repr(data_name))
+        for match in matches:
+            log(f"label {match.describe()}", "warning" if match.matched_by == "absent from the data" else "info")
+        unscored = unscored_truth_labels(matches, dataset.labels)
+        if unscored:
+            log("labels of the data that no bundle label is scored against: "
+                + ", ".join(f"{n} ({v})" for v, n in unscored.items()), "warning")
+    elif options.label_map:
+        raise InputError(f"expected --label-map only for segmentation bundles, got a {task} bundle "
+                         f"({config.name!r}); its targets are class values")
+    out.mkdir(parents=True, exist_ok=True)
     by_id = {c.case_id: c for c in labelled}
     chosen = select_shard([CaseInput(c.case_id, tuple(c.images)) for c in labelled], options.shard)
     if options.max_cases is not None:
         chosen = chosen[: max(0, options.max_cases)]
-    log = reporter.log if reporter is not None else (lambda message, level="info": None)
     log(f"evaluating {config.name} on {len(chosen)} case(s)")
 
     rows: list[dict[str, Any]] = []
+    row_groups: list[str] = []
     failed: list[dict[str, str]] = []
     panels: list[figures.MontageCase] = []
     inference: dict[str, Any] = {}  # the settings predict() resolved (options, else the bundle's defaults)
@@ -122,14 +170,15 @@ def evaluate_bundle(
             reporter.progress("evaluate", number, len(chosen), entry.case_id)
         case = by_id[entry.case_id]
         try:
-            row, panel, inference = _evaluate_case(loaded, case, options)
-        except CancelledError:
+            row, panel, inference = _evaluate_case(loaded, case, options, matches)
+        except (CancelledError, LabelValueError):
             raise
         except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
             failed.append({"case_id": case.case_id, "error_type": type(error).__name__, "message": str(error)})
             log(f"{case.case_id}: failed ({type(error).__name__}: {error}); continuing", "warning")
             continue
         rows.append(row)
+        row_groups.append(case.group if case.group is not None else f"\0{case.case_id}")
         if panel is not None:
             panels.append(panel)
     if reporter is not None:
@@ -138,44 +187,136 @@ def evaluate_bundle(
         raise InputError(f"expected at least one case to evaluate successfully, got {len(failed)} failure(s): "
                          f"{failed[0]['error_type']}: {failed[0]['message']}")
 
+    grouped = use_groups and any(not g.startswith("\0") for g in row_groups)
+    groups = row_groups if grouped else None
     write_text_atomic(out / "per_case.csv", rows_to_csv([_clean(r) for r in rows]))
     summary: dict[str, Any] = {
         "bundle": {"name": config.name, "weights_sha256": loaded.weights_sha256, "task": task, "family": config.family},
-        "data": Path(data).name,
+        "data": data_name,
         "cases": len(rows),
         "failed": failed,
-        "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "level": 0.95},
+        "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "level": 0.95,
+                      "unit": "group" if grouped else "case",
+                      "group_column": (options.group_column if grouped and options.group_column else
+                                       "the manifest's group column" if grouped else None),
+                      "n_units": len(set(row_groups)) if grouped else len(rows)},
         "inference": inference,
     }
-    files = {"per_case": "per_case.csv", "summary": "summary.json"}
+    files = {"per_case": "per_case.csv", "summary": "summary.json", "summary_text": "summary.txt"}
     if task == "segmentation":
+        summary["labels"] = [m.to_dict() for m in matches]
+        summary["unscored_truth_labels"] = {str(v): n for v, n in unscored_truth_labels(matches, dataset.labels).items()}
         numeric = [k for k in rows[0] if k not in ("case_id",)]
-        summary["metrics"] = {k: metrics.summarize([r.get(k, float("nan")) for r in rows],
+        summary["metrics"] = {k: metrics.summarize([r.get(k, float("nan")) for r in rows], groups=groups,
                                                    n_resamples=options.bootstrap, seed=options.seed) for k in numeric}
         dice_keys = [k for k in numeric if k.startswith("dice_")]
         summary["headline"] = {k: summary["metrics"][k]["mean"] for k in dice_keys}
+        summary["headline_ci"] = {k: {key: summary["metrics"][k][key] for key in ("mean", "ci_low", "ci_high", "n")}
+                                  for k in numeric if k.startswith(("dice_", "hd95_mm_"))}
         if options.figures and panels:
             ranked = sorted(panels, key=lambda p: (-p.score if math.isfinite(p.score) else math.inf))
-            best = ranked[:MONTAGE_CASES]
+            half = min(MONTAGE_CASES, (len(ranked) + 1) // 2)  # few cases: half of them in each row
+            best = ranked[:half]
             worst = [p for p in reversed(ranked) if p not in best][:MONTAGE_CASES]
-            figures.overlay_montage(best, worst, out / "montage.png", title=f"{config.name}: best and worst cases")
+            figures.overlay_montage(best, worst, out / "montage.png", figures.label_styles(loaded.labels),
+                                    title=f"{config.name} on {data_name}: best and worst cases (mean Dice)")
             files["montage"] = "montage.png"
     else:
-        summary.update(_classification_summary(rows, config, options, out, files))
+        summary.update(_classification_summary(rows, config, options, out, files, groups))
     log_path = Path(loaded.directory) / "training_log.csv"
     if options.figures and log_path.is_file():
         try:
-            figures.training_curves(log_path, out / "training_curves.png", title=f"{config.name}: training")
+            figures.training_curves({config.name: figures.read_training_log(log_path)}, out / "training_curves.png",
+                                    label_names=config.label_names())
             files["training_curves"] = "training_curves.png"
         except ValueError as error:
             log(f"training curves not drawn: {error}", "warning")
     summary["files"] = files
+    text = format_summary(summary)
     write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2, default=_json_default) + "\n")
-    return _clean({"out_dir": str(out), **{k: summary[k] for k in ("cases", "files", "headline") if k in summary},
-                   "failed": len(failed)})
+    write_text_atomic(out / "summary.txt", text + "\n")
+    return _clean({"out_dir": str(out),
+                   **{k: summary[k] for k in ("cases", "files", "headline", "headline_ci") if k in summary},
+                   "failed": len(failed), "text": text})
 
 
-def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def _interval_text(stats: dict[str, Any] | None, digits: int = 3) -> str:
+    """``0.912 [0.880, 0.940]`` (or ``n/a``) from a dict with mean/value and ci_low/ci_high."""
+    if not stats:
+        return "n/a"
+    value = stats.get("mean", stats.get("value"))
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    low, high = stats.get("ci_low"), stats.get("ci_high")
+    if low is not None and high is not None and math.isfinite(float(low)) and math.isfinite(float(high)):
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The headline of an evaluation as text: what was evaluated, how the intervals were resampled, and the means
+    with their 95% intervals (per label for segmentation; AUC and accuracy for classifiers)."""
+    bundle = summary["bundle"]
+    boot = summary["bootstrap"]
+    failed = len(summary.get("failed") or [])
+    lines = [f"{bundle['name']} on {summary['data']}: {summary['cases']} case(s) evaluated"
+             + (f", {failed} failed (see summary.json)" if failed else "")]
+    if boot["resamples"] <= 0:
+        lines.append("no confidence intervals (--bootstrap 0)")
+    elif boot["unit"] == "group":
+        lines.append(f"95% CIs: percentile bootstrap over {boot['n_units']} groups of cases ({boot['group_column']}), "
+                     f"{boot['resamples']} resamples, seed {boot['seed']}")
+    else:
+        lines.append(f"95% CIs: percentile bootstrap over {boot['n_units']} cases, {boot['resamples']} resamples, "
+                     f"seed {boot['seed']}")
+    if bundle["task"] == "segmentation":
+        stats = summary.get("metrics") or {}
+        labels = summary.get("labels") or []
+        rows = [("label", "scored against", "Dice [95% CI]", "HD95 mm [95% CI]", "n")]
+        for label in labels:
+            name = label["name"]
+            if label["truth_value"] is None:
+                rows.append((name, f"not scored ({label['matched_by']})", "", "", ""))
+                continue
+            truth = (f"{label['truth_name']} ({label['truth_value']})" if label["truth_name"]
+                     else f"value {label['truth_value']}")
+            hd = stats.get(f"hd95_mm_{name}") or {}
+            n = f"{hd.get('n', '')}" if not hd.get("n_excluded") else f"{hd.get('n')} (+{hd['n_excluded']} n/a)"
+            rows.append((name, f"{truth}, by {label['matched_by']}", _interval_text(stats.get(f"dice_{name}")),
+                         _interval_text(hd, 2), n))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                  for row in rows]
+        dice = [v for v in (summary.get("headline") or {}).values() if v is not None and math.isfinite(v)]
+        if len(dice) > 1:
+            lines.append(f"mean Dice over labels: {float(np.mean(dice)):.3f}")
+        unscored = summary.get("unscored_truth_labels") or {}
+        if unscored:
+            lines.append("not scored (no bundle label matched): "
+                         + ", ".join(f"{n} ({v})" for v, n in unscored.items()))
+    else:
+        result = summary.get("classification") or {}
+        parts = []
+        if "auc_ci" in summary:
+            parts.append(f"AUC {_interval_text(summary['auc_ci'])}")
+        parts.append(f"accuracy {_interval_text(summary.get('accuracy_ci'))}")
+        for key in ("sensitivity", "specificity"):
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                parts.append(f"{key} {value:.3f}")
+        if "threshold" in result:
+            parts.append(f"threshold {result['threshold']}")
+        lines.append("; ".join(parts))
+        matrix = result.get("confusion_matrix")
+        if matrix:
+            lines.append(f"confusion matrix (rows truth, columns predicted; classes {summary.get('class_names')}): "
+                         f"{matrix}")
+    return "\n".join(lines)
+
+
+def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions,
+                   matches: list[LabelMatch]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """One case's metrics row, its montage panel (or None) and the inference settings predict() used."""
     from MedAnalysisLib.inference.predict import predict
     from MedAnalysisLib.io import load_volume
@@ -185,21 +326,32 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
     # Single slices load as one-slice volumes, as in training (slice classifiers of 2D DICOM files).
     volumes = [load_volume(p, series=case.series, allow_2d=True) if case.series else load_volume(p, allow_2d=True)
                for p in case.images]
+    truth = None
+    if config.task == "segmentation":
+        truth = load_volume(case.label, kind="label")
+        require_same_geometry(volumes[0], truth, what="label map")
+        _check_truth_values(truth.array, matches, case.case_id)
     prediction = predict(loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
                          batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb)
     used = {key: prediction.details[key] for key in ("overlap", "tta", "postprocess", "ensemble")
             if key in prediction.details}
-    if config.task == "segmentation":
-        truth = load_volume(case.label, kind="label")
-        require_same_geometry(volumes[0], truth, what="label map")
+    if truth is not None:
         assert prediction.label is not None
+        scored = [m for m in matches if m.truth_value is not None]
         row: dict[str, Any] = {"case_id": case.case_id}
         row.update(metrics.segmentation_metrics(prediction.label.array, truth.array, volumes[0].spacing,
-                                                config.label_names()))
-        dice_values = [v for k, v in row.items() if k.startswith("dice_") and math.isfinite(v)]
-        score = float(np.mean(dice_values)) if dice_values else float("nan")
-        panel = figures.pick_slice(volumes[0].array, truth.array, prediction.label.array, volumes[0].spacing,
-                                   case.case_id, score) if options.figures else None
+                                                {m.bundle_value: m.name for m in scored},
+                                                {m.bundle_value: int(m.truth_value) for m in scored}))  # type: ignore[arg-type]
+        label_scores = {m.name: float(row[f"dice_{m.name}"]) for m in scored}
+        finite = [v for v in label_scores.values() if math.isfinite(v)]
+        score = float(np.mean(finite)) if finite else float("nan")
+        panel = None
+        if options.figures:
+            # The truth in the bundle's numbering, so both are drawn in the bundle's label colours.
+            shown = np.zeros(truth.array.shape, np.int32)
+            for match in scored:
+                shown[truth.array == match.truth_value] = match.bundle_value
+            panel = figures.pick_slice(volumes[0], shown, prediction.label.array, case.case_id, score, label_scores)
         return row, panel, used
     names = config.label_names()
     values = sorted(names)
@@ -222,8 +374,23 @@ def _evaluate_case(loaded: Any, case: Any, options: EvaluationOptions) -> tuple[
     return row, None, used
 
 
+def _check_truth_values(truth: np.ndarray, matches: list[LabelMatch], case_id: str) -> None:
+    """Labels matched by value: a truth value that no bundle label has means the numberings differ (refused)."""
+    by_value = [m for m in matches if m.matched_by == "value"]
+    if not by_value:
+        return
+    known = {0} | {int(m.truth_value) for m in matches if m.truth_value is not None}
+    found = {int(v) for v in np.unique(truth)}
+    extra = sorted(found - known)
+    if extra:
+        raise LabelValueError(
+            f"expected truth values among the bundle's labels {sorted(known)} (matched by value: the data names no "
+            f"labels), got {extra} in case {case_id!r}; pair labels explicitly with --label-map (e.g. "
+            f"{by_value[0].name}={extra[0]}) or use data with the bundle's numbering")
+
+
 def _classification_summary(rows: list[dict[str, Any]], config: Any, options: EvaluationOptions, out: Path,
-                            files: dict[str, str]) -> dict[str, Any]:
+                            files: dict[str, str], groups: list[str] | None) -> dict[str, Any]:
     names = config.label_names()
     values = sorted(names)
     index = {v: n for n, v in enumerate(values)}
@@ -234,18 +401,23 @@ def _classification_summary(rows: list[dict[str, Any]], config: Any, options: Ev
                                             threshold=options.threshold)
     correct = (np.array([index[r["predicted"]] for r in rows]) == targets).astype(float)
     summary: dict[str, Any] = {"classification": result, "class_names": [names[v] for v in values],
-                               "accuracy_ci": metrics.bootstrap_ci(correct, n_resamples=options.bootstrap,
+                               "accuracy_ci": metrics.bootstrap_ci(correct, groups=groups,
+                                                                   n_resamples=options.bootstrap,
                                                                    seed=options.seed).to_dict()}
     headline = {"accuracy": result["accuracy"]}
+    headline_ci = {"accuracy": summary["accuracy_ci"]}
     if binary:
         pairs = np.c_[targets, probabilities[:, 1]]
-        auc = metrics.bootstrap_ci(pairs, metrics.auc_statistic, n_resamples=options.bootstrap, seed=options.seed)
+        auc = metrics.bootstrap_ci(pairs, metrics.auc_statistic, groups=groups, n_resamples=options.bootstrap,
+                                   seed=options.seed)
         summary["auc_ci"] = auc.to_dict()
         headline["auc"] = result["auc"]
+        headline_ci["auc"] = summary["auc_ci"]
         if options.figures and len(set(targets.tolist())) == 2:
             fpr, tpr, _ = metrics.roc_curve(targets, probabilities[:, 1])
-            figures.roc_figure(fpr, tpr, float(result["auc"]), out / "roc.png", title=f"{config.name}: ROC",
-                               ci=(auc.low, auc.high))
+            figures.roc_figure(fpr, tpr, float(result["auc"]), out / "roc.png",
+                               title=f"{config.name}: ROC of P({names[values[1]]})", ci=(auc.low, auc.high))
             files["roc"] = "roc.png"
     summary["headline"] = headline
+    summary["headline_ci"] = headline_ci
     return summary
