@@ -13,14 +13,29 @@ Human-readable logging goes to stderr in every mode, so stdout stays machine-rea
 patient identifiers: callers pass only paths, counts and figures, and every message, error and result still passes
 :func:`MedAnalysisLib.privacy.redact` (the filter third-party log records pass too).
 
-Stopping a child cleanly works the same on every platform: a parent that sets the environment variable
-``MEDANALYSIS_STOP_ON_STDIN=1`` (:class:`MedAnalysisLib.worker.WorkerJob` does) keeps a pipe to the child's stdin
-and writes the line ``stop`` to it. :meth:`StopFlag.install` then starts a daemon thread that reads stdin and sets
-the flag on that line, exactly as SIGTERM does; the long loops notice it at their next batch or case boundary, save
-what they can (training: its resume checkpoint) and the command exits with code 3. End of file on stdin (the parent
-closed the pipe) is not a stop request: the thread just ends. Other lines are ignored. The child removes the
-variable from its environment when it reads it, so processes it starts never read the same pipe. Without the
-variable stdin is left alone, and SIGTERM/SIGINT (Slurm, a terminal's Ctrl+C, ``kill``) stop the work as before.
+Stopping a child cleanly works the same on every platform, through two channels that set the same stop flag;
+:class:`MedAnalysisLib.worker.WorkerJob` uses both, because neither alone reaches the child in every setting:
+
+* **The stdin line.** A parent that sets the environment variable ``MEDANALYSIS_STOP_ON_STDIN=1`` keeps a pipe to
+  the child's stdin and writes the line ``stop`` to it. :meth:`StopFlag.install` then starts a daemon thread that
+  reads stdin and sets the flag on that line. It is immediate, but only where the parent's pipe really is the
+  child's stdin: a launcher in between that does not forward its stdin (3D Slicer's ``PythonSlicer``, a
+  CTKAppLauncher that starts the real interpreter with forwarded stdout/stderr only) never passes the line on.
+  End of file on stdin (the parent closed the pipe, or stdin is ``/dev/null``) is not a stop request: the thread
+  just ends. Other lines are ignored.
+* **The stop file.** A parent that sets ``MEDANALYSIS_STOP_FILE`` to the absolute path of a file that does not
+  exist yet, in a private folder of its own, creates that file to ask for the stop. :meth:`StopFlag.install` then
+  starts a daemon thread that checks ``os.path.exists`` on exactly that path every
+  :data:`STOP_FILE_POLL_S` seconds and sets the flag once it exists. Environment variables pass through launchers,
+  so this reaches the child however stdin travels, at the cost of up to one polling interval. The child only looks
+  at the path: it never creates, writes, opens or deletes it (the parent creates it and removes its folder).
+
+Either way the flag is set exactly as SIGTERM does, with the reason ``stopped on request``; the long loops notice it
+at their next batch or case boundary, save what they can (training: its resume checkpoint) and the command exits
+with code 3. The child removes both variables from its environment when it reads them (at the first
+:meth:`StopFlag.install`), so processes it starts neither read the same pipe nor watch the same file. Without the
+variables stdin and the file system are left alone, and SIGTERM/SIGINT (Slurm, a terminal's Ctrl+C, ``kill``) stop
+the work as before.
 """
 
 from __future__ import annotations
@@ -44,6 +59,16 @@ STOP_ON_STDIN_ENV = "MEDANALYSIS_STOP_ON_STDIN"
 
 #: The line (surrounding whitespace ignored) that a parent writes to the child's stdin to stop it cleanly.
 STOP_LINE = "stop"
+
+#: Environment variable by which a parent names a file (absolute path, not existing yet) whose creation stops the
+#: child cleanly.
+STOP_FILE_ENV = "MEDANALYSIS_STOP_FILE"
+
+#: How often, in seconds, the child checks whether the stop file exists.
+STOP_FILE_POLL_S = 0.2
+
+#: The reason a stop requested by a parent (stdin line or stop file) gives.
+STOP_REQUEST_REASON = "stopped on request"
 
 
 def _clean(value: Any) -> Any:
@@ -146,12 +171,13 @@ def format_duration(seconds: float | None) -> str:
 
 
 class StopFlag:
-    """Set by SIGTERM, by a ``stop`` line on stdin (see the module docstring) or by a caller; long loops poll it at
-    safe points (batch or case boundaries).
+    """Set by SIGTERM, by a ``stop`` line on stdin or the creation of the stop file (see the module docstring) or by
+    a caller; long loops poll it at safe points (batch or case boundaries).
 
     ``install()`` replaces the SIGTERM and SIGINT handlers for the life of the process; the first signal only sets
     the flag so the work can stop cleanly and save a checkpoint, a second SIGINT raises KeyboardInterrupt. When the
-    parent set ``MEDANALYSIS_STOP_ON_STDIN=1``, it also points the stdin watcher at this flag.
+    parent set ``MEDANALYSIS_STOP_ON_STDIN=1``, it also points the stdin watcher at this flag, and when it set
+    ``MEDANALYSIS_STOP_FILE``, the stop-file watcher.
     """
 
     def __init__(self) -> None:
@@ -179,6 +205,7 @@ class StopFlag:
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
         _StdinStopWatcher.watch(self)
+        _StopFileWatcher.watch(self)
         return self
 
 
@@ -233,4 +260,47 @@ class _StdinStopWatcher:
             pending = pending[-1024:]  # a parent that never sends a newline cannot grow this without bound
             for line in lines:
                 if line.strip().decode("ascii", "replace") == STOP_LINE and self.flag is not None:
-                    self.flag.set("stopped on request")
+                    self.flag.set(STOP_REQUEST_REASON)
+
+
+class _StopFileWatcher:
+    """At most one per process: a daemon thread that sets the latest installed flag once the stop file exists.
+
+    It only calls ``os.path.exists`` on the exact path the parent gave; it never creates, opens, writes or deletes
+    anything. It keeps watching after the file appeared, so a flag installed later is set too.
+    """
+
+    _instance: _StopFileWatcher | None = None
+    _requested: bool | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, path: str) -> None:
+        self.flag: StopFlag | None = None
+        self.path = path
+        self._thread = threading.Thread(target=self._run, daemon=True, name="medanalysis-stop-file")
+
+    @classmethod
+    def watch(cls, flag: StopFlag) -> None:
+        with cls._lock:
+            if cls._requested is None:  # decided once; the variable is consumed so grandchildren never inherit it
+                path = os.environ.pop(STOP_FILE_ENV, "")
+                # Only an absolute path names one file whatever the working directory becomes.
+                cls._requested = bool(path) and os.path.isabs(path)
+                if cls._requested:
+                    cls._instance = cls(path)
+                    cls._instance.flag = flag
+                    cls._instance._thread.start()
+                return
+            if cls._instance is not None:
+                cls._instance.flag = flag  # the latest install wins, as it does for the signal handlers
+
+    def _run(self) -> None:
+        while True:
+            flag = self.flag
+            try:
+                found = os.path.exists(self.path)
+            except (OSError, ValueError):  # e.g. a path the platform cannot represent: never a stop request
+                found = False
+            if found and flag is not None and not flag.is_set():
+                flag.set(STOP_REQUEST_REASON)
+            time.sleep(STOP_FILE_POLL_S)

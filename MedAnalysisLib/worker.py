@@ -5,16 +5,23 @@ This is how the Slicer panel trains and predicts without freezing Slicer: the wo
 a reader thread parses the child's stdout into messages, and the GUI drains them with :meth:`WorkerJob.poll` from a
 timer.
 
-Cancelling is one protocol on every platform. The child is started with ``MEDANALYSIS_STOP_ON_STDIN=1`` and a pipe
-on its stdin; :meth:`WorkerJob.request_stop` writes the line ``stop`` to it, which sets the child's stop flag (see
-:mod:`MedAnalysisLib.progress`): the command stops at its next batch or case boundary, saves what it can (training:
-the resume checkpoint) and exits with code 3. ``request_stop`` never blocks; it records a deadline, and
-:meth:`WorkerJob.poll`, which the GUI keeps calling anyway, kills the whole process tree once the deadline has passed
-and the child still runs. :meth:`WorkerJob.cancel` is the blocking form for scripts and tests. The hard kill is
-``killpg(SIGKILL)`` plus every descendant found on POSIX, where the child leads its own session and process group,
+Cancelling is one protocol on every platform, sent through two channels at once (see
+:mod:`MedAnalysisLib.progress`). The child is started with ``MEDANALYSIS_STOP_ON_STDIN=1`` and a pipe on its stdin,
+and with ``MEDANALYSIS_STOP_FILE`` naming a not-yet-existing file in a private temporary folder of this job
+(``tempfile.mkdtemp``). :meth:`WorkerJob.request_stop` writes the line ``stop`` to the pipe, which the child sees at
+once where the pipe really is its stdin, and creates the stop file, which the child sees within about 0.2 s however
+its stdin travels: inside 3D Slicer the interpreter is ``PythonSlicer``, a CTKAppLauncher that starts the real
+interpreter with only stdout and stderr forwarded, so the stdin line never arrives there, while environment variables
+do. Either channel sets the child's stop flag: the command stops at its next batch or case boundary, saves what it
+can (training: the resume checkpoint) and exits with code 3. ``request_stop`` never blocks; it records a deadline,
+and :meth:`WorkerJob.poll`, which the GUI keeps calling anyway, kills the whole process tree once the deadline has
+passed and the child still runs. :meth:`WorkerJob.cancel` is the blocking form for scripts and tests. The hard kill
+is ``killpg(SIGKILL)`` plus every descendant found on POSIX, where the child leads its own session and process group,
 and ``taskkill /F /T`` on Windows. No signal is used for the clean stop, so it works the same on Windows, where
 SIGTERM does not exist and CTRL_BREAK_EVENT could not be handled by the child. Parents other than ``WorkerJob``
-(Slurm, a shell) can still stop a child with SIGTERM.
+(Slurm, a shell) can still stop a child with SIGTERM. The temporary folder is removed once the child has ended
+(by :meth:`WorkerJob.poll`, :meth:`~WorkerJob.wait`, :meth:`~WorkerJob.cancel` or :meth:`~WorkerJob.kill`, or
+when the job object is garbage collected).
 
 Nothing here imports Qt or Slicer: any parent (Slicer, a notebook, a scheduler script) can use it.
 
@@ -38,16 +45,19 @@ import collections
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from MedAnalysisLib.progress import STOP_LINE, STOP_ON_STDIN_ENV
+from MedAnalysisLib.progress import STOP_FILE_ENV, STOP_LINE, STOP_ON_STDIN_ENV
 
 #: Folder that holds the ``MedAnalysisLib`` package; put on the child's PYTHONPATH so a source checkout works.
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
@@ -75,6 +85,8 @@ class WorkerJob:
         progress: The latest ``progress`` message (stage, fraction 0..1, eta_s, message).
         metrics: Every ``metrics`` message received, in order (training curves).
         cancelled: ``True`` once :meth:`request_stop` (or :meth:`cancel`) was called.
+        stop_file: The path of the stop file the child watches (in this job's private temporary folder); only
+            :meth:`request_stop` creates it, and the folder is removed once the child has ended.
     """
 
     def __init__(self, argv: Sequence[str], *, python: str | None = None, env: Mapping[str, str] | None = None,
@@ -93,6 +105,11 @@ class WorkerJob:
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         child_env.update(env or {})
         child_env[STOP_ON_STDIN_ENV] = "1"  # the child watches its stdin for the stop line (see request_stop)
+        # ... and a file that only this parent creates, for when stdin does not reach the child (PythonSlicer).
+        self._stop_dir = tempfile.mkdtemp(prefix="medanalysis-stop-")
+        self._remove_stop_dir = weakref.finalize(self, shutil.rmtree, self._stop_dir, ignore_errors=True)
+        self.stop_file = os.path.join(self._stop_dir, "stop")
+        child_env[STOP_FILE_ENV] = self.stop_file
 
         self.result: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
@@ -116,19 +133,23 @@ class WorkerJob:
             # Ctrl+C or Ctrl+Break in the parent's console never reaches the child: only the stdin line stops it.
             popen_options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(
                 subprocess, "CREATE_NO_WINDOW", 0)
-        self._process = subprocess.Popen(  # noqa: S603 - argv is our own interpreter and module
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            env=child_env,
-            cwd=cwd,
-            **popen_options,
-        )
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - argv is our own interpreter and module
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                env=child_env,
+                cwd=cwd,
+                **popen_options,
+            )
+        except BaseException:
+            self._remove_stop_dir()
+            raise
         self._readers = [
             threading.Thread(target=self._read_stdout, args=(self._process.stdout,), daemon=True,
                              name="medanalysis-stdout"),
@@ -205,6 +226,7 @@ class WorkerJob:
                 self._kill_tree()
         else:
             self._close_stdin()
+            self._remove_stop_dir()
         self._reap_killer()
         messages: list[dict[str, Any]] = []
         while True:
@@ -244,6 +266,7 @@ class WorkerJob:
         """
         code = self._process.wait(timeout)
         self._close_stdin()
+        self._remove_stop_dir()
         for reader in self._readers:
             reader.join(timeout)
         return code
@@ -252,10 +275,11 @@ class WorkerJob:
     def request_stop(self, grace_s: float = 10.0) -> None:
         """Ask the child to stop cleanly; :meth:`poll` kills its process tree if it still runs after ``grace_s``.
 
-        Writes the line ``stop`` to the child's stdin, which sets its stop flag: training saves a checkpoint at the
-        next batch boundary and the child exits with code 3. Never blocks (one short line into an empty pipe), so
-        the GUI thread may call it; a child that has already ended is fine. Calling it again sends nothing more
-        and can only bring the deadline earlier.
+        Writes the line ``stop`` to the child's stdin and creates the stop file (:attr:`stop_file`); whichever
+        reaches the child first sets its stop flag: training saves a checkpoint at the next batch boundary and the
+        child exits with code 3. Never blocks (one short line into an empty pipe, one empty file created), so the GUI
+        thread may call it; a child that has already ended is fine. Calling it again sends nothing more and can only
+        bring the deadline earlier.
         """
         deadline = time.monotonic() + max(float(grace_s), 0.0)
         first = self._stop_deadline is None
@@ -272,6 +296,16 @@ class WorkerJob:
                 stdin.flush()
         except (OSError, ValueError):  # BrokenPipeError: the child has just ended; ValueError: stdin was closed
             pass
+        self._create_stop_file()
+
+    def _create_stop_file(self) -> None:
+        """Create :attr:`stop_file`, empty, in one step: ``O_CREAT | O_EXCL`` makes its existence atomic (the child
+        only tests that) and refuses to follow anything already at that path (never raises)."""
+        try:
+            fd = os.open(self.stop_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:  # FileExistsError: already requested; FileNotFoundError: the folder was already removed
+            return
+        os.close(fd)
 
     def cancel(self, grace_s: float = 10.0) -> int:
         """:meth:`request_stop`, wait up to ``grace_s`` seconds, then kill the whole process tree (for scripts and
@@ -283,6 +317,7 @@ class WorkerJob:
         except subprocess.TimeoutExpired:
             self.kill()
         self._close_stdin()
+        self._remove_stop_dir()
         return self._process.returncode
 
     def kill(self, known_descendants: Sequence[int] = ()) -> None:
@@ -291,6 +326,7 @@ class WorkerJob:
             self._kill_tree(known_descendants)
         self._process.wait()
         self._close_stdin()
+        self._remove_stop_dir()
         if self._killer is not None:  # pragma: no cover - Windows
             self._killer.wait()
         self._reap_killer()

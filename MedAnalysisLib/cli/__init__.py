@@ -5,8 +5,9 @@ its parser and sets ``func(args, reporter) -> int | None`` as the default. Nothi
 until a command runs, so ``medanalysis --help`` stays fast.
 
 Exit codes: 0 success, 2 bad input or refused bundle (a :class:`MedAnalysisError`), 3 cancelled (the line ``stop``
-on stdin from a parent that set ``MEDANALYSIS_STOP_ON_STDIN=1``, as the Slicer panel's Cancel does; or SIGTERM or
-Ctrl+C; see :mod:`MedAnalysisLib.progress`), 1 anything unexpected.
+on stdin from a parent that set ``MEDANALYSIS_STOP_ON_STDIN=1``, or the creation of the file named by
+``MEDANALYSIS_STOP_FILE``, as the Slicer panel's Cancel does with both; or SIGTERM or Ctrl+C; see
+:mod:`MedAnalysisLib.progress`), 1 anything unexpected.
 """
 
 from __future__ import annotations

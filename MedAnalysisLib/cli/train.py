@@ -10,8 +10,10 @@ model bundle (folder, or .zip when BUNDLE ends in .zip) and keeps a resume check
 so running the same command again after a crash or a cancel continues from the last completed epoch.
 
 A stop request stops at the next batch boundary, saves the checkpoint and exits with code 3: the line ``stop`` on
-stdin when the parent set ``MEDANALYSIS_STOP_ON_STDIN=1`` (the Slicer panel's Cancel, on every platform), or
-SIGTERM/Ctrl+C (a scheduler such as Slurm, a terminal).
+stdin when the parent set ``MEDANALYSIS_STOP_ON_STDIN=1``, or the creation of the file named by
+``MEDANALYSIS_STOP_FILE`` (the Slicer panel's Cancel sends both, on every platform; the file also reaches a child
+started through a launcher that does not forward stdin, such as ``PythonSlicer``), or SIGTERM/Ctrl+C (a scheduler
+such as Slurm, a terminal).
 """
 
 from __future__ import annotations
