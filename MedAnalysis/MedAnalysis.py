@@ -19,9 +19,11 @@ traceback. Keep its syntax and standard-library use within Python 3.9 (a test ch
 from __future__ import annotations
 
 import logging
+import math
 import pathlib
 import sys
 import tempfile
+import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -129,6 +131,7 @@ class MedAnalysisParameterNode:
     runInBackground: child process (True) or in Slicer's process.
     trainingSource: "scene" (trainingVolumes/trainingSegmentations pairs) or "folder" (trainingDatasetPath).
     trainingOptions: more ``medanalysis train`` options, as typed on a command line.
+    trainingModality: the scene volumes' modality when they carry none. evaluationLabelMap: "organ=anterior, ...".
     """
 
     bundlePath: pathlib.Path
@@ -155,8 +158,10 @@ class MedAnalysisParameterNode:
     trainingOutputPath: pathlib.Path
     resumeTraining: bool = True
     trainingOptions: str = ""
+    trainingModality: Annotated[str, Choice(["from the volumes", "CT", "MR", "PT", "US", "other"])] = "from the volumes"
     evaluationDatasetPath: pathlib.Path
     evaluationOutputPath: pathlib.Path
+    evaluationLabelMap: str = ""
 
 
 # =================================================================================================== logic
@@ -201,6 +206,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelCardPath = None  # the bundle path the shown model card was read from
         self._pollTimer = None
         self._trainingCurves = None
+        self._starting = False  # a run is being started (guards against a second click while Qt processes events)
+        self._orphans = []  # jobs dropped with a closed scene: stopped, their scratch removed once they end
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self):
@@ -220,8 +227,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             self.logic = MedAnalysisLogic()
         for label in (self.ui.statusLabel, self.ui.trainingStatusLabel, self.ui.evaluationStatusLabel,
-                      self.ui.inputWarningLabel):
-            label.setTextFormat(qt.Qt.PlainText)  # file names and worker messages are text, never markup
+                      self.ui.inputWarningLabel, self.ui.inputChannelLabel0, self.ui.inputChannelLabel1,
+                      self.ui.inputChannelLabel2):
+            label.setTextFormat(qt.Qt.PlainText)  # names from bundles, files and workers are text, never markup
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
@@ -236,9 +244,18 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for comboBox in (self.ui.outputTypeComboBox, self.ui.trainingSourceComboBox):
             comboBox.connect("currentIndexChanged(int)", self.updateGUI)
         self.ui.overrideOverlapCheckBox.connect("toggled(bool)", self.updateGUI)
-        for lineEdit in (self.ui.trainingDatasetPathLineEdit, self.ui.trainingOutputPathLineEdit,
-                         self.ui.evaluationDatasetPathLineEdit, self.ui.evaluationOutputPathLineEdit):
-            lineEdit.connect("currentPathChanged(QString)", self.updateGUI)
+        # CTK reports only acceptable text (an emptied field says nothing): the parameter is unset then, so the
+        # panel never runs with a path the field no longer shows.
+        self.ui.bundlePathLineEdit.connect("validInputChanged(bool)", lambda valid: self._onPathValidity(
+            "bundlePath", valid))
+        self.ui.trainingDatasetPathLineEdit.connect("validInputChanged(bool)", lambda valid: self._onPathValidity(
+            "trainingDatasetPath", valid))
+        self.ui.trainingOutputPathLineEdit.connect("validInputChanged(bool)", lambda valid: self._onPathValidity(
+            "trainingOutputPath", valid))
+        self.ui.evaluationDatasetPathLineEdit.connect("validInputChanged(bool)", lambda valid: self._onPathValidity(
+            "evaluationDatasetPath", valid))
+        self.ui.evaluationOutputPathLineEdit.connect("validInputChanged(bool)", lambda valid: self._onPathValidity(
+            "evaluationOutputPath", valid))
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
@@ -252,8 +269,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The module is closing: stop a running job (its checkpoint is saved) and remove its scratch files."""
         if self._pollTimer is not None:
             self._pollTimer.stop()
-        job, self._job = self._job, None
-        if job is not None:
+        jobs, self._job, self._orphans = [self._job, *self._orphans], None, []
+        for job in jobs:
+            if job is None:
+                continue
             if job.running:
                 job.cancel()
             job.discardScratch()
@@ -264,17 +283,26 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        if self.ui is not None:
+            self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
+        """The scene is closing: a running job's inputs and outputs go with it, so it is stopped and dropped."""
+        if self._jobKind() is not None:
+            job, self._job = self._job, None
+            job.requestStop()  # the poll timer keeps running until it has ended, then removes its files
+            self._jobProgressBar.setVisible(False)
+            self._showStatus(self._jobStatusLabel, _("Stopped: the scene was closed."))
+            self._orphans.append(job)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def _onPathValidity(self, parameter, valid):
+        if not valid and self._parameterNode is not None and pathText(getattr(self._parameterNode, parameter)):
+            setattr(self._parameterNode, parameter, pathlib.Path())
 
     def onNodeAdded(self, caller, event):
         """A volume loaded while the panel is open becomes the input when none is chosen yet."""
@@ -296,6 +324,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            repairStoredParameters(self._parameterNode.parameterNode)
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
             self.updateGUI()
@@ -315,14 +344,18 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelCardLabel.setText(_("No model selected."))
         else:
             try:
-                self._modelCard = self.logic.readModelCard(path)
-            except Exception as error:  # noqa: BLE001 - a bad bundle path is shown, never raised from a slot
+                card = self.logic.readModelCard(path)
+                html = self.logic.modelCardHtml(card)  # escapes every value
+                self._showLabels(card)
+                [self.logic.channelLabelText(card, index) for index in range(len(card.input["channels"]))]
+            except Exception as error:  # noqa: BLE001 - a bad bundle is shown, never raised from a slot
+                self.ui.labelsTableWidget.setRowCount(0)
                 self.ui.modelCardLabel.setTextFormat(qt.Qt.PlainText)
                 self.ui.modelCardLabel.setText(_("Cannot use this bundle: {error}").format(error=_errorText(error)))
             else:
-                self.ui.modelCardLabel.setTextFormat(qt.Qt.RichText)  # modelCardHtml escapes every value
-                self.ui.modelCardLabel.setText(self.logic.modelCardHtml(self._modelCard))
-                self._showLabels(self._modelCard)
+                self._modelCard = card
+                self.ui.modelCardLabel.setTextFormat(qt.Qt.RichText)
+                self.ui.modelCardLabel.setText(html)
 
     def _showLabels(self, card):
         labels = self.logic.displayedLabels(card)
@@ -335,6 +368,11 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.labelsTableWidget.setItem(row, 1, qt.QTableWidgetItem(label.name))
             self.ui.labelsTableWidget.setItem(row, 2, qt.QTableWidgetItem(self.logic.terminologyMeaning(label)))
         self.ui.labelsTableWidget.resizeColumnsToContents()
+
+    def _input(self, index):
+        """Input channel ``index``: only a volume the selectors can list (a plain scalar volume) counts."""
+        node = getattr(self._parameterNode, f"inputVolume{index}")
+        return node if node is not None and node.GetClassName() == "vtkMRMLScalarVolumeNode" else None
 
     def _jobKind(self):
         """The kind of the running job, or None."""
@@ -366,14 +404,14 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.perSlicePlotCheckBox.setEnabled(card is None or not isSegmentation)
         self.ui.overlapSpinBox.setEnabled(params.overrideOverlap)
 
-        inputs = [getattr(params, f"inputVolume{i}") for i in range(channels)]
+        inputs = [self._input(i) for i in range(channels)]
         warnings = self.logic.inputWarnings(card, inputs) if card else []
         self.ui.inputWarningLabel.setText("\n".join(warnings))
         self.ui.inputWarningLabel.setVisible(bool(warnings))
 
         kind = self._jobKind()
         stopping = kind is not None and self._job.stopRequested
-        ready = card is not None and all(inputs)
+        ready = card is not None and all(inputs) and not self._starting
         predicting = kind in ("segment", "classify")
         self.ui.applyButton.setEnabled(((ready and kind is None) or predicting) and not stopping)
         self.ui.applyButton.setText(_("Stopping...") if predicting and stopping else
@@ -390,13 +428,15 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainingDatasetPathLineEdit.setVisible(not fromScene)
         self.ui.trainingDatasetLabel.setVisible(not fromScene)
         self._showTrainingCases()
-        haveData = (len(params.trainingVolumes) > 0) if fromScene else bool(pathText(params.trainingDatasetPath))
-        canTrain = haveData and bool(pathText(params.trainingOutputPath))
+        pairsProblem = self.logic.trainingPairsProblem(params.trainingVolumes, params.trainingSegmentations)
+        haveData = pairsProblem is None if fromScene else bool(pathText(params.trainingDatasetPath))
+        canTrain = haveData and bool(pathText(params.trainingOutputPath)) and not self._starting
+        self.ui.trainButton.setToolTip(pairsProblem if fromScene and pairsProblem else _("Train a model and write a bundle"))
         self.ui.trainButton.setEnabled(((canTrain and kind is None) or kind == "train") and not stopping)
         self.ui.trainButton.setText(_("Stopping...") if kind == "train" and stopping else
                                     _("Stop") if kind == "train" else _("Train"))
         canEvaluate = (card is not None and bool(pathText(params.evaluationDatasetPath))
-                       and bool(pathText(params.evaluationOutputPath)))
+                       and bool(pathText(params.evaluationOutputPath)) and not self._starting)
         self.ui.evaluateButton.setEnabled(((canEvaluate and kind is None) or kind == "evaluate") and not stopping)
         self.ui.evaluateButton.setText(_("Stopping...") if kind == "evaluate" and stopping else
                                        _("Cancel") if kind == "evaluate" else _("Evaluate"))
@@ -431,18 +471,41 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.NodeModify(self._parameterNode.parameterNode):
             volumes = list(self._parameterNode.trainingVolumes)
             segmentations = list(self._parameterNode.trainingSegmentations)
-            del volumes[row], segmentations[row]
+            for nodes in (volumes, segmentations):
+                if row < len(nodes):
+                    del nodes[row]
             self._parameterNode.trainingVolumes = volumes
             self._parameterNode.trainingSegmentations = segmentations
+
+    def _beginStart(self):
+        """True when a new run may start now; then the buttons stay disabled until :meth:`_endStart`, so a second
+        click queued while Qt processes events (dialogs, status updates) starts nothing."""
+        if self._starting or self._job is not None:
+            return False
+        self._starting = True
+        self.updateGUI()
+        return True
+
+    def _endStart(self):
+        self._starting = False
+        self.updateGUI()
 
     def onApplyButton(self):
         if self._jobKind() is not None:
             self._requestStop()
             return
+        if not self._beginStart():
+            return
+        try:
+            self._apply()
+        finally:
+            self._endStart()
+
+    def _apply(self):
         if not self._ensureDependencies(self.ui.statusLabel):
             return
         params = self._parameterNode
-        inputs = [getattr(params, f"inputVolume{i}") for i in range(len(self._modelCard.input["channels"]))]
+        inputs = [self._input(i) for i in range(len(self._modelCard.input["channels"]))]
         self._showStatus(self.ui.statusLabel, _("Running the model...") if not params.runInBackground else "")
         slicer.app.processEvents()
         try:
@@ -475,19 +538,31 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._jobKind() is not None:
             self._requestStop()
             return
+        if not self._beginStart():
+            return
+        try:
+            self._train()
+        finally:
+            self._endStart()
+
+    def _train(self):
         if not self._ensureDependencies(self.ui.trainingStatusLabel):
             return
         params = self._parameterNode
         if params.trainingSource == "scene":
             data = list(zip(params.trainingVolumes, params.trainingSegmentations))  # noqa: B905 - Python 3.9 floor
+            self._showStatus(self.ui.trainingStatusLabel, _("Writing the training cases next to the bundle..."))
+            slicer.app.processEvents()
         else:
             data = pathText(params.trainingDatasetPath)
+        modality = None if params.trainingModality == "from the volumes" else params.trainingModality
         try:
-            job = self.logic.train(data, pathText(params.trainingOutputPath), task=params.trainingTask,
-                                   family=params.trainingFamily, epochs=params.trainingEpochs,
-                                   resume=params.resumeTraining,
-                                   extraArguments=self.logic.parseTrainingOptions(params.trainingOptions),
-                                   background=True)
+            with slicer.util.WaitCursor():
+                job = self.logic.train(data, pathText(params.trainingOutputPath), task=params.trainingTask,
+                                       family=params.trainingFamily, epochs=params.trainingEpochs,
+                                       resume=params.resumeTraining, modality=modality,
+                                       extraArguments=self.logic.parseTrainingOptions(params.trainingOptions),
+                                       background=True)
         except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
             self._showError(self.ui.trainingStatusLabel, error)
             return
@@ -500,12 +575,21 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._jobKind() is not None:
             self._requestStop()
             return
+        if not self._beginStart():
+            return
+        try:
+            self._evaluate()
+        finally:
+            self._endStart()
+
+    def _evaluate(self):
         if not self._ensureDependencies(self.ui.evaluationStatusLabel):
             return
         params = self._parameterNode
         try:
             job = self.logic.evaluate(pathText(params.bundlePath), pathText(params.evaluationDatasetPath),
-                                      pathText(params.evaluationOutputPath), background=True)
+                                      pathText(params.evaluationOutputPath), labelMap=params.evaluationLabelMap,
+                                      background=True)
         except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
             self._showError(self.ui.evaluationStatusLabel, error)
             return
@@ -579,9 +663,15 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onPollJob(self):
+        for orphan in list(self._orphans):  # jobs of a closed scene: only wait for them to end, then clean up
+            orphan.poll()
+            if not orphan.running:
+                orphan.discardScratch()
+                self._orphans.remove(orphan)
         job = self._job
         if job is None:
-            self._pollTimer.stop()
+            if not self._orphans:
+                self._pollTimer.stop()
             return
         for message in job.poll():
             if message["type"] == "progress":
@@ -603,7 +693,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(self._jobStatusLabel, error)
         else:
             self._showStatus(self._jobStatusLabel, self.logic.describeOutcome(job))
-            if job.kind == "train":  # offer the new model right away
+            if job.kind == "train" and self._parameterNode is not None:  # offer the new model right away
+                self._modelCardPath = None  # read the card again even when the path is the same
                 self._parameterNode.bundlePath = pathlib.Path(outputs["bundlePath"])
             self._showOutputs(outputs)
         self.updateGUI()
@@ -659,13 +750,48 @@ def _errorText(error):
 
 
 def _pipErrorText(error):
-    """pip's own message: the last lines of its output when the error carries them."""
-    output = getattr(error, "output", None) or getattr(error, "stderr", None)
-    if isinstance(output, bytes):
-        output = output.decode("utf-8", "replace")
-    if output:
-        return "\n".join(str(output).strip().splitlines()[-6:])
-    return _errorText(error)
+    """pip's own message: the last lines it printed, or where Slicer showed them."""
+    lines = []
+    for stream in (getattr(error, "stderr", None), getattr(error, "output", None)):
+        if isinstance(stream, bytes):
+            stream = stream.decode("utf-8", "replace")
+        if isinstance(stream, str):
+            lines += [line for line in stream.strip().splitlines() if line.strip()]
+    if lines:
+        return "\n".join(lines[-6:])
+    return _("{error} (pip's log is in the window Slicer showed and in the Python console)").format(
+        error=_errorText(error))
+
+
+def repairStoredParameters(mrmlNode):
+    """Make a parameter node from a saved scene (an earlier release, or edited by hand) showable by the panel.
+
+    A stored choice the widgets do not offer makes Slicer's GUI connection raise, and a number outside its range
+    would run as it is: such values go back to their defaults (the first choice; the nearest bound) before the GUI
+    is connected. The earlier test-time augmentation checkbox ("True"/"False") becomes "on"/"bundle default".
+    """
+    try:
+        hints = typing.get_type_hints(MedAnalysisParameterNode, include_extras=True)
+    except Exception:  # noqa: BLE001 - without the annotations there is nothing to check against
+        return
+    legacy = {("testTimeAugmentation", "True"): "on", ("testTimeAugmentation", "False"): "bundle default"}
+    for name, hint in hints.items():
+        raw = mrmlNode.GetParameter(name)
+        if not raw:
+            continue
+        for rule in getattr(hint, "__metadata__", ()):
+            choices = getattr(rule, "choices", None)
+            if choices is not None and raw not in [str(choice) for choice in choices]:
+                mrmlNode.SetParameter(name, legacy.get((name, raw), str(choices[0])))
+            low, high = getattr(rule, "minimum", None), getattr(rule, "maximum", None)
+            if low is not None and high is not None:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = math.nan
+                repaired = min(max(value, low), high) if math.isfinite(value) else low
+                if repaired != value:
+                    mrmlNode.SetParameter(name, str(int(repaired) if typing.get_args(hint)[0] is int else repaired))
 
 
 # =================================================================================================== self-test

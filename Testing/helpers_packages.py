@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -34,15 +33,17 @@ def write_wheel(folder: Path, version: str) -> Path:
 
 
 def pip_into(wheelhouse: Path, target: Path, calls: list | None = None):
-    """A pip runner for ``PackageInstaller``: this Python's real pip, offline (``--no-index``), installing from
+    """The module's own pip runner (the one it uses in Slicer 5.10), offline: this Python's pip installing from
     ``wheelhouse`` into ``target``; each call's requirements and constraint lines are appended to ``calls``."""
+    from MedAnalysisSlicerLib.installer import pipSubprocessRunner
+
+    run = pipSubprocessRunner(sys.executable, ["--quiet", "--no-index", "--find-links", str(wheelhouse),
+                                               "--target", str(target), "--upgrade"])
 
     def pip(requirements, constraints: Path) -> None:
         if calls is not None:
             calls.append({"requirements": list(requirements), "constraints": constraints.read_text().splitlines()})
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "--no-index", "--find-links", str(wheelhouse), "--target", str(target), "--upgrade",
-                        "-c", str(constraints), *requirements], check=True, capture_output=True, text=True)
+        run(requirements, constraints)
 
     return pip
 

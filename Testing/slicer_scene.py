@@ -53,6 +53,13 @@ def make_scene() -> SlicerScene:
     crosshair.SetCrosshairName("default")
     scene.AddNode(crosshair)
 
+    # The view layout's node, as the application's layout logic creates it: the plots and tables logics switch
+    # layouts through it (ShowChartInLayout), and view nodes without a parent layout node belong to it.
+    layout = slicer.vtkMRMLLayoutNode()
+    layout.SetSingletonTag("vtkMRMLLayoutNode")
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    scene.AddNode(layout)
+
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
     app_logic.GetColorLogic().SetMRMLScene(scene)

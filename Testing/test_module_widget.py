@@ -284,10 +284,15 @@ def test_train_from_scene_pairs_with_live_curves_then_evaluate(panel, slicer_gui
     output = tmp_path / "liver-model"
     params.trainingOutputPath, params.trainingEpochs, params.trainingOptions = output, 2, TINY_TRAINING
     assert ui.trainButton.isEnabled()
+    ui.trainButton.click()  # volumes made in the scene carry no modality: the panel asks for it, starts nothing
+    assert widget._job is None and "expected the modality" in ui.trainingStatusLabel.text()
+    params.trainingModality = "CT"
 
     ui.trainButton.click()
     assert ui.trainButton.text() == "Stop"
     wait_for_job(widget)
+    assert json.loads((pathlib.Path(str(output) + "-training-data") / "dataset.json").read_text())["modality"] == {
+        "0": "CT"}
 
     assert ui.trainingStatusLabel.text().startswith("Training finished"), ui.trainingStatusLabel.text()
     assert (output / "bundle.json").is_file()
@@ -468,3 +473,145 @@ def test_the_widget_can_be_made_without_a_parent(slicer_gui, load_module_file): 
     widget = module.MedAnalysisWidget()
     slicer_gui.widgets.append(widget)
     assert widget.ui is not None and widget.logic is not None
+
+
+# ------------------------------------------------------------------ the scene changing under the panel
+def test_an_output_node_removed_during_the_run_is_made_anew(panel, slicer_gui, bundles):  # noqa: F811
+    module, widget = panel
+    scene, params = slicer_gui.scene, widget._parameterNode
+    add_ct(scene)
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen output")
+    params.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    params.outputSegmentation = chosen
+    widget.ui.applyButton.click()
+    scene.RemoveNode(chosen)
+    wait_for_job(widget)
+    assert widget.ui.statusLabel.text().startswith("Done in"), widget.ui.statusLabel.text()
+    [segmentation] = nodes_of(scene, "vtkMRMLSegmentationNode")
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+
+
+def test_an_input_removed_during_the_run_imports_nothing_and_says_why(panel, slicer_gui, bundles):  # noqa: F811
+    module, widget = panel
+    scene = slicer_gui.scene
+    ct = add_ct(scene)
+    widget._parameterNode.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    widget.ui.applyButton.click()
+    scene.RemoveNode(ct)
+    wait_for_job(widget)
+    assert "input volume was removed" in widget.ui.statusLabel.text()
+    assert not nodes_of(scene, "vtkMRMLSegmentationNode")
+
+
+def test_closing_the_scene_stops_the_run_and_cleans_up(panel, slicer_gui, bundles):  # noqa: F811
+    module, widget = panel
+    scene = slicer_gui.scene
+    add_ct(scene)
+    widget._parameterNode.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    widget.ui.applyButton.click()
+    job = widget._job
+    scene.Clear(0)
+    assert widget._job is None and widget.ui.statusLabel.text() == "Stopped: the scene was closed."
+    assert widget.ui.applyButton.text() == "Apply"
+    wait_until(lambda: not widget._orphans)
+    assert not job.running and not job.context["scratch"].exists()
+    assert not nodes_of(scene, "vtkMRMLSegmentationNode")
+
+
+def test_a_second_click_while_the_first_is_starting_starts_nothing(panel, slicer_gui, bundles, monkeypatch):  # noqa: F811
+    module, widget = panel
+    add_ct(slicer_gui.scene)
+    widget._parameterNode.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    started = []
+    real = widget.logic.segment
+
+    def segment(*args, **kwargs):
+        job = real(*args, **kwargs)
+        started.append(job)
+        return job
+
+    monkeypatch.setattr(widget.logic, "segment", segment)
+    monkeypatch.setattr(slicer_gui.app, "processEvents", lambda: widget.onApplyButton())  # a queued second click
+    widget.ui.applyButton.click()
+    assert len(started) == 1
+    widget.ui.applyButton.click()  # Cancel
+    wait_for_job(widget)
+
+
+# ------------------------------------------------------------------ what a saved scene or a bundle may hold
+def test_values_from_an_older_or_edited_scene_are_repaired_before_the_panel_shows_them(
+        slicer_gui, load_module_file):  # noqa: F811
+    module = load_module_file()
+    node = module.MedAnalysisLogic().getParameterNode().parameterNode
+    for name, stored in [("testTimeAugmentation", "False"), ("trainingFamily", "resnet"), ("overlap", "0.95"),
+                         ("trainingEpochs", "-3"), ("outputType", "mesh")]:
+        node.SetParameter(name, stored)
+    widget = slicer_gui.make_module_widget(module.MedAnalysisWidget)
+    params = widget._parameterNode
+    assert (params.testTimeAugmentation, params.trainingFamily, params.overlap, params.trainingEpochs,
+            params.outputType) == ("bundle default", "unet3d", 0.9, 1, "segmentation")
+    import slicer
+
+    stored = slicer.vtkMRMLScriptedModuleNode()  # as a scene saved by the release with the checkbox holds it
+    stored.SetParameter("testTimeAugmentation", "True")
+    module.repairStoredParameters(stored)
+    assert stored.GetParameter("testTimeAugmentation") == "on"
+
+
+def test_a_labelmap_as_input_is_not_an_input(panel, slicer_gui, bundles):  # noqa: F811
+    module, widget = panel
+    labelmap = slicer_gui.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    widget._parameterNode.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    widget._parameterNode.inputVolume0 = labelmap
+    assert not widget.ui.applyButton.isEnabled()
+
+
+def test_a_bundle_whose_card_cannot_be_shown_is_refused_in_the_card(panel, bundles, tmp_path):
+    module, widget = panel
+    odd = tmp_path / "odd"
+    shutil.copytree(bundles[0], odd)
+    config = json.loads((odd / "bundle.json").read_text())
+    for label in config["labels"]:
+        if label.get("terminology"):
+            label["terminology"] = {"type": label["terminology"]["type"]}  # no category
+    config["input"]["channels"][0]["modality"] = "<b>MR</b>"
+    (odd / "bundle.json").write_text(json.dumps(config))
+    widget._parameterNode.bundlePath = odd / "bundle.json"
+    text = widget.ui.modelCardLabel.text()
+    if text.startswith("Cannot use this bundle"):
+        assert not widget.ui.applyButton.isEnabled()
+    else:  # the library accepted it: whatever it shows is text
+        assert widget.ui.inputChannelLabel0.textFormat() == QtWidgets.QLabel().textFormat().PlainText
+
+
+def test_clearing_a_path_field_unsets_its_parameter(panel, bundles):
+    module, widget = panel
+    params = widget._parameterNode
+    params.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    assert widget._modelCard is not None
+    widget.ui.bundlePathLineEdit.currentPath = ""
+    assert str(params.bundlePath) == "." and widget._modelCard is None
+    assert widget.ui.modelCardLabel.text() == "No model selected."
+
+
+def test_incomplete_training_cases_disable_train_and_can_be_removed(panel, slicer_gui, tmp_path):  # noqa: F811
+    module, widget = panel
+    params, ui = widget._parameterNode, widget.ui
+    volumes = [add_ct(slicer_gui.scene, f"case {n}", study=False) for n in range(2)]
+    params.trainingVolumes, params.trainingOutputPath = volumes, tmp_path / "model.zip"
+    assert not ui.trainButton.isEnabled() and "2 volumes and 0 segmentations" in ui.trainButton.toolTip()
+    ui.trainingCasesTableWidget.setCurrentCell(1, 0)
+    ui.removeTrainingCaseButton.click()
+    assert [node.GetName() for node in params.trainingVolumes] == ["case 0"]
+
+
+def test_pips_own_words_reach_the_panel(panel, slicer_gui, bundles, tmp_path, probe_site):  # noqa: F811
+    """With the runner the module uses in Slicer 5.10 (pip output kept), pip's error is what the panel shows."""
+    module, widget = panel
+    add_ct(slicer_gui.scene)
+    widget._parameterNode.bundlePath = pathlib.Path(bundles[0]) / "bundle.json"
+    use_installer(widget, tmp_path, "medanalysis-probe>=1.0", pip_into(*probe_site))
+    slicer_gui.dialogs.expect("confirmOkCancelDisplay", True, contains="medanalysis-probe")
+    widget.ui.applyButton.click()
+    assert "No matching distribution found for medanalysis-probe" in widget.ui.statusLabel.text()
+    assert "TextIOWrapper" not in widget.ui.statusLabel.text()

@@ -251,7 +251,7 @@ def test_medanalysis_widget_builds_and_updates(slicer_gui: Any, load_module_file
     module = load_module_file()
     widget = slicer_gui.make_module_widget(module.MedAnalysisWidget)
     widget.updateGUI()
-    assert slicer_gui.app.layoutManager().layout == slicer.vtkMRMLLayoutNode.SlicerLayoutInitialView
+    assert slicer_gui.app.layoutManager().layout == slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView
     assert not widget.ui.applyButton.isEnabled()  # no model, no input
 
 
@@ -287,7 +287,7 @@ def test_show_outputs_drives_real_logics_and_records_view_changes(slicer_gui: An
     widget._showOutputs({"table": table, "labelmap": labels})
     selection = slicer_gui.app.applicationLogic().GetSelectionNode()
     assert selection.GetActiveTableID() == table.GetID()
-    initial = slicer.vtkMRMLLayoutNode.SlicerLayoutInitialView
+    initial = slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView  # the test scene's layout node
     assert slicer_gui.app.layoutManager().layout == slicer.modules.tables.logic().GetLayoutWithTable(initial) != initial
     assert [name for name, _ in slicer_gui.calls] == ["setSliceViewerLayers", "setLayout"]
     assert slicer_gui.calls[0][1] == {"label": labels, "labelOpacity": 0.5}

@@ -143,7 +143,7 @@ def test_training_cases_from_the_scene_become_a_dataset_the_library_reads(scene,
         segmentation = adapter.segmentation_node_from_volume(scene.scene, volume.with_array(labels), names,
                                                              reference_node=node)
         pairs.append((node, segmentation))
-    folder = logic.exportTrainingCases(pairs, tmp_path / "data")
+    folder = logic.exportTrainingCases(pairs, tmp_path / "data", modality="CT")
     description = json.loads((folder / "dataset.json").read_text())
     assert description["labels"] == {"0": "background", "1": "Kidney", "2": "Cyst"}
     dataset = load_dataset(folder)
@@ -164,9 +164,9 @@ def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_pa
     jobs = [
         logic.segment(node, str(segmentation_bundle), probabilities=True, overlap=0.25, tta=True, background=True),
         logic.train([(node, segmentation)], str(tmp_path / "model.zip"), family="unet3d", epochs=2, resume=False,
-                    extraArguments=["--hparam", "base_filters=4"]),
+                    extraArguments=["--hparam", "base_filters=4"], modality="CT"),
         logic.evaluate(str(segmentation_bundle), str(tmp_path / "model-training-data"), str(tmp_path / "report"),
-                       bootstrap=10, figures=False),
+                       bootstrap=10, figures=False, labelMap="tumor=none"),
     ]
     second = adapter.scalar_volume_node_from_volume(scene.scene, Volume(np.ones((6, 8, 9), np.int16)), "T2")
     two_channels = logic.segment([node, second], str(segmentation_bundle), background=True)
@@ -192,6 +192,7 @@ def test_background_command_lines_parse_with_the_real_cli(scene, bundles, tmp_pa
     assert (train_args.task, train_args.model, train_args.epochs, train_args.no_resume) == (
         "segmentation", "unet3d", 2, True)
     assert train_args.data == str(tmp_path / "model-training-data")
+    assert parser.parse_args(jobs[2].worker.argv[3:]).label_map == ["tumor=none"]
     assert (tmp_path / "model-training-data" / "dataset.json").is_file()
 
 
@@ -206,9 +207,9 @@ def test_evaluation_in_process_becomes_a_metrics_table(scene, bundles, tmp_path)
         labels[2:6, 4:12, 4:12] = 1
         pairs.append((node, adapter.segmentation_node_from_volume(
             scene.scene, volume.with_array(labels), [{"value": 1, "name": "liver"}], reference_node=node)))
-    data = logic.exportTrainingCases(pairs, tmp_path / "data")
+    data = logic.exportTrainingCases(pairs, tmp_path / "data", modality="CT")
     table = logic.evaluate(str(segmentation_bundle), str(data), str(tmp_path / "report"), background=False,
-                           bootstrap=20, figures=False)
+                           bootstrap=20, figures=False, labelMap="tumor=none")  # the data has no tumour label
     rows = adapter.rows_from_table_node(table)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert {row["metric"] for row in rows} == set(summary["metrics"])
@@ -251,7 +252,7 @@ def test_exporting_training_cases_three_times_leaves_the_scene_unchanged(scene, 
     logic = SceneLogic(scene.scene)
     ids = {scene.scene.GetNthNode(i).GetID() for i in range(scene.scene.GetNumberOfNodes())}
     for attempt in range(3):
-        logic.exportTrainingCases([(node, segmentation)], tmp_path / f"data{attempt}")
+        logic.exportTrainingCases([(node, segmentation)], tmp_path / f"data{attempt}", modality="CT")
         assert {scene.scene.GetNthNode(i).GetID() for i in range(scene.scene.GetNumberOfNodes())} == ids
 
 
@@ -291,7 +292,8 @@ def test_training_curves_view_is_not_part_of_the_main_layout(scene):
     logic.showTrainingCurves(curves)
     view = logic.trainingPlotViewNode()
     assert logic.trainingPlotViewNode() is view  # one per scene
-    assert view.GetParentLayoutNode() is not None and view.GetParentLayoutNode().IsA("vtkMRMLLayoutNode")
+    owner = view.GetParentLayoutNode()  # the panel's own node, not the view layout's
+    assert owner is not None and owner.IsA("vtkMRMLScriptedModuleNode")
     assert not view.GetDoPropagatePlotChartSelection()
     assert view.GetPlotChartNodeID() == curves.GetID()
 

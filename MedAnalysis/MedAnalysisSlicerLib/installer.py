@@ -9,8 +9,11 @@ package that was already imported changed), so the panel asks that question once
 Which Slicer function runs pip:
 
 - Slicer 5.12 and newer: ``slicer.packaging.pip_install`` (not ``pip_ensure``: that one asks its own consent and
-  restart questions, and skips installing in testing mode while returning normally).
-- Slicer 5.10: ``slicer.util.pip_install``, given the pip arguments as a list.
+  restart questions, and skips installing in testing mode while returning normally). On failure Slicer shows pip's
+  log in its own dialog and raises ``CalledProcessError`` without the text.
+- Slicer 5.10: ``python -m pip install`` run here with Slicer's interpreter (``PythonSlicer``), as
+  ``slicer.util.pip_install`` does, but keeping pip's output: Slicer 5.10's function raises with a consumed stream in
+  place of the text, so pip's own error could not be shown.
 
 Nothing probes the network first: pip knows the user's proxy and index settings, and its own error is the message.
 """
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -129,11 +135,26 @@ def slicerPipRunner() -> PipRunner:
             packaging.pip_install(list(requirements), constraints=str(constraints), requester="MedAnalysis")
         return run
 
-    import slicer.util
+    return pipSubprocessRunner(shutil.which("PythonSlicer") or sys.executable)
 
-    def runLegacy(requirements: Sequence[str], constraints: Path) -> None:
-        slicer.util.pip_install([*requirements, "-c", str(constraints)])
-    return runLegacy
+
+def pipSubprocessRunner(python: str, extraArguments: Sequence[str] = ()) -> PipRunner:
+    """Run ``python -m pip install [extraArguments] REQUIREMENTS -c CONSTRAINTS`` and keep its output.
+
+    Raises:
+        subprocess.CalledProcessError: pip failed; ``output`` and ``stderr`` hold what it printed.
+    """
+
+    def run(requirements: Sequence[str], constraints: Path) -> None:
+        command = [python, "-m", "pip", "install", "--disable-pip-version-check", *extraArguments,
+                   *requirements, "-c", str(constraints)]
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603 - our argv
+        for line in (completed.stdout + completed.stderr).splitlines():
+            logging.info("pip: %s", line)
+        if completed.returncode != 0:
+            raise subprocess.CalledProcessError(completed.returncode, command, completed.stdout, completed.stderr)
+
+    return run
 
 
 # ------------------------------------------------------------------ requirement strings (the ">=" floors we ship)

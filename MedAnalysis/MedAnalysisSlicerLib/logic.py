@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from MedAnalysisLib import slicer_adapter
 from MedAnalysisLib.errors import InputError, MedAnalysisError
 from MedAnalysisLib.worker import WorkerJob
@@ -245,7 +247,8 @@ class SceneLogic:
         return MedAnalysisJob(kind, WorkerJob(argv, python=self.python), context)
 
     def train(self, data, outputBundlePath: str, *, task: str = "segmentation", family: str = "unet3d",
-              epochs: int = 50, resume: bool = True, extraArguments: Sequence[str] = (), background: bool = True):
+              epochs: int = 50, resume: bool = True, extraArguments: Sequence[str] = (), background: bool = True,
+              modality: str | None = None):
         """Train a model and write a bundle.
 
         Args:
@@ -255,6 +258,8 @@ class SceneLogic:
             outputBundlePath: Bundle folder or .zip to write.
             task, family, epochs: What to train (see ``medanalysis train --help``).
             resume: Continue from the checkpoint of an earlier, interrupted run of the same output.
+            modality: For scene pairs: the volumes' modality ("CT", "MR", ...) when they do not carry one (volumes
+                loaded from NIfTI or NRRD do not); it chooses the intensity normalisation.
             extraArguments: More ``medanalysis train`` options, e.g. ``["--hparam", "base_filters=8"]``.
             background: ``True`` (default) returns a :class:`MedAnalysisJob`; ``False`` blocks and returns the
                 library's ``TrainResult``.
@@ -266,7 +271,8 @@ class SceneLogic:
                              f"{list(extraArguments)}")
         extraArguments = checkTrainingOptions(extraArguments)
         datasetPath = datasetLocation(data) if isinstance(data, (str, os.PathLike)) else str(
-            self.exportTrainingCases(data, Path(str(outputBundlePath).removesuffix(".zip") + "-training-data")))
+            self.exportTrainingCases(data, Path(str(outputBundlePath).removesuffix(".zip") + "-training-data"),
+                                     modality=modality))
         argv = ["train", datasetPath, "--task", task, "--model", family, "--out", str(outputBundlePath),
                 "--epochs", str(int(epochs)), *extraArguments]
         if not resume:
@@ -281,6 +287,21 @@ class SceneLogic:
                      resume=resume)
 
     @staticmethod
+    def trainingPairsProblem(volumes: Sequence, segmentations: Sequence) -> str | None:
+        """Why the panel's list of (volume, segmentation) training cases cannot be trained on, or None."""
+        volumes, segmentations = list(volumes), list(segmentations)
+        if not volumes and not segmentations:
+            return _("Add at least one volume and its segmentation.")
+        if len(volumes) != len(segmentations):
+            return _("The training cases list {volumes} volumes and {segmentations} segmentations: remove the "
+                     "incomplete cases.").format(volumes=len(volumes), segmentations=len(segmentations))
+        lost = [str(index + 1) for index, pair in enumerate(zip(volumes, segmentations, strict=True)) if None in pair]
+        if lost:
+            return _("Training case {cases} lost its volume or segmentation (removed from the scene): remove it."
+                     ).format(cases=", ".join(lost))
+        return None
+
+    @staticmethod
     def parseTrainingOptions(text: str) -> list[str]:
         """More ``medanalysis train`` options typed as on a command line (the panel's field), checked with the
         command's own parser; raises InputError with the parser's message when they are not valid."""
@@ -290,10 +311,19 @@ class SceneLogic:
             raise InputError(f"expected training options as on a command line, got {text!r}: {error}") from error
         return checkTrainingOptions(tokens)
 
-    def exportTrainingCases(self, pairs: Sequence, folder: Path) -> Path:
+    def exportTrainingCases(self, pairs: Sequence, folder: Path, *, modality: str | None = None) -> Path:
         """Write (volume node, segmentation node) pairs as an MSD dataset folder; returns the folder.
 
-        Labels are the union of segment names over the cases, numbered 1, 2, ... in order of first appearance.
+        Labels are the union of segment names over the cases, numbered 1, 2, ... in order of first appearance; a
+        segmentation without segments is a case with no foreground. The folder is a copy of the images: it stays
+        beside the bundle so that training can be resumed and repeated.
+
+        Args:
+            modality: The volumes' modality when they carry none (volumes loaded from NIfTI/NRRD); when they carry
+                one, it must agree.
+
+        Raises:
+            InputError: no pairs, a pair with a missing or removed node, no segment in any case, or no modality.
         """
         from MedAnalysisLib.io import write_volume
         from MedAnalysisLib.io.atomic import write_text_atomic
@@ -302,23 +332,31 @@ class SceneLogic:
         if not pairs:
             raise InputError("expected at least one (volume, segmentation) training pair, got none")
         names: list[str] = []
-        for volume, segmentation in pairs:
-            if volume is None or segmentation is None:
-                raise InputError(f"expected a volume and a segmentation in every training pair, got {(volume, segmentation)}")
+        for index, (volume, segmentation) in enumerate(pairs):
+            for node, kind in ((volume, "volume"), (segmentation, "segmentation")):
+                if node is None or node.GetScene() is not self.scene:
+                    raise InputError(f"expected a {kind} in the scene for training case {index + 1}, got none (was "
+                                     f"it removed?)")
             seg = segmentation.GetSegmentation()
             for n in range(seg.GetNumberOfSegments()):
                 name = seg.GetNthSegment(n).GetName()
                 if name.lower() not in [x.lower() for x in names]:
                     names.append(name)
+        if not names:
+            raise InputError("expected segments to learn in at least one training segmentation, got none")
+        modality = self._trainingModality([volume for volume, _ in pairs], modality)
         labels = [{"value": i + 1, "name": name} for i, name in enumerate(names)]
         (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
         (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
         training = []
-        modality = slicer_adapter.volume_modality(pairs[0][0]) or "CT"
         for index, (volume, segmentation) in enumerate(pairs):
             case = f"case_{index:03d}"
             write_volume(slicer_adapter.volume_from_node(volume), folder / "imagesTr" / f"{case}_0000.nii.gz")
-            label = slicer_adapter.label_volume_from_segmentation(segmentation, labels, volume)
+            if segmentation.GetSegmentation().GetNumberOfSegments():
+                label = slicer_adapter.label_volume_from_segmentation(segmentation, labels, volume)
+            else:  # a case without findings
+                grid = slicer_adapter.node_grid(volume)
+                label = grid.with_array(np.zeros(grid.shape, np.uint8))
             write_volume(label, folder / "labelsTr" / f"{case}.nii.gz")
             training.append({"image": f"./imagesTr/{case}_0000.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
         description = {
@@ -332,14 +370,39 @@ class SceneLogic:
         write_text_atomic(folder / "dataset.json", json.dumps(description, indent=2))
         return folder
 
+    @staticmethod
+    def _trainingModality(volumes: Sequence, chosen: str | None) -> str:
+        """The one modality of the training volumes: what they carry, else what the user chose."""
+
+        def normal(text: str) -> str:
+            text = (text or "").strip().upper()
+            return "MR" if text == "MRI" else text
+
+        carried = {normal(slicer_adapter.volume_modality(volume)) for volume in volumes} - {""}
+        chosen = normal(chosen or "")
+        if len(carried) > 1:
+            raise InputError(f"expected training volumes of one modality, got {', '.join(sorted(carried))}")
+        if carried and chosen and chosen not in carried:
+            raise InputError(f"expected the chosen modality {chosen} to be the volumes' own, got {next(iter(carried))}")
+        if not carried and not chosen:
+            raise InputError("expected the modality of the training volumes (CT, MR, ...): they carry none (loaded "
+                             "from NIfTI or NRRD files); choose it in the panel or pass modality=")
+        return next(iter(carried)) if carried else chosen
+
     def evaluate(self, bundlePath: str, datasetPath: str, outputFolder: str, *, background: bool = True,
-                 bootstrap: int = 1000, figures: bool = True):
+                 bootstrap: int = 1000, figures: bool = True, labelMap: str = ""):
         """Evaluate a bundle on labelled data (MSD folder or CSV manifest); the summary becomes a table node.
 
         Writes per-case metrics (``per_case.csv``), ``summary.json`` (means with bootstrap 95% intervals) and
         figures into ``outputFolder``. Returns a :class:`MedAnalysisJob` (``medanalysis evaluate`` in a child
         process), or with ``background=False`` runs in this process and returns the table node.
+
+        ``labelMap`` pairs bundle labels with the data's when their names differ, as ``evaluate --label-map`` does:
+        ``"organ=anterior, lesion=none"`` (``none``: not scored).
         """
+        from MedAnalysisLib.evaluation.labels import parse_label_map
+
+        pairs = parse_label_map([labelMap or ""])
         if not str(datasetPath or "") or not str(outputFolder or ""):
             raise InputError(f"expected a labelled dataset and an output folder, got {datasetPath!r}, {outputFolder!r}")
         bundlePath = bundleLocation(bundlePath)
@@ -348,13 +411,14 @@ class SceneLogic:
         if background:
             argv = ["evaluate", str(bundlePath), str(datasetPath), "--out", str(outputFolder),
                     "--bootstrap", str(int(bootstrap))]
+            argv += [f"--label-map={left}={right}" for left, right in pairs.items()]
             if not figures:
                 argv.append("--no-figures")
             return MedAnalysisJob("evaluate", WorkerJob(argv, python=self.python), {"outputFolder": str(outputFolder)})
         from MedAnalysisLib.evaluation.report import EvaluationOptions, evaluate_bundle
 
         evaluate_bundle(str(bundlePath), str(datasetPath), str(outputFolder),
-                        EvaluationOptions(bootstrap=int(bootstrap), figures=figures))
+                        EvaluationOptions(bootstrap=int(bootstrap), figures=figures, label_map=pairs or None))
         self.lastOutputs = self.importEvaluationSummary(outputFolder)
         return self.lastOutputs["table"]
 
@@ -431,6 +495,7 @@ class SceneLogic:
                 error = worker.error or {"error_type": "Error", "message": "no result"}
                 raise MedAnalysisError(f"{error['message']}")
             if job.kind in ("segment", "classify"):
+                self._requireNodesStillInScene(job)
                 outputs = self._importPredictOutputs(job)
             elif job.kind == "evaluate":
                 outputs = self.importEvaluationSummary(job.context["outputFolder"])
@@ -440,6 +505,16 @@ class SceneLogic:
             job.discardScratch()
         self.lastOutputs = outputs
         return outputs
+
+    def _requireNodesStillInScene(self, job: MedAnalysisJob) -> None:
+        """Inputs removed while the model ran: refuse to import; chosen outputs removed: create new ones."""
+        if any(node.GetScene() is not self.scene for node in job.context["nodes"]):
+            raise InputError(_("The input volume was removed from the scene while the model ran; nothing was "
+                               "imported."))
+        for key in ("outputNode", "tableNode"):
+            node = job.context.get(key)
+            if node is not None and node.GetScene() is not self.scene:
+                job.context[key] = None
 
     def _importPredictOutputs(self, job: MedAnalysisJob) -> dict:
         from MedAnalysisLib.io import read_volume
@@ -493,28 +568,30 @@ class SceneLogic:
     def trainingPlotViewNode(self):
         """The plot view node behind the panel's training-curve widget (one per scene).
 
-        It belongs to a layout node of its own, so the main view layout does not create a second plot view for it,
-        and it ignores chart selection propagation, so charts shown in the main layout (a classification's
-        per-slice plot) never replace the training curves.
+        Its parent "layout" is a node of the module (a scripted module node, as Slicer's script repository shows
+        a view outside the view layout), so the view layout does not create a second plot view for it; it ignores
+        chart selection propagation, so charts shown in the main layout (a classification's per-slice plot) never
+        replace the training curves. Both are set again on every call: closing the scene resets singleton nodes.
         """
+        owner = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLScriptedModuleNode")
+        if owner is None:
+            owner = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            owner.SetSingletonTag(TRAINING_PLOT_TAG)
+            owner.SetName(self.scene.GenerateUniqueName("MedAnalysis panel views"))
+            owner.SetHideFromEditors(True)
+            owner = self.scene.AddNode(owner)
         view = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLPlotViewNode")
-        if view is not None:
-            return view
-        layout = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLLayoutNode")
-        if layout is None:
-            layout = self.scene.CreateNodeByClass("vtkMRMLLayoutNode")
-            layout.SetSingletonTag(TRAINING_PLOT_TAG)
-            layout.SetName(self.scene.GenerateUniqueName("MedAnalysis panel layout"))
-            layout.SetHideFromEditors(True)
-            layout = self.scene.AddNode(layout)
-        view = self.scene.CreateNodeByClass("vtkMRMLPlotViewNode")
-        view.SetSingletonTag(TRAINING_PLOT_TAG)
-        view.SetName(self.scene.GenerateUniqueName("MedAnalysis training plot view"))
-        view.SetLayoutName(TRAINING_PLOT_TAG)
+        if view is None:
+            view = self.scene.CreateNodeByClass("vtkMRMLPlotViewNode")
+            view.SetSingletonTag(TRAINING_PLOT_TAG)
+            view.SetName(self.scene.GenerateUniqueName("MedAnalysis training plot view"))
+            view.SetLayoutName(TRAINING_PLOT_TAG)
+            view.SetHideFromEditors(True)
+            view = self.scene.AddNode(view)
         view.SetDoPropagatePlotChartSelection(False)
-        view.SetAndObserveParentLayoutNodeID(layout.GetID())
-        view.SetHideFromEditors(True)
-        return self.scene.AddNode(view)
+        if view.GetParentLayoutNode() is not owner:
+            view.SetAndObserveParentLayoutNodeID(owner.GetID())
+        return view
 
     def showTrainingCurves(self, chartNode) -> None:
         """Show ``chartNode`` in the panel's training-curve view (and nowhere else)."""

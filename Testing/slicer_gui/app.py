@@ -75,20 +75,29 @@ class qSlicerLayoutManager(PythonQtObject, QtCore.QObject):  # noqa: N801 - Slic
     OFFERS = Offers(signals={"layoutChanged(int)": "layoutChanged"}, slots=("setLayout(int)",),
                     properties=("layout",))
 
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, scene: Any = None) -> None:
         super().__init__()
-        self._calls, self._layout = calls, slicer.vtkMRMLLayoutNode.SlicerLayoutInitialView
+        self._calls, self._scene = calls, scene
+        self._layout = slicer.vtkMRMLLayoutNode.SlicerLayoutInitialView
+
+    def _layout_node(self) -> Any:
+        return self._scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode") if self._scene else None
 
     @property
     def layout(self) -> int:
-        return self._layout
+        node = self._layout_node()
+        return node.GetViewArrangement() if node is not None else self._layout
 
     @layout.setter
     def layout(self, value: int) -> None:
         self.setLayout(value)
 
     def setLayout(self, layout: int) -> None:  # noqa: N802
+        """Like qMRMLLayoutManager::setLayout: the scene's layout node gets the arrangement."""
         self._calls.append(("setLayout", {"layout": int(layout)}))
+        node = self._layout_node()
+        if node is not None:
+            node.SetViewArrangement(int(layout))
         if int(layout) != self._layout:
             self._layout = int(layout)
             self.layoutChanged.emit(self._layout)
@@ -105,7 +114,7 @@ class qSlicerApplication:  # noqa: N801
         version = importlib.metadata.version("slicer-core").split(".")
         self.majorVersion, self.minorVersion = int(version[0]), int(version[1])
         self._bundle, self._calls = scene_bundle, calls
-        self._layout_manager = qSlicerLayoutManager(calls)
+        self._layout_manager = qSlicerLayoutManager(calls, getattr(scene_bundle, "scene", None))
 
     def processEvents(self) -> None:  # noqa: N802 - Slicer's name
         QtWidgets.QApplication.processEvents()
