@@ -19,11 +19,9 @@ traceback. Keep its syntax and standard-library use within Python 3.9 (a test ch
 from __future__ import annotations
 
 import logging
-import math
 import pathlib
 import sys
 import tempfile
-import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -84,6 +82,7 @@ if UNSUPPORTED_REASON is None:
     from MedAnalysisSlicerLib.installer import PackageInstaller
     from MedAnalysisSlicerLib.jobs import MedAnalysisJob
     from MedAnalysisSlicerLib.logic import SceneLogic, pathText
+    from MedAnalysisSlicerLib.messages import errorText, pipErrorText, repairStoredParameters
 else:  # an older Slicer: the module loads and its panel says why it cannot run; nothing else is imported
     MedAnalysisError = Exception
 
@@ -324,7 +323,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            repairStoredParameters(self._parameterNode.parameterNode)
+            repairStoredParameters(self._parameterNode.parameterNode, MedAnalysisParameterNode)
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
             self.updateGUI()
@@ -351,7 +350,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as error:  # noqa: BLE001 - a bad bundle is shown, never raised from a slot
                 self.ui.labelsTableWidget.setRowCount(0)
                 self.ui.modelCardLabel.setTextFormat(qt.Qt.PlainText)
-                self.ui.modelCardLabel.setText(_("Cannot use this bundle: {error}").format(error=_errorText(error)))
+                self.ui.modelCardLabel.setText(_("Cannot use this bundle: {error}").format(error=errorText(error)))
             else:
                 self._modelCard = card
                 self.ui.modelCardLabel.setTextFormat(qt.Qt.RichText)
@@ -635,7 +634,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 outcome = self.logic.installer.install(missing)
         except Exception as error:  # noqa: BLE001 - pip's own message, shown in the panel
             self._showError(statusLabel, _("Installing the Python packages failed: {error}").format(
-                error=_pipErrorText(error)))
+                error=pipErrorText(error)))
             return False
         if not outcome.succeeded:
             self._showError(statusLabel, _("pip finished, but these packages are still not installed: {packages}. "
@@ -712,7 +711,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showError(self, label, error):
         label.setStyleSheet("color: #c0392b;")
-        label.setText(_errorText(error))
+        label.setText(errorText(error))
         if not isinstance(error, (MedAnalysisError, OSError, str)):
             logging.error("MedAnalysis failed", exc_info=error)
 
@@ -736,62 +735,6 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.applicationLogic().PropagateTableSelection()
         if chart:
             slicer.modules.plots.logic().ShowChartInLayout(chart)
-
-
-def _errorText(error):
-    """What the panel shows for a failure: the library's own message, else the exception's class and text."""
-    if isinstance(error, str):
-        return error
-    if isinstance(error, MedAnalysisError):
-        return str(error)
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    return f"{type(error).__name__}: {error}"
-
-
-def _pipErrorText(error):
-    """pip's own message: the last lines it printed, or where Slicer showed them."""
-    lines = []
-    for stream in (getattr(error, "stderr", None), getattr(error, "output", None)):
-        if isinstance(stream, bytes):
-            stream = stream.decode("utf-8", "replace")
-        if isinstance(stream, str):
-            lines += [line for line in stream.strip().splitlines() if line.strip()]
-    if lines:
-        return "\n".join(lines[-6:])
-    return _("{error} (pip's log is in the window Slicer showed and in the Python console)").format(
-        error=_errorText(error))
-
-
-def repairStoredParameters(mrmlNode):
-    """Make a parameter node from a saved scene (an earlier release, or edited by hand) showable by the panel.
-
-    A stored choice the widgets do not offer makes Slicer's GUI connection raise, and a number outside its range
-    would run as it is: such values go back to their defaults (the first choice; the nearest bound) before the GUI
-    is connected. The earlier test-time augmentation checkbox ("True"/"False") becomes "on"/"bundle default".
-    """
-    try:
-        hints = typing.get_type_hints(MedAnalysisParameterNode, include_extras=True)
-    except Exception:  # noqa: BLE001 - without the annotations there is nothing to check against
-        return
-    legacy = {("testTimeAugmentation", "True"): "on", ("testTimeAugmentation", "False"): "bundle default"}
-    for name, hint in hints.items():
-        raw = mrmlNode.GetParameter(name)
-        if not raw:
-            continue
-        for rule in getattr(hint, "__metadata__", ()):
-            choices = getattr(rule, "choices", None)
-            if choices is not None and raw not in [str(choice) for choice in choices]:
-                mrmlNode.SetParameter(name, legacy.get((name, raw), str(choices[0])))
-            low, high = getattr(rule, "minimum", None), getattr(rule, "maximum", None)
-            if low is not None and high is not None:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = math.nan
-                repaired = min(max(value, low), high) if math.isfinite(value) else low
-                if repaired != value:
-                    mrmlNode.SetParameter(name, str(int(repaired) if typing.get_args(hint)[0] is int else repaired))
 
 
 # =================================================================================================== self-test

@@ -276,3 +276,12 @@ def test_pyproject_license_is_the_spdx_expression():
     assert len(setuptools) == 1
     floor = re.search(r">=\s*(\d+)", setuptools[0])
     assert floor and int(floor[1]) >= 77, setuptools[0]
+
+
+def test_the_module_cmake_lists_every_file_of_the_module_library():
+    """slicerMacroBuildScriptedModule installs only the scripts it is given: a file missing there is missing in the
+    extension package (ImportError in Slicer) while a source checkout works."""
+    cmake = (PROJECT_ROOT / "MedAnalysis" / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"\$\{MODULE_NAME\}SlicerLib/(\w+\.py)", cmake))
+    present = {path.name for path in (PROJECT_ROOT / "MedAnalysis" / "MedAnalysisSlicerLib").glob("*.py")}
+    assert listed == present, f"MedAnalysis/CMakeLists.txt lists {sorted(listed)}, the folder has {sorted(present)}"

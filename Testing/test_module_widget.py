@@ -554,7 +554,9 @@ def test_values_from_an_older_or_edited_scene_are_repaired_before_the_panel_show
 
     stored = slicer.vtkMRMLScriptedModuleNode()  # as a scene saved by the release with the checkbox holds it
     stored.SetParameter("testTimeAugmentation", "True")
-    module.repairStoredParameters(stored)
+    from MedAnalysisSlicerLib.messages import repairStoredParameters
+
+    repairStoredParameters(stored, module.MedAnalysisParameterNode)
     assert stored.GetParameter("testTimeAugmentation") == "on"
 
 
