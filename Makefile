@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/medanalysis demo --out demo-output
+	$(BIN)/medanalysis demo --out demo-output --overwrite
 
 demo-quick: $(STAMP)
-	$(BIN)/medanalysis demo --quick --out demo-output
+	$(BIN)/medanalysis demo --quick --out demo-output --overwrite
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -555,11 +555,19 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             data = pathText(params.trainingDatasetPath)
         modality = None if params.trainingModality == "from the volumes" else params.trainingModality
+        output = pathText(params.trainingOutputPath)
+        overwrite = self.logic.finishedBundleAt(output)
+        if overwrite and not slicer.util.confirmOkCancelDisplay(
+                _("A trained model bundle is already at {path}. Train again and replace it?").format(path=output),
+                windowTitle=_("Replace the bundle")):
+            self._showStatus(self.ui.trainingStatusLabel, _("Not started: the bundle at {path} is kept.").format(
+                path=output))
+            return
         try:
             with slicer.util.WaitCursor():
-                job = self.logic.train(data, pathText(params.trainingOutputPath), task=params.trainingTask,
+                job = self.logic.train(data, output, task=params.trainingTask,
                                        family=params.trainingFamily, epochs=params.trainingEpochs,
-                                       resume=params.resumeTraining, modality=modality,
+                                       resume=params.resumeTraining, modality=modality, overwrite=overwrite,
                                        extraArguments=self.logic.parseTrainingOptions(params.trainingOptions),
                                        background=True)
         except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
@@ -585,9 +593,17 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensureDependencies(self.ui.evaluationStatusLabel):
             return
         params = self._parameterNode
+        report = pathText(params.evaluationOutputPath)
+        overwrite = self.logic.evaluationAt(report)
+        if overwrite and not slicer.util.confirmOkCancelDisplay(
+                _("{path} already holds an evaluation report. Replace it?").format(path=report),
+                windowTitle=_("Replace the report")):
+            self._showStatus(self.ui.evaluationStatusLabel, _("Not started: the report in {path} is kept.").format(
+                path=report))
+            return
         try:
             job = self.logic.evaluate(pathText(params.bundlePath), pathText(params.evaluationDatasetPath),
-                                      pathText(params.evaluationOutputPath), labelMap=params.evaluationLabelMap,
+                                      report, labelMap=params.evaluationLabelMap, overwrite=overwrite,
                                       background=True)
         except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
             self._showError(self.ui.evaluationStatusLabel, error)

@@ -115,6 +115,7 @@ def test_requirement_checks_use_installed_versions():
     assert requirementSatisfied("numpy>=1.20")
     assert not requirementSatisfied("numpy>=999")
     assert not requirementSatisfied("no-such-package-medanalysis>=1")
+    assert requirementSatisfied("numpy>=1.20,<999") and not requirementSatisfied("numpy>=1.20,<1.21")  # ceilings
     assert requirementName("keras>=3.12") == "keras" and requirementName("pylibjpeg[all]>=2") == "pylibjpeg"
 
 

@@ -311,6 +311,19 @@ def test_train_from_scene_pairs_with_live_curves_then_evaluate(panel, slicer_gui
     metrics = {row["metric"] for row in adapter.rows_from_table_node(widget.logic.lastOutputs["table"])}
     assert any(name.startswith("dice") for name in metrics)
 
+    # Again into the same places: the panel asks before replacing either (the command line would refuse).
+    slicer_gui.dialogs.expect("confirmOkCancelDisplay", False, contains="already holds an evaluation report")
+    ui.evaluateButton.click()
+    assert widget._job is None and ui.evaluationStatusLabel.text().startswith("Not started: the report")
+    slicer_gui.dialogs.expect("confirmOkCancelDisplay", False, contains="A trained model bundle is already at")
+    ui.trainButton.click()
+    assert widget._job is None and ui.trainingStatusLabel.text().startswith("Not started: the bundle")
+    slicer_gui.dialogs.expect("confirmOkCancelDisplay", True, contains="already holds an evaluation report")
+    ui.evaluateButton.click()
+    assert "--overwrite" in widget._job.worker.argv
+    wait_for_job(widget)
+    assert ui.evaluationStatusLabel.text().startswith("Done in"), ui.evaluationStatusLabel.text()
+
 
 def test_invalid_training_options_are_refused_before_anything_starts(panel, slicer_gui, tmp_path):  # noqa: F811
     module, widget = panel

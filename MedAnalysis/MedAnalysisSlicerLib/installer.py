@@ -201,9 +201,13 @@ def versionTuple(text: str) -> tuple[int, ...]:
 
 
 def requirementSatisfied(requirement: str) -> bool:
-    """True when the distribution is installed at or above a ``>=`` floor (the only specifier our files use)."""
+    """True when the distribution is installed at or above its ``>=`` floor and below its ``<`` ceiling (the only
+    specifiers our files use; keras has a ceiling, see MedAnalysisLib/keras_compat.py)."""
     installed = installedVersion(requirementName(requirement))
     if installed is None:
         return False
+    version = versionTuple(installed)
     floor = re.search(r">=\s*([^,;\s]+)", requirement)
-    return floor is None or versionTuple(installed) >= versionTuple(floor.group(1))
+    ceiling = re.search(r"<(?!=)\s*([^,;\s]+)", requirement)
+    return ((floor is None or version >= versionTuple(floor.group(1)))
+            and (ceiling is None or version < versionTuple(ceiling.group(1))))

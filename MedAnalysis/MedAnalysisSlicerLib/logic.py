@@ -248,7 +248,7 @@ class SceneLogic:
 
     def train(self, data, outputBundlePath: str, *, task: str = "segmentation", family: str = "unet3d",
               epochs: int = 50, resume: bool = True, extraArguments: Sequence[str] = (), background: bool = True,
-              modality: str | None = None):
+              modality: str | None = None, overwrite: bool = False):
         """Train a model and write a bundle.
 
         Args:
@@ -258,6 +258,7 @@ class SceneLogic:
             outputBundlePath: Bundle folder or .zip to write.
             task, family, epochs: What to train (see ``medanalysis train --help``).
             resume: Continue from the checkpoint of an earlier, interrupted run of the same output.
+            overwrite: Replace a finished bundle at ``outputBundlePath`` (otherwise refused, as on the command line).
             modality: For scene pairs: the volumes' modality ("CT", "MR", ...) when they do not carry one (volumes
                 loaded from NIfTI or NRRD do not); it chooses the intensity normalisation.
             extraArguments: More ``medanalysis train`` options, e.g. ``["--hparam", "base_filters=8"]``.
@@ -277,6 +278,8 @@ class SceneLogic:
                 "--epochs", str(int(epochs)), *extraArguments]
         if not resume:
             argv.append("--no-resume")
+        if overwrite:
+            argv.append("--overwrite")
         if background:
             return MedAnalysisJob("train", WorkerJob(argv, python=self.python),
                                   {"bundlePath": str(outputBundlePath)})
@@ -285,6 +288,18 @@ class SceneLogic:
 
         return train(load_dataset(datasetPath), task=task, family=family, out=outputBundlePath, epochs=int(epochs),
                      resume=resume)
+
+    @staticmethod
+    def finishedBundleAt(path) -> bool:
+        """True when ``path`` holds a finished bundle (a .zip, or a folder with bundle.json/ensemble.json)."""
+        location = Path(pathText(path))
+        return bool(pathText(path)) and (location.is_file() or any(
+            (location / name).is_file() for name in BUNDLE_FILES))
+
+    @staticmethod
+    def evaluationAt(folder) -> bool:
+        """True when ``folder`` holds an earlier evaluation report."""
+        return bool(pathText(folder)) and any((Path(pathText(folder)) / name).is_file() for name in EVALUATION_FILES)
 
     @staticmethod
     def trainingPairsProblem(volumes: Sequence, segmentations: Sequence) -> str | None:
@@ -390,7 +405,7 @@ class SceneLogic:
         return next(iter(carried)) if carried else chosen
 
     def evaluate(self, bundlePath: str, datasetPath: str, outputFolder: str, *, background: bool = True,
-                 bootstrap: int = 1000, figures: bool = True, labelMap: str = ""):
+                 bootstrap: int = 1000, figures: bool = True, labelMap: str = "", overwrite: bool = False):
         """Evaluate a bundle on labelled data (MSD folder or CSV manifest); the summary becomes a table node.
 
         Writes per-case metrics (``per_case.csv``), ``summary.json`` (means with bootstrap 95% intervals) and
@@ -412,6 +427,8 @@ class SceneLogic:
             argv = ["evaluate", str(bundlePath), str(datasetPath), "--out", str(outputFolder),
                     "--bootstrap", str(int(bootstrap))]
             argv += [f"--label-map={left}={right}" for left, right in pairs.items()]
+            if overwrite:
+                argv.append("--overwrite")
             if not figures:
                 argv.append("--no-figures")
             return MedAnalysisJob("evaluate", WorkerJob(argv, python=self.python), {"outputFolder": str(outputFolder)})
@@ -718,7 +735,10 @@ def datasetLocation(path) -> str:
 
 
 #: Options of ``medanalysis train`` that the panel and :meth:`SceneLogic.train` set themselves.
-OWN_TRAINING_OPTIONS = ("--task", "--model", "--out", "--epochs", "--no-resume", "--progress", "-h", "--help")
+OWN_TRAINING_OPTIONS = ("--task", "--model", "--out", "--epochs", "--no-resume", "--overwrite", "--progress", "-h",
+                        "--help")
+#: What an earlier evaluation leaves in its folder (``medanalysis evaluate`` refuses to replace it unasked).
+EVALUATION_FILES = ("per_case.csv", "summary.json", "summary.txt")
 
 
 def _namesOwnOption(name: str) -> bool:
