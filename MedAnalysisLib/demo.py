@@ -227,7 +227,7 @@ def run_demo(
         The :class:`DemoSummary`, also written to ``out/summary.json`` and ``out/summary.txt``.
     """
     # Heavy modules (TensorFlow behind training and inference) are imported when the demo runs, not on import.
-    from MedAnalysisLib.bundle import LabelInfo, load_bundle
+    from MedAnalysisLib.bundles import LabelInfo, load_bundle
     from MedAnalysisLib.data.datasets import load_dataset
     from MedAnalysisLib.evaluation import figures
     from MedAnalysisLib.evaluation.metrics import dice as dice_score

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -119,11 +120,8 @@ class Reporter:
         if self.mode == "jsonl":
             self._emit({"type": "progress", "stage": stage, "fraction": fraction, "eta_s": eta, "message": message, **extra})
         elif self.mode == "bar":
-            width = 30
-            filled = int(round(width * fraction))
             eta_text = f" ETA {format_duration(eta)}" if eta is not None else ""
-            sys.stderr.write(f"\r{stage:>10} [{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%}{eta_text} "
-                             f"{redact(message)[:40]:<40}")
+            sys.stderr.write("\r" + format_bar(stage, fraction, eta_text, redact(message), terminal_columns()))
             if fraction >= 1:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -157,6 +155,34 @@ class Reporter:
             self._emit({"type": "error", "error_type": type(error).__name__, "message": str(error)})
         else:
             print(f"error: {redact(error)}", file=sys.stderr, flush=True)
+
+
+def terminal_columns() -> int:
+    """Width of the terminal the bar is drawn on: ``COLUMNS`` when set, else stderr's terminal, else stdout's, else
+    80 (:func:`shutil.get_terminal_size` asks stdout only, which is often redirected while stderr is not)."""
+    if not os.environ.get("COLUMNS", "").strip().isdigit():
+        try:
+            columns = os.get_terminal_size(sys.stderr.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        if columns > 0:
+            return columns
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def format_bar(stage: str, fraction: float, eta_text: str, message: str, columns: int) -> str:
+    """One bar line that fits ``columns`` (one column is left free, so terminals never wrap it): stage, a bar of up
+    to 30 cells, percentage, ETA, then as much of the message as fits; padded so it overwrites a longer line."""
+    room = max(columns - 1, 1)
+    head = f"{stage:>10} "
+    tail = f" {fraction:6.1%}{eta_text}"
+    cells = min(30, room - len(head) - len(tail) - 2 - 12)  # keep at least 12 columns for the message
+    bar = ""
+    if cells >= 5:
+        filled = int(round(cells * fraction))
+        bar = f"[{'#' * filled}{'.' * (cells - filled)}]"
+    line = f"{head}{bar}{tail} {message}"
+    return line[:room].ljust(room)
 
 
 def format_duration(seconds: float | None) -> str:

@@ -13,7 +13,7 @@ Conventions:
   parent item) in the subject hierarchy.
 
 Labels are described by objects with ``value``, ``name``, ``color`` ((r, g, b) integers 0-255) and ``terminology``
-attributes (``MedAnalysisLib.bundle.LabelInfo``), or by dicts with the same keys.
+attributes (``MedAnalysisLib.bundles.LabelInfo``), or by dicts with the same keys.
 """
 
 from __future__ import annotations

@@ -32,12 +32,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from MedAnalysisLib.errors import InputError
-
-if TYPE_CHECKING:
-    from MedAnalysisLib.bundle import LabelInfo
+from MedAnalysisLib.labels import LabelInfo
+from MedAnalysisLib.labels import default_color as palette_color
 
 Code = tuple[str, str, str]  # (scheme designator, code value, code meaning)
 
@@ -307,10 +306,8 @@ def describe_terminology(terminology: Mapping[str, Any] | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- labels
 def coded_label(value: int, name: str, default_color: tuple[int, int, int]) -> LabelInfo:
-    """A :class:`~MedAnalysisLib.bundle.LabelInfo` with the table's terminology and colour when the name is known
+    """A :class:`~MedAnalysisLib.labels.LabelInfo` with the table's terminology and colour when the name is known
     (background value 0: no terminology, black)."""
-    from MedAnalysisLib.bundle import LabelInfo
-
     if value == 0:
         return LabelInfo(0, name, (0, 0, 0))
     found = lookup(name)
@@ -323,9 +320,7 @@ def coded_label(value: int, name: str, default_color: tuple[int, int, int]) -> L
 _LABEL_KEYS = {"value", "name", "color", "terminology"}
 
 
-def _label_entry(raw: Any, where: str, default_color: tuple[int, int, int]) -> LabelInfo:
-    from MedAnalysisLib.bundle import LabelInfo
-
+def _label_entry(raw: Any, where: str, fallback_color: tuple[int, int, int]) -> LabelInfo:
     if not isinstance(raw, Mapping):
         raise InputError(f"expected {where} as an object with 'value' and 'name', got {raw!r}")
     unknown = sorted(set(raw) - _LABEL_KEYS)
@@ -354,14 +349,12 @@ def _label_entry(raw: Any, where: str, default_color: tuple[int, int, int]) -> L
         terminology, recommended = found if found is not None else (None, None)
     else:
         terminology = normalize_terminology(given, name)
-    chosen = tuple(color) if color is not None else (0, 0, 0) if value == 0 else recommended or default_color
+    chosen = tuple(color) if color is not None else (0, 0, 0) if value == 0 else recommended or fallback_color
     return LabelInfo(value, name.strip(), chosen, terminology)  # type: ignore[arg-type]
 
 
 def parse_labels(data: Any, where: str = "the labels") -> tuple[LabelInfo, ...]:
     """Labels from the JSON forms :func:`read_labels_file` reads (already parsed), sorted by value."""
-    from MedAnalysisLib.bundle import DEFAULT_COLORS
-
     if isinstance(data, Mapping) and set(data) == {"labels"}:
         data = data["labels"]
     if isinstance(data, Mapping):  # {"1": "liver"} or {"1": {"name": ..., "color": ...}}
@@ -376,9 +369,8 @@ def parse_labels(data: Any, where: str = "the labels") -> tuple[LabelInfo, ...]:
     labels = []
     for number, raw in enumerate(data):
         value = raw.get("value") if isinstance(raw, Mapping) else None
-        default = DEFAULT_COLORS[(value - 1) % len(DEFAULT_COLORS)] if isinstance(value, int) and value > 0 else (
-            0, 0, 0)
-        labels.append(_label_entry(raw, f"entry {number} of {where}", default))
+        palette = palette_color(value) if isinstance(value, int) and value > 0 else (0, 0, 0)
+        labels.append(_label_entry(raw, f"entry {number} of {where}", palette))
     values = [label.value for label in labels]
     duplicates = sorted({v for v in values if values.count(v) > 1})
     if duplicates:

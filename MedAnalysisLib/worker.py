@@ -64,6 +64,8 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 #: How many stderr lines are kept to explain a failure that sent no ``error`` message.
 STDERR_TAIL_LINES = 40
+#: How long :meth:`WorkerJob.cancel` waits for the readers to drain the ended child's output.
+READER_JOIN_S = 5.0
 
 
 class WorkerJob:
@@ -173,10 +175,6 @@ class WorkerJob:
     def running(self) -> bool:
         """True until the child has exited *and* all its output has been read."""
         return self._process.poll() is None or any(reader.is_alive() for reader in self._readers)
-
-    @property
-    def succeeded(self) -> bool:
-        return not self.running and self.returncode == 0 and self.result is not None
 
     @property
     def elapsed_s(self) -> float:
@@ -318,6 +316,8 @@ class WorkerJob:
             self.kill()
         self._close_stdin()
         self._remove_stop_dir()
+        for reader in self._readers:  # the child's last lines are read, so `running` is False once this returns
+            reader.join(READER_JOIN_S)
         return self._process.returncode
 
     def kill(self, known_descendants: Sequence[int] = ()) -> None:

@@ -40,7 +40,7 @@ def train_cube_bundle(path: Path, *, steps: int = 60, seed: int = 0, name: str =
     """
     import keras
 
-    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, save_bundle
+    from MedAnalysisLib.bundles import BundleConfig, LabelInfo, save_bundle
     from MedAnalysisLib.models import build_training_model
     from MedAnalysisLib.preprocessing.transforms import normalize
 
@@ -107,7 +107,7 @@ def train_classifier_bundle(path: Path, family: str, *, steps: int = 0, seed: in
     """
     import keras
 
-    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, save_bundle
+    from MedAnalysisLib.bundles import BundleConfig, LabelInfo, save_bundle
     from MedAnalysisLib.models import build_training_model
     from MedAnalysisLib.preprocessing.transforms import normalize
 

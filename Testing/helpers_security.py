@@ -60,7 +60,7 @@ def make_tiny_bundle(path: Path) -> Path:
     but it runs the whole prediction and writing path in well under a second per small case."""
     from helpers_inference import make_cube_plan
 
-    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, save_bundle
+    from MedAnalysisLib.bundles import BundleConfig, LabelInfo, save_bundle
     from MedAnalysisLib.models import build_model
 
     hparams = {"n_classes": 2, "in_channels": 1, "patch_size": [16, 16, 16], "filters": [4, 8], "norm": "batch"}

@@ -161,7 +161,7 @@ class Loader(QUiLoader):
 def example_card():
     """A bundle configuration like the self-test's segmentation bundle (no weights needed for the model card)."""
     sys.path.insert(0, str(PROJECT_ROOT))
-    from MedAnalysisLib.bundle import BundleConfig, LabelInfo
+    from MedAnalysisLib.bundles import BundleConfig, LabelInfo
     from MedAnalysisLib.preprocessing.plan import Plan
 
     liver = {"category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},

@@ -57,7 +57,7 @@ def test_bundle_of_a_compiled_model_holds_weights_only_and_loads(tmp_path: Path)
     import keras
     import numpy as np
 
-    from MedAnalysisLib.bundle import BundleConfig, LabelInfo, load_bundle, save_bundle
+    from MedAnalysisLib.bundles import BundleConfig, LabelInfo, load_bundle, save_bundle
     from MedAnalysisLib.models import build_model
     from MedAnalysisLib.preprocessing.plan import Plan
 
@@ -106,7 +106,7 @@ def test_slice_cnn_learns_per_slice_foreground_targets_from_label_maps(tmp_path:
     """A slice classifier trained on a segmentation dataset (label maps, no class targets) predicts, per slice,
     whether the slice holds foreground: classes "absent"/"present", validation on every slice of the held-out
     cases with its own per-slice target."""
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
     from MedAnalysisLib.inference.predict import predict
     from MedAnalysisLib.io import load_volume
     from MedAnalysisLib.training import train
@@ -172,7 +172,7 @@ def test_sequence_model_on_label_maps_selects_epochs_on_per_slice_loss(tmp_path:
     """cnn_rnn trained on label maps: every scan holds foreground, so the scan AUC is undefined (Keras reports 0
     and the first epoch would always be kept); the best epoch is chosen on the per-slice validation loss (the
     per-slice AUC saturates early, before the probabilities are calibrated)."""
-    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.bundles import read_bundle_config
     from MedAnalysisLib.training import train
 
     root = _box_msd(tmp_path / "boxes")
@@ -242,7 +242,7 @@ def test_monitor_last_and_runs_without_validation_keep_the_final_epoch(tmp_path:
 def test_training_on_every_case_keeps_the_final_epoch(tmp_path: Path) -> None:
     """``val_fraction=0`` trains on every case; with nothing to choose an epoch on, the bundle holds the final epoch
     and says so in its provenance."""
-    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.bundles import read_bundle_config
     from MedAnalysisLib.training import train
 
     root = _box_msd(tmp_path / "boxes")
@@ -276,7 +276,7 @@ def test_train_command_refuses_bad_augmentation_or_monitor_before_training(tmp_p
 def test_ct_bundle_crops_to_the_body_in_training_and_in_prediction(shared_data: Path, tmp_path: Path) -> None:
     """``medanalysis train`` on real CT slices plans the body crop, the bundle carries it, and prediction applies it
     (the prepared slice shows the patient, not the air and table of the whole field of view)."""
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
     from MedAnalysisLib.cli import main
     from MedAnalysisLib.inference.predict import predict
     from MedAnalysisLib.io import load_volume

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers_models import tiny_plan
 
-from MedAnalysisLib.bundle import (
+from MedAnalysisLib.bundles import (
     BundleConfig,
     LabelInfo,
     copy_with_inference_defaults,
@@ -97,7 +97,7 @@ def test_config_json_round_trip_and_validation() -> None:
 
 def test_read_bundle_config_does_not_import_tensorflow(saved: tuple) -> None:
     folder, archive, *_ = saved
-    code = ("import sys; from MedAnalysisLib.bundle import read_bundle_config; "
+    code = ("import sys; from MedAnalysisLib.bundles import read_bundle_config; "
             f"c = read_bundle_config({str(archive)!r}); d = read_bundle_config({str(folder)!r}); "
             "print(c.family, d.name, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)

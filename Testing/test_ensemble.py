@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from helpers_inference import cube_volume, shared_cube_bundle, train_classifier_bundle, train_cube_bundle
 
-from MedAnalysisLib.bundle import load_bundle, read_bundle_config
+from MedAnalysisLib.bundles import ENSEMBLE_FILE, LoadedEnsemble, load_bundle, make_ensemble, read_bundle_config
 from MedAnalysisLib.cli import main as cli_main
-from MedAnalysisLib.ensemble import ENSEMBLE_FILE, LoadedEnsemble, make_ensemble
 from MedAnalysisLib.errors import BundleError
 from MedAnalysisLib.inference.predict import predict
 from MedAnalysisLib.io import write_volume

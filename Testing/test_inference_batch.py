@@ -59,7 +59,7 @@ def test_discovery_of_files_dicom_series_and_duplicates(tmp_path: Path) -> None:
 
 
 def test_resume_and_a_bad_case_in_the_middle(tmp_path: Path) -> None:
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
 
     cases = tmp_path / "cases"
     write_cases(cases, 3)
@@ -180,7 +180,7 @@ def test_dicom_seg_needs_are_checked_before_any_work_and_cost_no_other_format(
 def test_a_bundle_that_cannot_give_a_format_is_refused_before_any_case(tmp_path: Path) -> None:
     from helpers_inference import train_classifier_bundle
 
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
 
     write_cases(tmp_path / "cases", 2)
     bundle = load_bundle(train_classifier_bundle(tmp_path / "classifier", "cnn3d"))

@@ -18,7 +18,7 @@ from MedAnalysisLib.volume import Volume
 
 @pytest.fixture(scope="module")
 def cnn3d_bundle(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
 
     return load_bundle(train_classifier_bundle(tmp_path_factory.mktemp("b") / "cnn3d", "cnn3d", steps=40))
 
@@ -83,7 +83,7 @@ def test_slice_classifier_tta_averages_the_flipped_slices(family: str, tmp_path:
     prepared slice (class scores are not flipped back); ``tta=False`` is the model on the slices as they are."""
     import keras
 
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
     from MedAnalysisLib.preprocessing.transforms import prepare_slices
 
     loaded = load_bundle(train_classifier_bundle(tmp_path / family, family))

@@ -14,7 +14,7 @@ from MedAnalysisLib.volume import Volume
 
 @pytest.fixture(scope="module")
 def bundle():  # noqa: ANN201
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
 
     return load_bundle(shared_cube_bundle())
 

@@ -10,7 +10,7 @@ import pytest
 from helpers_inference import shared_cube_bundle
 from helpers_io import CANARIES, write_dicom_series
 
-from MedAnalysisLib.bundle import LabelInfo
+from MedAnalysisLib.bundles import LabelInfo
 from MedAnalysisLib.inference.writers import write_dicom_seg, write_prediction
 from MedAnalysisLib.io import load_volume, read_volume
 from MedAnalysisLib.volume import rotation_about_axis, same_geometry
@@ -73,7 +73,7 @@ def test_dicom_seg_refuses_a_label_on_another_grid(tmp_path: Path) -> None:
 def test_all_outputs_of_a_dicom_case(tmp_path: Path) -> None:
     import SimpleITK as sitk
 
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
     from MedAnalysisLib.inference.predict import predict
 
     oblique_series(tmp_path / "series")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from MedAnalysisLib.bundle import CONFIG_FILE, WEIGHTS_FILE, BundleConfig, load_bundle, read_bundle_config
+from MedAnalysisLib.bundles import CONFIG_FILE, WEIGHTS_FILE, BundleConfig, load_bundle, read_bundle_config
 from MedAnalysisLib.errors import BundleError, UnsafeArchiveError
 from MedAnalysisLib.safe_archive import safe_extract
 
@@ -35,7 +35,7 @@ def bundle_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete, valid bundle folder (built once per module; tests copy it before changing anything)."""
     from helpers_inference import make_cube_plan
 
-    from MedAnalysisLib.bundle import LabelInfo, save_bundle
+    from MedAnalysisLib.bundles import LabelInfo, save_bundle
     from MedAnalysisLib.models import build_model
 
     config = BundleConfig(

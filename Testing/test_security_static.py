@@ -96,7 +96,7 @@ def _modules() -> list[Path]:
 
 def test_the_package_has_modules_to_check() -> None:
     modules = _modules()
-    assert ARCHIVE_MODULE in modules and (ROOT / "MedAnalysisLib" / "bundle.py") in modules
+    assert ARCHIVE_MODULE in modules and (ROOT / "MedAnalysisLib" / "bundles" / "single.py") in modules
     assert len(modules) > 40
 
 

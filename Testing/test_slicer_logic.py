@@ -82,7 +82,7 @@ def test_labelmap_output_with_probabilities_and_reuse_of_the_chosen_node(scene, 
 
 
 def test_an_ensemble_bundle_segments_like_its_members(scene, bundles, tmp_path):
-    from MedAnalysisLib.ensemble import make_ensemble
+    from MedAnalysisLib.bundles import make_ensemble
 
     segmentation_bundle, _ = bundles
     ensemble = make_ensemble([segmentation_bundle, segmentation_bundle], tmp_path / "organ-ensemble",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MedAnalysisLib.bundle import LabelInfo
+from MedAnalysisLib.bundles import LabelInfo
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.terminology import ENTRIES, coded_label, describe_terminology, lookup, read_labels_file
 
@@ -126,7 +126,7 @@ def test_training_labels_take_dataset_names_codes_and_a_labels_file() -> None:
 def test_model_card_says_which_labels_have_no_standard_code() -> None:
     from helpers_models import tiny_plan
 
-    from MedAnalysisLib.bundle import BundleConfig, bundle_summary
+    from MedAnalysisLib.bundles import BundleConfig, bundle_summary
 
     config = BundleConfig(
         name="m", task="segmentation", family="unet3d", hparams={"n_classes": 3}, plan=tiny_plan(label_values=(0, 1, 2)),
@@ -144,7 +144,7 @@ def test_a_bundle_trained_from_dataset_json_writes_a_seg_with_its_codes_and_colo
     a DICOM series as DICOM SEG, read the SEG back with highdicom: every segment has the bundle's code and colour."""
     import highdicom as hd
 
-    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.bundles import read_bundle_config
     from MedAnalysisLib.cli import main
     from MedAnalysisLib.io import read_volume
     from MedAnalysisLib.phantom import write_phantom_dataset, write_phantom_dicom

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers_models import free_port
 
-from MedAnalysisLib.bundle import load_bundle
+from MedAnalysisLib.bundles import load_bundle
 
 HELPER = Path(__file__).with_name("helpers_models.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers_models import TINY_UNET, segmentation_arrays, tiny_plan
 
-from MedAnalysisLib.bundle import load_bundle
+from MedAnalysisLib.bundles import load_bundle
 from MedAnalysisLib.errors import CancelledError, InputError
 from MedAnalysisLib.models import build_model
 from MedAnalysisLib.progress import Reporter, StopFlag
@@ -51,6 +51,10 @@ def test_training_writes_a_reproducible_bundle_with_log_provenance_and_progress(
     assert set(training["final_metrics"]) >= {"loss", "mean_dice", "val_loss", "val_mean_dice"}
     assert training["library_versions"]["keras"].startswith("3.")
     assert "CPU" in training["device"]
+    assert training["intra_op_threads"] >= 1 and training["deterministic"] is False
+    from MedAnalysisLib.bundles import bundle_summary
+
+    assert f"intra_op_threads={training['intra_op_threads']}" in bundle_summary(loaded.config)
     rows = list(csv.DictReader(io.StringIO((loaded.directory / "training_log.csv").read_text())))
     assert [row["epoch"] for row in rows] == ["1"]
     assert float(rows[0]["val_mean_dice"]) == pytest.approx(result.metrics["val_mean_dice"])

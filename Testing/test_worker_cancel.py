@@ -147,7 +147,7 @@ def test_end_of_file_on_stdin_is_not_a_cancel(phantom_data, tmp_path):
     job._process.stdin.close()  # the parent closes the pipe: the child's watcher sees EOF and just ends
     follow(job)
     assert job.returncode == 0, job.stderr_tail
-    assert job.succeeded and job.error is None and not job.cancelled
+    assert job.result is not None and job.error is None and not job.cancelled
     assert Path(job.result["bundle"]) == out and out.exists()
     job.request_stop()  # stdin already closed and the child ended: still no error
 

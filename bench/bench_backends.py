@@ -11,7 +11,7 @@ training step of the benchmark configurations (on a GPU where there is one). Two
        .venv/bin/python bench/bench_backends.py export bench/output/backends
 
 2. ``check`` (any backend, e.g. JAX on a GPU; needs keras, numpy and h5py, not TensorFlow or SimpleITK): loads
-   each bundle with :func:`MedAnalysisLib.bundle.load_bundle`, predicts the same inputs, and reports the largest
+   each bundle with :func:`MedAnalysisLib.bundles.load_bundle`, predicts the same inputs, and reports the largest
    probability difference and the share of equal labels; then times training steps in ``fit`` (the library's loss,
    optimizer and deep supervision, compiled by :mod:`MedAnalysisLib.training.runner`) and the forward pass for
    the configurations below, and, when PyTorch and MONAI are importable, MONAI's ``DynUNet`` of the same widths
@@ -94,7 +94,7 @@ def _outputs(model: Any, inputs: Any) -> dict[str, np.ndarray]:
 def export(folder: Path) -> int:
     import keras
 
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {"backend": keras.backend.backend(), "keras": keras.__version__, "entries": {}}
@@ -119,7 +119,7 @@ def export(folder: Path) -> int:
 
 def parity(folder: Path) -> dict[str, Any]:
     """Predict the exported inputs with this backend and compare with TensorFlow's predictions."""
-    from MedAnalysisLib.bundle import load_bundle
+    from MedAnalysisLib.bundles import load_bundle
 
     results = {}
     for name in json.loads((folder / "manifest.json").read_text())["entries"]:
@@ -177,7 +177,7 @@ TIMED = {
 def _timed_config(folder: Path, name: str) -> tuple[str, dict[str, Any], int, tuple[int, ...]]:
     """(family, hyper-parameters, batch, input shape without the batch axis) of a timed configuration, read from
     the exported bundle and its inputs so that the timing runs the benchmarks' own models."""
-    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.bundles import read_bundle_config
 
     source, changes, batch = TIMED[name]
     config = read_bundle_config(folder / source / "bundle")

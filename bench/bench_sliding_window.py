@@ -163,10 +163,11 @@ def prepare(args: argparse.Namespace) -> None:
 def run_medanalysis(args: argparse.Namespace) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
-    from MedAnalysisLib.inference.model_runner import configure_threads, keras_predict_fn
+    from MedAnalysisLib.inference.model_runner import keras_predict_fn
     from MedAnalysisLib.inference.sliding_window import make_grid, sliding_window_predict
+    from MedAnalysisLib.runtime import configure_threads
 
-    configure_threads()
+    configure_threads()  # the product's own thread configuration (training and load_bundle call the same)
     model = keras_unet()
     model.load_weights(OUT / "unet.weights.h5")
     image = np.load(OUT / "image.npy")

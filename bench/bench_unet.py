@@ -60,7 +60,9 @@ def run_keras(size: int, batch: int, repeats: int, precision: str) -> dict[str, 
 
     from MedAnalysisLib.losses import DiceCELoss
     from MedAnalysisLib.models import build_model
+    from MedAnalysisLib.runtime import configure_threads
 
+    configure_threads()  # the thread pools training and prediction use
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     model = build_model("unet3d", n_classes=N_CLASSES, patch_size=(size,) * 3, filters=FILTERS)

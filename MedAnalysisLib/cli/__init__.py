@@ -7,7 +7,13 @@ until a command runs, so ``medanalysis --help`` stays fast.
 Exit codes: 0 success, 2 bad input or refused bundle (a :class:`MedAnalysisError`), 3 cancelled (the line ``stop``
 on stdin from a parent that set ``MEDANALYSIS_STOP_ON_STDIN=1``, or the creation of the file named by
 ``MEDANALYSIS_STOP_FILE``, as the Slicer panel's Cancel does with both; or SIGTERM or Ctrl+C; see
-:mod:`MedAnalysisLib.progress`), 1 anything unexpected.
+:mod:`MedAnalysisLib.progress`), 1 anything unexpected, 141 stdout closed early (``medanalysis info B | head``: the
+command stops quietly, as the shell's own tools do on SIGPIPE).
+
+Before a command runs, its ``validate(args)`` hook (when its parser sets one) checks inputs and outputs, so a mistake
+is refused before TensorFlow is imported (:mod:`MedAnalysisLib.cli._validate`, which also states the overwrite
+policy every command follows); TensorFlow's start-up lines stay off stderr unless ``--verbose``
+(:mod:`MedAnalysisLib.cli._quiet`). Every ``--help`` shows the defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +34,38 @@ COMMAND_MODULES = ("dicom", "convert", "plan", "train", "info", "configure", "en
                    "demo")
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+#: Exit code when the reader of stdout went away (128 + SIGPIPE, what ``cat`` or ``grep`` give in a pipeline).
+EXIT_BROKEN_PIPE = 141
+
+
+class _DefaultsMixin(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already states its default; flags (store_true)
+    and options without a default (None) explain themselves in their help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings or action.nargs == 0
+                or action.default in (None, argparse.SUPPRESS, [], "")):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class DefaultsHelpFormatter(_DefaultsMixin, argparse.HelpFormatter):
+    """Defaults shown; description and epilog re-wrapped."""
+
+
+class RawDescriptionDefaultsHelpFormatter(_DefaultsMixin, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; description and epilog kept as written."""
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every sub-command parser below it a formatter that shows defaults."""
+    raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
+    parser.formatter_class = RawDescriptionDefaultsHelpFormatter if raw else DefaultsHelpFormatter
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public walk over sub-parsers
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in set(action.choices.values()):
+                _show_defaults(child)
 
 
 def common_parent() -> argparse.ArgumentParser:
@@ -39,7 +78,8 @@ def common_parent() -> argparse.ArgumentParser:
         help="how to report progress: a bar on terminals, plain log lines, or JSON lines on stdout for a parent "
         "process such as the Slicer panel (default: auto)",
     )
-    parent.add_argument("-v", "--verbose", action="store_true", help="more logging on stderr")
+    parent.add_argument("-v", "--verbose", action="store_true",
+                        help="more logging on stderr, TensorFlow's start-up messages included")
     return parent
 
 
@@ -55,16 +95,45 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"MedAnalysisLib.cli.{name}")
         module.register(subparsers, parents)
+    _show_defaults(parser)
     return parser
 
 
+def _stdout_gone() -> int:
+    """After a BrokenPipeError on stdout: point stdout at the null device, so that the interpreter's final flush
+    cannot raise again, and exit quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # stdout without a descriptor (a test's StringIO): nothing to flush
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medanalysis`` with ``argv`` (default: the process's arguments) and return the exit code."""
+    try:
+        try:
+            code = _run(argv)
+        finally:  # also after --help (SystemExit): a closed pipe shows here, not at exit with a traceback
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_gone()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INPUT
     verbose = bool(getattr(args, "verbose", False))
+    if not verbose:
+        from MedAnalysisLib.cli._quiet import quiet_tensorflow
+
+        quiet_tensorflow()  # before anything can import TensorFlow
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -75,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_cli_logging(verbose)  # third-party records and warnings pass the same PHI filter as ours
     reporter = Reporter(getattr(args, "progress", "none"))
     try:
+        validate = getattr(args, "validate", None)
+        if validate is not None:
+            validate(args)
         code = args.func(args, reporter)
     except CancelledError as error:
         reporter.error(error)
@@ -85,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         reporter.error(CancelledError("interrupted"))
         return EXIT_CANCELLED
+    except BrokenPipeError:
+        raise  # the reader went away: nobody to tell, main() exits quietly
     except Exception as error:  # noqa: BLE001 - the parent must always get one error line
         reporter.error(error)
         if getattr(args, "verbose", False) or reporter.mode != "jsonl":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_bundle_output
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter
 
@@ -20,18 +21,39 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
         help="copy a bundle with other inference defaults (TTA, post-processing, overlap)",
         description="Write a copy of a bundle with changed inference defaults; the weights are copied unchanged.",
+        epilog="Existing output: when --out already holds a bundle the command refuses (exit code 2) unless "
+        "--overwrite is given; the source bundle is never changed in place. " + OVERWRITE_POLICY,
     )
     parser.add_argument("bundle", help="bundle folder or .zip")
     parser.add_argument("--out", required=True, help="the new bundle (folder, or a path ending in .zip)")
-    parser.add_argument("--tta", choices=("on", "off"), default=None, help="flip test-time augmentation")
+    parser.add_argument("--tta", choices=("on", "off"), default=None,
+                        help="flip test-time augmentation (default: unchanged)")
     parser.add_argument("--postprocess", choices=("none", "largest-component", "fill-holes"), default=None,
-                        help="post-processing of label maps")
-    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
-    parser.set_defaults(func=run)
+                        help="post-processing of label maps (default: unchanged)")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="sliding-window overlap in [0, 1) (default: unchanged)")
+    add_overwrite_option(parser, "a bundle at --out")
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """At least one change, a source that is a readable bundle, and an --out the overwrite policy allows."""
+    from pathlib import Path
+
+    from MedAnalysisLib.bundles import read_bundle_config
+    from MedAnalysisLib.errors import BundleError
+
+    if args.tta is None and args.postprocess is None and args.overlap is None:
+        raise InputError("expected at least one of --tta, --postprocess or --overlap, got none")
+    read_bundle_config(args.bundle)
+    if Path(args.out).resolve() == Path(args.bundle).resolve():
+        raise BundleError(f"expected an output other than the source bundle {Path(args.bundle).name!r} (bundles are "
+                          "never changed in place)")
+    check_bundle_output(args.out, args.overwrite)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from MedAnalysisLib.bundle import copy_with_inference_defaults
+    from MedAnalysisLib.bundles import copy_with_inference_defaults
 
     changes = {
         "tta": None if args.tta is None else args.tta == "on",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_file_output
 from MedAnalysisLib.progress import Reporter
 
 
@@ -19,11 +20,14 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="convert a DICOM series or an image file to .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd",
         description="Convert a DICOM folder (one series, chosen with --series when there are several) or an image "
         "file to another format. The format follows OUT's extension.",
+        epilog="Existing output: an existing OUT file is refused (exit code 2) unless --overwrite is given; a folder "
+        "at OUT is always refused. " + OVERWRITE_POLICY,
     )
     parser.add_argument("input", help="DICOM folder or .dcm file, or a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file")
     parser.add_argument("output", help="output file: .nii, .nii.gz, .nrrd, .seg.nrrd, .nhdr, .mha or .mhd")
     parser.add_argument(
-        "--series", default=None, help="SeriesInstanceUID or index from 'medanalysis dicom ls' (DICOM input only)"
+        "--series", default=None,
+        help="SeriesInstanceUID or index from 'medanalysis dicom ls' (DICOM input only; default: the only series)",
     )
     parser.add_argument(
         "--kind",
@@ -31,6 +35,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         default="image",
         help="'label' checks that voxel values are integers and stores them as integers (default: image)",
     )
+    add_overwrite_option(parser, "an OUT file")
     parser.add_argument(
         "--allow-2d", action="store_true", help="accept a 2D image and store it as a one-slice volume"
     )
@@ -39,7 +44,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="resample a gantry-tilted DICOM series onto an orthogonal grid (linear interpolation) instead of refusing it",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """OUT follows the overwrite policy (see the epilog); checked before the input is read."""
+    check_file_output(args.output, args.overwrite)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:

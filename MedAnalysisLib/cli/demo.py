@@ -3,6 +3,11 @@
 Generates seeded phantom scans, plans preprocessing, trains a small 3D U-Net and a CNN+RNN slice-sequence
 classifier, evaluates both on held-out phantoms, segments one scan and writes bundles, label map, tables, report and
 figures to ``--out``. TensorFlow is imported only when the command runs.
+
+Existing output: --out may be missing, empty, or a folder without any of the demo's outputs (other files are never
+touched). When it holds the output of an earlier demo run, the command refuses unless --overwrite, which replaces
+that output; when it holds entries with the demo's names that an earlier demo did not write (no demo summary.json),
+it refuses even with --overwrite.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, read_json_object
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter, StopFlag
 
@@ -31,12 +37,15 @@ def register(subparsers: argparse._SubParsersAction, parents: list[argparse.Argu
         description="Generate seeded phantom scans, plan preprocessing, train a 3D U-Net and a CNN+RNN slice-sequence "
         "classifier, evaluate both on held-out phantoms, segment one scan, and write bundles, label map (NIfTI), "
         "CSV tables, an evaluation report and PNG figures to the output folder.",
+        epilog="Existing output: an --out holding an earlier demo run is refused (exit code 2) unless --overwrite is "
+        "given, which replaces that run's files; entries with the demo's names that no demo wrote are refused even "
+        "then. " + OVERWRITE_POLICY,
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("demo-output"),
-        help="output folder, created if missing; files of an earlier demo run there are replaced (default: demo-output)",
+        help="output folder, created if missing (default: demo-output)",
     )
     parser.add_argument(
         "--quick",
@@ -51,7 +60,42 @@ def register(subparsers: argparse._SubParsersAction, parents: list[argparse.Argu
         help="number of phantom scans to generate, a fifth of them held out for evaluation (default: 40, or 8 "
         "with --quick)",
     )
-    parser.set_defaults(func=run)
+    add_overwrite_option(parser, "the output of an earlier demo run in --out")
+    parser.set_defaults(func=run, validate=validate)
+
+
+#: What the demo writes directly in --out (see MedAnalysisLib.demo); only these names are ever replaced.
+DEMO_ENTRIES = ("summary.txt", "summary.json", "data", "plan.json", "fingerprint.json", "bundles", "evaluation",
+                "prediction", "figures")
+
+
+def _is_demo_output(out: Path) -> bool:
+    """True when ``out`` holds a demo run, finished (its summary.json) or stopped after its first stage (the phantom
+    dataset it writes first)."""
+    summary = read_json_object(out / "summary.json")
+    if summary is not None and {"dice", "n_train", "files"} <= set(summary):
+        return True
+    dataset = read_json_object(out / "data" / "train" / "dataset.json")
+    return dataset is not None and dataset.get("name") == "MedAnalysisPhantom"
+
+
+def validate(args: argparse.Namespace) -> None:
+    """--cases in range; --out follows the overwrite policy (see the epilog)."""
+    if args.cases is not None and args.cases < 4:
+        raise InputError(f"expected --cases of at least 4 (2 to train, 2 held out), got {args.cases}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"expected --out to name a folder, got the file {out}")
+    present = sorted(name for name in DEMO_ENTRIES if (out / name).exists())
+    if not present:
+        return
+    if not _is_demo_output(out):
+        raise InputError(f"expected --out to be new, empty or an earlier demo's output, got {out} holding "
+                         f"{', '.join(present)} that no demo run wrote; it is refused even with --overwrite, since the "
+                         "demo would replace those entries")
+    if not args.overwrite:
+        raise InputError(f"expected --out without an earlier demo run, got one in {out}; pass --overwrite to replace "
+                         "it, or choose another --out")
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:

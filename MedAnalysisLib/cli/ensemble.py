@@ -2,7 +2,7 @@
 
 Writes an ensemble of trained bundles (cross-validation folds, or the same configuration trained with other seeds):
 one self-contained folder or .zip with a verified copy of every member. ``medanalysis predict/evaluate`` and the Slicer
-panel run it like a single bundle and average the members' probabilities (see :mod:`MedAnalysisLib.ensemble`).
+panel run it like a single bundle and average the members' probabilities (see :mod:`MedAnalysisLib.bundles.ensemble`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_bundle_output
 from MedAnalysisLib.progress import Reporter
 
 
@@ -19,21 +20,30 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
         help="combine trained bundles into one ensemble bundle (probabilities averaged)",
         description="Write an ensemble of 2 to 16 trained bundles; predictions average the members' probabilities.",
+        epilog="Existing output: when --out already holds a bundle or an ensemble the command refuses (exit code 2) "
+        "unless --overwrite is given; a member is never changed in place. " + OVERWRITE_POLICY,
     )
     parser.add_argument("bundles", nargs="+", help="member bundle folders or .zip files")
     parser.add_argument("--out", required=True, help="the ensemble (folder, or a path ending in .zip)")
     parser.add_argument("--name", default=None, help="ensemble name (default: the first member's + '-ensembleN')")
-    parser.add_argument("--description", default="", help="free text for the model card")
+    parser.add_argument("--description", default="", help="free text for the model card (default: none)")
     parser.add_argument("--tta", choices=("on", "off"), default=None,
                         help="flip test-time augmentation (default: the first member's setting)")
     parser.add_argument("--postprocess", choices=("none", "largest-component", "fill-holes"), default=None,
                         help="post-processing of the averaged label map (default: the first member's)")
-    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
-    parser.set_defaults(func=run)
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="sliding-window overlap in [0, 1) (default: the first member's)")
+    add_overwrite_option(parser, "a bundle or ensemble at --out")
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """--out follows the overwrite policy (see the epilog); members are checked by the ensemble writer."""
+    check_bundle_output(args.out, args.overwrite)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from MedAnalysisLib.ensemble import make_ensemble
+    from MedAnalysisLib.bundles import make_ensemble
 
     written = make_ensemble(
         args.bundles, args.out, name=args.name, description=args.description,

@@ -17,18 +17,27 @@ Confidence intervals resample whole groups of cases when the manifest has a grou
 or the one --group-column names): several slices or scans of one patient are not independent cases. --group-column
 none resamples cases.
 
-Exit codes: 0 done (cases that failed are listed in summary.json and in the printed headline), 2 bad input or
-mismatched labels (nothing is written).
+Exit codes: 0 done (cases that failed are listed in summary.json and in the printed headline), 2 bad input,
+mismatched labels or an earlier evaluation in --out (nothing is written).
+
+Existing outputs: when --out already holds any file an evaluation writes (per_case.csv, summary.json, summary.txt,
+montage.png, training_curves.png, roc.png), the command refuses before any work unless --overwrite, which replaces
+those files; other files in the folder are never touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_folder_outputs
 from MedAnalysisLib.cli.predict import add_inference_options, parse_shard
 from MedAnalysisLib.data.dataset_input import add_manifest_options
 from MedAnalysisLib.errors import InputError
+
+#: Every file an evaluation writes into --out (MedAnalysisLib.evaluation.report); the overwrite policy guards them.
+EVALUATION_FILES = ("per_case.csv", "summary.json", "summary.txt", "montage.png", "training_curves.png", "roc.png")
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -38,24 +47,44 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="measure a model bundle on labelled data: per-case CSV, summary with confidence intervals, figures",
         description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.fill(OVERWRITE_POLICY, 78),
     )
     p.add_argument("bundle", help="model bundle folder or .zip")
     p.add_argument("data", help="labelled data: an MSD folder or its dataset.json, or a CSV manifest")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--label-map", action="append", default=None, metavar="BUNDLE_LABEL=DATA_LABEL",
                    help="score a bundle label against a data label of another name or value, e.g. organ=anterior "
-                   "(repeat, or separate pairs with commas; DATA_LABEL 'none' leaves the bundle label unscored)")
+                   "(repeat, or separate pairs with commas; DATA_LABEL 'none' leaves the bundle label unscored; "
+                   "default: labels matched by name, else by value)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases (after sharding)")
-    p.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N", help="evaluate only shard I of N")
+    p.add_argument("--max-cases", type=int, default=None,
+                   help="evaluate only the first N cases (after sharding; default: every case)")
+    p.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
+                   help="evaluate only shard I of N (default: 1/1, every case)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--postprocess", action="append", choices=("largest-component", "fill-holes", "none"),
                    help="post-processing of label maps; repeat for both, 'none' for neither (default: the bundle's); "
                    "choose it on validation cases, never on the test cases")
     add_inference_options(p)
     add_manifest_options(p, modality=False)  # the bundle knows its modality
-    p.set_defaults(func=run)
+    add_overwrite_option(p, "the files of an earlier evaluation in --out")
+    p.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Before TensorFlow is imported: numbers out of range, a bundle.json that is not a valid bundle, DATA that is not
+    a dataset, and an --out that holds an earlier evaluation (without --overwrite)."""
+    from MedAnalysisLib.bundles import read_bundle_config
+    from MedAnalysisLib.data.sources import resolve_source
+
+    if args.bootstrap < 0:
+        raise InputError(f"expected --bootstrap >= 0, got {args.bootstrap}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
+    read_bundle_config(args.bundle)
+    resolve_source(args.data)
+    check_folder_outputs(args.out, EVALUATION_FILES, args.overwrite)
 
 
 def run(args: argparse.Namespace, reporter: Any) -> int:

@@ -25,7 +25,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from MedAnalysisLib.bundle import bundle_summary, read_bundle_config
+    from MedAnalysisLib.bundles import bundle_summary, read_bundle_config
 
     config = read_bundle_config(args.bundle)
     if reporter.mode == "jsonl":

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_file_output
 from MedAnalysisLib.data.dataset_input import add_manifest_options
 from MedAnalysisLib.errors import PlanError
 from MedAnalysisLib.progress import Reporter
@@ -26,29 +27,44 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Read every case of DATA once (an MSD folder or its dataset.json, a CSV manifest, DICOM "
         "folders or files, image files or a folder of them), measure spacings, shapes and intensities, and derive the preprocessing plan: target "
         "spacing, orientation, normalisation, patch and batch size, recommended model.",
+        epilog="Existing output: an existing --out or --fingerprint-out file is refused (exit code 2, before any case "
+        "is read) unless --overwrite is given. " + OVERWRITE_POLICY,
     )
     parser.add_argument("data", type=Path, metavar="DATA",
                         help="MSD folder or its dataset.json, CSV manifest, DICOM folder or file, image file or folder "
                         "of image files")
-    parser.add_argument("--out", type=Path, default=None, help="write the plan JSON here (atomically)")
-    parser.add_argument("--fingerprint-out", type=Path, default=None, help="also write the fingerprint JSON here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the plan JSON here, atomically (default: printed only)")
+    parser.add_argument("--fingerprint-out", type=Path, default=None,
+                        help="also write the fingerprint JSON here (default: not written)")
+    add_overwrite_option(parser, "an --out or --fingerprint-out file")
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a plan field, e.g. patch_size=32,32,32 or normalization.scheme=zscore (repeatable)",
+        help="override a plan field, e.g. patch_size=32,32,32 or normalization.scheme=zscore (repeatable; default: "
+        "none)",
     )
     parser.add_argument(
         "--memory-budget-mb",
         type=float,
         default=None,
-        help="memory one training step may use, in MiB; the default suits a CPU (raise it for a GPU)",
+        help="memory one training step may use, in MiB (default: 1024, which suits a CPU; raise it for a GPU)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="threads reading cases (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="threads reading cases (default: 2)")
     add_manifest_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """--set syntax, and outputs the overwrite policy allows, before any case is read."""
+    parse_overrides(args.overrides)
+    if args.out is not None and args.fingerprint_out is not None and args.out.resolve() == args.fingerprint_out.resolve():
+        raise PlanError(f"expected --out and --fingerprint-out to be two files, got {args.out} for both")
+    check_file_output(args.out, args.overwrite, "--out")
+    check_file_output(args.fingerprint_out, args.overwrite, "--fingerprint-out")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -3,10 +3,17 @@
 INPUT may be image files (NIfTI, NRRD, MetaImage), a folder of them, DICOM folders (one series, or every series of
 a study) or files, an MSD folder or its dataset.json, or a CSV manifest: the same forms plan, train and evaluate
 accept. Each case gets a label map (or a classification table), optional probability maps (one file per class)
-and a JSON sidecar with provenance; existing outputs are skipped so a re-run resumes, and ``--shard i/n`` splits
-the cases deterministically between parallel jobs (Slurm arrays, Kubernetes jobs). What each --format needs is
-checked before any case runs; a format a case's input cannot give (DICOM SEG without DICOM input or without a
-FrameOfReferenceUID) is reported at once, the other outputs are still written, and the exit code is 1.
+and a JSON sidecar with provenance, and ``--shard i/n`` splits the cases deterministically between parallel jobs
+(Slurm arrays, Kubernetes jobs). The bundle, the inputs and what each --format needs are checked before TensorFlow
+is imported and before any case runs; a format a case's input cannot give (DICOM SEG without DICOM input or without
+a FrameOfReferenceUID) is reported at once, the other outputs are still written, and the exit code is 1; a format
+that no case can give is refused (exit code 2).
+
+Existing outputs: a re-run resumes. A case whose sidecar shows it was made by the same bundle (weights sha256) with
+the same options (formats, probabilities, overlap, TTA, post-processing, precision, series) is skipped; a case
+made otherwise (or by a version that did not record its options) is refused (exit code 2, before any case runs)
+unless --overwrite, which recomputes every case of the shard. Outputs of a case that has no sidecar yet (a run
+stopped in the middle of it) are recomputed. Nothing else in the folder is touched.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="compute precision; bfloat16 is faster on CPUs with AVX-512 BF16 (default: float32)")
     parser.add_argument("--memory-budget-mb", type=int, default=None,
                         help="cap on the memory of the accumulation buffers; batches shrink and the volume is "
-                        "processed in slabs to stay under it")
+                        "processed in slabs to stay under it (default: no cap)")
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -75,20 +82,30 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "<case>_probability_<value>_<name>.nii.gz")
     p.add_argument("--postprocess", action="append", choices=("largest-component", "fill-holes"),
                    help="post-processing of label maps; repeat for both (default: the bundle's)")
-    p.add_argument("--series", default=None, help="SeriesInstanceUID or index when a DICOM folder has several")
+    p.add_argument("--series", default=None,
+                   help="SeriesInstanceUID or index when a DICOM folder has several (default: every series)")
     p.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
-                   help="process only shard I of N of the cases (deterministic, 1-based)")
-    p.add_argument("--overwrite", action="store_true", help="recompute cases whose outputs already exist")
+                   help="process only shard I of N of the cases (deterministic, 1-based; default: 1/1, every case)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute every case of the shard, also those whose outputs exist (default: skip the cases "
+                   "the same bundle and options made, refuse the others)")
     add_inference_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Numbers out of range; the bundle, inputs, formats and existing outputs are checked by
+    :func:`~MedAnalysisLib.inference.batch.run_batch` before it imports TensorFlow."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
+    if args.memory_budget_mb is not None and args.memory_budget_mb < 1:
+        raise InputError(f"expected --memory-budget-mb >= 1, got {args.memory_budget_mb}")
 
 
 def run(args: argparse.Namespace, reporter: Any) -> int:
     from MedAnalysisLib.inference.batch import BatchOptions, run_batch
     from MedAnalysisLib.progress import StopFlag
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
     options = BatchOptions(
         formats=tuple(args.formats or ("nifti",)),
         write_probabilities=args.probabilities,

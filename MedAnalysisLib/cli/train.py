@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, model_family
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter, StopFlag
+
+if TYPE_CHECKING:
+    from MedAnalysisLib.training.options import TrainingOptions
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -38,6 +42,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+EPILOG = (
+    "Existing output: when OUT already holds a finished bundle the command refuses (exit code 2) unless --overwrite "
+    "is given, which trains again and replaces it; a run stopped before it finished (its checkpoint "
+    "OUT.checkpoint beside OUT) is resumed, or started over with --no-resume. " + OVERWRITE_POLICY
+)
+
+
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -45,98 +56,133 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="train a model on a dataset and write a model bundle",
         description="Train a segmentation or classification model and save it as a bundle. Re-running the same "
         "command resumes an interrupted run.",
+        epilog=EPILOG,
     )
     parser.add_argument("data", help="MSD folder or its dataset.json, CSV manifest, DICOM folder or file, image file "
                         "or folder of image files")
     parser.add_argument("--task", choices=("segmentation", "classification"), required=True)
-    parser.add_argument("--model", required=True, metavar="NAME",
-                        help="model family: unet3d, unet2d, slice_cnn, cnn3d or cnn_rnn")
+    parser.add_argument("--model", required=True, metavar="NAME", type=model_family,
+                        help="model family: unet3d, unet2d (segmentation), slice_cnn, cnn3d or cnn_rnn "
+                        "(classification)")
     parser.add_argument("--out", required=True, help="bundle to write (folder, or a path ending in .zip)")
-    parser.add_argument("--epochs", type=int, default=50, help="maximum number of epochs (default 50)")
-    parser.add_argument("--plan", default=None, help="preprocessing plan JSON (default: planned from the data)")
+    parser.add_argument("--epochs", type=int, default=50, help="maximum number of epochs (default: 50)")
+    parser.add_argument("--plan", default=None,
+                        help="preprocessing plan JSON (default: planned from the training cases)")
     parser.add_argument("--set", dest="plan_overrides", type=_key_value, action="append", default=[],
-                        metavar="KEY=VALUE", help="override a plan field, e.g. --set patch_size=32,32,32")
+                        metavar="KEY=VALUE", help="override a plan field, e.g. --set patch_size=32,32,32 (repeatable; "
+                        "default: none)")
     parser.add_argument("--hparam", dest="hparams", type=_key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="model hyper-parameter, e.g. --hparam base_filters=16 "
-                        "--hparam preset=residual (values parsed as JSON when they can be)")
+                        "--hparam preset=residual (values parsed as JSON when they can be; default: the family's)")
     parser.add_argument("--augment", dest="augment", type=_key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="change one augmentation setting, e.g. --augment p_gamma=0 "
-                        "--augment p_brightness=0 (fields of MedAnalysisLib.preprocessing.augment.AugmentConfig)")
+                        "--augment p_brightness=0 (fields of MedAnalysisLib.preprocessing.augment.AugmentConfig; "
+                        "default: its defaults)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of cases (or groups) for validation")
-    parser.add_argument("--folds", type=int, default=None, help="k-fold cross-validation: number of folds")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of cases (or groups) for validation")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="k-fold cross-validation: number of folds (default: none, one split by --val-fraction)")
     parser.add_argument("--fold", type=int, default=0, help="which fold to train when --folds is given (0-based)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, sampling and initialisation")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: from the plan)")
-    parser.add_argument("--steps-per-epoch", type=int, default=None, help="training batches per epoch")
-    parser.add_argument("--learning-rate", type=float, default=None, help="initial learning rate")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="training batches per epoch (default: about four passes over the training cases, at "
+                        "most 250)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="initial learning rate (default: 1e-3)")
     parser.add_argument("--monitor", default=None, metavar="METRIC",
                         help="validation metric that picks the epoch to keep, e.g. val_loss or val_auc, or 'last' "
                         "for the final epoch (default: mean Dice for segmentation, AUC for binary classification; "
                         "the final epoch with --val-fraction 0)")
-    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early-stopping patience in epochs (default: no early stopping)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (threads)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="TensorFlow intra-op threads (default: one per available core); the weights depend on "
+                        "this count, not on the machine, and the bundle records it (training.intra_op_threads): "
+                        "give the same N to reproduce a bundle bit for bit elsewhere")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="TensorFlow op determinism: deterministic kernels, or an error for ops that have none; "
+                        "slower on GPUs and for tf.data (on CPU runs at a fixed --threads are already repeatable); "
+                        "see docs/reproducibility.md")
     parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
                         help="mixed precision (auto: on for GPUs that support it)")
-    parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard logs to DIR")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write TensorBoard logs to DIR (default: none)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
-    parser.add_argument("--name", default=None, help="model name stored in the bundle")
+    add_overwrite_option(parser, "a finished bundle at --out")
+    parser.add_argument("--name", default=None,
+                        help="model name stored in the bundle (default: the data folder's name and the family)")
     parser.add_argument("--labels", default=None, metavar="LABELS.json",
                         help="label names, colours and standard codes per label value, e.g. "
                         '[{"value": 1, "name": "liver"}, {"value": 2, "name": "tumour", "color": [255, 0, 200]}] '
-                        "(codes of names the built-in table knows are filled in; see docs/outputs.md)")
-    parser.set_defaults(func=run)
+                        "(codes of names the built-in table knows are filled in; see docs/outputs.md; default: the "
+                        "names in the data)")
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse what cannot train before TensorFlow is imported: every option as the Python API checks it
+    (:func:`training_options`, which also reads --labels and --plan), data that is not a dataset, and an --out the
+    overwrite policy refuses (see :data:`EPILOG`).
+
+    Raises:
+        InputError: The first problem found, saying what was expected and what was found.
+    """
+    from MedAnalysisLib.cli._validate import check_bundle_output
+    from MedAnalysisLib.data.sources import resolve_source
+
+    training_options(args)
+    resolve_source(args.data)
+    check_bundle_output(args.out, args.overwrite)
+
+
+def training_options(args: argparse.Namespace) -> TrainingOptions:
+    """The :class:`~MedAnalysisLib.training.options.TrainingOptions` of parsed ``train`` arguments (no TensorFlow).
+
+    Reads the ``--labels`` and ``--plan`` files; every value is checked as the Python API checks it.
+
+    Raises:
+        InputError: An option out of range or contradicting another, or an unreadable labels or plan file.
+    """
+    from MedAnalysisLib.training.options import TrainingOptions
+
+    if args.no_augment and args.augment:
+        raise InputError("expected either --no-augment or --augment KEY=VALUE, got both")
+    labels = None
+    if args.labels:
+        from MedAnalysisLib.terminology import read_labels_file
+
+        labels = read_labels_file(args.labels)
+    plan = None
+    if args.plan:
+        from MedAnalysisLib.preprocessing.plan import Plan
+
+        try:
+            plan = Plan.from_json(Path(args.plan).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"expected a readable plan JSON file at --plan {args.plan}, got: {error}") from error
+    given = {"learning_rate": args.learning_rate}  # None: the options' default
+    return TrainingOptions(
+        task=args.task, family=args.model, out=args.out, epochs=args.epochs, plan=plan,
+        plan_overrides=dict(args.plan_overrides), hparams=dict(args.hparams), val_fraction=args.val_fraction,
+        folds=args.folds, fold=args.fold, seed=args.seed, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch, patience=args.patience, monitor=args.monitor,
+        augment=False if args.no_augment else (dict(args.augment) or True), workers=args.workers,
+        mixed_precision=args.mixed_precision, tensorboard_dir=args.tensorboard, resume=not args.no_resume,
+        name=args.name, labels=labels, deterministic=args.deterministic, threads=args.threads,
+        **{k: v for k, v in given.items() if v is not None},
+    )
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.data.sources import resolve_source
     from MedAnalysisLib.training import train
 
-    if args.epochs < 1:
-        raise InputError(f"expected --epochs >= 1, got {args.epochs}")
-    labels = None
-    if args.labels:
-        from MedAnalysisLib.terminology import read_labels_file
-
-        labels = read_labels_file(args.labels)
+    options = training_options(args)
     dataset = resolve_source(args.data)  # checked now; train() loads it with the task the model family needs
-    plan = None
-    if args.plan:
-        from MedAnalysisLib.preprocessing.plan import Plan
-
-        plan = Plan.from_json(Path(args.plan).read_text(encoding="utf-8"))
-    if args.no_augment and args.augment:
-        raise InputError("expected either --no-augment or --augment KEY=VALUE, got both")
-    augment: bool | dict[str, Any] = False if args.no_augment else (dict(args.augment) or True)
     stop_flag = StopFlag().install()
-    result = train(
-        dataset.path,
-        task=args.task,
-        family=args.model,
-        out=args.out,
-        epochs=args.epochs,
-        plan=plan,
-        plan_overrides=dict(args.plan_overrides) or None,
-        hparams=dict(args.hparams) or None,
-        val_fraction=args.val_fraction,
-        folds=args.folds,
-        fold=args.fold,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch,
-        learning_rate=args.learning_rate,
-        patience=args.patience,
-        augment=augment,
-        monitor=args.monitor,
-        workers=args.workers,
-        mixed_precision=args.mixed_precision,
-        tensorboard_dir=args.tensorboard,
-        resume=not args.no_resume,
-        name=args.name,
-        labels=labels,
-        reporter=reporter,
-        stop_flag=stop_flag,
-    )
+    result = train(dataset.path, options, reporter=reporter, stop_flag=stop_flag)
     reporter.result(bundle=str(result.bundle_path), metrics=result.metrics, epochs=len(result.history.get("loss", [])))
     if reporter.mode != "jsonl":
         print(f"bundle written to {result.bundle_path}")

@@ -68,4 +68,5 @@ def add_manifest_options(parser: object, *, modality: bool = True) -> None:
                        help="column grouping cases, e.g. patient_id (default: group, else patient_id when the "
                        "manifest has it)")
     if modality:
-        group.add_argument("--modality", default=None, help="modality when the data does not say (CT, MRI, ...)")
+        group.add_argument("--modality", default=None,
+                           help="modality when the data does not say (CT, MRI, ...; default: the data's)")

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -443,10 +443,3 @@ def kfold_splits(cases: Sequence[Case], k: int, seed: int = 0) -> list[tuple[lis
         members = set(fold)
         splits.append(([c for n, c in enumerate(cases) if n not in members], [c for n, c in enumerate(cases) if n in members]))
     return splits
-
-
-def case_from_paths(images: Sequence[str | os.PathLike[str]], label: str | os.PathLike[str] | None = None, **kwargs: Any) -> Case:
-    """Convenience: a Case from paths (``case_id`` defaults to the first image's file stem)."""
-    paths = tuple(str(Path(p)) for p in images)
-    case_id = kwargs.pop("case_id", None) or _case_stem(Path(paths[0]).name)
-    return Case(case_id, paths, str(label) if label is not None else None, **kwargs)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from MedAnalysisLib.errors import InputError
-from MedAnalysisLib.preprocessing.augment import Augmenter
-from MedAnalysisLib.preprocessing.transforms import PreparedCase
+
+if TYPE_CHECKING:  # samplers only receive these; the data layer does not depend on preprocessing at run time
+    from MedAnalysisLib.preprocessing.augment import Augmenter
+    from MedAnalysisLib.preprocessing.transforms import PreparedCase
 
 #: Foreground voxel positions remembered per class and case (a seeded subsample; enough to vary patch centres).
 MAX_LOCATIONS = 10_000

@@ -100,7 +100,7 @@ def label_styles(labels: Any) -> dict[int, LabelStyle]:
     """Name and colour of each foreground label, for every figure.
 
     Args:
-        labels: The bundle's labels: :class:`~MedAnalysisLib.bundle.LabelInfo` objects, or a mapping value ->
+        labels: The bundle's labels: :class:`~MedAnalysisLib.bundles.LabelInfo` objects, or a mapping value ->
             ``(name, (r, g, b))``.
 
     Returns:

@@ -91,7 +91,7 @@ def evaluate_bundle(
     """Run ``bundle`` on every labelled case of ``data`` and write the report (see the module docstring).
 
     Args:
-        bundle: Bundle path or :class:`~MedAnalysisLib.bundle.LoadedBundle`.
+        bundle: Bundle path or :class:`~MedAnalysisLib.bundles.LoadedBundle`.
         data: A :class:`~MedAnalysisLib.data.datasets.Dataset`, or anything
             :func:`~MedAnalysisLib.data.dataset_input.load_dataset_input` reads (labelled: an MSD folder or its
             ``dataset.json``, a CSV manifest).
@@ -109,27 +109,55 @@ def evaluate_bundle(
             :mod:`~MedAnalysisLib.evaluation.labels`); a truth map with a value the bundle does not have; a label
             map on another grid than its image.
     """
-    from MedAnalysisLib.bundle import LoadedBundle, load_bundle
-    from MedAnalysisLib.data.dataset_input import load_dataset_input
-    from MedAnalysisLib.data.datasets import Dataset
-    from MedAnalysisLib.inference.batch import CaseInput, select_shard
-    from MedAnalysisLib.inference.writers import rows_to_csv
+    from MedAnalysisLib.bundles import LoadedBundle, load_bundle
 
     options = options or EvaluationOptions()
     out = Path(out_dir)
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
     config = loaded.config
-    task = config.task
-    use_groups = (options.group_column or "").casefold() != NO_GROUPS
-    if isinstance(data, Dataset):
-        dataset, data_name = data, (data.root.name if data.root else "dataset")
-    else:
-        # A CSV with labels and targets serves either task.
-        dataset = load_dataset_input(
-            data, task=task, image_columns=options.image_columns, label_column=options.label_column,
-            target_column=options.target_column, group_column=options.group_column if use_groups else None)
-        data_name = Path(data).parent.name if Path(data).name.lower() == "dataset.json" else Path(data).name
     log = reporter.log if reporter is not None else (lambda message, level="info": None)
+    dataset, data_name = _evaluation_data(data, config.task, options)
+    labelled = _labelled_cases(dataset, config.task, data_name)
+    matches = _label_matches(config, dataset, options, data_name, log)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _evaluate_cases(loaded, labelled, options, matches, reporter, stop_flag, log)
+    use_groups = (options.group_column or "").casefold() != NO_GROUPS
+    grouped = use_groups and any(not g.startswith("\0") for g in run.groups)
+    groups = run.groups if grouped else None
+    write_text_atomic(out / "per_case.csv", _rows_csv(run.rows))
+    summary = _summary_header(loaded, data_name, run, options, grouped)
+    files = {"per_case": "per_case.csv", "summary": "summary.json", "summary_text": "summary.txt"}
+    if config.task == "segmentation":
+        summary.update(_segmentation_summary(loaded, data_name, dataset, run, matches, options, out, files, groups))
+    else:
+        summary.update(_classification_summary(run.rows, config, options, out, files, groups))
+    _training_curves(loaded, options, out, files, log)
+    summary["files"] = files
+    text = format_summary(summary)
+    write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2, default=_json_default) + "\n")
+    write_text_atomic(out / "summary.txt", text + "\n")
+    return _clean({"out_dir": str(out),
+                   **{k: summary[k] for k in ("cases", "files", "headline", "headline_ci") if k in summary},
+                   "failed": len(run.failed), "text": text})
+
+
+def _evaluation_data(data: Any, task: str, options: EvaluationOptions) -> tuple[Any, str]:
+    """The dataset to evaluate on and the name the report gives it."""
+    from MedAnalysisLib.data.dataset_input import load_dataset_input
+    from MedAnalysisLib.data.datasets import Dataset
+
+    if isinstance(data, Dataset):
+        return data, (data.root.name if data.root else "dataset")
+    use_groups = (options.group_column or "").casefold() != NO_GROUPS
+    # A CSV with labels and targets serves either task.
+    dataset = load_dataset_input(
+        data, task=task, image_columns=options.image_columns, label_column=options.label_column,
+        target_column=options.target_column, group_column=options.group_column if use_groups else None)
+    return dataset, Path(data).parent.name if Path(data).name.lower() == "dataset.json" else Path(data).name
+
+
+def _labelled_cases(dataset: Any, task: str, data_name: str) -> list[Any]:
+    """The cases with a label map (segmentation) or a target (classification); none is an error."""
     labelled = [c for c in dataset.cases if (c.label if task == "segmentation" else c.target) is not None]
     if not labelled:
         what = "label maps" if task == "segmentation" else "targets"
@@ -139,30 +167,50 @@ def evaluate_bundle(
                 "manifest)" if unlabelled and dataset.cases else "")
         raise InputError(f"expected cases with {what} to evaluate a {task} bundle, got {found} in {data_name!r}"
                          + hint)
-    matches: list[LabelMatch] = []
-    if task == "segmentation":
-        matches = match_labels(config.label_names(), dataset.labels, options.label_map, data_name=repr(data_name))
-        for match in matches:
-            log(f"label {match.describe()}", "warning" if match.matched_by == "absent from the data" else "info")
-        unscored = unscored_truth_labels(matches, dataset.labels)
-        if unscored:
-            log("labels of the data that no bundle label is scored against: "
-                + ", ".join(f"{n} ({v})" for v, n in unscored.items()), "warning")
-    elif options.label_map:
-        raise InputError(f"expected --label-map only for segmentation bundles, got a {task} bundle "
-                         f"({config.name!r}); its targets are class values")
-    out.mkdir(parents=True, exist_ok=True)
+    return labelled
+
+
+def _label_matches(config: Any, dataset: Any, options: EvaluationOptions, data_name: str,
+                   log: Any) -> list[LabelMatch]:
+    """Which label of the data each bundle label is scored against (segmentation; logged), or none."""
+    if config.task != "segmentation":
+        if options.label_map:
+            raise InputError(f"expected --label-map only for segmentation bundles, got a {config.task} bundle "
+                             f"({config.name!r}); its targets are class values")
+        return []
+    matches = match_labels(config.label_names(), dataset.labels, options.label_map, data_name=repr(data_name))
+    for match in matches:
+        log(f"label {match.describe()}", "warning" if match.matched_by == "absent from the data" else "info")
+    unscored = unscored_truth_labels(matches, dataset.labels)
+    if unscored:
+        log("labels of the data that no bundle label is scored against: "
+            + ", ".join(f"{n} ({v})" for v, n in unscored.items()), "warning")
+    return matches
+
+
+@dataclass
+class _CaseResults:
+    """What the per-case loop produced: one row per evaluated case (with its bootstrap group), the failures, the
+    montage panels and the inference settings ``predict`` resolved."""
+
+    rows: list[dict[str, Any]]
+    groups: list[str]
+    failed: list[dict[str, str]]
+    panels: list[Any]
+    inference: dict[str, Any]
+
+
+def _evaluate_cases(loaded: Any, labelled: list[Any], options: EvaluationOptions, matches: list[LabelMatch],
+                    reporter: Any, stop_flag: Any, log: Any) -> _CaseResults:
+    """Predict and score the chosen cases (this shard, at most ``max_cases``); a failing case is recorded, not fatal."""
+    from MedAnalysisLib.inference.batch import CaseInput, select_shard
+
     by_id = {c.case_id: c for c in labelled}
     chosen = select_shard([CaseInput(c.case_id, tuple(c.images)) for c in labelled], options.shard)
     if options.max_cases is not None:
         chosen = chosen[: max(0, options.max_cases)]
-    log(f"evaluating {config.name} on {len(chosen)} case(s)")
-
-    rows: list[dict[str, Any]] = []
-    row_groups: list[str] = []
-    failed: list[dict[str, str]] = []
-    panels: list[figures.MontageCase] = []
-    inference: dict[str, Any] = {}  # the settings predict() resolved (options, else the bundle's defaults)
+    log(f"evaluating {loaded.config.name} on {len(chosen)} case(s)")
+    run = _CaseResults([], [], [], [], {})
     for number, entry in enumerate(chosen):
         if stop_flag is not None and stop_flag.is_set():
             raise CancelledError(f"evaluation stopped after {number} of {len(chosen)} case(s)")
@@ -170,74 +218,87 @@ def evaluate_bundle(
             reporter.progress("evaluate", number, len(chosen), entry.case_id)
         case = by_id[entry.case_id]
         try:
-            row, panel, inference = _evaluate_case(loaded, case, options, matches)
+            row, panel, run.inference = _evaluate_case(loaded, case, options, matches)
         except (CancelledError, LabelValueError):
             raise
         except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
-            failed.append({"case_id": case.case_id, "error_type": type(error).__name__, "message": str(error)})
+            run.failed.append({"case_id": case.case_id, "error_type": type(error).__name__, "message": str(error)})
             log(f"{case.case_id}: failed ({type(error).__name__}: {error}); continuing", "warning")
             continue
-        rows.append(row)
-        row_groups.append(case.group if case.group is not None else f"\0{case.case_id}")
+        run.rows.append(row)
+        run.groups.append(case.group if case.group is not None else f"\0{case.case_id}")
         if panel is not None:
-            panels.append(panel)
+            run.panels.append(panel)
     if reporter is not None:
         reporter.progress("evaluate", len(chosen), len(chosen), "done")
-    if not rows:
-        raise InputError(f"expected at least one case to evaluate successfully, got {len(failed)} failure(s): "
-                         f"{failed[0]['error_type']}: {failed[0]['message']}")
+    if not run.rows:
+        raise InputError(f"expected at least one case to evaluate successfully, got {len(run.failed)} failure(s): "
+                         f"{run.failed[0]['error_type']}: {run.failed[0]['message']}")
+    return run
 
-    grouped = use_groups and any(not g.startswith("\0") for g in row_groups)
-    groups = row_groups if grouped else None
-    write_text_atomic(out / "per_case.csv", rows_to_csv([_clean(r) for r in rows]))
-    summary: dict[str, Any] = {
-        "bundle": {"name": config.name, "weights_sha256": loaded.weights_sha256, "task": task, "family": config.family},
+
+def _rows_csv(rows: list[dict[str, Any]]) -> str:
+    from MedAnalysisLib.inference.writers import rows_to_csv
+
+    return rows_to_csv([_clean(r) for r in rows])
+
+
+def _summary_header(loaded: Any, data_name: str, run: _CaseResults, options: EvaluationOptions,
+                    grouped: bool) -> dict[str, Any]:
+    """What was evaluated on what, and how the intervals were drawn."""
+    config = loaded.config
+    return {
+        "bundle": {"name": config.name, "weights_sha256": loaded.weights_sha256, "task": config.task,
+                   "family": config.family},
         "data": data_name,
-        "cases": len(rows),
-        "failed": failed,
+        "cases": len(run.rows),
+        "failed": run.failed,
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "level": 0.95,
                       "unit": "group" if grouped else "case",
                       "group_column": (options.group_column if grouped and options.group_column else
                                        "the manifest's group column" if grouped else None),
-                      "n_units": len(set(row_groups)) if grouped else len(rows)},
-        "inference": inference,
+                      "n_units": len(set(run.groups)) if grouped else len(run.rows)},
+        "inference": run.inference,
     }
-    files = {"per_case": "per_case.csv", "summary": "summary.json", "summary_text": "summary.txt"}
-    if task == "segmentation":
-        summary["labels"] = [m.to_dict() for m in matches]
-        summary["unscored_truth_labels"] = {str(v): n for v, n in unscored_truth_labels(matches, dataset.labels).items()}
-        numeric = [k for k in rows[0] if k not in ("case_id",)]
-        summary["metrics"] = {k: metrics.summarize([r.get(k, float("nan")) for r in rows], groups=groups,
-                                                   n_resamples=options.bootstrap, seed=options.seed) for k in numeric}
-        dice_keys = [k for k in numeric if k.startswith("dice_")]
-        summary["headline"] = {k: summary["metrics"][k]["mean"] for k in dice_keys}
-        summary["headline_ci"] = {k: {key: summary["metrics"][k][key] for key in ("mean", "ci_low", "ci_high", "n")}
-                                  for k in numeric if k.startswith(("dice_", "hd95_mm_"))}
-        if options.figures and panels:
-            ranked = sorted(panels, key=lambda p: (-p.score if math.isfinite(p.score) else math.inf))
-            half = min(MONTAGE_CASES, (len(ranked) + 1) // 2)  # few cases: half of them in each row
-            best = ranked[:half]
-            worst = [p for p in reversed(ranked) if p not in best][:MONTAGE_CASES]
-            figures.overlay_montage(best, worst, out / "montage.png", figures.label_styles(loaded.labels),
-                                    title=f"{config.name} on {data_name}: best and worst cases (mean Dice)")
-            files["montage"] = "montage.png"
-    else:
-        summary.update(_classification_summary(rows, config, options, out, files, groups))
+
+
+def _segmentation_summary(loaded: Any, data_name: str, dataset: Any, run: _CaseResults, matches: list[LabelMatch],
+                          options: EvaluationOptions, out: Path, files: dict[str, str],
+                          groups: list[str] | None) -> dict[str, Any]:
+    """Per-metric means with bootstrap intervals, the Dice headline, and the best/worst montage."""
+    config, rows = loaded.config, run.rows
+    summary: dict[str, Any] = {
+        "labels": [m.to_dict() for m in matches],
+        "unscored_truth_labels": {str(v): n for v, n in unscored_truth_labels(matches, dataset.labels).items()},
+    }
+    numeric = [k for k in rows[0] if k not in ("case_id",)]
+    summary["metrics"] = {k: metrics.summarize([r.get(k, float("nan")) for r in rows], groups=groups,
+                                               n_resamples=options.bootstrap, seed=options.seed) for k in numeric}
+    dice_keys = [k for k in numeric if k.startswith("dice_")]
+    summary["headline"] = {k: summary["metrics"][k]["mean"] for k in dice_keys}
+    summary["headline_ci"] = {k: {key: summary["metrics"][k][key] for key in ("mean", "ci_low", "ci_high", "n")}
+                              for k in numeric if k.startswith(("dice_", "hd95_mm_"))}
+    if options.figures and run.panels:
+        ranked = sorted(run.panels, key=lambda p: (-p.score if math.isfinite(p.score) else math.inf))
+        half = min(MONTAGE_CASES, (len(ranked) + 1) // 2)  # few cases: half of them in each row
+        best = ranked[:half]
+        worst = [p for p in reversed(ranked) if p not in best][:MONTAGE_CASES]
+        figures.overlay_montage(best, worst, out / "montage.png", figures.label_styles(loaded.labels),
+                                title=f"{config.name} on {data_name}: best and worst cases (mean Dice)")
+        files["montage"] = "montage.png"
+    return summary
+
+
+def _training_curves(loaded: Any, options: EvaluationOptions, out: Path, files: dict[str, str], log: Any) -> None:
+    """The bundle's training curves beside the report, when it has a training log and figures are wanted."""
     log_path = Path(loaded.directory) / "training_log.csv"
     if options.figures and log_path.is_file():
         try:
-            figures.training_curves({config.name: figures.read_training_log(log_path)}, out / "training_curves.png",
-                                    label_names=config.label_names())
+            figures.training_curves({loaded.config.name: figures.read_training_log(log_path)},
+                                    out / "training_curves.png", label_names=loaded.config.label_names())
             files["training_curves"] = "training_curves.png"
         except ValueError as error:
             log(f"training curves not drawn: {error}", "warning")
-    summary["files"] = files
-    text = format_summary(summary)
-    write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2, default=_json_default) + "\n")
-    write_text_atomic(out / "summary.txt", text + "\n")
-    return _clean({"out_dir": str(out),
-                   **{k: summary[k] for k in ("cases", "files", "headline", "headline_ci") if k in summary},
-                   "failed": len(failed), "text": text})
 
 
 def _interval_text(stats: dict[str, Any] | None, digits: int = 3) -> str:

@@ -10,18 +10,24 @@ What counts as a case (``discover_cases``; each input is classified by
 * any other folder, or a DICOM file: DICOM, scanned recursively; each image series is a case, named after its
   folder (plus ``_s<N>`` when a folder holds several series; ``--series`` picks one).
 
-Before any case is run, what every requested format needs is checked: the bundle and options once
-(:func:`~MedAnalysisLib.inference.writers.check_formats`, a refusal with exit code 2), then each case's input from
-its headers (DICOM SEG: DICOM input with a FrameOfReferenceUID, single-frame images). A case whose input cannot
-give one format is reported at once and still gets every other output; ``not_written`` in the summary and in the
-case's sidecar says what was left out and why, and the command exits 1.
+Before the model is loaded (which imports TensorFlow) and before any case is run, everything that can be judged from
+``bundle.json``, the inputs and their headers is checked: the bundle and options once
+(:func:`~MedAnalysisLib.inference.writers.check_formats`, a refusal with exit code 2), the inputs (a missing file is
+refused), then each case's input from its headers (DICOM SEG: DICOM input with a FrameOfReferenceUID, single-frame
+images). A case whose input cannot give one format is reported at once and still gets every other output;
+``not_written`` in the summary and in the case's sidecar says what was left out and why, and the command exits 1.
+When no case to run can give any of the requested formats (``--format dicom-seg`` on NIfTI files), the batch is
+refused before any work.
 
 Sharding (``--shard i/n``): cases are sorted by name and case number ``m`` (0-based) goes to shard ``m % n + 1``, so
 shards are balanced, disjoint, and together cover every case once, whatever machine runs them.
 
-Resume: a case whose sidecar ``<case>.json`` exists is skipped (the sidecar is written last, atomically, so it only
-exists when every output of the case is complete). A case that fails is reported (type and message) and the batch
-goes on; the command exits 1 when any case failed.
+Resume: a case whose sidecar ``<case>.json`` exists was finished (the sidecar is written last, atomically, so it only
+exists when every output of the case is complete). It is skipped when the sidecar shows the same bundle (weights
+sha256) and the same options (:func:`requested_options`, recorded in the sidecar as ``inference.requested``); a case
+made by another bundle or with other options is refused, with the difference, before any case runs, unless
+``overwrite`` recomputes every case. A case without a sidecar is (re)computed. A case that fails is reported (type
+and message) and the batch goes on; the command exits 1 when any case failed.
 """
 
 from __future__ import annotations
@@ -201,6 +207,38 @@ def load_case(case: CaseInput) -> list[Any]:
             for image in case.images]
 
 
+def requested_options(config: Any, options: BatchOptions) -> dict[str, Any]:
+    """What decides a case's outputs, as its sidecar records it (``inference.requested``) and a resume compares it:
+    formats, probabilities, overlap/TTA/post-processing resolved against the bundle's defaults, precision as asked,
+    series. Batch size and memory budget only change how the work is split, so they are not part of it."""
+    from MedAnalysisLib.inference.predict import _settings
+
+    overlap, tta, steps = _settings(config, options.overlap, options.tta, options.postprocess)
+    formats = options.formats if config.task == "segmentation" else ()
+    return {"formats": sorted(formats), "probabilities": bool(options.write_probabilities), "overlap": overlap,
+            "tta": tta, "postprocess": list(steps), "precision": options.precision, "series": options.series}
+
+
+def resume_problem(sidecar_path: Path, weights_sha256: str, requested: dict[str, Any]) -> str | None:
+    """Why the outputs a sidecar describes cannot stand for this run (None when the same bundle and options made
+    them)."""
+    try:
+        record = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "its sidecar is not readable JSON"
+    if not isinstance(record, dict):
+        return "its sidecar is not a JSON object"
+    made_by = (record.get("bundle") or {}).get("weights_sha256")
+    if made_by != weights_sha256:
+        return f"made by another bundle (weights sha256 {str(made_by)[:12]}..., this one {weights_sha256[:12]}...)"
+    before = (record.get("inference") or {}).get("requested")
+    if not isinstance(before, dict):
+        return "made by a version that did not record its options"
+    changed = [f"{key} {before.get(key)!r} (now {value!r})" for key, value in requested.items()
+               if before.get(key) != value]
+    return f"made with {', '.join(changed)}" if changed else None
+
+
 def run_batch(
     bundle: Any,
     inputs: Sequence[str | Path],
@@ -213,7 +251,7 @@ def run_batch(
     """Predict every case of this shard and write the outputs (see the module docstring).
 
     Args:
-        bundle: Bundle path or :class:`~MedAnalysisLib.bundle.LoadedBundle` (loaded once for all cases).
+        bundle: Bundle path or :class:`~MedAnalysisLib.bundles.LoadedBundle` (loaded once for all cases).
         inputs: Files, folders, dataset descriptions.
         out_dir: Output folder.
         options: :class:`BatchOptions`.
@@ -223,38 +261,58 @@ def run_batch(
 
     Returns:
         A :class:`BatchSummary`, also written as ``batch_summary[_shard-i-of-n].json``.
+
+    Raises:
+        InputError: Before any case runs: missing inputs, formats the bundle or no case can give, outputs that other
+            settings made (without ``overwrite``).
     """
-    from MedAnalysisLib.bundle import LoadedBundle, load_bundle
+    from MedAnalysisLib.bundles import LoadedBundle, load_bundle, read_bundle_config
     from MedAnalysisLib.inference.predict import predict
 
     options = options or BatchOptions()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
-    check_formats(options.formats, loaded.config.task, loaded.labels)
+    # What bundle.json, the inputs and their headers can tell is checked before the model (and TensorFlow) loads.
+    config = bundle.config if isinstance(bundle, LoadedBundle) else read_bundle_config(Path(bundle))
+    check_formats(options.formats, config.task, config.labels)
     all_cases = discover_cases(inputs, series=options.series)
     cases = select_shard(all_cases, options.shard)
+    requested = requested_options(config, options)
+    finished = {c.case_id for c in cases if (out / f"{c.case_id}{SIDECAR_SUFFIX}").is_file()}
+    to_run = [c for c in cases if options.overwrite or c.case_id not in finished]
+    formats = options.formats if config.task == "segmentation" else ()
+    scans: dict[str, list[Any]] = {}
+    unavailable = {case.case_id: header_problems(case, formats, scans) for case in to_run}
+    if formats and to_run and all(set(formats) <= set(unavailable[c.case_id]) for c in to_run):
+        first = to_run[0].case_id
+        raise InputError(f"expected input that can give --format {' / '.join(formats)}, got {len(to_run)} case(s) "
+                         f"that cannot (e.g. {first}: {'; '.join(sorted(set(unavailable[first].values())))}); "
+                         "nothing was run")
     summary = BatchSummary(options.shard, len(all_cases), out_dir=str(out))
     log = reporter.log if reporter is not None else (lambda message, level="info": None)
     log(f"{len(cases)} of {len(all_cases)} case(s) in shard {options.shard[0]}/{options.shard[1]}; "
-        f"bundle {loaded.config.name}")
-    formats = options.formats if loaded.config.task == "segmentation" else ()
-    scans: dict[str, list[Any]] = {}
-    unavailable: dict[str, dict[str, str]] = {}
-    for case in cases:  # every case's format needs, from headers, before the first model call
-        if options.overwrite or not (out / f"{case.case_id}{SIDECAR_SUFFIX}").is_file():
-            unavailable[case.case_id] = header_problems(case, formats, scans)
-            for fmt, reason in unavailable[case.case_id].items():
-                log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be",
-                    "warning")
+        f"bundle {config.name}")
+    for case in to_run:  # every case's format needs, from headers, before the first model call
+        for fmt, reason in unavailable[case.case_id].items():
+            log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be", "warning")
+    loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
+    if not options.overwrite:
+        problems = {c: p for c in sorted(finished)
+                    if (p := resume_problem(out / f"{c}{SIDECAR_SUFFIX}", loaded.weights_sha256, requested))}
+        if problems:
+            listed = "; ".join(f"{case}: {reason}" for case, reason in list(problems.items())[:3])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise InputError(f"expected the finished cases in {out} to come from this bundle with these options (a "
+                             f"re-run skips those), got {len(problems)} made otherwise: {listed}{more}; pass "
+                             "--overwrite to recompute them, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
     for number, case in enumerate(cases):
         if stop_flag is not None and stop_flag.is_set():
             raise CancelledError(f"stopped after {number} of {len(cases)} case(s); completed outputs are kept")
         if reporter is not None:
             reporter.progress("cases", number, len(cases), case.case_id)
-        if not options.overwrite and (out / f"{case.case_id}{SIDECAR_SUFFIX}").is_file():
+        if not options.overwrite and case.case_id in finished:
             summary.skipped.append(case.case_id)
-            log(f"{case.case_id}: outputs exist, skipped")
+            log(f"{case.case_id}: made by this bundle with these options, skipped")
             continue
         try:
             volumes = load_case(case)
@@ -268,6 +326,7 @@ def run_batch(
                 batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb,
                 return_probabilities=options.write_probabilities, stop_flag=stop_flag,
             )
+            prediction.details["requested"] = requested  # the sidecar records it; a re-run compares it
             write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
                              formats=options.formats if prediction.label is not None else (),
                              write_probability_map=options.write_probabilities, unavailable=problems)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -141,16 +140,3 @@ def keras_predict_fn(
         predict_fn.window_activation_bytes = activation_bytes_estimate(model, patch_size)  # type: ignore[attr-defined]
     return predict_fn
 
-
-def configure_threads() -> None:
-    """Use every core the process may run on for TensorFlow's intra-op pool (call before any TF work)."""
-    import tensorflow as tf
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(cores)
-    except RuntimeError:  # already initialised: keep TensorFlow's own choice
-        pass

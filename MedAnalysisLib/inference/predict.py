@@ -126,7 +126,7 @@ def _validate(volumes: list[Volume], family: str, plan: Any) -> None:
 
 
 def _load(bundle: Any) -> Any:
-    from MedAnalysisLib.bundle import LoadedBundle, load_bundle
+    from MedAnalysisLib.bundles import LoadedBundle, load_bundle
 
     if isinstance(bundle, LoadedBundle):
         return bundle
@@ -228,8 +228,8 @@ def predict(
     """Run ``bundle`` on one case.
 
     Args:
-        bundle: A :class:`~MedAnalysisLib.bundle.LoadedBundle` or a bundle path (folder or .zip); an ensemble
-            (:mod:`MedAnalysisLib.ensemble`) runs every member and averages their probabilities.
+        bundle: A :class:`~MedAnalysisLib.bundles.LoadedBundle` or a bundle path (folder or .zip); an ensemble
+            (:mod:`MedAnalysisLib.bundles.ensemble`) runs every member and averages their probabilities.
         images: One Volume per input channel (or one multi-component Volume), any geometry.
         overlap: Sliding-window overlap in [0, 1) (default: the bundle's).
         tta: Test-time augmentation by flips (default: the bundle's).
@@ -250,114 +250,191 @@ def predict(
         InputError: Wrong channel count, non-Volume input, a 2D image for a 3D model (ImageValidationError), NaN/Inf.
         BundleError: The bundle fails its checks.
     """
-    from MedAnalysisLib.ensemble import LoadedEnsemble
-    from MedAnalysisLib.inference.postprocess import postprocess_labels
-    from MedAnalysisLib.inference.sliding_window import make_grid, sliding_window_predict
-    from MedAnalysisLib.preprocessing.transforms import apply_plan, invert_plan, prepare_slices
-
     started = time.perf_counter()
     loaded = _load(bundle)
-    if isinstance(loaded, LoadedEnsemble):
-        return _predict_ensemble(loaded, images, overlap=overlap, tta=tta, postprocess=postprocess,
-                                 batch_size=batch_size, precision=precision, memory_budget_mb=memory_budget_mb,
-                                 return_probabilities=return_probabilities, reporter=reporter, stop_flag=stop_flag)
-    config = loaded.config
-    plan = config.plan
-    family = config.family
-    volumes = _as_volumes(images)
-    _validate(volumes, family, plan)
-    overlap, tta, steps = _settings(config, overlap, tta, postprocess)
-    values = _class_values(config)
-    names = config.label_names()
-    n_classes = config.n_classes
-    should_stop = stop_flag.is_set if stop_flag is not None else None
-    timings: dict[str, float] = {}
-    details: dict[str, Any] = {"family": family, "overlap": overlap, "tta": tta, "postprocess": list(steps)}
-    source = {k: volumes[0].metadata[k] for k in SOURCE_KEYS if k in volumes[0].metadata}
-
-    def progress(done: int, total: int) -> None:
-        if reporter is not None:
-            reporter.progress("predict", done, total, f"{done}/{total} model calls")
-
-    label: Volume | None = None
-    probabilities: Volume | None = None
-    table: list[dict[str, Any]] = []
-    per_slice: list[dict[str, Any]] | None = None
-    scan: dict[str, Any] | None = None
-
-    if config.task == "segmentation" and family in SLIDING_3D:
-        t0 = time.perf_counter()
-        prepared = apply_plan(plan, volumes)
-        timings["preprocess"] = time.perf_counter() - t0
-        patch = tuple(int(p) for p in plan.patch_size)
-        predict_fn = _Runner.get(loaded.model, precision, None, patch)
-        padded = [max(s, p) for s, p in zip(prepared.image.shape[:3], patch, strict=True)]
-        details.update(precision=predict_fn.precision, patch_size=list(patch),
-                       windows=len(make_grid(padded, patch, overlap)))
-        batch = int(batch_size or plan.batch_size)
-        t0 = time.perf_counter()
-        output = "probabilities"
-        window_options = {"n_classes": n_classes, "overlap": overlap, "batch_size": batch, "tta_flips": tta,
-                          "memory_budget_mb": memory_budget_mb, "progress": progress, "should_stop": should_stop}
-        try:
-            result = sliding_window_predict(predict_fn, prepared.image, patch, **window_options)
-        except MemoryBudgetError:
-            if return_probabilities:
-                raise
-            output = "labels"  # the probability volume does not fit: accumulate the arg-max only
-            result = sliding_window_predict(predict_fn, prepared.image, patch, output="labels", **window_options)
-        timings["model"] = time.perf_counter() - t0
-        details["output"] = output
-        t0 = time.perf_counter()
-        if output == "probabilities":
-            restored = invert_plan(plan, result, prepared.inverse, kind="probability")
-            classes = np.argmax(restored.array, axis=-1)
-            if return_probabilities:
-                probabilities = restored
-        else:
-            classes = invert_plan(plan, result, prepared.inverse, kind="label").array
-        label_array = values[classes].astype(_label_dtype(values))
-    elif config.task == "segmentation" and family in SLICE_SEGMENTATION:
-        t0 = time.perf_counter()
-        slices, inverse = prepare_slices(plan, volumes)
-        timings["preprocess"] = time.perf_counter() - t0
-        predict_fn = _Runner.get(loaded.model, precision)
-        details.update(precision=predict_fn.precision, slices=int(slices.shape[0]))
-        batch = int(batch_size or 16)
-        t0 = time.perf_counter()
-        outputs = []
-        for start in range(0, len(slices), batch):
-            if should_stop is not None and should_stop():
-                from MedAnalysisLib.errors import CancelledError
-
-                raise CancelledError("prediction stopped on request")
-            raw = _flip_tta_2d(predict_fn, slices[start : start + batch], tta)
-            outputs.append(_class_probabilities(raw, n_classes))
-            progress(min(start + batch, len(slices)), len(slices))
-        result = np.concatenate(outputs, axis=0)
-        timings["model"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        restored = invert_plan(plan, result, inverse, kind="probability")
-        if return_probabilities:
-            probabilities = restored
-        label_array = values[np.argmax(restored.array, axis=-1)].astype(_label_dtype(values))
-        details["output"] = "probabilities"
-    elif config.task == "classification":
-        return _classify(loaded, volumes, plan, family, values, names, n_classes, batch_size, precision, tta,
-                         details, timings, source, started, progress, should_stop)
+    options = {"overlap": overlap, "tta": tta, "postprocess": postprocess, "batch_size": batch_size,
+               "precision": precision, "memory_budget_mb": memory_budget_mb,
+               "return_probabilities": return_probabilities, "reporter": reporter, "stop_flag": stop_flag}
+    if len(loaded.members) > 1:  # an ensemble: every member runs, and their probabilities are averaged
+        return _predict_ensemble(loaded, images, **options)
+    job = _Job.start(loaded, images, started, **options)
+    config, family = job.config, job.family
+    if config.task == "classification":
+        return _classify(job)
+    if family in SLIDING_3D:
+        label_array, probabilities, inverted_at = _segment_windows(job)
+    elif family in SLICE_SEGMENTATION:
+        label_array, probabilities, inverted_at = _segment_slices(job)
     else:
         raise PlanError(f"expected a segmentation family {sorted(SLIDING_3D | SLICE_SEGMENTATION)} or a "
                         f"classification task, got task {config.task!r} with family {family!r}")
+    return _finish_segmentation(job, label_array, probabilities, inverted_at)
 
-    label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
-    label = volumes[0].with_array(label_array)
+
+@dataclass
+class _Job:
+    """One single-bundle prediction: the bundle, the validated input and the settings the steps of :func:`predict`
+    share, with the timings and details they fill in."""
+
+    loaded: Any
+    volumes: list[Volume]
+    overlap: float
+    tta: bool
+    steps: tuple[str, ...]
+    batch_size: int | None
+    precision: str
+    memory_budget_mb: float | None
+    return_probabilities: bool
+    reporter: Any
+    stop_flag: Any
+    started: float
+    values: np.ndarray = field(init=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = _class_values(self.config)
+        self.details.update(family=self.family, overlap=self.overlap, tta=self.tta, postprocess=list(self.steps))
+
+    @classmethod
+    def start(cls, loaded: Any, images: Volume | Sequence[Volume], started: float, *, overlap: float | None,
+              tta: bool | None, postprocess: str | Sequence[str] | None, **options: Any) -> _Job:
+        """Validate the input against the bundle and resolve the settings against its defaults."""
+        volumes = _as_volumes(images)
+        _validate(volumes, loaded.config.family, loaded.config.plan)
+        overlap, tta, steps = _settings(loaded.config, overlap, tta, postprocess)
+        return cls(loaded, volumes, overlap, tta, steps, started=started, **options)
+
+    @property
+    def config(self) -> Any:
+        return self.loaded.config
+
+    @property
+    def plan(self) -> Any:
+        return self.loaded.config.plan
+
+    @property
+    def family(self) -> str:
+        return str(self.loaded.config.family)
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.config.label_names()
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.names
+        return [names.get(int(v), str(int(v))) for v in self.values]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """Non-identifying facts about the input (see :data:`SOURCE_KEYS`)."""
+        return {k: self.volumes[0].metadata[k] for k in SOURCE_KEYS if k in self.volumes[0].metadata}
+
+    @property
+    def should_stop(self) -> Any:
+        return self.stop_flag.is_set if self.stop_flag is not None else None
+
+    def progress(self, done: int, total: int) -> None:
+        if self.reporter is not None:
+            self.reporter.progress("predict", done, total, f"{done}/{total} model calls")
+
+    def check_stop(self) -> None:
+        if self.stop_flag is not None and self.stop_flag.is_set():
+            from MedAnalysisLib.errors import CancelledError
+
+            raise CancelledError("prediction stopped on request")
+
+    def prediction(self, label: Volume | None, probabilities: Volume | None, table: list[dict[str, Any]],
+                   per_slice: list[dict[str, Any]] | None = None, scan: dict[str, Any] | None = None) -> Prediction:
+        self.timings["total"] = time.perf_counter() - self.started
+        return Prediction(self.config.task, label, probabilities, table, per_slice, scan, self.timings,
+                          self.config.name, self.loaded.weights_sha256, self.details, self.source)
+
+
+def _segment_windows(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
+    """3D sliding windows over the prepared volume; the label values (and probabilities) back on the input grid.
+
+    Returns ``(label values, probabilities or None, time the inversion started)``.
+    """
+    from MedAnalysisLib.inference.sliding_window import make_grid, sliding_window_predict
+    from MedAnalysisLib.preprocessing.transforms import apply_plan, invert_plan
+
+    plan, values = job.plan, job.values
+    t0 = time.perf_counter()
+    prepared = apply_plan(plan, job.volumes)
+    job.timings["preprocess"] = time.perf_counter() - t0
+    patch = tuple(int(p) for p in plan.patch_size)
+    predict_fn = _Runner.get(job.loaded.model, job.precision, None, patch)
+    padded = [max(s, p) for s, p in zip(prepared.image.shape[:3], patch, strict=True)]
+    job.details.update(precision=predict_fn.precision, patch_size=list(patch),
+                       windows=len(make_grid(padded, patch, job.overlap)))
+    t0 = time.perf_counter()
+    output = "probabilities"
+    window_options = {"n_classes": job.config.n_classes, "overlap": job.overlap,
+                      "batch_size": int(job.batch_size or plan.batch_size), "tta_flips": job.tta,
+                      "memory_budget_mb": job.memory_budget_mb, "progress": job.progress,
+                      "should_stop": job.should_stop}
+    try:
+        result = sliding_window_predict(predict_fn, prepared.image, patch, **window_options)
+    except MemoryBudgetError:
+        if job.return_probabilities:
+            raise
+        output = "labels"  # the probability volume does not fit: accumulate the arg-max only
+        result = sliding_window_predict(predict_fn, prepared.image, patch, output="labels", **window_options)
+    job.timings["model"] = time.perf_counter() - t0
+    job.details["output"] = output
+    t0 = time.perf_counter()
+    probabilities = None
+    if output == "probabilities":
+        restored = invert_plan(plan, result, prepared.inverse, kind="probability")
+        classes = np.argmax(restored.array, axis=-1)
+        if job.return_probabilities:
+            probabilities = restored
+    else:
+        classes = invert_plan(plan, result, prepared.inverse, kind="label").array
+    return values[classes].astype(_label_dtype(values)), probabilities, t0
+
+
+def _segment_slices(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
+    """2D segmentation slice by slice (batches of slices); as :func:`_segment_windows`."""
+    from MedAnalysisLib.preprocessing.transforms import invert_plan, prepare_slices
+
+    values = job.values
+    t0 = time.perf_counter()
+    slices, inverse = prepare_slices(job.plan, job.volumes)
+    job.timings["preprocess"] = time.perf_counter() - t0
+    predict_fn = _Runner.get(job.loaded.model, job.precision)
+    job.details.update(precision=predict_fn.precision, slices=int(slices.shape[0]))
+    batch = int(job.batch_size or 16)
+    t0 = time.perf_counter()
+    outputs = []
+    for start in range(0, len(slices), batch):
+        job.check_stop()
+        raw = _flip_tta_2d(predict_fn, slices[start : start + batch], job.tta)
+        outputs.append(_class_probabilities(raw, job.config.n_classes))
+        job.progress(min(start + batch, len(slices)), len(slices))
+    result = np.concatenate(outputs, axis=0)
+    job.timings["model"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    restored = invert_plan(job.plan, result, inverse, kind="probability")
+    job.details["output"] = "probabilities"
+    label_array = values[np.argmax(restored.array, axis=-1)].astype(_label_dtype(values))
+    return label_array, restored if job.return_probabilities else None, t0
+
+
+def _finish_segmentation(job: _Job, label_array: np.ndarray, probabilities: Volume | None,
+                         inverted_at: float) -> Prediction:
+    """Post-process the label map, give it the input's geometry, and count each label's volume."""
+    from MedAnalysisLib.inference.postprocess import postprocess_labels
+
+    label_array = postprocess_labels(label_array, job.steps, label_values=[v for v in job.values.tolist() if v != 0])
+    label = job.volumes[0].with_array(label_array)
     label = Volume(label.array, label.spacing, label.origin, label.direction,
-                   metadata={"bundle": config.name, "kind": "label"})
-    table = label_volume_table(label, names)
-    timings["postprocess"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - started
-    return Prediction(config.task, label, probabilities, table, per_slice, scan, timings, config.name,
-                      loaded.weights_sha256, details, source)
+                   metadata={"bundle": job.config.name, "kind": "label"})
+    table = label_volume_table(label, job.names)
+    job.timings["postprocess"] = time.perf_counter() - inverted_at
+    return job.prediction(label, probabilities, table)
 
 
 def _scan_result(probs: np.ndarray, class_names: Sequence[str], values: np.ndarray) -> dict[str, Any]:
@@ -366,87 +443,17 @@ def _scan_result(probs: np.ndarray, class_names: Sequence[str], values: np.ndarr
             "probabilities": {name: float(p) for name, p in zip(class_names, probs, strict=True)}}
 
 
-def _classify(
-    loaded: Any, volumes: list[Volume], plan: Any, family: str, values: np.ndarray, names: dict[int, str],
-    n_classes: int, batch_size: int | None, precision: str, tta: bool, details: dict[str, Any],
-    timings: dict[str, float], source: dict[str, Any], started: float, progress: Any, should_stop: Any,
-) -> Prediction:
-    from MedAnalysisLib.preprocessing.transforms import apply_plan, prepare_slices
-
-    config = loaded.config
-    class_names = [names.get(int(v), str(int(v))) for v in values]
+def _classify(job: _Job) -> Prediction:
+    """Classification: per-slice rows (slice and sequence classifiers) and/or a whole-scan result."""
+    family, values, class_names = job.family, job.values, job.class_names
     per_slice: list[dict[str, Any]] | None = None
     scan: dict[str, Any] | None = None
-
-    def scan_result(probs: np.ndarray) -> dict[str, Any]:
-        return _scan_result(probs, class_names, values)
-
-    t0 = time.perf_counter()
     if family in SLICE_CLASSIFIERS | SEQUENCE_CLASSIFIERS:
-        slices, inverse = prepare_slices(plan, volumes)
-        timings["preprocess"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if family in SEQUENCE_CLASSIFIERS:
-            # A traced call (slice count left free), not an eager one: eager Keras runs the recurrent loop op by op.
-            sequence_fn = _Runner.get(loaded.model, "float32")
-            mask = np.ones((1, len(slices)), bool)
-            flips = _SLICE_FLIPS if tta else _SLICE_FLIPS[:1]  # shifted by one: H, W of (1, S, H, W, C)
-            runs = [sequence_fn({"slices": np.ascontiguousarray(np.flip(slices[None], tuple(a + 1 for a in axes))),
-                                 "mask": mask}) for axes in flips]
-            slice_probs = np.mean([_class_probabilities(np.asarray(o["slices"])[0], n_classes) for o in runs], axis=0)
-            scan = scan_result(np.mean([_class_probabilities(np.asarray(o["scan"]), n_classes)[0] for o in runs],
-                                       axis=0))
-            details.update(precision="float32")
-        else:
-            predict_fn = _Runner.get(loaded.model, precision)
-            details.update(precision=predict_fn.precision)
-            batch = int(batch_size or 32)
-            chunks = []
-            for start in range(0, len(slices), batch):
-                if should_stop is not None and should_stop():
-                    from MedAnalysisLib.errors import CancelledError
-
-                    raise CancelledError("prediction stopped on request")
-                chunks.append(_class_probabilities(_flip_tta_2d(predict_fn, slices[start : start + batch], tta,
-                                                                maps=False), n_classes))
-                progress(min(start + batch, len(slices)), len(slices))
-            slice_probs = np.concatenate(chunks, axis=0)
-        timings["model"] = time.perf_counter() - t0
-        per_slice = []
-        original = volumes[0]
-        centre_ij = ((inverse.prepared.shape[2] - 1) / 2.0, (inverse.prepared.shape[1] - 1) / 2.0)
-        for s, probs in enumerate(slice_probs):
-            position = inverse.prepared.index_to_physical((centre_ij[0], centre_ij[1], float(s)))
-            k_original = float(original.physical_to_index(position)[2])
-            row: dict[str, Any] = {"slice": int(round(k_original)) if abs(k_original - round(k_original)) < 0.25 else s,
-                                   "position_lps": [round(float(c), 3) for c in position]}
-            row.update({f"p_{name}": float(p) for name, p in zip(class_names, probs, strict=True)})
-            row["predicted"] = class_names[int(np.argmax(probs))]
-            per_slice.append(row)
+        per_slice, scan = _classify_slices(job)
         table = per_slice
-        details["slices"] = len(per_slice)
     elif family in VOLUME_CLASSIFIERS:
-        prepared = apply_plan(plan, volumes)
-        image = prepared.image
-        fixed = loaded.model.input_shape[1:4]
-        if all(s is not None for s in fixed):  # centre crop/pad to a fixed input size
-            pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2))
-                    for s, f in zip(image.shape[:3], fixed, strict=True)]
-            image = np.pad(image, [*pads, (0, 0)])
-            starts = [(s - f) // 2 for s, f in zip(image.shape[:3], fixed, strict=True)]
-            image = image[tuple(slice(a, a + f) for a, f in zip(starts, fixed, strict=True))]
-        timings["preprocess"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        predict_fn = _Runner.get(loaded.model, precision)
-        details.update(precision=predict_fn.precision)
-        probs = _class_probabilities(predict_fn(image[None]), n_classes)[0]
-        if tta:
-            for axes in ((1,), (2,), (3,)):
-                flipped = np.ascontiguousarray(np.flip(image[None], axes))
-                probs = probs + _class_probabilities(predict_fn(flipped), n_classes)[0]
-            probs = probs / 4
-        timings["model"] = time.perf_counter() - t0
-        scan = scan_result(probs)
+        probs = _classify_volume(job)
+        scan = _scan_result(probs, class_names, values)
         table = [{"value": int(v), "name": n, "probability": float(p)}
                  for v, n, p in zip(values, class_names, probs, strict=True)]
     else:
@@ -455,9 +462,83 @@ def _classify(
     if scan is not None and family in SEQUENCE_CLASSIFIERS:
         table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]}
                  for v, n in zip(values, class_names, strict=True)]
-    timings["total"] = time.perf_counter() - started
-    return Prediction(config.task, None, None, table, per_slice, scan, timings, config.name, loaded.weights_sha256,
-                      details, source)
+    return job.prediction(None, None, table, per_slice, scan)
+
+
+def _classify_slices(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Per-slice probabilities (and, for sequence models, the whole-scan result) with each slice's position."""
+    from MedAnalysisLib.preprocessing.transforms import prepare_slices
+
+    n_classes, class_names = job.config.n_classes, job.class_names
+    scan: dict[str, Any] | None = None
+    t0 = time.perf_counter()
+    slices, inverse = prepare_slices(job.plan, job.volumes)
+    job.timings["preprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if job.family in SEQUENCE_CLASSIFIERS:
+        # A traced call (slice count left free), not an eager one: eager Keras runs the recurrent loop op by op.
+        sequence_fn = _Runner.get(job.loaded.model, "float32")
+        mask = np.ones((1, len(slices)), bool)
+        flips = _SLICE_FLIPS if job.tta else _SLICE_FLIPS[:1]  # shifted by one: H, W of (1, S, H, W, C)
+        runs = [sequence_fn({"slices": np.ascontiguousarray(np.flip(slices[None], tuple(a + 1 for a in axes))),
+                             "mask": mask}) for axes in flips]
+        slice_probs = np.mean([_class_probabilities(np.asarray(o["slices"])[0], n_classes) for o in runs], axis=0)
+        scan = _scan_result(np.mean([_class_probabilities(np.asarray(o["scan"]), n_classes)[0] for o in runs],
+                                    axis=0), class_names, job.values)
+        job.details.update(precision="float32")
+    else:
+        predict_fn = _Runner.get(job.loaded.model, job.precision)
+        job.details.update(precision=predict_fn.precision)
+        batch = int(job.batch_size or 32)
+        chunks = []
+        for start in range(0, len(slices), batch):
+            job.check_stop()
+            chunks.append(_class_probabilities(_flip_tta_2d(predict_fn, slices[start : start + batch], job.tta,
+                                                            maps=False), n_classes))
+            job.progress(min(start + batch, len(slices)), len(slices))
+        slice_probs = np.concatenate(chunks, axis=0)
+    job.timings["model"] = time.perf_counter() - t0
+    per_slice = []
+    original = job.volumes[0]
+    centre_ij = ((inverse.prepared.shape[2] - 1) / 2.0, (inverse.prepared.shape[1] - 1) / 2.0)
+    for s, probs in enumerate(slice_probs):
+        position = inverse.prepared.index_to_physical((centre_ij[0], centre_ij[1], float(s)))
+        k_original = float(original.physical_to_index(position)[2])
+        row: dict[str, Any] = {"slice": int(round(k_original)) if abs(k_original - round(k_original)) < 0.25 else s,
+                               "position_lps": [round(float(c), 3) for c in position]}
+        row.update({f"p_{name}": float(p) for name, p in zip(class_names, probs, strict=True)})
+        row["predicted"] = class_names[int(np.argmax(probs))]
+        per_slice.append(row)
+    job.details["slices"] = len(per_slice)
+    return per_slice, scan
+
+
+def _classify_volume(job: _Job) -> np.ndarray:
+    """The class probabilities of a volume classifier (input centre-cropped or padded to the model's fixed size)."""
+    from MedAnalysisLib.preprocessing.transforms import apply_plan
+
+    n_classes = job.config.n_classes
+    t0 = time.perf_counter()
+    image = apply_plan(job.plan, job.volumes).image
+    fixed = job.loaded.model.input_shape[1:4]
+    if all(s is not None for s in fixed):  # centre crop/pad to a fixed input size
+        pads = [(max(0, (f - s) // 2), max(0, f - s - (f - s) // 2))
+                for s, f in zip(image.shape[:3], fixed, strict=True)]
+        image = np.pad(image, [*pads, (0, 0)])
+        starts = [(s - f) // 2 for s, f in zip(image.shape[:3], fixed, strict=True)]
+        image = image[tuple(slice(a, a + f) for a, f in zip(starts, fixed, strict=True))]
+    job.timings["preprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predict_fn = _Runner.get(job.loaded.model, job.precision)
+    job.details.update(precision=predict_fn.precision)
+    probs = _class_probabilities(predict_fn(image[None]), n_classes)[0]
+    if job.tta:
+        for axes in ((1,), (2,), (3,)):
+            flipped = np.ascontiguousarray(np.flip(image[None], axes))
+            probs = probs + _class_probabilities(predict_fn(flipped), n_classes)[0]
+        probs = probs / 4
+    job.timings["model"] = time.perf_counter() - t0
+    return probs
 
 
 def _predict_ensemble(
@@ -471,39 +552,14 @@ def _predict_ensemble(
     holds the running sum and one member's map whatever the number of members; the arg-max and the post-processing
     run once on the mean. Classification: per-slice and whole-scan probabilities are averaged.
     """
-    from MedAnalysisLib.errors import BundleError
-    from MedAnalysisLib.inference.postprocess import postprocess_labels
-
     started = time.perf_counter()
     config = ensemble.config
     overlap, tta, steps = _settings(config, overlap, tta, postprocess)
     values = _class_values(config)
-    names = config.label_names()
-    class_names = [names.get(int(v), str(int(v))) for v in values]
-    segmentation = config.task == "segmentation"
-    results: list[Prediction] = []  # without their probability maps, which go into the running sum
-    summed: Volume | None = None  # the members' probability maps added up, on the input grid
-    for number, member in enumerate(ensemble.members):
-        if not np.array_equal(_class_values(member.config), values):
-            raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
-                              f"{_class_values(member.config).tolist()} in {member.config.name!r}")
-        if reporter is not None:
-            reporter.log(f"ensemble member {number + 1}/{len(ensemble.members)}: {member.config.name}")
-        try:
-            result = predict(member, images, overlap=overlap, tta=tta, postprocess="none", batch_size=batch_size,
-                             precision=precision, memory_budget_mb=memory_budget_mb,
-                             return_probabilities=segmentation, reporter=reporter, stop_flag=stop_flag)
-        except MemoryBudgetError as error:
-            raise MemoryBudgetError(f"an ensemble averages probability maps, which do not fit the memory budget: "
-                                    f"{error}") from error
-        if segmentation:
-            assert result.probabilities is not None
-            if summed is None:  # the first member's own map (float32) becomes the running sum
-                summed = result.probabilities.with_array(np.asarray(result.probabilities.array, dtype=np.float32))
-            else:
-                summed.array[...] += result.probabilities.array
-            result = dataclasses.replace(result, probabilities=None)
-        results.append(result)
+    member_options = {"overlap": overlap, "tta": tta, "postprocess": "none", "batch_size": batch_size,
+                      "precision": precision, "memory_budget_mb": memory_budget_mb, "reporter": reporter,
+                      "stop_flag": stop_flag}
+    results, summed = _run_members(ensemble, images, values, member_options)
     timings: dict[str, float] = {}
     for result in results:
         for stage, seconds in result.timings.items():
@@ -516,48 +572,95 @@ def _predict_ensemble(
                      "member_weights_sha256": [r.bundle_sha256 for r in results]},
     }
     t0 = time.perf_counter()
-    label: Volume | None = None
-    probabilities: Volume | None = None
-    per_slice: list[dict[str, Any]] | None = None
-    scan: dict[str, Any] | None = None
-    if segmentation:
-        assert summed is not None
-        summed.array[...] /= len(results)  # now the mean
-        label_array = values[np.argmax(summed.array, axis=-1)].astype(_label_dtype(values))
-        label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
-        volume = summed.with_array(label_array)
-        label = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
-                       metadata={"bundle": config.name, "kind": "label"})
-        if return_probabilities:
-            probabilities = summed
-        table = label_volume_table(label, names)
+    if summed is not None:
+        combined = _mean_segmentation(config, summed, len(results), values, steps, return_probabilities)
     else:
-        first = results[0]
-        if first.per_slice is not None:
-            slices = [[row["slice"] for row in (r.per_slice or [])] for r in results]
-            if any(s != slices[0] for s in slices[1:]):
-                raise BundleError("expected every ensemble member to classify the same slices, got "
-                                  f"{[len(s) for s in slices]} slices; the members' plans resample the slice axis "
-                                  "differently")
-            per_slice = []
-            for index, row in enumerate(first.per_slice):
-                probs = np.mean([[r.per_slice[index][f"p_{n}"] for n in class_names] for r in results  # type: ignore[index]
-                                 ], axis=0)
-                merged = {"slice": row["slice"], "position_lps": row["position_lps"]}
-                merged.update({f"p_{n}": float(p) for n, p in zip(class_names, probs, strict=True)})
-                merged["predicted"] = class_names[int(np.argmax(probs))]
-                per_slice.append(merged)
-        if first.scan is not None:
-            probs = np.mean([[r.scan["probabilities"][n] for n in class_names] for r in results], axis=0)  # type: ignore[index]
-            scan = _scan_result(probs, class_names, values)
-        if scan is not None:
-            table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]}
-                     for v, n in zip(values, class_names, strict=True)]
-        else:
-            table = per_slice or []
-        if per_slice is not None:
-            details["slices"] = len(per_slice)
+        combined = _mean_classification(config, results, values, details)
     timings["combine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
-    return Prediction(config.task, label, probabilities, table, per_slice, scan, timings, config.name,
-                      ensemble.weights_sha256, details, dict(results[0].source))
+    return dataclasses.replace(combined, timings=timings, bundle_sha256=ensemble.weights_sha256, details=details,
+                               source=dict(results[0].source))
+
+
+def _run_members(ensemble: Any, images: Volume | Sequence[Volume], values: np.ndarray,
+                 options: dict[str, Any]) -> tuple[list[Prediction], Volume | None]:
+    """Each member's prediction (without its probability map) and, for segmentation, the sum of the members'
+    probability maps on the input grid."""
+    from MedAnalysisLib.errors import BundleError
+
+    segmentation = ensemble.config.task == "segmentation"
+    reporter = options["reporter"]
+    results: list[Prediction] = []
+    summed: Volume | None = None
+    for number, member in enumerate(ensemble.members):
+        if not np.array_equal(_class_values(member.config), values):
+            raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
+                              f"{_class_values(member.config).tolist()} in {member.config.name!r}")
+        if reporter is not None:
+            reporter.log(f"ensemble member {number + 1}/{len(ensemble.members)}: {member.config.name}")
+        try:
+            result = predict(member, images, return_probabilities=segmentation, **options)
+        except MemoryBudgetError as error:
+            raise MemoryBudgetError(f"an ensemble averages probability maps, which do not fit the memory budget: "
+                                    f"{error}") from error
+        if segmentation:
+            assert result.probabilities is not None
+            if summed is None:  # the first member's own map (float32) becomes the running sum
+                summed = result.probabilities.with_array(np.asarray(result.probabilities.array, dtype=np.float32))
+            else:
+                summed.array[...] += result.probabilities.array
+            result = dataclasses.replace(result, probabilities=None)
+        results.append(result)
+    return results, summed
+
+
+def _mean_segmentation(config: Any, summed: Volume, n_members: int, values: np.ndarray, steps: tuple[str, ...],
+                       return_probabilities: bool) -> Prediction:
+    """Arg-max and post-processing of the members' mean probabilities (``summed`` becomes the mean, in place)."""
+    from MedAnalysisLib.inference.postprocess import postprocess_labels
+
+    summed.array[...] /= n_members
+    label_array = values[np.argmax(summed.array, axis=-1)].astype(_label_dtype(values))
+    label_array = postprocess_labels(label_array, steps, label_values=[v for v in values.tolist() if v != 0])
+    volume = summed.with_array(label_array)
+    label = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
+                   metadata={"bundle": config.name, "kind": "label"})
+    table = label_volume_table(label, config.label_names())
+    return Prediction(config.task, label, summed if return_probabilities else None, table, None, None, {},
+                      config.name, "")
+
+
+def _mean_classification(config: Any, results: Sequence[Prediction], values: np.ndarray,
+                         details: dict[str, Any]) -> Prediction:
+    """Per-slice and whole-scan probabilities averaged over the members."""
+    from MedAnalysisLib.errors import BundleError
+
+    names = config.label_names()
+    class_names = [names.get(int(v), str(int(v))) for v in values]
+    first = results[0]
+    per_slice: list[dict[str, Any]] | None = None
+    scan: dict[str, Any] | None = None
+    if first.per_slice is not None:
+        slices = [[row["slice"] for row in (r.per_slice or [])] for r in results]
+        if any(s != slices[0] for s in slices[1:]):
+            raise BundleError("expected every ensemble member to classify the same slices, got "
+                              f"{[len(s) for s in slices]} slices; the members' plans resample the slice axis "
+                              "differently")
+        per_slice = []
+        for index, row in enumerate(first.per_slice):
+            probs = np.mean([[r.per_slice[index][f"p_{n}"] for n in class_names] for r in results  # type: ignore[index]
+                             ], axis=0)
+            merged = {"slice": row["slice"], "position_lps": row["position_lps"]}
+            merged.update({f"p_{n}": float(p) for n, p in zip(class_names, probs, strict=True)})
+            merged["predicted"] = class_names[int(np.argmax(probs))]
+            per_slice.append(merged)
+        details["slices"] = len(per_slice)
+    if first.scan is not None:
+        probs = np.mean([[r.scan["probabilities"][n] for n in class_names] for r in results], axis=0)  # type: ignore[index]
+        scan = _scan_result(probs, class_names, values)
+    if scan is not None:
+        table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]}
+                 for v, n in zip(values, class_names, strict=True)]
+    else:
+        table = per_slice or []
+    return Prediction(config.task, None, None, table, per_slice, scan, {}, config.name, "")

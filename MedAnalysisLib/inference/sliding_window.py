@@ -207,6 +207,37 @@ def sliding_window_predict(
     """
     from MedAnalysisLib.errors import CancelledError
 
+    image, patch = _checked_input(image, patch_size, n_classes, batch_size, output)
+    shape = tuple(int(s) for s in image.shape[:3])
+    batch_size = _batch_within_budget(shape, patch, image.shape[3], int(n_classes), int(batch_size), output,
+                                      int(getattr(predict_fn, "window_activation_bytes", 0) or 0), memory_budget_mb)
+    # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).
+    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
+    if padded_shape != shape:
+        padding = [(0, ps - s) for ps, s in zip(padded_shape, shape, strict=True)] + [(0, 0)]
+        image = np.pad(image, padding, mode="constant", constant_values=pad_value)
+    grid = make_grid(padded_shape, patch, overlap)
+    blend = _RollingBlend(shape, padded_shape, patch, grid, int(n_classes), gaussian, output)
+    flips = tta_flip_sets(tta_flips)
+    corners = list(grid.corners())
+    done_windows = 0
+    for first in range(0, len(corners), batch_size):
+        if should_stop is not None and should_stop():
+            raise CancelledError("sliding-window inference stopped on request")
+        chunk = corners[first : first + batch_size]
+        batch = np.stack([image[k : k + patch[0], j : j + patch[1], i : i + patch[2]] for k, j, i in chunk])
+        for corner, prediction in zip(chunk, _predict_with_flips(predict_fn, batch, flips, patch, n_classes),
+                                      strict=True):
+            blend.add(corner, prediction)
+        done_windows += len(chunk)
+        if progress is not None:
+            progress(done_windows, len(corners))
+    return blend.finish()
+
+
+def _checked_input(image: np.ndarray, patch_size: Sequence[int], n_classes: int, batch_size: int,
+                   output: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The image as ``(k, j, i, C)`` float32 and the patch as three ints, or the error naming what is wrong."""
     image = np.asarray(image)
     if image.ndim == 3:
         image = image[..., None]
@@ -229,108 +260,111 @@ def sliding_window_predict(
         raise ImageValidationError(
             f"expected finite voxel values, got {int(np.size(image) - np.isfinite(image).sum())} NaN/Inf voxels"
         )
-    image = image.astype(np.float32, copy=False)
-    shape = tuple(int(s) for s in image.shape[:3])
+    return image.astype(np.float32, copy=False), patch
 
-    activation = int(getattr(predict_fn, "window_activation_bytes", 0) or 0)
-    batch_size = int(batch_size)
-    if memory_budget_mb is not None:
-        budget = float(memory_budget_mb) * 2**20
-        while True:
-            estimate = estimate_memory_bytes(
-                shape, patch, n_channels=image.shape[3], n_classes=n_classes, batch_size=batch_size,
-                output=output, window_activation_bytes=activation,
+
+def _batch_within_budget(shape: tuple[int, ...], patch: tuple[int, ...], n_channels: int, n_classes: int,
+                         batch_size: int, output: str, activation: int, memory_budget_mb: float | None) -> int:
+    """The batch size, halved until the memory estimate fits the budget (:class:`MemoryBudgetError` if 1 does not)."""
+    if memory_budget_mb is None:
+        return batch_size
+    budget = float(memory_budget_mb) * 2**20
+    while True:
+        estimate = estimate_memory_bytes(shape, patch, n_channels=n_channels, n_classes=n_classes,
+                                         batch_size=batch_size, output=output,  # type: ignore[arg-type]
+                                         window_activation_bytes=activation)
+        if estimate["total"] <= budget or batch_size == 1:
+            break
+        batch_size = max(1, batch_size // 2)
+    if estimate["total"] > budget:
+        hint = " (output='labels' needs no probability volume)" if output == "probabilities" else ""
+        raise MemoryBudgetError(
+            f"expected sliding-window inference to fit {memory_budget_mb:.1f} MB, got an estimate of "
+            f"{estimate['total'] / 2**20:.1f} MB with batch size 1 ("
+            + ", ".join(f"{k} {v / 2**20:.1f} MB" for k, v in estimate.items() if k != "total")
+            + f"){hint}"
+        )
+    return batch_size
+
+
+def _predict_with_flips(predict_fn: PredictFn, batch: np.ndarray, flips: list[tuple[int, ...]],
+                        patch: tuple[int, ...], n_classes: int) -> np.ndarray:
+    """``predict_fn`` on a batch of windows, averaged over the flips (each flipped back), checked for its shape."""
+    predictions = None
+    for axes in flips:
+        spatial = tuple(a + 1 for a in axes)
+        x = np.ascontiguousarray(np.flip(batch, spatial)) if axes else batch
+        y = np.asarray(predict_fn(x), dtype=np.float32)
+        if y.shape != (len(batch), *patch, n_classes):
+            raise InputError(
+                f"expected the model to return shape {(len(batch), *patch, n_classes)} "
+                f"(batch, k, j, i, classes), got {y.shape}"
             )
-            if estimate["total"] <= budget or batch_size == 1:
-                break
-            batch_size = max(1, batch_size // 2)
-        if estimate["total"] > budget:
-            hint = " (output='labels' needs no probability volume)" if output == "probabilities" else ""
-            raise MemoryBudgetError(
-                f"expected sliding-window inference to fit {memory_budget_mb:.1f} MB, got an estimate of "
-                f"{estimate['total'] / 2**20:.1f} MB with batch size 1 ("
-                + ", ".join(f"{k} {v / 2**20:.1f} MB" for k, v in estimate.items() if k != "total")
-                + f"){hint}"
-            )
+        if axes:
+            y = np.flip(y, spatial)
+        predictions = y if predictions is None else predictions + y
+    assert predictions is not None
+    if len(flips) > 1:
+        predictions /= len(flips)
+    return predictions
 
-    # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).
-    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
-    if padded_shape != shape:
-        padding = [(0, ps - s) for ps, s in zip(padded_shape, shape, strict=True)] + [(0, 0)]
-        image = np.pad(image, padding, mode="constant", constant_values=pad_value)
 
-    grid = make_grid(padded_shape, patch, overlap)
-    weights_1d = [gaussian_weights_1d(p) if gaussian else np.ones(p, np.float32) for p in patch]
-    window_weight = importance_map(patch, gaussian)[..., None]
-    # Sum of weights at each voxel, per axis (the grid is a Cartesian product, the weights a product of axes).
-    totals = []
-    for axis in range(3):
-        total = np.zeros(padded_shape[axis], np.float64)
-        for start in grid.starts[axis]:
-            total[start : start + patch[axis]] += weights_1d[axis]
-        totals.append(total.astype(np.float32))
-    inverse_jk = 1.0 / (totals[1][:, None, None] * totals[2][None, :, None])  # (J, I, 1)
+class _RollingBlend:
+    """Weighted windows summed into a buffer one patch deep along k; rows no later window reaches are normalised
+    by the summed weights and written out, so memory holds one slab of probabilities, not the whole volume.
 
-    label_dtype = np.uint8 if n_classes <= 256 else np.uint16
-    if output == "probabilities":
-        result = np.empty((*shape, n_classes), np.float32)
-    else:
-        result = np.empty(shape, label_dtype)
-    buffer = np.zeros((patch[0], padded_shape[1], padded_shape[2], n_classes), np.float32)
-    buffer_start = 0  # padded k index of buffer row 0
+    Windows must arrive in grid order (k ascending), as :meth:`WindowGrid.corners` gives them.
+    """
 
-    def flush(until: int) -> None:
+    def __init__(self, shape: tuple[int, ...], padded_shape: tuple[int, ...], patch: tuple[int, ...],
+                 grid: WindowGrid, n_classes: int, gaussian: bool, output: str) -> None:
+        self.shape, self.patch, self.output = shape, patch, output
+        weights_1d = [gaussian_weights_1d(p) if gaussian else np.ones(p, np.float32) for p in patch]
+        self.window_weight = importance_map(patch, gaussian)[..., None]
+        # Sum of weights at each voxel, per axis (the grid is a Cartesian product, the weights a product of axes).
+        self.totals = []
+        for axis in range(3):
+            total = np.zeros(padded_shape[axis], np.float64)
+            for start in grid.starts[axis]:
+                total[start : start + patch[axis]] += weights_1d[axis]
+            self.totals.append(total.astype(np.float32))
+        self.inverse_jk = 1.0 / (self.totals[1][:, None, None] * self.totals[2][None, :, None])  # (J, I, 1)
+        self.label_dtype = np.uint8 if n_classes <= 256 else np.uint16
+        self.result = (np.empty((*shape, n_classes), np.float32) if output == "probabilities"
+                       else np.empty(shape, self.label_dtype))
+        self.padded_k = padded_shape[0]
+        self.buffer = np.zeros((patch[0], padded_shape[1], padded_shape[2], n_classes), np.float32)
+        self.buffer_start = 0  # padded k index of buffer row 0
+
+    def add(self, corner: tuple[int, int, int], prediction: np.ndarray) -> None:
+        k, j, i = corner
+        if k > self.buffer_start:
+            self.flush(k)
+        patch, start = self.patch, self.buffer_start
+        self.buffer[k - start : k - start + patch[0], j : j + patch[1], i : i + patch[2]] += (
+            prediction * self.window_weight
+        )
+
+    def flush(self, until: int) -> None:
         """Normalise padded rows [buffer_start, until) and write the part inside the image to ``result``."""
-        nonlocal buffer_start
-        rows = until - buffer_start
+        rows = until - self.buffer_start
         if rows <= 0:
             return
-        done = buffer[:rows] * inverse_jk[None] / totals[0][buffer_start:until, None, None, None]
-        keep = min(until, shape[0]) - buffer_start
+        start, shape = self.buffer_start, self.shape
+        done = self.buffer[:rows] * self.inverse_jk[None] / self.totals[0][start:until, None, None, None]
+        keep = min(until, shape[0]) - start
         if keep > 0:
             block = done[:keep, : shape[1], : shape[2]]
-            target = slice(buffer_start, buffer_start + keep)
-            if output == "probabilities":
-                result[target] = block
+            target = slice(start, start + keep)
+            if self.output == "probabilities":
+                self.result[target] = block
             else:
-                result[target] = np.argmax(block, axis=-1).astype(label_dtype)
-        remaining = patch[0] - rows
-        buffer[:remaining] = buffer[rows:].copy()
-        buffer[remaining:] = 0.0
-        buffer_start = until
+                self.result[target] = np.argmax(block, axis=-1).astype(self.label_dtype)
+        remaining = self.patch[0] - rows
+        self.buffer[:remaining] = self.buffer[rows:].copy()
+        self.buffer[remaining:] = 0.0
+        self.buffer_start = until
 
-    flips = tta_flip_sets(tta_flips)
-    corners = list(grid.corners())
-    done_windows = 0
-    for first in range(0, len(corners), batch_size):
-        if should_stop is not None and should_stop():
-            raise CancelledError("sliding-window inference stopped on request")
-        chunk = corners[first : first + batch_size]
-        batch = np.stack([image[k : k + patch[0], j : j + patch[1], i : i + patch[2]] for k, j, i in chunk])
-        predictions = None
-        for axes in flips:
-            spatial = tuple(a + 1 for a in axes)
-            x = np.ascontiguousarray(np.flip(batch, spatial)) if axes else batch
-            y = np.asarray(predict_fn(x), dtype=np.float32)
-            if y.shape != (len(chunk), *patch, n_classes):
-                raise InputError(
-                    f"expected the model to return shape {(len(chunk), *patch, n_classes)} "
-                    f"(batch, k, j, i, classes), got {y.shape}"
-                )
-            if axes:
-                y = np.flip(y, spatial)
-            predictions = y if predictions is None else predictions + y
-        assert predictions is not None
-        if len(flips) > 1:
-            predictions /= len(flips)
-        for (k, j, i), prediction in zip(chunk, predictions, strict=True):
-            if k > buffer_start:
-                flush(k)
-            buffer[k - buffer_start : k - buffer_start + patch[0], j : j + patch[1], i : i + patch[2]] += (
-                prediction * window_weight
-            )
-        done_windows += len(chunk)
-        if progress is not None:
-            progress(done_windows, len(corners))
-    flush(padded_shape[0])
-    return result
+    def finish(self) -> np.ndarray:
+        self.flush(self.padded_k)
+        return self.result

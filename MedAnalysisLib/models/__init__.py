@@ -1,7 +1,7 @@
 """Model families, registered by name and built from code (never deserialised from files).
 
 Importing this package does not import Keras: the family modules are imported when a model is first built, so
-that :mod:`MedAnalysisLib.bundle` can validate family names without TensorFlow.
+that :mod:`MedAnalysisLib.bundles` can validate family names without TensorFlow.
 
 Output contract (all inputs channels-last, float32):
 

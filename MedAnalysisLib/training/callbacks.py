@@ -27,7 +27,7 @@ import numpy as np
 
 from MedAnalysisLib.io.atomic import atomic_directory
 from MedAnalysisLib.progress import Reporter, StopFlag
-from MedAnalysisLib.training.runner import LAST_EPOCH
+from MedAnalysisLib.training.options import LAST_EPOCH
 
 STATE_FILE = "state.json"
 LAST_WEIGHTS = "last.weights.h5"

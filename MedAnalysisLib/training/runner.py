@@ -1,18 +1,20 @@
 """The training engine: devices, model, loss and metrics, callbacks, resume, and the bundle at the end.
 
 :func:`fit_and_bundle` is shared by :func:`MedAnalysisLib.training.train` (datasets of scans) and
-:func:`train_on_arrays` (already prepared numpy arrays). A run
+:func:`train_on_arrays` (already prepared numpy arrays). A run, step by step:
 
-1. seeds everything (``keras.utils.set_random_seed``) and chooses devices (:func:`setup_devices`);
-2. builds the model from code inside the distribution strategy's scope and compiles it (Adam, polynomial
-   learning-rate decay as nnU-Net, ``jit_compile=False`` on CPU);
-3. resumes from ``<out>.checkpoint/`` when it holds a checkpoint of the same run (same model, hyper-parameters,
-   plan, labels, data and seed);
-4. trains with per-batch progress, per-epoch metrics, best-model tracking on the validation metric, early stopping
-   and an atomic checkpoint after every epoch; a stop request ends the epoch at the next batch boundary, saves the
-   checkpoint and raises :class:`~MedAnalysisLib.errors.CancelledError`;
-5. writes the bundle with the best weights, the training log (``training_log.csv``) and the provenance, then
-   removes the checkpoint.
+1. :func:`_start_runtime`: sizes TensorFlow's thread pool (:func:`MedAnalysisLib.runtime.configure_threads`), turns
+   on op determinism when asked, seeds everything (``keras.utils.set_random_seed``) and chooses devices
+   (:func:`~MedAnalysisLib.training.device.setup_devices`);
+2. :func:`_resume_state`: finds ``<out>.checkpoint/`` when it holds a checkpoint of the same run (same model,
+   hyper-parameters, plan, labels, data and seed);
+3. :func:`_build_models`: builds the model from code inside the distribution strategy's scope and compiles it
+   (Adam, polynomial learning-rate decay as nnU-Net, ``jit_compile=False`` on CPU), restoring the checkpoint;
+4. :func:`_fit`: trains with per-batch progress, per-epoch metrics, best-model tracking on the validation metric,
+   early stopping and an atomic checkpoint after every epoch; a stop request ends the epoch at the next batch
+   boundary, saves the checkpoint and raises :class:`~MedAnalysisLib.errors.CancelledError`;
+5. :func:`_write_bundle`: writes the bundle with the best weights, the training log (``training_log.csv``) and the
+   provenance (:func:`_provenance`), then removes the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,16 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from MedAnalysisLib.bundle import TRAINING_LOG_FILE, BundleConfig, LabelInfo, save_bundle
+from MedAnalysisLib.bundles import TRAINING_LOG_FILE, BundleConfig, save_bundle
 from MedAnalysisLib.errors import CancelledError, InputError
+from MedAnalysisLib.labels import LabelInfo
 from MedAnalysisLib.progress import Reporter, StopFlag
+from MedAnalysisLib.training.options import LAST_EPOCH, TrainingOptions
 
 #: Default validation metric per (task, output kind): name in the Keras logs and whether higher is better.
 SEGMENTATION_MONITOR = ("val_mean_dice", "max")
 BINARY_MONITOR = ("val_auc", "max")
 MULTICLASS_MONITOR = ("val_accuracy", "max")
-#: Monitor name (and mode) that keeps the final epoch's weights instead of choosing one on validation data.
-LAST_EPOCH = "last"
+__all__ = ["LAST_EPOCH", "FitSpec", "TrainResult", "checkpoint_dir_for", "fit_and_bundle", "train_on_arrays"]
 
 
 @dataclass
@@ -65,35 +68,41 @@ class TrainResult:
 
 @dataclass
 class FitSpec:
-    """Everything :func:`fit_and_bundle` needs besides the data.
+    """What :func:`fit_and_bundle` needs: the run's options and what the data decided.
 
     ``make_feeders(setup)`` returns ``(train_feeder, val_feeder_or_None)`` (PyDatasets), called after the devices
-    are set up so that batch sizes can follow the number of replicas.
+    are set up so that batch sizes can follow the number of replicas. ``hparams``, ``plan`` and ``labels`` are the
+    resolved ones (filled in from the data), which the bundle stores; ``monitor`` overrides the task's default
+    validation metric (e.g. ``("val_slices_loss", "min")`` when a sequence model's scan targets are all one class).
     """
 
-    family: str
-    task: str
+    options: TrainingOptions
     hparams: dict[str, Any]
     plan: Any
     labels: tuple[LabelInfo, ...]
     input_spec: dict[str, Any]
     make_feeders: Callable[[Any], tuple[Any, Any]]
     data_signature: str
-    epochs: int
     name: str
-    learning_rate: float = 1e-3
-    patience: int | None = None
-    loss: str | None = None
-    seed: int = 0
-    mixed_precision: str = "auto"
-    strategy: str = "auto"
-    tensorboard_dir: str | None = None
-    description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
-    inference_defaults: dict[str, Any] | None = None
-    #: Validation metric name and ``"max"``/``"min"`` for best-epoch selection and early stopping, overriding the
-    #: task's default (e.g. ``("val_slices_loss", "min")`` when a sequence model's scan targets are all one class).
     monitor: tuple[str, str] | None = None
+    description: str = ""
+    inference_defaults: dict[str, Any] | None = None
+
+
+@dataclass
+class _Run:
+    """Where a run stands: devices, thread count, checkpoint folder, the run's signature and the models."""
+
+    setup: Any
+    threads: int
+    checkpoint_dir: Path
+    signature: str
+    scratch: Path | None = None
+    state: dict[str, Any] | None = None
+    inference_model: Any = None
+    training_model: Any = None
+    monitor: tuple[str, str] = SEGMENTATION_MONITOR
 
 
 def checkpoint_dir_for(out: Path) -> Path:
@@ -155,10 +164,11 @@ def _compile(family: str, task: str, n_classes: int, training_model: Any, infere
 
 
 def _signature(spec: FitSpec) -> str:
+    options = spec.options
     plan = spec.plan.to_dict() if hasattr(spec.plan, "to_dict") else spec.plan
-    payload = {"family": spec.family, "task": spec.task, "hparams": spec.hparams, "plan": plan,
-               "labels": [label.to_dict() for label in spec.labels], "data": spec.data_signature, "seed": spec.seed,
-               "loss": spec.loss, "augment": spec.provenance.get("augment")}
+    payload = {"family": options.family, "task": options.task, "hparams": spec.hparams, "plan": plan,
+               "labels": [label.to_dict() for label in spec.labels], "data": spec.data_signature,
+               "seed": options.seed, "loss": options.loss, "augment": spec.provenance.get("augment")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -171,162 +181,186 @@ def _history_columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
     return columns
 
 
-def fit_and_bundle(
-    spec: FitSpec,
-    out: str | Path,
-    *,
-    reporter: Reporter | None = None,
-    stop_flag: StopFlag | None = None,
-    resume: bool = True,
-) -> TrainResult:
-    """Run training as described in the module docstring and write the bundle to ``out``."""
+def fit_and_bundle(spec: FitSpec, *, reporter: Reporter | None = None, stop_flag: StopFlag | None = None) -> TrainResult:
+    """Run training as described in the module docstring and write the bundle to ``spec.options.out``."""
     import keras
 
-    from MedAnalysisLib.models import build_training_model
-    from MedAnalysisLib.training.callbacks import (
-        CheckpointCallback,
-        ProgressCallback,
-        load_checkpoint_state,
-        restore_checkpoint,
-    )
-    from MedAnalysisLib.training.device import setup_devices
-
+    options = spec.options
     reporter = reporter or Reporter("none")
-    out = Path(out)
-    if spec.epochs < 1:
-        raise InputError(f"expected epochs >= 1, got {spec.epochs}")
-    if spec.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+    if options.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise InputError("expected the tensorboard package for TensorBoard logs (pip install tensorboard), it is not "
                          "installed; the CSV log (training_log.csv in the bundle) is written in every case")
-    keras.utils.set_random_seed(spec.seed)
-    setup = setup_devices(mixed_precision=spec.mixed_precision, strategy=spec.strategy, reporter=reporter)
-    signature = _signature(spec)
-    checkpoint_dir = checkpoint_dir_for(out)
-    scratch: Path | None = None
-    if not setup.is_chief:  # other workers keep their (identical) checkpoints out of the chief's way
-        scratch = Path(tempfile.mkdtemp(prefix=f"medanalysis-worker{setup.worker_index}-"))
-        checkpoint_dir = scratch / "checkpoint"
-    state = load_checkpoint_state(checkpoint_dir, signature) if resume else None
-    if not resume and checkpoint_dir.exists() and setup.is_chief:
-        shutil.rmtree(checkpoint_dir)
-    if state is not None and (state.get("early_stopped") or state["epochs_completed"] >= spec.epochs):
-        reporter.log(f"checkpoint at {checkpoint_dir} has finished training; writing its bundle")
-    n_classes = len(spec.labels)
+    run = _start_runtime(spec, reporter)
     try:
-        with setup.strategy.scope():
-            inference_model, training_model = build_training_model(spec.family, **spec.hparams)
-            monitor, mode = _compile(spec.family, spec.task, n_classes, training_model, inference_model,
-                                     loss_name=spec.loss, learning_rate=spec.learning_rate,
-                                     jit_compile=setup.jit_compile)
-            if spec.monitor is not None:
-                monitor, mode = spec.monitor
-            if state is not None:
-                restore_checkpoint(checkpoint_dir, training_model)
-        initial_epoch = int(state["epochs_completed"]) if state else 0
-        if state is not None:
-            reporter.log(f"resuming from the checkpoint after epoch {initial_epoch} ({checkpoint_dir})")
-        train_feeder, val_feeder = spec.make_feeders(setup)
-        steps = len(train_feeder)
-        progress = ProgressCallback(reporter, stop_flag, spec.epochs, steps, initial_epoch)
-        checkpoint = CheckpointCallback(checkpoint_dir, inference_model, monitor=monitor, mode=mode,
-                                        patience=spec.patience, progress=progress, signature=signature, state=state)
-        base_lr, epochs = spec.learning_rate, spec.epochs
-        callbacks: list[Any] = [
-            keras.callbacks.LearningRateScheduler(lambda epoch: base_lr * (1 - epoch / epochs) ** 0.9),
-            progress,
-            checkpoint,
-        ]
-        if spec.tensorboard_dir and setup.is_chief:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=spec.tensorboard_dir, write_graph=False))
-        finished = state is not None and (state.get("early_stopped") or initial_epoch >= spec.epochs)
-        started = time.monotonic()
-        if not finished:
-            if hasattr(train_feeder, "epoch"):
-                train_feeder.epoch = initial_epoch
-            multi_worker = setup.multi_worker
-            if multi_worker:
-                # Keras 3 reduces a first distributed batch for its symbolic build, which fails for
-                # MultiWorkerMirroredStrategy (keras-team/keras#20585); leaving the strategy to the scope below
-                # defers the build to the first traced step, which runs under the same strategy.
-                training_model._distribute_strategy = None
-                _patch_keras_multi_worker_reduction()
-            with setup.strategy.scope() if multi_worker else contextlib.nullcontext():
-                training_model.fit(train_feeder, validation_data=val_feeder, epochs=spec.epochs,
-                                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
-        if progress.stopped:
-            checkpoint.save(partial=True)
-            done = checkpoint.state["epochs_completed"]
-            raise CancelledError(
-                f"training stopped on request during epoch {done + 1}; checkpoint saved in {checkpoint_dir} (run "
-                "the same command again to resume)"
-            )
-        history_rows = checkpoint.state["history"]
-        best_epoch = checkpoint.state.get("best_epoch")
-        inference_model.load_weights(str(checkpoint_dir / "best.weights.h5"))
-        best_row = next((row for row in history_rows if row["epoch"] == best_epoch), history_rows[-1])
-        metrics = {k: v for k, v in best_row.items() if k not in ("epoch", "learning_rate")}
-        if spec.task == "segmentation" and len(training_model.outputs) > 1:
-            # Deep supervision prefixes the main output's metrics with its name; the card shows plain names.
-            main = f"{training_model.output_names[0]}_"
-            metrics = {k.replace(main, ""): v for k, v in metrics.items() if main in k or k in ("loss", "val_loss")}
-        from MedAnalysisLib.training.callbacks import history_csv
-
-        provenance = {
-            **spec.provenance,
-            "epochs": spec.epochs,
-            "epochs_completed": checkpoint.state["epochs_completed"],
-            "early_stopped": bool(checkpoint.state.get("early_stopped")),
-            "best_epoch": best_epoch,
-            "monitor": checkpoint.state.get("monitor", monitor),
-            "final_metrics": metrics,
-            "seed": spec.seed,
-            "learning_rate": spec.learning_rate,
-            "optimizer": "adam, polynomial decay 0.9",
-            "loss": spec.loss or ("dice_ce" if spec.task == "segmentation" else "bce" if n_classes == 2 else "ce"),
-            "device": setup.description,
-            "replicas": setup.n_replicas,
-            "precision": setup.precision,
-            "library_versions": _library_versions(),
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "train_seconds_this_session": round(time.monotonic() - started, 2),
-        }
-        config = BundleConfig(
-            name=spec.name,
-            task=spec.task,
-            family=spec.family,
-            hparams=spec.hparams,
-            plan=spec.plan,
-            labels=spec.labels,
-            input=spec.input_spec,
-            inference=spec.inference_defaults or {},
-            training=provenance,
-            description=spec.description,
-        )
-        target = out if setup.is_chief else (scratch or Path(tempfile.mkdtemp())) / out.name
-        save_bundle(target, inference_model, config,
-                    extra_files={TRAINING_LOG_FILE: history_csv(history_rows).encode("utf-8")})
-        if setup.is_chief:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            reporter.log(f"bundle written to {target} (best epoch {best_epoch}, {provenance['monitor']})")
-        return TrainResult(target, _history_columns(history_rows), metrics, best_epoch, config)
+        _resume_state(run, options, reporter)
+        _build_models(run, spec)
+        checkpoint, seconds = _fit(run, spec, reporter, stop_flag)
+        return _write_bundle(run, spec, checkpoint, seconds, reporter)
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if run.scratch is not None:
+            shutil.rmtree(run.scratch, ignore_errors=True)
         with contextlib.suppress(Exception):
             keras.mixed_precision.set_global_policy("float32")
 
 
-def _patch_keras_multi_worker_reduction() -> None:
-    """Work around Keras 3 reducing per-step scalar logs across workers with ``axis=0`` (an error for scalars).
+def _start_runtime(spec: FitSpec, reporter: Reporter) -> _Run:
+    """Threads, determinism, seeds and devices, in the order TensorFlow needs them; and where the checkpoint goes."""
+    import keras
 
-    Under MultiWorkerMirroredStrategy each worker holds one replica; the per-step logs are then reduced over the
-    local replica only (the epoch-end metrics Keras reports are read from synchronised metric variables and stay
-    global). Applied only for multi-worker runs, and only while Keras still has the failing helper.
+    from MedAnalysisLib.runtime import configure_threads, enable_op_determinism
+    from MedAnalysisLib.training.device import setup_devices
+
+    options = spec.options
+    threads = configure_threads(options.threads)  # before any TensorFlow op: the pools are fixed at first use
+    if options.deterministic:
+        enable_op_determinism()
+    keras.utils.set_random_seed(options.seed)
+    setup = setup_devices(mixed_precision=options.mixed_precision, strategy=options.strategy, reporter=reporter)
+    run = _Run(setup=setup, threads=threads, checkpoint_dir=checkpoint_dir_for(options.out),
+               signature=_signature(spec))
+    if not setup.is_chief:  # other workers keep their (identical) checkpoints out of the chief's way
+        run.scratch = Path(tempfile.mkdtemp(prefix=f"medanalysis-worker{setup.worker_index}-"))
+        run.checkpoint_dir = run.scratch / "checkpoint"
+    return run
+
+
+def _resume_state(run: _Run, options: TrainingOptions, reporter: Reporter) -> None:
+    """The checkpoint state of the same run, when resuming (a checkpoint of another run is ignored)."""
+    from MedAnalysisLib.training.callbacks import load_checkpoint_state
+
+    run.state = load_checkpoint_state(run.checkpoint_dir, run.signature) if options.resume else None
+    if not options.resume and run.checkpoint_dir.exists() and run.setup.is_chief:
+        shutil.rmtree(run.checkpoint_dir)
+    if run.state is not None and _finished(run.state, options.epochs):
+        reporter.log(f"checkpoint at {run.checkpoint_dir} has finished training; writing its bundle")
+
+
+def _finished(state: dict[str, Any] | None, epochs: int) -> bool:
+    return state is not None and bool(state.get("early_stopped") or state["epochs_completed"] >= epochs)
+
+
+def _build_models(run: _Run, spec: FitSpec) -> None:
+    """Build and compile inside the strategy's scope; restore the checkpoint's weights and optimizer state."""
+    from MedAnalysisLib.models import build_training_model
+    from MedAnalysisLib.training.callbacks import restore_checkpoint
+
+    options = spec.options
+    with run.setup.strategy.scope():
+        run.inference_model, run.training_model = build_training_model(options.family, **spec.hparams)
+        run.monitor = _compile(options.family, str(options.task), len(spec.labels), run.training_model,
+                               run.inference_model, loss_name=options.loss, learning_rate=options.learning_rate,
+                               jit_compile=run.setup.jit_compile)
+        if spec.monitor is not None:
+            run.monitor = spec.monitor
+        if run.state is not None:
+            restore_checkpoint(run.checkpoint_dir, run.training_model)
+
+
+def _fit(run: _Run, spec: FitSpec, reporter: Reporter, stop_flag: StopFlag | None) -> tuple[Any, float]:
+    """``model.fit`` with the callbacks, from the checkpoint's epoch; returns the checkpoint callback and the seconds.
+
+    Raises:
+        CancelledError: A stop request ended the run (the checkpoint was saved first).
     """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
+    import keras
 
-    if hasattr(tf_trainer, "_collective_all_reduce_multi_worker"):
-        tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+    from MedAnalysisLib.keras_compat import multi_worker_fit
+    from MedAnalysisLib.training.callbacks import CheckpointCallback, ProgressCallback
+
+    options, state = spec.options, run.state
+    initial_epoch = int(state["epochs_completed"]) if state else 0
+    if state is not None:
+        reporter.log(f"resuming from the checkpoint after epoch {initial_epoch} ({run.checkpoint_dir})")
+    train_feeder, val_feeder = spec.make_feeders(run.setup)
+    progress = ProgressCallback(reporter, stop_flag, options.epochs, len(train_feeder), initial_epoch)
+    monitor, mode = run.monitor
+    checkpoint = CheckpointCallback(run.checkpoint_dir, run.inference_model, monitor=monitor, mode=mode,
+                                    patience=options.patience, progress=progress, signature=run.signature, state=state)
+    base_lr, epochs = options.learning_rate, options.epochs
+    callbacks: list[Any] = [
+        keras.callbacks.LearningRateScheduler(lambda epoch: base_lr * (1 - epoch / epochs) ** 0.9),
+        progress,
+        checkpoint,
+    ]
+    if options.tensorboard_dir and run.setup.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
+    started = time.monotonic()
+    if not _finished(state, options.epochs):
+        if hasattr(train_feeder, "epoch"):
+            train_feeder.epoch = initial_epoch
+        multi_worker = run.setup.multi_worker
+        with run.setup.strategy.scope() if multi_worker else contextlib.nullcontext(), \
+                multi_worker_fit(run.training_model) if multi_worker else contextlib.nullcontext():
+            run.training_model.fit(train_feeder, validation_data=val_feeder, epochs=options.epochs,
+                                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+    if progress.stopped:
+        checkpoint.save(partial=True)
+        raise CancelledError(
+            f"training stopped on request during epoch {checkpoint.state['epochs_completed'] + 1}; checkpoint saved "
+            f"in {run.checkpoint_dir} (run the same command again to resume)"
+        )
+    return checkpoint, time.monotonic() - started
+
+
+def _kept_metrics(run: _Run, spec: FitSpec, history: list[dict[str, float]], best_epoch: int | None) -> dict[str, float]:
+    """Metrics of the kept epoch, under their plain names."""
+    best_row = next((row for row in history if row["epoch"] == best_epoch), history[-1])
+    metrics = {k: v for k, v in best_row.items() if k not in ("epoch", "learning_rate")}
+    if spec.options.task == "segmentation" and len(run.training_model.outputs) > 1:
+        # Deep supervision prefixes the main output's metrics with its name; the card shows plain names.
+        main = f"{run.training_model.output_names[0]}_"
+        metrics = {k.replace(main, ""): v for k, v in metrics.items() if main in k or k in ("loss", "val_loss")}
+    return metrics
+
+
+def _provenance(run: _Run, spec: FitSpec, state: dict[str, Any], metrics: dict[str, float],
+                seconds: float) -> dict[str, Any]:
+    """What the bundle records about how it was trained (``bundle.json`` ``training``)."""
+    options = spec.options
+    default_loss = "dice_ce" if options.task == "segmentation" else "bce" if len(spec.labels) == 2 else "ce"
+    return {
+        **spec.provenance,
+        "epochs": options.epochs,
+        "epochs_completed": state["epochs_completed"],
+        "early_stopped": bool(state.get("early_stopped")),
+        "best_epoch": state.get("best_epoch"),
+        "monitor": state.get("monitor", run.monitor[0]),
+        "final_metrics": metrics,
+        "seed": options.seed,
+        "learning_rate": options.learning_rate,
+        "optimizer": "adam, polynomial decay 0.9",
+        "loss": options.loss or default_loss,
+        "device": run.setup.description,
+        "replicas": run.setup.n_replicas,
+        "precision": run.setup.precision,
+        "intra_op_threads": run.threads,
+        "deterministic": options.deterministic,
+        "library_versions": _library_versions(),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "train_seconds_this_session": round(seconds, 2),
+    }
+
+
+def _write_bundle(run: _Run, spec: FitSpec, checkpoint: Any, seconds: float, reporter: Reporter) -> TrainResult:
+    """The bundle with the best epoch's weights, the training log and the provenance; the checkpoint goes."""
+    from MedAnalysisLib.training.callbacks import BEST_WEIGHTS, history_csv
+
+    state = checkpoint.state
+    history, best_epoch = state["history"], state.get("best_epoch")
+    run.inference_model.load_weights(str(run.checkpoint_dir / BEST_WEIGHTS))
+    metrics = _kept_metrics(run, spec, history, best_epoch)
+    provenance = _provenance(run, spec, state, metrics, seconds)
+    config = BundleConfig(name=spec.name, task=str(spec.options.task), family=spec.options.family,
+                          hparams=spec.hparams, plan=spec.plan, labels=spec.labels, input=spec.input_spec,
+                          inference=spec.inference_defaults or {}, training=provenance, description=spec.description)
+    out = spec.options.out
+    target = out if run.setup.is_chief else (run.scratch or Path(tempfile.mkdtemp())) / out.name
+    save_bundle(target, run.inference_model, config,
+                extra_files={TRAINING_LOG_FILE: history_csv(history).encode("utf-8")})
+    if run.setup.is_chief:
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        reporter.log(f"bundle written to {target} (best epoch {best_epoch}, {provenance['monitor']})")
+    return TrainResult(target, _history_columns(history), metrics, best_epoch, config)
 
 
 def _array_signature(*arrays: Any) -> str:
@@ -342,33 +376,55 @@ def _array_signature(*arrays: Any) -> str:
     return digest.hexdigest()
 
 
+_ARRAY_IGNORED = ("val_fraction", "folds", "fold", "steps_per_epoch", "val_batches", "plan_overrides")
+
+
+def _split_arrays(x: Any, y: Any, family: str, labels: tuple[LabelInfo, ...]) -> tuple[Any, Any, Any]:
+    """Inputs, targets and sample weights in the form the family's training model takes."""
+    from MedAnalysisLib.models import family_task
+
+    if family == "cnn_rnn":
+        mask = np.asarray(x["mask"], dtype=bool)
+        weights = {"slices": mask.astype("float32"), "scan": np.ones(len(mask), "float32")}
+        targets = {"slices": np.asarray(y["slices"], "float32")[..., None],
+                   "scan": np.asarray(y["scan"], "float32")[:, None]}
+        if len(labels) > 2:
+            targets = {"slices": np.asarray(y["slices"], "int32"), "scan": np.asarray(y["scan"], "int32")}
+        return {"slices": np.asarray(x["slices"], "float32"), "mask": mask}, targets, weights
+    if family_task(family) == "classification":
+        y = np.asarray(y)
+        y = y.reshape(-1, 1).astype("float32") if len(labels) == 2 else y.astype("int32")
+        return np.asarray(x, "float32"), y, None
+    return np.asarray(x, "float32"), np.asarray(y, "int32"), None
+
+
+def _arrays_options(options: TrainingOptions) -> TrainingOptions:
+    """Refuse options that choose how scans are split, sampled or augmented: prepared arrays are used as given."""
+    defaults = TrainingOptions(family=options.family, out=options.out)
+    changed = [name for name in _ARRAY_IGNORED if getattr(options, name) != getattr(defaults, name)]
+    if options.augment is not None and options.augment != defaults.augment:
+        changed.append("augment")
+    if changed:
+        raise InputError(f"expected no {changed} when training on prepared arrays (arrays are used as given), got "
+                         f"{ {name: getattr(options, name) for name in changed} }")
+    if options.plan is None or options.labels is None:
+        raise InputError("expected the plan the arrays were prepared with and the labels, got "
+                         f"plan={options.plan!r}, labels={options.labels!r}")
+    return options
+
+
 def train_on_arrays(
     x: Any,
     y: Any,
+    options: TrainingOptions | Mapping[str, Any] | None = None,
     *,
-    family: str,
-    out: str | Path,
-    plan: Any,
-    labels: Sequence[LabelInfo] | Mapping[int, str] | Sequence[str],
-    epochs: int = 1,
     validation: tuple[Any, Any] | None = None,
-    hparams: dict[str, Any] | None = None,
-    batch_size: int = 2,
     channels: Sequence[Mapping[str, str]] | None = None,
-    learning_rate: float = 1e-3,
-    patience: int | None = None,
-    loss: str | None = None,
-    seed: int = 0,
-    workers: int = 1,
-    mixed_precision: str = "auto",
-    strategy: str = "auto",
-    tensorboard_dir: str | None = None,
-    name: str | None = None,
     reporter: Reporter | None = None,
     stop_flag: StopFlag | None = None,
-    resume: bool = True,
+    **fields: Any,
 ) -> TrainResult:
-    """Train on prepared arrays (already preprocessed with ``plan``) and write a bundle.
+    """Train on prepared arrays (already preprocessed with the plan) and write a bundle.
 
     Array layouts (channels-last, float32 images):
 
@@ -380,63 +436,43 @@ def train_on_arrays(
 
     Args:
         x, y: Training arrays.
-        family: Model family.
-        out: Bundle folder or .zip to write.
-        plan: The :class:`~MedAnalysisLib.preprocessing.plan.Plan` the arrays were prepared with (stored in the
-            bundle so inference prepares scans the same way).
-        labels: LabelInfo per class, or names (``{value: name}`` or a list for values 0, 1, ...).
-        epochs: Maximum epochs.
-        validation: ``(x_val, y_val)`` in the same layout, or None (then the training loss is monitored).
-        hparams: Model hyper-parameters (``n_classes`` and channel/shape defaults are filled in).
-        batch_size: Global batch size (split across replicas).
+        options: A :class:`~MedAnalysisLib.training.options.TrainingOptions` (or the keyword form, ``fields``).
+            ``plan`` (the :class:`~MedAnalysisLib.preprocessing.plan.Plan` the arrays were prepared with, stored in
+            the bundle so inference prepares scans the same way) and ``labels`` are required; ``batch_size``
+            defaults to 2; options about splitting, sampling and augmenting scans are refused.
+        validation: ``(x_val, y_val)`` in the same layout, or None (then the final epoch is kept).
         channels: ``[{"name", "modality"}]`` per input channel (default from the plan).
-        seed: Seed of initialisation and shuffling.
-        Other arguments: as :func:`MedAnalysisLib.training.train`.
+        reporter, stop_flag: As :func:`MedAnalysisLib.training.train`.
     """
-    from MedAnalysisLib.bundle import default_labels
     from MedAnalysisLib.models import family_task
     from MedAnalysisLib.training.feeders import ArrayFeeder
 
-    task = family_task(family)
-    label_infos = _as_labels(labels, default_labels)
-    hparams = _default_hparams(family, dict(hparams or {}), len(label_infos), _array_shape(x, family), plan)
-    transform = _batch_transform(family, hparams)
-
-    def split(xv: Any, yv: Any) -> tuple[Any, Any, Any]:
-        if family == "cnn_rnn":
-            mask = np.asarray(xv["mask"], dtype=bool)
-            weights = {"slices": mask.astype("float32"), "scan": np.ones(len(mask), "float32")}
-            targets = {"slices": np.asarray(yv["slices"], "float32")[..., None],
-                       "scan": np.asarray(yv["scan"], "float32")[:, None]}
-            if len(label_infos) > 2:
-                targets = {"slices": np.asarray(yv["slices"], "int32"), "scan": np.asarray(yv["scan"], "int32")}
-            return {"slices": np.asarray(xv["slices"], "float32"), "mask": mask}, targets, weights
-        if task == "classification":
-            yv = np.asarray(yv)
-            yv = yv.reshape(-1, 1).astype("float32") if len(label_infos) == 2 else yv.astype("int32")
-            return np.asarray(xv, "float32"), yv, None
-        return np.asarray(xv, "float32"), np.asarray(yv, "int32"), None
+    options = _arrays_options(TrainingOptions.build(options, **fields))
+    family, plan, labels = options.family, options.plan, options.labels
+    assert labels is not None
+    hparams = default_hparams(family, dict(options.hparams), len(labels), _array_shape(x, family), plan)
+    transform = batch_transform(family, hparams)
+    batch_size = options.batch_size or 2
 
     def make_feeders(setup: Any) -> tuple[Any, Any]:
-        tx, ty, tw = split(x, y)
-        train_feeder = ArrayFeeder(tx, ty, batch_size, sample_weight=tw, shuffle=True, seed=seed,
-                                   transform=transform, workers=workers)
+        tx, ty, tw = _split_arrays(x, y, family, labels)
+        train_feeder = ArrayFeeder(tx, ty, batch_size, sample_weight=tw, shuffle=True, seed=options.seed,
+                                   transform=transform, workers=options.workers)
         val_feeder = None
         if validation is not None:
-            vx, vy, vw = split(*validation)
+            vx, vy, vw = _split_arrays(*validation, family, labels)
             val_feeder = ArrayFeeder(vx, vy, batch_size, sample_weight=vw, shuffle=False, transform=transform)
         return train_feeder, val_feeder
 
     spec = FitSpec(
-        family=family, task=task, hparams=hparams, plan=plan, labels=label_infos,
+        options=options, hparams=hparams, plan=plan, labels=labels,
         input_spec={"channels": [dict(c) for c in (channels or _channels_from_plan(plan))], "layout": "channels_last",
                     "dtype": "float32"},
-        make_feeders=make_feeders, data_signature=_array_signature(x, y, *(validation or ())), epochs=epochs,
-        name=name or f"{family}-{task}", learning_rate=learning_rate, patience=patience, loss=loss, seed=seed,
-        mixed_precision=mixed_precision, strategy=strategy, tensorboard_dir=tensorboard_dir,
+        make_feeders=make_feeders, data_signature=_array_signature(x, y, *(validation or ())),
+        name=options.name or f"{family}-{family_task(family)}", monitor=options.monitored,
         provenance={"data": "arrays", "n_train": _array_len(x), "n_val": _array_len(validation[0]) if validation else 0},
     )
-    return fit_and_bundle(spec, out, reporter=reporter, stop_flag=stop_flag, resume=resume)
+    return fit_and_bundle(spec, reporter=reporter, stop_flag=stop_flag)
 
 
 def _array_len(x: Any) -> int:
@@ -447,20 +483,11 @@ def _array_shape(x: Any, family: str) -> tuple[int, ...]:
     return tuple(np.shape(x["slices"] if isinstance(x, Mapping) else x))
 
 
-def _as_labels(labels: Any, default_labels: Callable[..., tuple[LabelInfo, ...]]) -> tuple[LabelInfo, ...]:
-    if isinstance(labels, Mapping):
-        return default_labels(dict(labels))
-    labels = list(labels)
-    if labels and all(isinstance(label, LabelInfo) for label in labels):
-        return tuple(labels)
-    return default_labels([str(label) for label in labels])
-
-
 def _channels_from_plan(plan: Any) -> list[dict[str, str]]:
     return [{"name": name, "modality": plan.modality} for name in plan.channel_names]
 
 
-def _default_hparams(family: str, hparams: dict[str, Any], n_classes: int, shape: tuple[int, ...],
+def default_hparams(family: str, hparams: dict[str, Any], n_classes: int, shape: tuple[int, ...],
                      plan: Any) -> dict[str, Any]:
     """Fill in ``n_classes``, channel counts and sizes from the data and the plan (explicit values win)."""
     hparams.setdefault("n_classes", n_classes)
@@ -489,7 +516,7 @@ def _default_hparams(family: str, hparams: dict[str, Any], n_classes: int, shape
     return hparams
 
 
-def _batch_transform(family: str, hparams: dict[str, Any]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
+def batch_transform(family: str, hparams: dict[str, Any]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
     """Deep-supervision label pyramids for U-Nets trained with auxiliary outputs."""
     if family not in ("unet3d", "unet2d") or not hparams.get("deep_supervision"):
         return None

@@ -30,7 +30,7 @@ with atheris.instrument_imports(include=["MedAnalysisLib", "pydicom", "zipfile",
     import harness
     import pydicom  # noqa: F401
 
-    import MedAnalysisLib.bundle
+    import MedAnalysisLib.bundles
     import MedAnalysisLib.io.dicom
     import MedAnalysisLib.io.files
     import MedAnalysisLib.preprocessing.plan

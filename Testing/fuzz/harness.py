@@ -103,7 +103,7 @@ def dicom_seed(k: int = 0) -> bytes:
 def bundle_json_seed() -> bytes:
     """A valid ``bundle.json`` (tiny 3D U-Net segmentation config; the weights hash is a well-formed dummy)."""
     if "bundle.json" not in _SEEDS:
-        from MedAnalysisLib.bundle import BundleConfig, LabelInfo
+        from MedAnalysisLib.bundles import BundleConfig, LabelInfo
         from MedAnalysisLib.preprocessing.plan import Plan
 
         plan = Plan(patch_size=(16, 16, 16), label_values=(0, 1), modality="MR", channel_names=("T1",))
@@ -190,7 +190,7 @@ def read_dicom_bytes(data: bytes, slot: int = 1) -> None:
 
 def read_bundle_json_bytes(data: bytes) -> None:
     """Parse ``data`` as ``bundle.json`` from a bundle folder (no weights are read)."""
-    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.bundles import read_bundle_config
 
     folder = _scratch()
     try:
@@ -203,7 +203,7 @@ def read_bundle_json_bytes(data: bytes) -> None:
 
 def read_bundle_zip_bytes(data: bytes) -> None:
     """Read ``data`` as a .zip bundle: its config, then a safe extraction (the model is not built)."""
-    from MedAnalysisLib.bundle import read_bundle_config
+    from MedAnalysisLib.bundles import read_bundle_config
     from MedAnalysisLib.safe_archive import safe_extract
 
     folder = _scratch()

@@ -1,0 +1,241 @@
+"""What ``bundle.json`` holds (:class:`BundleConfig`, validated on construction) and the checks bundle files share.
+
+Nothing here imports TensorFlow or Keras (the Slicer panel reads model cards with it). The helpers :func:`expect`,
+:func:`check_keys`, :func:`check_json_safe` and :func:`parse_json` are shared by the modules of
+:mod:`MedAnalysisLib.bundles` (single bundles and ensembles validate their JSON the same way); they raise
+:class:`~MedAnalysisLib.errors.BundleError` with "expected ..., got ..." messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from MedAnalysisLib.errors import BundleError, PlanError
+from MedAnalysisLib.labels import LabelInfo
+
+if TYPE_CHECKING:
+    from MedAnalysisLib.preprocessing.plan import Plan
+
+#: Version of the ``bundle.json`` schema this code writes and reads.
+BUNDLE_SCHEMA_VERSION = 1
+CONFIG_FILE = "bundle.json"
+WEIGHTS_FILE = "model.weights.h5"
+TRAINING_LOG_FILE = "training_log.csv"
+TASKS = ("segmentation", "classification")
+#: Largest bundle.json (or ensemble.json) accepted (a plan and a label table are a few kB).
+MAX_CONFIG_BYTES = 4 * 1024**2
+#: Inference settings a bundle (or an ensemble) stores, with their defaults.
+INFERENCE_DEFAULTS: dict[str, Any] = {"overlap": 0.5, "tta": False, "postprocess": "none"}
+POSTPROCESS = ("none", "largest_component", "fill_holes")
+INPUT_KEYS = {"channels"}
+INPUT_OPTIONAL = {"layout", "dtype"}
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def expect(condition: bool, message: str) -> None:
+    """Raise :class:`BundleError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise BundleError(message)
+
+
+def check_keys(where: str, data: Mapping[str, Any], required: set[str], optional: set[str] | None = None) -> None:
+    """``data`` is a JSON object with all of ``required``, and nothing beyond ``required | optional``."""
+    optional = optional or set()
+    expect(isinstance(data, Mapping), f"expected {where} to be a JSON object, got {type(data).__name__}")
+    keys = set(data)
+    unknown = keys - required - optional
+    missing = required - keys
+    expect(not unknown,
+           f"expected only the keys {sorted(required | optional)} in {where}, got unknown {sorted(unknown)}")
+    expect(not missing, f"expected {where} to have the keys {sorted(missing)}, they are missing")
+
+
+def check_json_safe(where: str, value: Any) -> None:
+    """Only plain JSON values (no NaN, no custom objects) may travel in a bundle."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"expected plain JSON values in {where}, got {error}") from error
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """Parse a configuration file's JSON; NaN/Infinity, invalid UTF-8 and absurd nesting raise :class:`BundleError`."""
+
+    def reject_constant(name: str) -> Any:
+        raise BundleError(f"expected plain JSON numbers in {where}, got {name}")
+
+    try:
+        return json.loads(text, parse_constant=reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: absurdly deep nesting
+        raise BundleError(f"expected {where} to hold valid JSON, got a parse error: {error}") from error
+
+
+def changed_defaults(old: Mapping[str, Any], changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    """The new inference defaults (``changes`` that are not None applied to ``old``) and ``{key: [old, new]}`` for the
+    ones that really changed, as ``inference_defaults_changed`` records them.
+
+    Raises:
+        BundleError: A setting that is not an inference default.
+    """
+    unknown = sorted(set(changes) - set(INFERENCE_DEFAULTS))
+    expect(not unknown, f"expected inference settings among {sorted(INFERENCE_DEFAULTS)}, got {unknown}")
+    inference = {**old, **{k: v for k, v in changes.items() if v is not None}}
+    return inference, {k: [old.get(k), inference[k]] for k in changes
+                       if changes[k] is not None and old.get(k) != inference[k]}
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """Everything in ``bundle.json``; validated on construction and on load.
+
+    Attributes:
+        schema_version: :data:`BUNDLE_SCHEMA_VERSION`.
+        name: Short model name shown to users.
+        task: ``"segmentation"`` or ``"classification"``.
+        family: Model family in :data:`MedAnalysisLib.models.MODEL_FAMILIES`.
+        hparams: Keyword arguments of :func:`MedAnalysisLib.models.build_model` for this family (JSON values).
+        plan: The preprocessing plan used in training (stored as ``Plan.to_dict()``).
+        labels: One :class:`LabelInfo` per output class, in output-channel order (channel ``n`` of the softmax is
+            ``labels[n]``, whose ``value`` is what a label map stores); for segmentation value 0 is the background.
+        input: ``{"channels": [{"name": str, "modality": str}, ...], "layout": "channels_last", "dtype": "float32"}``.
+        inference: Defaults for prediction: ``{"overlap": float in [0, 1), "tta": bool, "postprocess": "none" |
+            "largest_component" | "fill_holes"}``.
+        training: Provenance (data fingerprint, epochs, final metrics, library versions, seed, ...), plain JSON.
+        weights: ``{"file": "model.weights.h5", "sha256": hex}``; filled in by
+            :func:`~MedAnalysisLib.bundles.save_bundle`.
+        description: Free text for the model card.
+    """
+
+    name: str
+    task: str
+    family: str
+    hparams: dict[str, Any]
+    plan: Plan
+    labels: tuple[LabelInfo, ...]
+    input: dict[str, Any]
+    inference: dict[str, Any] = field(default_factory=lambda: dict(INFERENCE_DEFAULTS))
+    training: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=lambda: {"file": WEIGHTS_FILE, "sha256": ""})
+    description: str = ""
+    schema_version: int = BUNDLE_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        from MedAnalysisLib.models import MODEL_FAMILIES
+
+        expect(self.schema_version == BUNDLE_SCHEMA_VERSION and type(self.schema_version) is int,
+               f"expected bundle schema version {BUNDLE_SCHEMA_VERSION}, got {self.schema_version!r}")
+        expect(isinstance(self.name, str) and self.name != "", f"expected a bundle name, got {self.name!r}")
+        expect(self.task in TASKS, f"expected task to be one of {TASKS}, got {self.task!r}")
+        expect(isinstance(self.family, str) and self.family in MODEL_FAMILIES,
+               f"expected a model family among {sorted(MODEL_FAMILIES)}, got {self.family!r}")
+        expect(isinstance(self.hparams, dict), f"expected hparams to be a dict, got {type(self.hparams).__name__}")
+        check_json_safe("hparams", self.hparams)
+        labels = tuple(self.labels)
+        expect(len(labels) >= 1 and all(isinstance(label, LabelInfo) for label in labels),
+               f"expected at least one LabelInfo, got {self.labels!r}")
+        values = [label.value for label in labels]
+        expect(len(set(values)) == len(values), f"expected distinct label values, got {values}")
+        object.__setattr__(self, "labels", labels)
+        check_keys("input", self.input, INPUT_KEYS, INPUT_OPTIONAL)
+        channels = self.input["channels"]
+        expect(isinstance(channels, list) and len(channels) >= 1,
+               f"expected input.channels to be a non-empty list, got {channels!r}")
+        for channel in channels:
+            check_keys("an input channel", channel, {"name", "modality"})
+        expect(self.input.get("layout", "channels_last") == "channels_last",
+               f"expected input layout channels_last, got {self.input.get('layout')!r}")
+        check_keys("inference", self.inference, set(), set(INFERENCE_DEFAULTS))
+        inference = {**INFERENCE_DEFAULTS, **self.inference}
+        overlap = inference["overlap"]
+        expect(isinstance(overlap, (int, float)) and 0 <= overlap < 1,
+               f"expected inference.overlap in [0, 1), got {overlap!r}")
+        expect(isinstance(inference["tta"], bool), f"expected inference.tta true or false, got {inference['tta']!r}")
+        expect(inference["postprocess"] in POSTPROCESS,
+               f"expected inference.postprocess in {POSTPROCESS}, got {inference['postprocess']!r}")
+        object.__setattr__(self, "inference", inference)
+        expect(isinstance(self.training, dict), "expected training provenance to be a dict")
+        check_json_safe("training", self.training)
+        check_keys("weights", self.weights, {"file", "sha256"})
+        weights_file = self.weights["file"]
+        expect(isinstance(weights_file, str) and "/" not in weights_file and "\\" not in weights_file
+               and weights_file.endswith(".weights.h5") and not weights_file.startswith("."),
+               f"expected weights.file to be a plain file name ending in .weights.h5, got {weights_file!r}")
+        sha = self.weights["sha256"]
+        expect(sha == "" or (isinstance(sha, str) and bool(SHA256_RE.match(sha))),
+               f"expected weights.sha256 to be 64 lowercase hex digits, got {sha!r}")
+        expect(isinstance(self.description, str), "expected description to be a string")
+        if self.task == "segmentation":
+            expect(0 in values, f"expected a background label with value 0 for segmentation, got values {values}")
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output classes (segmentation: including the background)."""
+        return len(self.labels)
+
+    def label_names(self) -> dict[int, str]:
+        return {label.value: label.name for label in self.labels}
+
+    def replace(self, **changes: Any) -> BundleConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "task": self.task,
+            "family": self.family,
+            "hparams": self.hparams,
+            "plan": self.plan.to_dict(),
+            "labels": [label.to_dict() for label in self.labels],
+            "input": self.input,
+            "inference": self.inference,
+            "training": self.training,
+            "weights": dict(self.weights),
+            "description": self.description,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BundleConfig:
+        """Validate and build; unknown keys, a wrong schema version or wrong types raise :class:`BundleError`."""
+        check_keys("bundle.json", data, {"schema_version"},
+                   {"name", "task", "family", "hparams", "plan", "labels", "input", "inference", "training", "weights",
+                     "description"})
+        version = data["schema_version"]
+        expect(version == BUNDLE_SCHEMA_VERSION and type(version) is int,
+               f"expected bundle schema version {BUNDLE_SCHEMA_VERSION}, got {version!r}")
+        check_keys("bundle.json", data, {"schema_version", "name", "task", "family", "hparams", "plan", "labels",
+                                          "input", "weights"}, {"inference", "training", "description"})
+        from MedAnalysisLib.preprocessing.plan import Plan
+
+        try:
+            plan = Plan.from_dict(data["plan"])
+        except PlanError as error:
+            raise BundleError(f"expected a valid preprocessing plan in bundle.json: {error}") from error
+        labels = data["labels"]
+        expect(isinstance(labels, list), f"expected labels to be a list, got {type(labels).__name__}")
+        return cls(
+            schema_version=version,
+            name=data["name"],
+            task=data["task"],
+            family=data["family"],
+            hparams=dict(data["hparams"]) if isinstance(data["hparams"], Mapping) else data["hparams"],
+            plan=plan,
+            labels=tuple(LabelInfo.from_dict(label) for label in labels),
+            input=data["input"],
+            inference=data.get("inference", dict(INFERENCE_DEFAULTS)),
+            training=data.get("training", {}),
+            weights=data["weights"],
+            description=data.get("description", ""),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BundleConfig:
+        return cls.from_dict(parse_json(text, CONFIG_FILE))

@@ -1,0 +1,353 @@
+"""Ensembles of model bundles: several trained models whose probabilities are averaged when predicting.
+
+An ensemble is a folder (or a .zip of it) holding ``ensemble.json`` and one complete bundle per member
+(``member-0/``, ``member-1/``, ...), each with its own ``bundle.json``, weights and preprocessing plan. The members are
+copied byte for byte when the ensemble is made and ``ensemble.json`` pins the sha256 of every member's weights, so the
+ensemble alone reproduces its predictions, like a single bundle (DESIGN.md, decision 3).
+
+How members are combined (a decision made here, as nnU-Net combines its folds): every member runs its own plan on the
+input and its class probabilities are brought back to the *input* grid; there the probabilities of all members are
+averaged, and the arg-max and the post-processing follow once, on the mean. Averaging on the input grid is what lets
+members with different plans be combined (cross-validation folds whose normalisation statistics differ, or a 2D with a
+3D U-Net). Classifiers average per-slice and whole-scan probabilities the same way.
+
+Members must agree on the task, the labels (values and names, in order) and the input channels. Classifiers must also
+share the model family, because per-slice and whole-scan outputs cannot be averaged with each other. Ensembles are
+never nested.
+
+:func:`MedAnalysisLib.bundles.load_bundle` and :func:`~MedAnalysisLib.bundles.read_bundle_config` accept an ensemble
+path wherever they accept a bundle, so ``medanalysis predict/evaluate/info`` and the Slicer panel run ensembles
+unchanged. This module builds on :mod:`MedAnalysisLib.bundles.single` (each member is a single bundle); nothing below
+it knows about ensembles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from MedAnalysisLib import safe_archive
+from MedAnalysisLib.bundles.config import (
+    CONFIG_FILE,
+    INFERENCE_DEFAULTS,
+    MAX_CONFIG_BYTES,
+    SHA256_RE,
+    BundleConfig,
+    changed_defaults,
+    check_json_safe,
+    check_keys,
+    expect,
+    parse_json,
+)
+from MedAnalysisLib.bundles.single import LoadedBundle, load_single
+from MedAnalysisLib.bundles.storage import copy_plain_files, extract_archive, publish, small_file_bytes
+from MedAnalysisLib.errors import BundleError
+from MedAnalysisLib.io.atomic import write_text_atomic
+
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_SCHEMA_VERSION = 1
+#: How member probabilities are combined (the only rule so far: the arithmetic mean).
+COMBINE_RULES = ("mean",)
+MIN_MEMBERS, MAX_MEMBERS = 2, 16
+_MEMBER_FOLDER_RE = re.compile(r"^member-[0-9]{1,2}$")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Everything in ``ensemble.json``; validated on construction.
+
+    Attributes:
+        name: Short name shown to users.
+        members: One ``{"folder": "member-N", "weights_sha256": hex}`` per member, in order.
+        inference: Defaults for prediction, as in :class:`~MedAnalysisLib.bundles.BundleConfig` (``overlap``,
+            ``tta``, ``postprocess``); they override the members' own defaults.
+        combine: :data:`COMBINE_RULES`.
+        description: Free text for the model card.
+        provenance: Plain JSON about how the ensemble was made (member names, seeds, ...).
+    """
+
+    name: str
+    members: tuple[dict[str, str], ...]
+    inference: dict[str, Any] = field(default_factory=lambda: dict(INFERENCE_DEFAULTS))
+    combine: str = "mean"
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = ENSEMBLE_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        expect(self.schema_version == ENSEMBLE_SCHEMA_VERSION and type(self.schema_version) is int,
+               f"expected ensemble schema version {ENSEMBLE_SCHEMA_VERSION}, got {self.schema_version!r}")
+        expect(isinstance(self.name, str) and self.name != "", f"expected an ensemble name, got {self.name!r}")
+        expect(self.combine in COMBINE_RULES, f"expected combine to be one of {COMBINE_RULES}, got {self.combine!r}")
+        members = tuple(self.members)
+        expect(MIN_MEMBERS <= len(members) <= MAX_MEMBERS,
+               f"expected {MIN_MEMBERS} to {MAX_MEMBERS} ensemble members, got {len(members)}")
+        for member in members:
+            check_keys("an ensemble member", member, {"folder", "weights_sha256"})
+            expect(isinstance(member["folder"], str) and bool(_MEMBER_FOLDER_RE.match(member["folder"])),
+                   f"expected member folders named member-N, got {member['folder']!r}")
+            expect(isinstance(member["weights_sha256"], str) and bool(SHA256_RE.match(member["weights_sha256"])),
+                   f"expected a member weights sha256 of 64 lowercase hex digits, got {member['weights_sha256']!r}")
+        folders = [m["folder"] for m in members]
+        expect(len(set(folders)) == len(folders), f"expected distinct member folders, got {folders}")
+        object.__setattr__(self, "members", tuple(dict(m) for m in members))
+        check_keys("inference", self.inference, set(), set(INFERENCE_DEFAULTS))
+        expect(isinstance(self.description, str), "expected description to be a string")
+        expect(isinstance(self.provenance, dict), "expected provenance to be a dict")
+        check_json_safe("provenance", self.provenance)
+
+    def to_json(self) -> str:
+        data = {"schema_version": self.schema_version, "name": self.name, "combine": self.combine,
+                "inference": self.inference, "members": [dict(m) for m in self.members],
+                "description": self.description, "provenance": self.provenance}
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> EnsembleConfig:
+        data = parse_json(text, ENSEMBLE_FILE)
+        expect(isinstance(data, dict), f"expected a JSON object in {ENSEMBLE_FILE}, got {type(data).__name__}")
+        check_keys(ENSEMBLE_FILE, data, {"schema_version", "name", "members"},
+                   {"combine", "inference", "description", "provenance"})
+        expect(isinstance(data["members"], list), "expected members to be a list")
+        return cls(schema_version=data["schema_version"], name=data["name"], members=tuple(data["members"]),
+                   inference=data.get("inference", dict(INFERENCE_DEFAULTS)), combine=data.get("combine", "mean"),
+                   description=data.get("description", ""), provenance=data.get("provenance", {}))
+
+
+@dataclass
+class LoadedEnsemble(LoadedBundle):
+    """A loaded ensemble: a :class:`LoadedBundle` whose ``model`` is None and whose :attr:`members` run the models.
+
+    ``config`` is the ensemble's model card: the first member's configuration with the ensemble's name, description
+    and inference defaults, and ``training["ensemble"]`` listing the members. ``weights_sha256`` is a fingerprint of
+    the members' weights (sha256 of their sha256s in order).
+    """
+
+    member_bundles: tuple[LoadedBundle, ...] = ()
+    ensemble: EnsembleConfig | None = None
+
+    @property
+    def members(self) -> tuple[LoadedBundle, ...]:
+        return self.member_bundles
+
+    def cleanup(self) -> None:
+        for member in self.member_bundles:
+            member.cleanup()
+        super().cleanup()
+
+
+def is_ensemble(path: str | Path) -> bool:
+    """True for an ensemble folder, its ``ensemble.json``, or a .zip holding one (nothing is extracted)."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / ENSEMBLE_FILE).is_file()
+    if path.name == ENSEMBLE_FILE:
+        return path.is_file()
+    if path.is_file() and path.suffix.lower() == ".zip":
+        try:
+            return _zip_root(safe_archive.list_members(path)) is not None
+        except (OSError, zipfile.BadZipFile, BundleError):
+            return False
+    return False
+
+
+def _zip_root(members: list[str]) -> str | None:
+    """The folder prefix of ensemble.json in an archive ("" or "name/"), or None when there is none."""
+    if ENSEMBLE_FILE in members:
+        return ""
+    roots = [m[: -len(ENSEMBLE_FILE)] for m in members if m.endswith("/" + ENSEMBLE_FILE) and m.count("/") == 1]
+    return roots[0] if len(roots) == 1 else None
+
+
+def fingerprint(shas: Sequence[str]) -> str:
+    """The ensemble's weights fingerprint: sha256 over its members' weights sha256s, in order."""
+    return hashlib.sha256(("ensemble:" + ",".join(shas)).encode("ascii")).hexdigest()
+
+
+def check_members(configs: Sequence[BundleConfig], names: Sequence[str] | None = None) -> None:
+    """Refuse members that cannot be averaged: another task, other labels or inputs, another classifier family."""
+    names = list(names) if names is not None else [c.name for c in configs]
+    first = configs[0]
+
+    def describe(config: BundleConfig) -> dict[str, Any]:
+        return {
+            "task": config.task,
+            "labels": [(label.value, label.name) for label in config.labels],
+            "channels": len(config.input["channels"]),
+            "family": config.family if config.task == "classification" else "a segmentation model",
+        }
+
+    expected = describe(first)
+    for name, config in zip(names[1:], configs[1:], strict=True):
+        found = describe(config)
+        for key, value in expected.items():
+            expect(found[key] == value,
+                   f"expected every ensemble member to have the {key} of {names[0]!r} ({value}), got {found[key]} "
+                   f"in {name!r}")
+
+
+def _card(ensemble: EnsembleConfig, members: Sequence[BundleConfig], shas: Sequence[str]) -> BundleConfig:
+    first = members[0]
+    listed = [{"name": c.name, "family": c.family, "weights_sha256": sha,
+               **{k: c.training[k] for k in ("seed", "best_epoch", "n_train", "trained_at") if k in c.training}}
+              for c, sha in zip(members, shas, strict=True)]
+    training = {"ensemble": {"combine": ensemble.combine, "members": listed, **ensemble.provenance}}
+    inference = {**first.inference, **ensemble.inference}
+    return first.replace(name=ensemble.name, description=ensemble.description or first.description,
+                         inference=inference, training=training)
+
+
+def read_ensemble_config(path: str | Path) -> BundleConfig:
+    """The ensemble's model card (see :class:`LoadedEnsemble`) from ``ensemble.json`` and the members' bundle.json.
+
+    Reads no weights and does not import TensorFlow.
+    """
+    path = Path(path)
+    if path.name == ENSEMBLE_FILE:
+        path = path.parent
+    if path.is_dir():
+        ensemble = EnsembleConfig.from_json(small_file_bytes(path / ENSEMBLE_FILE, "the ensemble folder"))
+        members = [BundleConfig.from_json(small_file_bytes(path / m["folder"] / CONFIG_FILE, "the member folder"))
+                   for m in ensemble.members]
+    else:
+        try:
+            root = _zip_root(safe_archive.list_members(path)) or ""
+            ensemble = EnsembleConfig.from_json(
+                safe_archive.read_member(path, root + ENSEMBLE_FILE, max_bytes=MAX_CONFIG_BYTES))
+            members = [BundleConfig.from_json(safe_archive.read_member(
+                path, f"{root}{m['folder']}/{CONFIG_FILE}", max_bytes=MAX_CONFIG_BYTES)) for m in ensemble.members]
+        except (OSError, zipfile.BadZipFile, KeyError) as error:
+            raise BundleError(f"expected a readable .zip ensemble, got {path.name!r}: {error}") from error
+    shas = [m["weights_sha256"] for m in ensemble.members]
+    for config, sha in zip(members, shas, strict=True):
+        expect(config.weights["sha256"] == sha,
+               f"expected member {config.name!r} to have weights sha256 {sha} as {ENSEMBLE_FILE} records, got "
+               f"{config.weights['sha256']}")
+    check_members(members)
+    return _card(ensemble, members, shas)
+
+
+def load_ensemble(path: str | Path) -> LoadedEnsemble:
+    """Load an ensemble folder or .zip: every member is loaded and checked like a single bundle
+    (:func:`~MedAnalysisLib.bundles.single.load_single`).
+
+    Raises:
+        BundleError: ``ensemble.json`` is invalid, a member is missing, fails its checks, has other weights than
+            ``ensemble.json`` pins, or cannot be averaged with the others.
+    """
+    path = Path(path)
+    source = path.parent if path.name == ENSEMBLE_FILE else path
+    temporary: Path | None = None
+    members: list[LoadedBundle] = []
+    try:
+        if source.is_dir():
+            root = source
+        else:
+            temporary, extracted = extract_archive(source, "medanalysis-ensemble-")
+            root = extracted / (_zip_root(safe_archive.list_members(source)) or "").rstrip("/")
+        ensemble = EnsembleConfig.from_json(small_file_bytes(root / ENSEMBLE_FILE, "the ensemble folder"))
+        for entry in ensemble.members:
+            folder = root / entry["folder"]
+            expect(folder.is_dir() and not folder.is_symlink(),
+                   f"expected the member folder {entry['folder']!r} in the ensemble, found none")
+            expect(not (folder / ENSEMBLE_FILE).exists(), "expected single bundles as members, got an ensemble")
+            member = load_single(folder)
+            members.append(member)
+            expect(member.weights_sha256 == entry["weights_sha256"],
+                   f"expected member {entry['folder']!r} to have weights sha256 {entry['weights_sha256']} as "
+                   f"{ENSEMBLE_FILE} records, got {member.weights_sha256}")
+        configs = [m.config for m in members]
+        check_members(configs)
+        shas = [m.weights_sha256 for m in members]
+        card = _card(ensemble, configs, shas)
+    except BaseException:
+        for member in members:
+            member.cleanup()
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return LoadedEnsemble(card, None, path, root, fingerprint(shas), temporary, member_bundles=tuple(members),
+                          ensemble=ensemble)
+
+
+def make_ensemble(
+    members: Sequence[str | Path],
+    out: str | Path,
+    *,
+    name: str | None = None,
+    description: str = "",
+    **inference: Any,
+) -> Path:
+    """Write an ensemble of trained bundles (folders or .zip) to ``out`` (a folder, or a path ending in .zip).
+
+    Each member is loaded and verified (:func:`~MedAnalysisLib.bundles.single.load_single`: sha256, architecture)
+    and its files are copied byte for byte into ``member-N/``. ``inference`` (``overlap``, ``tta``, ``postprocess``;
+    None = keep) sets the ensemble's defaults; without them the first member's defaults apply. The members are never
+    modified.
+
+    Raises:
+        BundleError: Fewer than 2 or more than 16 members, a member that is itself an ensemble, members that cannot
+            be averaged (:func:`check_members`), ``out`` being one of the members, or invalid inference settings.
+    """
+    paths = [Path(p) for p in members]
+    out = Path(out)
+    expect(MIN_MEMBERS <= len(paths) <= MAX_MEMBERS,
+           f"expected {MIN_MEMBERS} to {MAX_MEMBERS} member bundles, got {len(paths)}")
+    for path in paths:
+        expect(path.exists(), f"expected a bundle folder or .zip at {path}, found nothing")
+        expect(not is_ensemble(path), f"expected single bundles as members, got the ensemble {path.name!r}")
+        expect(path.resolve() != out.resolve(),
+               f"expected an output other than the member {path.name!r} (bundles are never changed in place)")
+    unknown = sorted(set(inference) - set(INFERENCE_DEFAULTS))
+    expect(not unknown, f"expected inference settings among {sorted(INFERENCE_DEFAULTS)}, got {unknown}")
+    loaded: list[LoadedBundle] = []
+    try:
+        for path in paths:
+            loaded.append(load_single(path))
+        configs = [m.config for m in loaded]
+        check_members(configs, [p.name for p in paths])
+        chosen = {k: v for k, v in inference.items() if v is not None}
+        config = EnsembleConfig(
+            name=name or f"{configs[0].name}-ensemble{len(paths)}",
+            members=tuple({"folder": f"member-{n}", "weights_sha256": m.weights_sha256} for n, m in enumerate(loaded)),
+            inference={**configs[0].inference, **chosen},
+            description=description,
+            provenance={"member_sources": [p.name for p in paths]},
+        )
+        _card(config, configs, [m.weights_sha256 for m in loaded])  # validates the inference values
+
+        return _write_ensemble(out, config, [m.directory for m in loaded])
+    finally:
+        for member in loaded:
+            member.cleanup()
+
+
+def copy_ensemble_with_inference_defaults(loaded: LoadedEnsemble, out: Path, changes: Mapping[str, Any]) -> Path:
+    """:func:`~MedAnalysisLib.bundles.copy_with_inference_defaults` for an ensemble: members copied byte for byte,
+    the changed defaults (old, new) recorded in ``provenance["inference_defaults_changed"]``."""
+    assert loaded.ensemble is not None  # load_ensemble always sets it
+    inference, changed = changed_defaults(loaded.config.inference, changes)
+    config = dataclasses.replace(loaded.ensemble, inference=inference,
+                                 provenance={**loaded.ensemble.provenance, "inference_defaults_changed": changed})
+    loaded.config.replace(inference=inference)  # validates the values
+    return _write_ensemble(out, config, [loaded.directory / entry["folder"] for entry in config.members])
+
+
+def _write_ensemble(out: Path, config: EnsembleConfig, member_folders: Sequence[Path]) -> Path:
+    """Publish ``ensemble.json`` and a byte-for-byte copy of each member folder atomically as ``out``."""
+
+    def write_folder(folder: Path) -> None:
+        for entry, source in zip(config.members, member_folders, strict=True):
+            (folder / entry["folder"]).mkdir()
+            copy_plain_files(source, folder / entry["folder"])
+        write_text_atomic(folder / ENSEMBLE_FILE, config.to_json())
+
+    return publish(Path(out), write_folder)

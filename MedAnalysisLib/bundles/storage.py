@@ -1,0 +1,176 @@
+"""How bundles sit on disk: hashes, size-capped reads, refusing foreign formats, archives, atomic publishing, and the
+checks on a weights file before Keras reads it.
+
+Shared by single bundles (:mod:`MedAnalysisLib.bundles.single`) and ensembles (:mod:`MedAnalysisLib.bundles.ensemble`).
+Nothing here imports TensorFlow; :func:`check_hdf5_weights` imports h5py when it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from MedAnalysisLib import safe_archive
+from MedAnalysisLib.bundles.config import CONFIG_FILE, MAX_CONFIG_BYTES, BundleConfig, expect
+from MedAnalysisLib.errors import BundleError
+from MedAnalysisLib.io.atomic import atomic_directory
+
+if TYPE_CHECKING:
+    import keras
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".npy", ".npz", ".ckpt", ".bin")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def refuse_foreign_formats(path: Path) -> None:
+    """Refuse things that are not bundles (and would need unsafe deserialisation) before reading them."""
+    name = path.name.lower()
+    if name.endswith(".keras") or (path.is_file() and name.endswith((".h5", ".hdf5"))):
+        raise BundleError(
+            f"expected a MedAnalysis bundle (a folder or .zip with {CONFIG_FILE}), got a Keras model file "
+            f"{path.name!r}; full Keras models are never loaded because they can carry code"
+        )
+    if name.endswith(PICKLE_SUFFIXES):
+        raise BundleError(
+            f"expected a MedAnalysis bundle (a folder or .zip with {CONFIG_FILE}), got {path.name!r}, a pickle or "
+            "tensor file that is never loaded because unpickling runs code"
+        )
+    if path.is_dir() and ((path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists()):
+        raise BundleError(
+            f"expected a MedAnalysis bundle folder with {CONFIG_FILE}, got a TensorFlow SavedModel folder "
+            f"{path.name!r}; SavedModels are never loaded because they can carry code"
+        )
+    if path.is_file() and not name.endswith(".zip") and name != CONFIG_FILE:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        kind = "a pickle" if head[:1] == b"\x80" else "a file"
+        raise BundleError(
+            f"expected a MedAnalysis bundle folder, its {CONFIG_FILE}, or a .zip of the folder, got {kind} "
+            f"{path.name!r}"
+        )
+
+
+def small_file_bytes(path: Path, where: str = "the bundle folder") -> bytes:
+    """A configuration file's bytes: a regular file (not a link) of at most :data:`MAX_CONFIG_BYTES`."""
+    expect(path.is_file() and not path.is_symlink(),
+           f"expected {path.name} in {where} {path.parent.name!r}, found none")
+    size = path.stat().st_size
+    expect(size <= MAX_CONFIG_BYTES, f"expected {path.name} of at most {MAX_CONFIG_BYTES} bytes, got {size}")
+    return path.read_bytes()
+
+
+def bundle_zip_root(members: list[str]) -> str:
+    """The folder prefix of bundle.json inside an archive: "" (at the top) or "name/" (one folder)."""
+    if CONFIG_FILE in members:
+        return ""
+    candidates = [m[: -len(CONFIG_FILE)] for m in members if m.endswith("/" + CONFIG_FILE) and m.count("/") == 1]
+    expect(len(candidates) == 1,
+           f"expected exactly one {CONFIG_FILE} at the top of the archive or in one top folder, got {len(candidates)}")
+    return candidates[0]
+
+
+def verified_weights(folder: Path, config: BundleConfig) -> tuple[Path, str]:
+    """The weights file of a bundle folder and its sha256, once it is a regular HDF5 file whose sha256 matches
+    ``bundle.json`` (raises :class:`BundleError` otherwise)."""
+    weights = folder / config.weights["file"]
+    expect(weights.is_file() and not weights.is_symlink(),
+           f"expected the weights file {config.weights['file']!r} in the bundle, found none")
+    expected = config.weights["sha256"]
+    expect(expected != "", "expected a sha256 of the weights in bundle.json, got none")
+    actual = sha256_file(weights)
+    expect(actual == expected,
+           f"expected weights with sha256 {expected}, got {actual}: the weights file was changed or corrupted; "
+           "refusing to load it")
+    with open(weights, "rb") as handle:
+        expect(handle.read(8) == HDF5_MAGIC, "expected an HDF5 weights file, got another format")
+    return weights, actual
+
+
+def check_hdf5_weights(weights: Path, model: keras.Model) -> None:
+    """Refuse what a weights file never needs, before Keras reads a byte of it.
+
+    HDF5 can point outside the file (external and soft links, external or virtual dataset storage: reading them reads
+    other files on this machine), and a dataset can declare a shape far larger than what it stores (a few-kB file can
+    declare terabytes, allocated when read). Keras guards some of this, version by version and per dataset above a
+    4 GiB floor; here every link must be a plain hard link, no dataset may live elsewhere, and all datasets together
+    may declare at most twice the model's own weight bytes (plus 1 MiB).
+    """
+    import h5py
+    import numpy as np
+
+    budget = 2 * sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights) + 2**20
+    problems: list[str] = []
+    declared = 0
+
+    def check_link(name: str, link: Any) -> None:
+        if not isinstance(link, h5py.HardLink):
+            problems.append(f"a {type(link).__name__} at {name!r}")
+
+    def check_dataset(name: str, item: Any) -> None:
+        nonlocal declared
+        if isinstance(item, h5py.Dataset):
+            if item.external or item.is_virtual:
+                problems.append(f"a dataset stored in other files at {name!r}")
+            declared += math.prod(item.shape or ()) * item.dtype.itemsize
+
+    try:
+        with h5py.File(weights, "r") as handle:
+            handle.visititems_links(check_link)
+            if not problems:
+                handle.visititems(check_dataset)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise BundleError(f"expected a readable HDF5 weights file, got: {error}") from error
+    expect(not problems, f"expected an HDF5 weights file with its data inside it, got {'; '.join(problems[:3])}")
+    expect(declared <= budget,
+           f"expected weights of at most {budget} bytes for this {type(model).__name__} ({len(model.weights)} "
+           f"variables), got datasets declaring {declared} bytes; refusing to read them")
+
+
+def publish(path: Path, write_folder: Callable[[Path], None]) -> Path:
+    """Let ``write_folder`` fill a scratch folder, then publish it atomically as ``path`` (a folder or a .zip)."""
+    if path.suffix.lower() == ".zip":
+        with tempfile.TemporaryDirectory(prefix="medanalysis-bundle-") as scratch:
+            folder = Path(scratch) / "bundle"
+            folder.mkdir()
+            write_folder(folder)
+            safe_archive.zip_directory(folder, path)
+        return path
+    with atomic_directory(path) as temporary:
+        write_folder(temporary)
+    return path
+
+
+def extract_archive(path: Path, prefix: str) -> tuple[Path, Path]:
+    """Extract a .zip safely (:func:`MedAnalysisLib.safe_archive.safe_extract`) into a new temporary folder.
+
+    Returns:
+        ``(temporary, extracted)``: the folder to remove afterwards, and the extracted tree inside it.
+    """
+    temporary = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return temporary, safe_archive.safe_extract(path, temporary / "archive")
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def copy_plain_files(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the regular files directly in ``source`` (no links, no sub-folders) into ``target``, byte for byte."""
+    for item in source.iterdir():
+        if item.is_file() and not item.is_symlink() and item.name not in skip:
+            shutil.copyfile(item, target / item.name)

@@ -1,0 +1,97 @@
+"""What a model's output classes are: :class:`LabelInfo` (value, name, colour, coded meaning) and the default palette.
+
+Labels are described here, below everything that uses them: the bundle stores them (:mod:`MedAnalysisLib.bundles`),
+the terminology table codes them (:mod:`MedAnalysisLib.terminology`), training names them, and the writers and the
+Slicer adapter colour the results with them. This module imports nothing heavier than the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from MedAnalysisLib.errors import BundleError
+
+#: Colours for labels 1, 2, ... when none are given (distinct on dark and light backgrounds).
+DEFAULT_COLORS = ((216, 101, 79), (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210),
+                  (221, 130, 101), (144, 238, 144), (220, 245, 20), (78, 63, 0), (255, 250, 220))
+_LABEL_KEYS = ({"value", "name"}, {"color", "terminology"})
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise BundleError(message)
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """One output class.
+
+    Attributes:
+        value: The integer written into label maps (segmentation; 0 is the background) or the class index
+            (classification).
+        name: Human-readable name, e.g. ``"anterior hippocampus"``.
+        color: Display colour, RGB integers 0-255.
+        terminology: Optional coded meaning, e.g. ``{"category": {"scheme": "SCT", "code": "123037004", "meaning":
+            "Anatomical Structure"}, "type": {...}}`` (DICOM SEG / Slicer terminology), or ``None``.
+
+    Raises:
+        BundleError: On construction, a negative or non-integer value, an empty name, a colour that is not three
+            integers 0-255, or a terminology that is not a plain JSON object.
+    """
+
+    value: int
+    name: str
+    color: tuple[int, int, int] = (128, 128, 128)
+    terminology: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _expect(isinstance(self.value, int) and not isinstance(self.value, bool) and self.value >= 0,
+                f"expected a label value that is an integer >= 0, got {self.value!r}")
+        _expect(isinstance(self.name, str) and self.name.strip() != "", f"expected a label name, got {self.name!r}")
+        color = tuple(self.color)
+        _expect(
+            len(color) == 3 and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color),
+            f"expected an RGB colour of three integers 0-255 for label {self.name!r}, got {self.color!r}",
+        )
+        object.__setattr__(self, "color", color)
+        if self.terminology is not None:
+            _expect(isinstance(self.terminology, dict),
+                    f"expected a terminology dict or null, got {self.terminology!r}")
+            try:
+                json.dumps(self.terminology, allow_nan=False)
+            except (TypeError, ValueError) as error:
+                raise BundleError(f"expected plain JSON values in the terminology of label {self.name!r}, got "
+                                  f"{error}") from error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "name": self.name, "color": list(self.color), "terminology": self.terminology}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelInfo:
+        """Build from ``to_dict()`` output; unknown or missing keys raise :class:`BundleError`."""
+        required, optional = _LABEL_KEYS
+        _expect(isinstance(data, Mapping), f"expected a label to be a JSON object, got {type(data).__name__}")
+        unknown, missing = set(data) - required - optional, required - set(data)
+        _expect(not unknown, f"expected only the keys {sorted(required | optional)} in a label, got unknown "
+                             f"{sorted(unknown)}")
+        _expect(not missing, f"expected a label to have the keys {sorted(missing)}, they are missing")
+        color = data.get("color", (128, 128, 128))
+        _expect(isinstance(color, (list, tuple)), f"expected an RGB list for label colour, got {color!r}")
+        return cls(data["value"], data["name"], tuple(color), data.get("terminology"))  # type: ignore[arg-type]
+
+
+def default_color(value: int) -> tuple[int, int, int]:
+    """The palette colour of label ``value`` (black for the background, 0)."""
+    return (0, 0, 0) if value == 0 else DEFAULT_COLORS[(value - 1) % len(DEFAULT_COLORS)]
+
+
+def default_labels(names: Mapping[int, str] | list[str]) -> tuple[LabelInfo, ...]:
+    """LabelInfo for each ``value -> name`` (a list means values 0, 1, ...), with default colours, no terminology."""
+    items = dict(enumerate(names)) if isinstance(names, list) else dict(names)
+    return tuple(LabelInfo(int(value), str(name), default_color(int(value))) for value, name in sorted(items.items()))
+
+
+__all__ = ["DEFAULT_COLORS", "LabelInfo", "default_color", "default_labels"]
