@@ -31,9 +31,9 @@ import argparse
 import textwrap
 from typing import Any
 
+from MedAnalysisLib.cli._manifest_options import add_manifest_options
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_folder_outputs
 from MedAnalysisLib.cli.predict import add_inference_options, parse_shard
-from MedAnalysisLib.data.dataset_input import add_manifest_options
 from MedAnalysisLib.errors import InputError
 
 #: Every file an evaluation writes into --out (MedAnalysisLib.evaluation.report); the overwrite policy guards them.

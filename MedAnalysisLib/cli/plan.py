@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from MedAnalysisLib.cli._manifest_options import add_manifest_options
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_file_output
-from MedAnalysisLib.data.dataset_input import add_manifest_options
 from MedAnalysisLib.errors import PlanError
 from MedAnalysisLib.progress import Reporter
 
@@ -79,13 +79,13 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from MedAnalysisLib.data.dataset_input import load_dataset_input
+    from MedAnalysisLib.data.sources import load_source
     from MedAnalysisLib.io.atomic import write_text_atomic
     from MedAnalysisLib.preprocessing.fingerprint import fingerprint_dataset
     from MedAnalysisLib.preprocessing.plan import DEFAULT_MEMORY_BUDGET_MB, make_plan
 
     overrides = parse_overrides(args.overrides)
-    dataset = load_dataset_input(
+    dataset = load_source(
         args.data,
         modality=args.modality,
         image_columns=args.image_column,

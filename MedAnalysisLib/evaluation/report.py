@@ -93,7 +93,7 @@ def evaluate_bundle(
     Args:
         bundle: Bundle path or :class:`~MedAnalysisLib.bundles.LoadedBundle`.
         data: A :class:`~MedAnalysisLib.data.datasets.Dataset`, or anything
-            :func:`~MedAnalysisLib.data.dataset_input.load_dataset_input` reads (labelled: an MSD folder or its
+            :func:`~MedAnalysisLib.data.sources.load_source` reads (labelled: an MSD folder or its
             ``dataset.json``, a CSV manifest).
         out_dir: Output folder.
         options: :class:`EvaluationOptions`.
@@ -143,14 +143,14 @@ def evaluate_bundle(
 
 def _evaluation_data(data: Any, task: str, options: EvaluationOptions) -> tuple[Any, str]:
     """The dataset to evaluate on and the name the report gives it."""
-    from MedAnalysisLib.data.dataset_input import load_dataset_input
     from MedAnalysisLib.data.datasets import Dataset
+    from MedAnalysisLib.data.sources import load_source
 
     if isinstance(data, Dataset):
         return data, (data.root.name if data.root else "dataset")
     use_groups = (options.group_column or "").casefold() != NO_GROUPS
     # A CSV with labels and targets serves either task.
-    dataset = load_dataset_input(
+    dataset = load_source(
         data, task=task, image_columns=options.image_columns, label_column=options.label_column,
         target_column=options.target_column, group_column=options.group_column if use_groups else None)
     return dataset, Path(data).parent.name if Path(data).name.lower() == "dataset.json" else Path(data).name

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from MedAnalysisLib.cli import main
-from MedAnalysisLib.data.dataset_input import load_dataset_input
+from MedAnalysisLib.data.sources import load_source
 from MedAnalysisLib.errors import InputError
 
 
@@ -63,7 +63,7 @@ def test_a_group_column_is_refused_for_data_that_has_no_columns(shared_data: Pat
                                                                 capsys: pytest.CaptureFixture) -> None:
     folder = small_hippocampus(shared_data, tmp_path / "hippocampus", n=2)
     with pytest.raises(InputError, match="expected a CSV manifest for a group column"):
-        load_dataset_input(folder / "dataset.json", group_column="patient_id")
+        load_source(folder / "dataset.json", group_column="patient_id")
     assert main(["plan", str(folder), "--group-column", "patient_id", "--progress", "none"]) == 2
     assert "expected a CSV manifest for a group column ('patient_id')" in capsys.readouterr().err
-    assert len(load_dataset_input(folder / "dataset.json").cases) == 2
+    assert len(load_source(folder / "dataset.json").cases) == 2
