@@ -109,6 +109,16 @@ def inspect_archive(
 
 
 def _open_zip(archive_path: str | os.PathLike[str]) -> zipfile.ZipFile:
+    """Open a .zip that is a regular file: a FIFO or device would block the reader (the Slicer panel's GUI thread
+    when a user picks one) or yield endless bytes, a folder is not an archive."""
+    try:
+        mode = os.stat(archive_path).st_mode
+    except OSError as error:
+        raise UnsafeArchiveError(f"expected a readable .zip archive, got {Path(archive_path).name}: "
+                                 f"{error.strerror or error}") from error
+    if not stat.S_ISREG(mode):
+        raise UnsafeArchiveError(f"expected a .zip archive file, got a folder or special file (FIFO, device, "
+                                 f"socket) at {Path(archive_path).name!r}")
     try:
         return zipfile.ZipFile(archive_path)
     except _DAMAGED as error:

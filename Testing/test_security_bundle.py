@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from MedAnalysisLib.bundles import CONFIG_FILE, WEIGHTS_FILE, BundleConfig, load_bundle, read_bundle_config
-from MedAnalysisLib.errors import BundleError, UnsafeArchiveError
+from MedAnalysisLib.errors import BundleError, MedAnalysisError, UnsafeArchiveError
 from MedAnalysisLib.safe_archive import safe_extract
 
 HPARAMS = {"n_classes": 2, "in_channels": 1, "patch_size": [16, 16, 16], "filters": [4, 8], "norm": "batch"}
@@ -451,3 +451,31 @@ def test_deflate_helpers_still_read_what_python_writes(tmp_path: Path) -> None:
     out = safe_extract(archive, tmp_path / "out")
     assert (out / "tiny" / "a.txt").read_bytes() == b"hello"
     assert io.BytesIO((out / "tiny" / "b.txt").read_bytes()).read() == zlib.compress(b"x")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("name", ["model.zip", "ensemble.json", "bundle.zip.json", "model"])
+def test_special_files_picked_as_bundles_are_refused_without_blocking(tmp_path, name):
+    """A FIFO opened for reading waits for a writer forever: picked in the Slicer panel it would freeze Slicer."""
+    import threading
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read() -> None:
+        try:
+            read_bundle_config(fifo)
+        except MedAnalysisError as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), f"reading the FIFO {name!r} as a bundle blocked"
+    assert outcome and "expected" in outcome[0], outcome
+
+
+def test_a_device_picked_as_a_bundle_is_refused():
+    with pytest.raises(MedAnalysisError, match="special file"):
+        read_bundle_config(os.devnull if os.name == "posix" else "NUL")
