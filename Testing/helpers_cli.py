@@ -8,12 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-from helpers_inference import cube_volume
-
-from MedAnalysisLib.io import write_volume
-from MedAnalysisLib.volume import Volume
-
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The child: the real ``MedAnalysisLib.cli.main``; at exit it writes the TensorFlow and Keras modules it imported.
@@ -41,18 +35,3 @@ def run_cli(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> tu
     completed = subprocess.run([sys.executable, str(wrapper), *argv], capture_output=True, text=True,
                                env=environment, timeout=300, check=False)
     return completed, json.loads(imports.read_text()) if imports.is_file() else ["<no report>"]
-
-
-def write_msd(root: Path, n: int = 3) -> Path:
-    """A tiny labelled MSD folder (bright boxes labelled 1)."""
-    rng = np.random.default_rng(4)
-    training = []
-    for m in range(n):
-        image, label = cube_volume((12, 14, 16), rng)
-        write_volume(Volume(image, spacing=(1.5, 1.5, 1.5)), root / "imagesTr" / f"box_{m:03d}.nii.gz")
-        write_volume(Volume(label, spacing=(1.5, 1.5, 1.5)), root / "labelsTr" / f"box_{m:03d}.nii.gz")
-        training.append({"image": f"./imagesTr/box_{m:03d}.nii.gz", "label": f"./labelsTr/box_{m:03d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"name": "boxes", "modality": {"0": "MRI"},
-                                                   "labels": {"0": "background", "1": "cube"},
-                                                   "training": training, "test": []}))
-    return root

@@ -21,6 +21,32 @@ def cube_volume(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[
     return image, label
 
 
+def write_cube_msd(root: Path, n: int = 3, *, label: str = "cube", case: str = "box_{:03d}",
+                   shape: tuple[int, int, int] = (12, 14, 16), seed: int = 4, modality: str = "MRI",
+                   **geometry: object) -> Path:
+    """A tiny labelled MSD folder under ``root``: ``n`` cases (``case`` formatted with the index) of a bright box
+    labelled 1 (named ``label``); ``geometry`` (Volume's spacing, origin, direction) defaults to 1.5 mm voxels.
+    Returns ``root``."""
+    import json
+
+    from MedAnalysisLib.io import write_volume
+    from MedAnalysisLib.volume import Volume
+
+    geometry = geometry or {"spacing": (1.5, 1.5, 1.5)}
+    rng = np.random.default_rng(seed)
+    training = []
+    for m in range(n):
+        image, labels = cube_volume(shape, rng)
+        name = case.format(m)
+        write_volume(Volume(image, **geometry), root / "imagesTr" / f"{name}.nii.gz")
+        write_volume(Volume(labels, **geometry), root / "labelsTr" / f"{name}.nii.gz")
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": root.name, "modality": {"0": modality},
+                                                   "labels": {"0": "background", "1": label},
+                                                   "training": training, "test": []}))
+    return root
+
+
 def make_cube_plan(**overrides: object):  # noqa: ANN201 - Plan imported lazily
     from MedAnalysisLib.preprocessing.plan import Normalization, Plan
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_cli import ROOT, WRAPPER, run_cli, write_msd
-from helpers_inference import cube_volume, shared_cube_bundle
+from helpers_cli import ROOT, WRAPPER, run_cli
+from helpers_inference import cube_volume, shared_cube_bundle, write_cube_msd
 from helpers_io import write_dicom_series
 
 from MedAnalysisLib.io import write_volume
@@ -32,7 +32,7 @@ TF_NOISE = re.compile(r"^[IWEF]\d{4} |absl|InitializeLog|oneDNN|cuda|cuInit|Tens
 
 # ------------------------------------------------------------------------------------------- early and quiet
 def test_a_model_typo_is_refused_before_tensorflow_is_imported(tmp_path: Path) -> None:
-    msd = write_msd(tmp_path / "Task01")
+    msd = write_cube_msd(tmp_path / "Task01")
     completed, heavy = run_cli(tmp_path, "train", str(msd), "--task", "segmentation", "--model", "unet3dd",
                                "--out", str(tmp_path / "bundle"))
     assert completed.returncode == 2, completed.stderr[-2000:]

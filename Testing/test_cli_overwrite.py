@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_cli import run_cli, write_msd
-from helpers_inference import cube_volume, shared_cube_bundle
+from helpers_cli import run_cli
+from helpers_inference import cube_volume, shared_cube_bundle, write_cube_msd
 
 from MedAnalysisLib.cli import build_parser, main
 from MedAnalysisLib.errors import InputError
@@ -51,7 +51,7 @@ def write_case(folder: Path, name: str = "case00", seed: int = 0) -> Path:
 
 # ------------------------------------------------------------------------------------------- bundles
 def test_train_refuses_a_finished_bundle_unless_overwrite(tmp_path: Path) -> None:
-    msd = write_msd(tmp_path / "Task01")
+    msd = write_cube_msd(tmp_path / "Task01")
     bundle = fake_bundle(tmp_path / "bundle")
     before = snapshot(bundle)
     argv = ["train", str(msd), "--task", "segmentation", "--model", "unet3d", "--out", str(bundle)]
@@ -75,7 +75,7 @@ def test_a_bundle_never_replaces_other_files_even_with_overwrite(tmp_path: Path,
     (tmp_path / "report.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: not a bundle
     source = shared_cube_bundle()
     argv = {
-        "train": ["train", str(write_msd(tmp_path / "Task01")), "--task", "segmentation", "--model", "unet3d"],
+        "train": ["train", str(write_cube_msd(tmp_path / "Task01")), "--task", "segmentation", "--model", "unet3d"],
         "configure": ["configure", str(source), "--tta", "on"],
         "ensemble": ["ensemble", str(source), str(source)],
     }[command]
@@ -123,7 +123,7 @@ def test_convert_refuses_an_existing_file_unless_overwrite(tmp_path: Path,
 
 def test_plan_refuses_existing_outputs_before_reading_any_case(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    msd = write_msd(tmp_path / "Task01")
+    msd = write_cube_msd(tmp_path / "Task01")
     plan = tmp_path / "plan.json"
     plan.write_text("my plan")
     capsys.readouterr()
@@ -193,7 +193,7 @@ def test_evaluate_refuses_an_earlier_evaluation_unless_overwrite(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from MedAnalysisLib.cli.evaluate import EVALUATION_FILES
 
-    msd = write_msd(tmp_path / "Task01")
+    msd = write_cube_msd(tmp_path / "Task01")
     out = tmp_path / "evaluation"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")

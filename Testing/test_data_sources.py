@@ -3,37 +3,22 @@ accepting the forms predict accepts (an MSD folder and its dataset.json alike, C
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_inference import cube_volume
+from helpers_inference import write_cube_msd
 from helpers_io import write_dicom_series
 
 from MedAnalysisLib.errors import InputError
-from MedAnalysisLib.io import write_volume
-from MedAnalysisLib.volume import Volume
 
-
-def _msd(root: Path, n: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    training = []
-    for m in range(n):
-        image, label = cube_volume((10, 12, 14), rng)
-        write_volume(Volume(image, spacing=(1.5, 1.5, 1.5)), root / "imagesTr" / f"c{m}.nii.gz")
-        write_volume(Volume(label, spacing=(1.5, 1.5, 1.5)), root / "labelsTr" / f"c{m}.nii.gz")
-        training.append({"image": f"./imagesTr/c{m}.nii.gz", "label": f"./labelsTr/c{m}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "labels": {"0": "background",
-                                                                                          "1": "spleen"},
-                                                   "training": training}))
-    return root
-
+#: The MSD folder these tests read: three cases c0, c1, c2 of a box labelled "spleen".
+SPLEEN = {"label": "spleen", "case": "c{}", "shape": (10, 12, 14), "seed": 0}
 
 def test_every_form_resolves_and_loads(tmp_path: Path) -> None:
     from MedAnalysisLib.data.sources import load_source, resolve_source
 
-    msd = _msd(tmp_path / "Task09")
+    msd = write_cube_msd(tmp_path / "Task09", **SPLEEN)
     manifest = tmp_path / "cases.csv"
     manifest.write_text("image,label\n" + "".join(f"Task09/imagesTr/c{m}.nii.gz,Task09/labelsTr/c{m}.nii.gz\n"
                                                   for m in range(3)))
@@ -70,7 +55,7 @@ def test_train_accepts_an_msd_folder_its_dataset_json_a_csv_and_image_files(tmp_
     is what the deliberately impossible --folds 9 reports, before any preprocessing or model is built."""
     from MedAnalysisLib.training import train
 
-    msd = _msd(tmp_path / "Task09")
+    msd = write_cube_msd(tmp_path / "Task09", **SPLEEN)
     manifest = tmp_path / "cases.csv"
     manifest.write_text("image,label\n" + "".join(f"Task09/imagesTr/c{m}.nii.gz,Task09/labelsTr/c{m}.nii.gz\n"
                                                   for m in range(3)))
@@ -85,7 +70,7 @@ def test_train_accepts_an_msd_folder_its_dataset_json_a_csv_and_image_files(tmp_
 def test_cli_train_resolves_its_input_and_labels_file_before_any_work(tmp_path: Path) -> None:
     from MedAnalysisLib.cli import main
 
-    msd = _msd(tmp_path / "Task09")
+    msd = write_cube_msd(tmp_path / "Task09", **SPLEEN)
     argv = ["train", str(msd / "dataset.json"), "--task", "segmentation", "--model", "unet3d", "--out",
             str(tmp_path / "b"), "--progress", "none"]
     (tmp_path / "labels.json").write_text('[{"value": 1, "name": "spleen", "colour": [1, 2, 3]}]')

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_inference import cube_volume, shared_cube_bundle
+from helpers_inference import cube_volume, shared_cube_bundle, write_cube_msd
 
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.evaluation import figures, metrics
@@ -22,22 +22,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_msd(root: Path, n: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    direction = rotation_about_axis("z", 15.0)
-    for m in range(n):
-        image, label = cube_volume((14, 20, 22), rng)
-        geometry = {"spacing": (1.2, 1.4, 2.0), "origin": (5.0, -3.0, 2.0), "direction": direction}
-        write_volume(Volume(image, **geometry), root / "imagesTr" / f"cube_{m:03d}.nii.gz")
-        write_volume(Volume(label, **geometry), root / "labelsTr" / f"cube_{m:03d}.nii.gz")
-        training.append({"image": f"./imagesTr/cube_{m:03d}.nii.gz", "label": f"./labelsTr/cube_{m:03d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "cubes", "modality": {"0": "MR"}, "labels": {"0": "background", "1": "cube"}, "training": training,
-    }))
-    return root
-
+    """``n`` oblique, anisotropic cube cases labelled "cube" in an MSD folder named as ``root``."""
+    return write_cube_msd(root, n, case="cube_{:03d}", shape=(14, 20, 22), seed=seed, modality="MR",
+                          spacing=(1.2, 1.4, 2.0), origin=(5.0, -3.0, 2.0), direction=rotation_about_axis("z", 15.0))
 
 def test_segmentation_report_with_figures(tmp_path: Path) -> None:
     data = write_msd(tmp_path / "cubes", 5)

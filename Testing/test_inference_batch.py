@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_inference import cube_volume, shared_cube_bundle
+from helpers_inference import cube_volume, shared_cube_bundle, write_cube_msd
 from helpers_io import CANARIES, write_dicom_series
 
 from MedAnalysisLib.errors import InputError
@@ -191,24 +191,10 @@ def test_a_bundle_that_cannot_give_a_format_is_refused_before_any_case(tmp_path:
         run_batch(bundle, [tmp_path / "cases"], tmp_path / "out", BatchOptions(formats=("png",)))
 
 
-def _msd_folder(root: Path, n: int = 3) -> Path:
-    rng = np.random.default_rng(4)
-    training = []
-    for m in range(n):
-        image, label = cube_volume((12, 14, 16), rng)
-        write_volume(Volume(image, spacing=(1.5, 1.5, 1.5)), root / "imagesTr" / f"hip_{m:03d}.nii.gz")
-        write_volume(Volume(label, spacing=(1.5, 1.5, 1.5)), root / "labelsTr" / f"hip_{m:03d}.nii.gz")
-        training.append({"image": f"./imagesTr/hip_{m:03d}.nii.gz", "label": f"./labelsTr/hip_{m:03d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"name": "toy", "modality": {"0": "MRI"},
-                                                   "labels": {"0": "background", "1": "liver"},
-                                                   "training": training, "test": []}))
-    return root
-
-
 def test_predict_accepts_every_dataset_form_the_other_commands_accept(tmp_path: Path) -> None:
     """Issue 19.7: predict took dataset.json but refused the MSD folder ("expected DICOM image series"), while plan,
     train and evaluate took the folder and refused dataset.json. Every form now gives the same cases."""
-    msd = _msd_folder(tmp_path / "Task99_Toy")
+    msd = write_cube_msd(tmp_path / "Task99_Toy", label="liver", case="hip_{:03d}")
     names = ["hip_000", "hip_001", "hip_002"]
     assert [c.case_id for c in discover_cases([msd])] == names
     assert [c.case_id for c in discover_cases([msd / "dataset.json"])] == names
