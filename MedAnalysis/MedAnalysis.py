@@ -476,29 +476,25 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.trainingVolumes = volumes
             self._parameterNode.trainingSegmentations = segmentations
 
-    def _beginStart(self):
-        """True when a new run may start now; then the buttons stay disabled until :meth:`_endStart`, so a second
-        click queued while Qt processes events (dialogs, status updates) starts nothing."""
-        if self._starting or self._job is not None:
-            return False
-        self._starting = True
-        self.updateGUI()
-        return True
-
-    def _endStart(self):
-        self._starting = False
-        self.updateGUI()
-
-    def onApplyButton(self):
+    def _stopOrStart(self, start):
+        """Apply/Train/Evaluate: Cancel or Stop while a run is going; otherwise ``start()`` one. The buttons stay
+        disabled while it starts, so a second click queued while Qt processes events (dialogs, status updates)
+        starts nothing."""
         if self._jobKind() is not None:
             self._requestStop()
             return
-        if not self._beginStart():
+        if self._starting or self._job is not None:
             return
+        self._starting = True
+        self.updateGUI()
         try:
-            self._apply()
+            start()
         finally:
-            self._endStart()
+            self._starting = False
+            self.updateGUI()
+
+    def onApplyButton(self):
+        self._stopOrStart(self._apply)
 
     def _apply(self):
         if not self._ensureDependencies(self.ui.statusLabel):
@@ -534,15 +530,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                    plot=params.showPerSlicePlot, background=params.runInBackground)
 
     def onTrainButton(self):
-        if self._jobKind() is not None:
-            self._requestStop()
-            return
-        if not self._beginStart():
-            return
-        try:
-            self._train()
-        finally:
-            self._endStart()
+        self._stopOrStart(self._train)
 
     def _train(self):
         if not self._ensureDependencies(self.ui.trainingStatusLabel):
@@ -557,11 +545,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         modality = None if params.trainingModality == "from the volumes" else params.trainingModality
         output = pathText(params.trainingOutputPath)
         overwrite = self.logic.finishedBundleAt(output)
-        if overwrite and not slicer.util.confirmOkCancelDisplay(
+        if overwrite and not self._confirmReplacing(
                 _("A trained model bundle is already at {path}. Train again and replace it?").format(path=output),
-                windowTitle=_("Replace the bundle")):
-            self._showStatus(self.ui.trainingStatusLabel, _("Not started: the bundle at {path} is kept.").format(
-                path=output))
+                _("Replace the bundle"), self.ui.trainingStatusLabel,
+                _("Not started: the bundle at {path} is kept.").format(path=output)):
             return
         try:
             with slicer.util.WaitCursor():
@@ -579,15 +566,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startPolling(job, self.ui.trainingProgressBar, self.ui.trainingStatusLabel)
 
     def onEvaluateButton(self):
-        if self._jobKind() is not None:
-            self._requestStop()
-            return
-        if not self._beginStart():
-            return
-        try:
-            self._evaluate()
-        finally:
-            self._endStart()
+        self._stopOrStart(self._evaluate)
 
     def _evaluate(self):
         if not self._ensureDependencies(self.ui.evaluationStatusLabel):
@@ -595,11 +574,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params = self._parameterNode
         report = pathText(params.evaluationOutputPath)
         overwrite = self.logic.evaluationAt(report)
-        if overwrite and not slicer.util.confirmOkCancelDisplay(
+        if overwrite and not self._confirmReplacing(
                 _("{path} already holds an evaluation report. Replace it?").format(path=report),
-                windowTitle=_("Replace the report")):
-            self._showStatus(self.ui.evaluationStatusLabel, _("Not started: the report in {path} is kept.").format(
-                path=report))
+                _("Replace the report"), self.ui.evaluationStatusLabel,
+                _("Not started: the report in {path} is kept.").format(path=report)):
             return
         try:
             job = self.logic.evaluate(pathText(params.bundlePath), pathText(params.evaluationDatasetPath),
@@ -609,6 +587,13 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(self.ui.evaluationStatusLabel, error)
             return
         self._startPolling(job, self.ui.evaluationProgressBar, self.ui.evaluationStatusLabel)
+
+    def _confirmReplacing(self, question, title, statusLabel, keptText):
+        """Ask before an output is replaced; when the answer is no, say what was kept in ``statusLabel``."""
+        if slicer.util.confirmOkCancelDisplay(question, windowTitle=title):
+            return True
+        self._showStatus(statusLabel, keptText)
+        return False
 
     def onInstallDependencies(self):
         try:

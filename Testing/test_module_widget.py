@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 from helpers_packages import pip_into, requirement_files, write_wheel
-from PySide6 import QtWidgets
+from PySide6 import QtCore, QtWidgets
 from slicer_gui.fixtures import load_module_file, slicer_gui  # noqa: F401 - pytest fixtures
 
 from MedAnalysisLib import slicer_adapter as adapter
@@ -581,24 +581,38 @@ def test_a_labelmap_as_input_is_not_an_input(panel, slicer_gui, bundles):  # noq
     assert not widget.ui.applyButton.isEnabled()
 
 
+def _edited_bundle(source, folder, edit):
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "bundle.json").read_text())
+    edit(config)
+    (folder / "bundle.json").write_text(json.dumps(config))
+    return folder / "bundle.json"
+
+
 def test_a_bundle_whose_card_cannot_be_shown_is_refused_in_the_card(panel, bundles, tmp_path):
+    """A terminology without its category passes bundle validation but cannot be shown: the card says so."""
     module, widget = panel
-    odd = tmp_path / "odd"
-    shutil.copytree(bundles[0], odd)
-    config = json.loads((odd / "bundle.json").read_text())
-    for label in config["labels"]:
-        if label.get("terminology"):
-            label["terminology"] = {"type": label["terminology"]["type"]}  # no category
-    config["input"]["channels"][0]["modality"] = "<b>MR</b>"
-    (odd / "bundle.json").write_text(json.dumps(config))
-    widget._parameterNode.bundlePath = odd / "bundle.json"
-    text = widget.ui.modelCardLabel.text()
-    if text.startswith("Cannot use this bundle"):
-        assert not widget.ui.applyButton.isEnabled()
-    else:  # the library accepted it: whatever it shows is text
-        assert widget.ui.inputChannelLabel0.textFormat() == QtWidgets.QLabel().textFormat().PlainText
+
+    def drop_category(config):
+        for label in config["labels"]:
+            if label.get("terminology"):
+                label["terminology"] = {"type": label["terminology"]["type"]}
+
+    widget._parameterNode.bundlePath = _edited_bundle(bundles[0], tmp_path / "odd", drop_category)
+    assert widget.ui.modelCardLabel.text().startswith("Cannot use this bundle"), widget.ui.modelCardLabel.text()
+    assert widget._modelCard is None and widget.ui.labelsTableWidget.rowCount() == 0
+    assert not widget.ui.applyButton.isEnabled()
 
 
+def test_names_from_a_bundle_are_shown_as_text(panel, bundles, tmp_path):
+    module, widget = panel
+
+    def markup_modality(config):
+        config["input"]["channels"][0]["modality"] = "<b>MR</b>"
+
+    widget._parameterNode.bundlePath = _edited_bundle(bundles[0], tmp_path / "markup", markup_modality)
+    label = widget.ui.inputChannelLabel0
+    assert label.text() == "Input (<b>MR</b>):" and label.textFormat() == QtCore.Qt.TextFormat.PlainText
 def test_clearing_a_path_field_unsets_its_parameter(panel, bundles):
     module, widget = panel
     params = widget._parameterNode

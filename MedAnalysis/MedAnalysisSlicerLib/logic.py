@@ -590,25 +590,25 @@ class SceneLogic:
         chart selection propagation, so charts shown in the main layout (a classification's per-slice plot) never
         replace the training curves. Both are set again on every call: closing the scene resets singleton nodes.
         """
-        owner = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLScriptedModuleNode")
-        if owner is None:
-            owner = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
-            owner.SetSingletonTag(TRAINING_PLOT_TAG)
-            owner.SetName(self.scene.GenerateUniqueName("MedAnalysis panel views"))
-            owner.SetHideFromEditors(True)
-            owner = self.scene.AddNode(owner)
-        view = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, "vtkMRMLPlotViewNode")
-        if view is None:
-            view = self.scene.CreateNodeByClass("vtkMRMLPlotViewNode")
-            view.SetSingletonTag(TRAINING_PLOT_TAG)
-            view.SetName(self.scene.GenerateUniqueName("MedAnalysis training plot view"))
-            view.SetLayoutName(TRAINING_PLOT_TAG)
-            view.SetHideFromEditors(True)
-            view = self.scene.AddNode(view)
+        owner = self._hiddenSingleton("vtkMRMLScriptedModuleNode", "MedAnalysis panel views")
+        view = self._hiddenSingleton("vtkMRMLPlotViewNode", "MedAnalysis training plot view")
+        view.SetLayoutName(TRAINING_PLOT_TAG)
         view.SetDoPropagatePlotChartSelection(False)
         if view.GetParentLayoutNode() is not owner:
             view.SetAndObserveParentLayoutNodeID(owner.GetID())
         return view
+
+    def _hiddenSingleton(self, className: str, name: str):
+        """The panel's node of ``className`` in this scene (singleton tag :data:`TRAINING_PLOT_TAG`), added hidden
+        from editors when missing."""
+        node = self.scene.GetSingletonNode(TRAINING_PLOT_TAG, className)
+        if node is None:
+            node = self.scene.CreateNodeByClass(className)
+            node.SetSingletonTag(TRAINING_PLOT_TAG)
+            node.SetName(self.scene.GenerateUniqueName(name))
+            node.SetHideFromEditors(True)
+            node = self.scene.AddNode(node)
+        return node
 
     def showTrainingCurves(self, chartNode) -> None:
         """Show ``chartNode`` in the panel's training-curve view (and nowhere else)."""
