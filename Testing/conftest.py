@@ -91,3 +91,14 @@ def oblique_volume_factory() -> Callable[..., Volume]:
         return volume.with_array(array, cube_center_lps=tuple(float(c) for c in center))
 
     return make
+
+
+@pytest.fixture
+def scene():
+    """A fresh real MRML scene with Slicer's module logics wired (``Testing/slicer_scene.py``); closed afterwards."""
+    from slicer_scene import make_scene
+
+    built = make_scene()
+    yield built
+    built.close()
+

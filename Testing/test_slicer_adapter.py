@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
-from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
 from MedAnalysisLib.errors import GeometryError, InputError  # noqa: E402
@@ -29,13 +28,6 @@ LABELS = [
                      "anatomic_region": "SCT^10200004^Liver"}},
     {"value": 3, "name": "vessel", "color": (0, 151, 206), "terminology": None},
 ]
-
-
-@pytest.fixture
-def scene():
-    built = make_scene()
-    yield built
-    built.close()
 
 
 def oblique_ras_matrix() -> np.ndarray:

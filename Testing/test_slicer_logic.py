@@ -12,20 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
 from MedAnalysisLib.errors import InputError, MedAnalysisError  # noqa: E402
 from MedAnalysisLib.volume import Volume  # noqa: E402
 from MedAnalysisSlicerLib.logic import SceneLogic, pathText  # noqa: E402
 from MedAnalysisSlicerLib.selftest import buildTinyBundles, runSelfTest  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    built = make_scene()
-    yield built
-    built.close()
 
 
 @pytest.fixture(scope="module")

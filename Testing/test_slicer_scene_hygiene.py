@@ -28,13 +28,6 @@ LABELS = [
 ]
 
 
-@pytest.fixture
-def scene():
-    built = make_scene()
-    yield built
-    built.close()
-
-
 def scene_nodes(scene) -> list[tuple[str, str, str]]:
     """(ID, class, name) of every node in the scene, in scene order."""
     nodes = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]

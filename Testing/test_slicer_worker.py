@@ -13,7 +13,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slicer_scene import make_scene  # noqa: E402
 
 from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
 from MedAnalysisLib.io import write_volume  # noqa: E402
@@ -29,13 +28,6 @@ TIMEOUT_S = 240
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
-
-
-@pytest.fixture
-def scene():
-    built = make_scene()
-    yield built
-    built.close()
 
 
 def oblique_volume(seed: int = 0, shape=(10, 16, 18)) -> Volume:
