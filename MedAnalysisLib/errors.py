@@ -50,3 +50,9 @@ class UnsafeArchiveError(BundleError):
 
 class CancelledError(MedAnalysisError):
     """Work was stopped on request (SIGTERM, the Cancel button); partial results were saved where stated."""
+
+
+class OutputError(InputError):
+    """An output cannot be written: the path holds something MedAnalysis did not create (never replaced), is a link,
+    a file where a folder goes (or the reverse), or the operating system refused the write (permissions, a full or
+    read-only disk, a name too long). Nothing the user had was changed, and no temporary is left behind."""

@@ -45,10 +45,10 @@ def test_directory_replacement_is_whole(tmp_path):
     target = tmp_path / "bundle"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with atomic_directory(target) as folder:
+    with atomic_directory(target, replaceable=lambda _: True) as folder:  # the caller's earlier output
         (folder / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
-    with pytest.raises(ValueError), atomic_directory(target) as folder:
+    with pytest.raises(ValueError), atomic_directory(target, replaceable=lambda _: True) as folder:
         (folder / "broken.txt").write_text("x")
         raise ValueError("stop")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]

@@ -8,23 +8,28 @@ Nothing here imports TensorFlow; :func:`check_hdf5_weights` imports h5py when it
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from MedAnalysisLib import safe_archive
 from MedAnalysisLib.bundles.config import CONFIG_FILE, MAX_CONFIG_BYTES, BundleConfig, expect
-from MedAnalysisLib.errors import BundleError
-from MedAnalysisLib.io.atomic import atomic_directory
+from MedAnalysisLib.errors import BundleError, OutputError
+from MedAnalysisLib.io.atomic import absolute_target, atomic_directory, refuse_link
+from MedAnalysisLib.sanitize import terminal_field
 
 if TYPE_CHECKING:
     import keras
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: The marker file of an ensemble folder (the name :mod:`MedAnalysisLib.bundles.ensemble` writes).
+ENSEMBLE_MARKER = "ensemble.json"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".npy", ".npz", ".ckpt", ".bin")
 
 
@@ -141,18 +146,93 @@ def check_hdf5_weights(weights: Path, model: keras.Model) -> None:
            f"variables), got datasets declaring {declared} bytes; refusing to read them")
 
 
-def publish(path: Path, write_folder: Callable[[Path], None]) -> Path:
-    """Let ``write_folder`` fill a scratch folder, then publish it atomically as ``path`` (a folder or a .zip)."""
-    if path.suffix.lower() == ".zip":
+def is_bundle_folder(path: Path) -> bool:
+    """True for a folder (not a link) whose ``bundle.json`` or ``ensemble.json`` is a regular file holding a JSON
+    object: an earlier bundle or ensemble, which publishing may replace. Reads at most the marker files."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for marker in (CONFIG_FILE, ENSEMBLE_MARKER):
+        candidate = path / marker
+        if candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size <= MAX_CONFIG_BYTES:
+            try:
+                if isinstance(json.loads(candidate.read_bytes()), dict):
+                    return True
+            except (OSError, ValueError):
+                continue
+    return False
+
+
+def is_bundle_zip(path: Path) -> bool:
+    """True for a regular .zip file (not a link) holding ``bundle.json`` or ``ensemble.json`` at its root or one folder
+    down, as bundles are zipped. Reads only the archive's names."""
+    if path.is_symlink() or not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.rsplit("/", 1)[-1] in (CONFIG_FILE, ENSEMBLE_MARKER) and name.count("/") <= 1 for name in names)
+
+
+def check_publish_target(path: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Refuse a bundle target that publishing would have to destroy, before any work; return it as an absolute path.
+
+    A path ending in ``.zip`` is a file: new, or an earlier bundle archive; otherwise a folder: new, empty, or an
+    earlier bundle folder (:func:`is_bundle_folder`). An earlier bundle is replaced only when ``overwrite`` is true.
+    A link, a file where a folder goes, a folder where the .zip goes, and anything else that exists are refused
+    whatever ``overwrite`` says: nothing publishing did not create is ever removed.
+
+    Raises:
+        OutputError: The target is refused (the message says what was expected and what was found).
+    """
+    target = absolute_target(path)
+    where = terminal_field(target)
+    refuse_link(target, "a bundle")
+    if target.suffix.lower() == ".zip":
+        if target.is_dir():
+            raise OutputError(f"expected a .zip file path for the bundle, got the folder {where}; a folder is never "
+                              "replaced by an archive")
+        found = "an earlier bundle archive" if is_bundle_zip(target) else "a file that is not a bundle archive"
+    else:
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"expected a folder path for the bundle (or a path ending in .zip), got the file "
+                              f"{where}; a file is never replaced by a folder")
+        if not target.exists() or not any(target.iterdir()):
+            return target
+        found = "an earlier bundle" if is_bundle_folder(target) else "a folder holding other files"
+    if not target.exists():
+        return target
+    if not found.startswith("an earlier"):
+        raise OutputError(f"expected a new bundle path or an earlier bundle, got {found} at {where}; it is never "
+                          "replaced, choose another path")
+    if not overwrite:
+        raise OutputError(f"expected a path that does not exist yet, got {found} at {where}; replace it only on "
+                          "request (--overwrite), or choose another path")
+    return target
+
+
+def publish(path: Path, write_folder: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+    """Let ``write_folder`` fill a scratch folder, then publish it atomically as ``path`` (a folder or a .zip).
+
+    ``path`` is checked first (:func:`check_publish_target`): an earlier bundle there is replaced when ``overwrite``
+    is true, anything else that exists is refused; on failure the scratch folder is removed and ``path`` is as it was.
+
+    Raises:
+        OutputError: ``path`` is refused (before ``write_folder`` runs).
+    """
+    target = check_publish_target(path, overwrite)
+    if target.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory(prefix="medanalysis-bundle-") as scratch:
             folder = Path(scratch) / "bundle"
             folder.mkdir()
             write_folder(folder)
-            safe_archive.zip_directory(folder, path)
-        return path
-    with atomic_directory(path) as temporary:
+            check_publish_target(target, overwrite)  # something may have appeared there meanwhile
+            safe_archive.zip_directory(folder, target)
+        return Path(path)
+    with atomic_directory(target, replaceable=is_bundle_folder) as temporary:
         write_folder(temporary)
-    return path
+    return Path(path)
 
 
 def extract_archive(path: Path, prefix: str) -> tuple[Path, Path]:

@@ -10,6 +10,12 @@ on stdin from a parent that set ``MEDANALYSIS_STOP_ON_STDIN=1``, or the creation
 :mod:`MedAnalysisLib.progress`), 1 anything unexpected, 141 stdout closed early (``medanalysis info B | head``: the
 command stops quietly, as the shell's own tools do on SIGPIPE).
 
+Ordinary operating-system errors (permission denied, a read-only or full disk, a file size limit, a name too long,
+a file where a folder is expected or the reverse) and running out of memory are bad input too: exit code 2 with one
+line that names what was expected, the operation, the path and the system's reason (:func:`describe_os_error`),
+never a traceback; the atomic writers have removed their temporaries by then. Before any command's own checks,
+every output option is checked where that is cheap (:func:`_check_output_options`).
+
 Before a command runs, its ``validate(args)`` hook (when its parser sets one) checks inputs and outputs, so a mistake
 is refused before TensorFlow is imported (:mod:`MedAnalysisLib.cli._validate`, which also states the overwrite
 policy every command follows); TensorFlow's start-up lines stay off stderr unless ``--verbose``
@@ -19,6 +25,7 @@ policy every command follows); TensorFlow's start-up lines stay off stderr unles
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -26,7 +33,7 @@ import sys
 from collections.abc import Sequence
 
 from MedAnalysisLib import __version__
-from MedAnalysisLib.errors import CancelledError, MedAnalysisError
+from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError, MemoryBudgetError, OutputError
 from MedAnalysisLib.progress import Reporter
 
 #: Sub-command modules, in the order ``--help`` lists them.
@@ -123,6 +130,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+#: Output options every command may have: attribute -> the option as typed.
+OUTPUT_OPTIONS = {"out": "--out", "fingerprint_out": "--fingerprint-out", "tensorboard": "--tensorboard",
+                  "output": "OUTPUT"}
+#: Commands whose --out is a folder they write files into (created when missing).
+FOLDER_OUTPUT_COMMANDS = ("predict", "evaluate", "demo")
+
+
+def _check_output_options(args: argparse.Namespace) -> None:
+    """Where each output goes, before anything else: names within the file system's limit, no file above it, a
+    folder that may be written; and a folder where a command writes into one (see
+    :func:`MedAnalysisLib.cli._validate.check_output_location`)."""
+    from MedAnalysisLib.cli._validate import check_folder_location, check_output_location
+
+    for attribute, option in OUTPUT_OPTIONS.items():
+        value = getattr(args, attribute, None)
+        if isinstance(value, (str, os.PathLike)):
+            check_output_location(value, option)
+    if getattr(args, "command", None) in FOLDER_OUTPUT_COMMANDS and getattr(args, "out", None) is not None:
+        check_folder_location(args.out, "--out")
+
+
+#: What an operation needed, by the errno of its failure.
+_EXPECTED_BY_ERRNO = {
+    errno.EACCES: "permission to use the path", errno.EPERM: "permission to use the path",
+    errno.EROFS: "a writable file system", errno.ENOSPC: "free space on the disk",
+    errno.EDQUOT: "free space within the disk quota", errno.EFBIG: "a file size within the system's limit",
+    errno.ENAMETOOLONG: "names within the file system's length limit", errno.EISDIR: "a file, not a folder",
+    errno.ENOTDIR: "a folder, not a file", errno.EEXIST: "a path that does not exist yet",
+    errno.ENOENT: "an existing file or folder", errno.ENOTEMPTY: "an empty folder",
+    errno.EMFILE: "fewer open files", errno.ENFILE: "fewer open files", errno.EIO: "a working disk",
+}
+#: The operation, by the name of the innermost function that failed.
+_OPERATIONS = {
+    "mkdir": "creating a folder", "makedirs": "creating a folder", "open": "opening a file",
+    "write": "writing a file", "write_text": "writing a file", "write_bytes": "writing a file",
+    "read_text": "reading a file", "read_bytes": "reading a file", "replace": "renaming into place",
+    "rename": "renaming into place", "mkstemp": "creating a temporary file", "mkdtemp": "creating a temporary folder",
+    "copyfile": "copying a file", "copy2": "copying a file", "chmod": "setting permissions",
+    "iterdir": "listing a folder", "scandir": "listing a folder", "stat": "reading a file's status",
+}
+
+
+def _innermost_operation(error: BaseException) -> str:
+    """What was being done when ``error`` was raised: a note an atomic writer added ("while writing PATH"), else the
+    innermost function's name."""
+    notes = [note for note in getattr(error, "__notes__", []) if note.startswith("while ")]
+    if notes:
+        return notes[0]
+    traceback = error.__traceback__
+    name = ""
+    while traceback is not None:
+        name = traceback.tb_frame.f_code.co_name
+        traceback = traceback.tb_next
+    return "while " + _OPERATIONS.get(name.lstrip("_"), f"running {name or 'the command'}")
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error: what was expected, what the system said, the operation and the path
+    (control characters escaped)."""
+    from MedAnalysisLib.sanitize import terminal_field
+
+    expected = _EXPECTED_BY_ERRNO.get(error.errno or -1, "the operation to succeed")
+    reason = error.strerror or str(error) or type(error).__name__
+    code = errno.errorcode.get(error.errno or -1, type(error).__name__)
+    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None and not isinstance(p, int)]
+    where = f" on {' and '.join(terminal_field(p) for p in paths)}" if paths else ""
+    return (f"expected {expected}, got {terminal_field(reason[:200])} ({code}) "
+            f"{terminal_field(_innermost_operation(error))}{where}")
+
+
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -144,6 +221,7 @@ def _run(argv: Sequence[str] | None) -> int:
     install_cli_logging(verbose)  # third-party records and warnings pass the same PHI filter as ours
     reporter = Reporter(getattr(args, "progress", "none"))
     try:
+        _check_output_options(args)
         validate = getattr(args, "validate", None)
         if validate is not None:
             validate(args)
@@ -159,6 +237,17 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_CANCELLED
     except BrokenPipeError:
         raise  # the reader went away: nobody to tell, main() exits quietly
+    except OSError as error:
+        logging.getLogger(__name__).debug("operating-system error", exc_info=True)
+        writing = any(note.startswith("while ") for note in getattr(error, "__notes__", []))
+        reporter.error((OutputError if writing else InputError)(describe_os_error(error)))
+        return EXIT_INPUT
+    except MemoryError:
+        logging.getLogger(__name__).debug("out of memory", exc_info=True)
+        reporter.error(MemoryBudgetError(
+            "expected enough free memory for this command, got an allocation that failed (out of memory); lower "
+            "--batch-size or --memory-budget-mb where the command has them, or use a machine with more memory"))
+        return EXIT_INPUT
     except Exception as error:  # noqa: BLE001 - the parent must always get one error line
         reporter.error(error)
         if getattr(args, "verbose", False) or reporter.mode != "jsonl":

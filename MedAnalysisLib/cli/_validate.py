@@ -9,7 +9,12 @@ The overwrite policy, one for every command that writes (:data:`OVERWRITE_POLICY
 with its part of it): an output that already exists is refused unless ``--overwrite`` is given; with it, only what
 the command itself writes is replaced (atomically, see :mod:`MedAnalysisLib.io.atomic`). A path holding something
 the command never writes (a folder of other files where a bundle goes, a folder where a file goes) is refused even
-with ``--overwrite``: nothing the command did not create is ever deleted. Two commands resume instead of refusing:
+with ``--overwrite``: nothing the command did not create is ever deleted. The same holds for a symbolic link at
+the output (never replaced nor written through), a path ending in .zip that is a folder, a bundle folder's path that
+is a file, an output that is one of the command's inputs or a folder holding one (the current folder, ``/``), and
+train's ``OUT.checkpoint`` holding anything but a checkpoint. Where an output goes is checked first for every command
+(:func:`check_output_location`: names the file system accepts, no file above it, a writable folder), so that an
+ordinary mistake costs no work. Two commands resume instead of refusing:
 ``train`` continues an interrupted run from its checkpoint, and ``predict`` skips the cases whose sidecar shows the
 same bundle and options made them.
 """
@@ -18,19 +23,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import zipfile
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.errors import InputError, OutputError
+from MedAnalysisLib.io.atomic import absolute_target
+from MedAnalysisLib.sanitize import terminal_field
 
 #: The policy in one paragraph, for the ``--help`` epilogs and the documentation.
 OVERWRITE_POLICY = (
     "The rule every command follows: an output that already exists is refused (exit code 2, before any work) unless "
     "--overwrite is given, and then only what the command itself writes is replaced, atomically; a path that holds "
-    "anything else (other files where a bundle or a file would go) is refused even with --overwrite, so nothing the "
-    "command did not create is deleted."
+    "anything else (other files where a bundle or a file would go, a symbolic link, an input of the command) is "
+    "refused even with --overwrite, so nothing the command did not create is deleted."
 )
+
+#: The longest file name, in bytes, of the common file systems (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units).
+NAME_MAX = 255
 
 #: Files that mark a folder (or the root of a .zip) as a model bundle or an ensemble (the bundle format's names).
 BUNDLE_MARKERS = ("bundle.json", "ensemble.json")
@@ -54,66 +64,195 @@ def model_family(text: str) -> str:
 
 
 def _refusal(path: Path, found: str, option: str) -> InputError:
-    return InputError(f"expected {option} to name a path that does not exist yet, got {found} at {path}; pass "
-                      f"--overwrite to replace it, or choose another {option}")
+    return OutputError(f"expected {option} to name a path that does not exist yet, got {found} at {_shown(path)}; "
+                       f"pass --overwrite to replace it, or choose another {option}")
 
 
-def check_file_output(path: str | Path | None, overwrite: bool, option: str = "OUT") -> None:
-    """The policy for an output file: new, or an existing regular file with ``overwrite``; a folder never."""
+def _shown(path: str | os.PathLike[str]) -> str:
+    """A path as it may appear in a message on a terminal (control characters escaped)."""
+    return terminal_field(os.fspath(path))
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system holding ``folder`` allows (255 where it cannot be asked)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _check_name_lengths(target: Path, siblings: Iterable[str], option: str, limit: int) -> None:
+    """Refuse a name in ``target`` (or a sibling name written beside it) longer than ``limit`` bytes."""
+    for name in (*target.parts[1:], *siblings):
+        size = len(os.fsencode(name))
+        if size > limit:
+            raise OutputError(f"expected {option} with names of at most {limit} bytes (the file system's limit), got "
+                              f"a name of {size} bytes: {_shown(name[:40])}...")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself when it exists, else its closest existing ancestor."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(path.anchor or "/")
+
+
+def _read_only(folder: Path) -> bool:
+    """True when ``folder`` lies on a file system mounted read-only (which stops root too)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def check_output_location(path: str | os.PathLike[str] | None, option: str = "--out",
+                          siblings: Iterable[str] = ()) -> None:
+    """Cheap checks of where an output will go, made before any work: every name fits the file system (with the
+    sibling names in ``siblings`` that the command also writes, such as ``OUT.checkpoint``), nothing above it is a
+    file, and the folder it goes into may be written (permissions for ordinary users, a read-only file system for
+    everyone).
+
+    Raises:
+        OutputError: The first problem, saying what was expected and what was found.
+    """
+    if path is None or os.fspath(path) == "":
+        return
+    target = absolute_target(path)
+    if len(os.fsencode(str(target))) >= 4000:
+        raise OutputError(f"expected {option} of at most 4000 bytes, got {len(os.fsencode(str(target)))} bytes")
+    _check_name_lengths(target, siblings, option, NAME_MAX)  # before the file system is asked anything about it
+    existing = _nearest_existing(target)
+    _check_name_lengths(target, siblings, option, _name_max(existing if existing.is_dir() else existing.parent))
+    if existing != target and not existing.is_dir():
+        raise OutputError(f"expected {option} inside a folder, got {_shown(target)} below the file {_shown(existing)}")
+    folders = [existing] if existing != target else [target.parent] + ([target] if target.is_dir() else [])
+    for folder in folders:
+        _check_writable(folder, target, option)
+
+
+def _check_writable(folder: Path, target: Path, option: str) -> None:
+    """Refuse ``target`` when ``folder`` (where it is written) is read-only or not writable by this user."""
+    if _read_only(folder):
+        raise OutputError(f"expected {option} on a writable file system, got {_shown(target)} on a read-only one")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"expected {option} in a folder you may write to, got {_shown(target)} where "
+                          f"{_shown(folder)} is not writable (permission denied)")
+
+
+def _related(out: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> Path | None:
+    """The first input that ``out`` is or holds (paths compared after resolving links), or None."""
+    resolved = out.resolve()
+    for item in inputs:
+        if item is None or os.fspath(item) == "":
+            continue
+        source = Path(item).resolve()
+        if resolved == source or resolved in source.parents:
+            return source
+    return None
+
+
+def check_not_an_input(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None],
+                       option: str = "--out") -> None:
+    """Refuse an output that is one of the inputs or a folder holding one: replacing it would remove what the
+    command reads.
+
+    Raises:
+        OutputError: ``path`` and an input overlap.
+    """
+    source = _related(absolute_target(path), inputs)
+    if source is not None:
+        raise OutputError(f"expected {option} apart from the inputs, got {_shown(path)}, which is or holds the "
+                          f"input {_shown(source)}; inputs are never replaced")
+
+
+def check_file_output(path: str | Path | None, overwrite: bool, option: str = "OUT",
+                      inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
+    """The policy for an output file: new, or an existing regular file with ``overwrite``; a folder, a link or an
+    input never."""
     if path is None:
         return
-    path = Path(path)
+    check_output_location(path, option)
+    check_not_an_input(path, inputs, option)
+    path = absolute_target(path)
+    if path.is_symlink():
+        raise OutputError(f"expected {option} to name a file, got a symbolic link at {_shown(path)} (a link is never "
+                          "replaced; name the real file)")
     if path.is_dir():
-        raise InputError(f"expected {option} to name a file, got the folder {path} (a folder is never replaced)")
+        raise OutputError(f"expected {option} to name a file, got the folder {_shown(path)} (a folder is never "
+                          "replaced)")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"expected {option} to name a regular file, got something else at {_shown(path)} (a "
+                          "device, pipe or socket is never replaced)")
     if path.exists() and not overwrite:
         raise _refusal(path, "an existing file", option)
 
 
 def is_bundle_path(path: Path) -> bool:
-    """True for a folder holding ``bundle.json``/``ensemble.json``, or a .zip holding one at its root or one level
-    down (how bundles are zipped). Reads only names, nothing is extracted."""
-    if path.is_dir():
-        return any((path / marker).is_file() for marker in BUNDLE_MARKERS)
-    if path.is_file() and zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (OSError, zipfile.BadZipFile):
-            return False
-        return any(name.rsplit("/", 1)[-1] in BUNDLE_MARKERS and name.count("/") <= 1 for name in names)
-    return False
+    """True for a folder holding ``bundle.json``/``ensemble.json`` (a JSON object), or a .zip holding one at its root
+    or one level down (how bundles are zipped); never for a link. Reads only names and the marker file."""
+    from MedAnalysisLib.bundles.storage import is_bundle_folder, is_bundle_zip
+
+    return is_bundle_folder(path) or is_bundle_zip(path)
 
 
-def check_bundle_output(path: str | Path, overwrite: bool, option: str = "--out") -> None:
+def check_bundle_output(path: str | Path, overwrite: bool, option: str = "--out",
+                        inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
     """The policy for a bundle output (train, configure, ensemble): new or an empty folder; an existing bundle only
-    with ``overwrite``; anything else never (a bundle is written as a whole and would replace it).
+    with ``overwrite``; anything else never (a bundle is written as a whole and would replace it). A path ending in
+    .zip is a file (a folder there is refused), any other a folder (a file there is refused); links and paths that
+    are or hold an input are refused too.
 
     Raises:
-        InputError: The path holds a bundle and ``overwrite`` is false, or holds something else.
+        OutputError: The path holds a bundle and ``overwrite`` is false, or holds something else.
     """
-    path = Path(path)
-    if not path.exists():
-        return
-    if path.is_dir() and not any(path.iterdir()):
+    check_output_location(path, option)
+    check_not_an_input(path, inputs, option)
+    path = absolute_target(path)
+    if path.is_symlink():
+        raise OutputError(f"expected {option} to name a new bundle or an existing one, got a symbolic link at "
+                          f"{_shown(path)}; a link is never replaced, name the real path")
+    zip_target = path.suffix.lower() == ".zip"
+    if zip_target and path.is_dir():
+        raise OutputError(f"expected {option} ending in .zip to name a bundle archive (a file), got the folder "
+                          f"{_shown(path)}; a folder is never replaced by an archive")
+    if not zip_target and path.exists() and not path.is_dir():
+        raise OutputError(f"expected {option} to name a bundle folder (or a path ending in .zip), got the file "
+                          f"{_shown(path)}; a file is never replaced by a folder")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     if not is_bundle_path(path):
         kind = "a folder holding other files" if path.is_dir() else "a file that is not a bundle"
-        raise InputError(f"expected {option} to name a new bundle or an existing one, got {kind} at {path}; "
-                         "it would be replaced as a whole, so it is refused even with --overwrite")
+        raise OutputError(f"expected {option} to name a new bundle or an existing one, got {kind} at {_shown(path)}; "
+                          "it would be replaced as a whole, so it is refused even with --overwrite")
     if not overwrite:
         raise _refusal(path, "an existing bundle", option)
 
 
 def check_folder_outputs(folder: str | Path, names: Iterable[str], overwrite: bool, option: str = "--out") -> None:
     """The policy for a folder the command writes fixed file names into (evaluate): refused when any of ``names``
-    exists there, unless ``overwrite``; other files in the folder are never touched."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"expected {option} to name a folder, got the file {folder}")
+    exists there, unless ``overwrite``; a link or a folder under one of those names is refused even then, and other
+    files in the folder are never touched."""
+    check_folder_location(folder, option)
+    folder = absolute_target(folder)
+    names = tuple(names)
+    blocked = sorted(name for name in names if (folder / name).is_symlink() or (folder / name).is_dir())
+    if blocked:
+        raise OutputError(f"expected {option} to hold files (or nothing) under the names it writes, got a folder or "
+                          f"link named {', '.join(blocked)} in {_shown(folder)}; it is never replaced, even with "
+                          "--overwrite")
     existing = sorted(name for name in names if (folder / name).exists())
     if existing and not overwrite:
-        raise InputError(f"expected {option} without the outputs of an earlier run, got {', '.join(existing)} in "
-                         f"{folder}; pass --overwrite to replace them, or choose another {option}")
+        raise OutputError(f"expected {option} without the outputs of an earlier run, got {', '.join(existing)} in "
+                          f"{_shown(folder)}; pass --overwrite to replace them, or choose another {option}")
+
+
+def check_folder_location(folder: str | Path, option: str = "--out") -> None:
+    """An output folder the command writes files into (created if missing): not a file, and writable."""
+    check_output_location(folder, option)
+    path = absolute_target(folder)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"expected {option} to name a folder, got the file {_shown(path)}")
 
 
 def read_json_object(path: Path) -> dict | None:

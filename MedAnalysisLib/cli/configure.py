@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_bundle_output
+from MedAnalysisLib.cli.predict import overlap_fraction
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter
 
@@ -30,7 +31,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="flip test-time augmentation (default: unchanged)")
     parser.add_argument("--postprocess", choices=("none", "largest-component", "fill-holes"), default=None,
                         help="post-processing of label maps (default: unchanged)")
-    parser.add_argument("--overlap", type=float, default=None,
+    parser.add_argument("--overlap", type=overlap_fraction, default=None,
                         help="sliding-window overlap in [0, 1) (default: unchanged)")
     add_overwrite_option(parser, "a bundle at --out")
     parser.set_defaults(func=run, validate=validate)
@@ -47,9 +48,9 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError("expected at least one of --tta, --postprocess or --overlap, got none")
     read_bundle_config(args.bundle)
     if Path(args.out).resolve() == Path(args.bundle).resolve():
-        raise BundleError(f"expected an output other than the source bundle {Path(args.bundle).name!r} (bundles are "
-                          "never changed in place)")
-    check_bundle_output(args.out, args.overwrite)
+        raise BundleError(f"expected an output other than the source bundle {Path(args.bundle).name!r}, got the "
+                          "source itself (bundles are never changed in place)")
+    check_bundle_output(args.out, args.overwrite, inputs=(args.bundle,))
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:

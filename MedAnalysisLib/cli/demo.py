@@ -16,9 +16,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, read_json_object
+from MedAnalysisLib.cli._validate import (
+    OVERWRITE_POLICY,
+    add_overwrite_option,
+    check_folder_location,
+    read_json_object,
+)
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter, StopFlag
+from MedAnalysisLib.sanitize import terminal_field
 
 
 def _positive_int(text: str) -> int:
@@ -64,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction, parents: list[argparse.Argu
     parser.set_defaults(func=run, validate=validate)
 
 
+#: The most phantom scans --cases may ask for (each is a few MB and seconds of work).
+MAX_CASES = 2000
 #: What the demo writes directly in --out (see MedAnalysisLib.demo); only these names are ever replaced.
 DEMO_ENTRIES = ("summary.txt", "summary.json", "data", "plan.json", "fingerprint.json", "bundles", "evaluation",
                 "prediction", "figures")
@@ -81,20 +89,25 @@ def _is_demo_output(out: Path) -> bool:
 
 def validate(args: argparse.Namespace) -> None:
     """--cases in range; --out follows the overwrite policy (see the epilog)."""
-    if args.cases is not None and args.cases < 4:
-        raise InputError(f"expected --cases of at least 4 (2 to train, 2 held out), got {args.cases}")
+    if args.cases is not None and not 4 <= args.cases <= MAX_CASES:
+        raise InputError(f"expected --cases from 4 (2 to train, 2 held out) to {MAX_CASES}, got {args.cases}")
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"expected --seed from 0 to {2**32 - 1}, got {args.seed}")
+    check_folder_location(args.out, "--out")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"expected --out to name a folder, got the file {out}")
+    links = sorted(name for name in DEMO_ENTRIES if (out / name).is_symlink())
+    if links:
+        raise InputError(f"expected --out to hold the demo's entries as plain files and folders, got the symbolic "
+                         f"link(s) {', '.join(links)} in {terminal_field(out)}; links are never replaced")
     present = sorted(name for name in DEMO_ENTRIES if (out / name).exists())
     if not present:
         return
     if not _is_demo_output(out):
-        raise InputError(f"expected --out to be new, empty or an earlier demo's output, got {out} holding "
+        raise InputError(f"expected --out to be new, empty or an earlier demo's output, got {terminal_field(out)} holding "
                          f"{', '.join(present)} that no demo run wrote; it is refused even with --overwrite, since the "
                          "demo would replace those entries")
     if not args.overwrite:
-        raise InputError(f"expected --out without an earlier demo run, got one in {out}; pass --overwrite to replace "
+        raise InputError(f"expected --out without an earlier demo run, got one in {terminal_field(out)}; pass --overwrite to replace "
                          "it, or choose another --out")
 
 

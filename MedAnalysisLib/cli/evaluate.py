@@ -78,13 +78,32 @@ def validate(args: argparse.Namespace) -> None:
     from MedAnalysisLib.bundles import read_bundle_config
     from MedAnalysisLib.data.sources import resolve_source
 
-    if args.bootstrap < 0:
-        raise InputError(f"expected --bootstrap >= 0, got {args.bootstrap}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
+    check_numbers(args)
     read_bundle_config(args.bundle)
     resolve_source(args.data)
     check_folder_outputs(args.out, EVALUATION_FILES, args.overwrite)
+
+
+#: Upper bounds of the numeric options: far beyond any real evaluation, low enough to refuse a typo before work.
+LIMITS = {"--bootstrap": 100_000, "--seed": 2**32 - 1, "--max-cases": 10_000_000, "--batch-size": 4096,
+          "--memory-budget-mb": 10 * 2**20}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option in its range: --bootstrap and --seed from 0, the others from 1 (None: the default).
+
+    Raises:
+        InputError: Saying what was expected and what was given.
+    """
+    values = {"--bootstrap": (args.bootstrap, 0), "--seed": (args.seed, 0), "--max-cases": (args.max_cases, 1),
+              "--batch-size": (args.batch_size, 1), "--memory-budget-mb": (args.memory_budget_mb, 1)}
+    for option, (value, low) in values.items():
+        if value is None:
+            continue
+        if value < low:
+            raise InputError(f"expected {option} >= {low}, got {value}")
+        if value > LIMITS[option]:
+            raise InputError(f"expected {option} from {low} to {LIMITS[option]}, got {value}")
 
 
 def run(args: argparse.Namespace, reporter: Any) -> int:

@@ -59,12 +59,35 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """--set syntax, and outputs the overwrite policy allows, before any case is read."""
+    """--set syntax, numbers in range, and outputs the overwrite policy allows, before any case is read."""
     parse_overrides(args.overrides)
+    check_numbers(args)
     if args.out is not None and args.fingerprint_out is not None and args.out.resolve() == args.fingerprint_out.resolve():
         raise PlanError(f"expected --out and --fingerprint-out to be two files, got {args.out} for both")
-    check_file_output(args.out, args.overwrite, "--out")
-    check_file_output(args.fingerprint_out, args.overwrite, "--fingerprint-out")
+    check_file_output(args.out, args.overwrite, "--out", inputs=(args.data,))
+    check_file_output(args.fingerprint_out, args.overwrite, "--fingerprint-out", inputs=(args.data,))
+
+
+#: Most reading threads --workers may ask for, and the largest --memory-budget-mb (10 TiB).
+MAX_WORKERS, MAX_MEMORY_BUDGET_MB = 256, 10 * 2**20
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """--workers and --memory-budget-mb in range (NaN, infinities, zero and negatives are refused).
+
+    Raises:
+        InputError: Saying what was expected and what was given.
+    """
+    import math
+
+    from MedAnalysisLib.errors import InputError
+
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise InputError(f"expected --workers from 1 to {MAX_WORKERS}, got {args.workers}")
+    budget = args.memory_budget_mb
+    if budget is not None and not (math.isfinite(budget) and 0 < budget <= MAX_MEMORY_BUDGET_MB):
+        raise InputError(f"expected --memory-budget-mb to be a finite number in (0, {MAX_MEMORY_BUDGET_MB}], got "
+                         f"{budget}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

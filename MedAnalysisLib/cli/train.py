@@ -42,6 +42,10 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+#: Name added to OUT (without .zip) for the resume checkpoint folder
+#: (:func:`MedAnalysisLib.training.runner.checkpoint_dir_for`).
+CHECKPOINT_SUFFIX = ".checkpoint"
+
 EPILOG = (
     "Existing output: when OUT already holds a finished bundle the command refuses (exit code 2) unless --overwrite "
     "is given, which trains again and replaces it; a run stopped before it finished (its checkpoint "
@@ -123,18 +127,50 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Refuse what cannot train before TensorFlow is imported: every option as the Python API checks it
-    (:func:`training_options`, which also reads --labels and --plan), data that is not a dataset, and an --out the
-    overwrite policy refuses (see :data:`EPILOG`).
+    (:func:`training_options`, which also reads --labels and --plan; numbers in range, hyper-parameters the model
+    family accepts), data that is not a dataset, an --out the overwrite policy refuses (see :data:`EPILOG`), a
+    checkpoint path holding anything but a checkpoint, and a --tensorboard that is not a writable folder.
 
     Raises:
         InputError: The first problem found, saying what was expected and what was found.
     """
-    from MedAnalysisLib.cli._validate import check_bundle_output
+    from MedAnalysisLib.cli._validate import check_bundle_output, check_folder_location
     from MedAnalysisLib.data.sources import resolve_source
 
-    training_options(args)
+    options = training_options(args)
     resolve_source(args.data)
-    check_bundle_output(args.out, args.overwrite)
+    check_bundle_output(args.out, args.overwrite, inputs=(args.data, args.plan, args.labels))
+    check_checkpoint_location(options.out)
+    if args.tensorboard is not None:
+        check_folder_location(args.tensorboard, "--tensorboard")
+
+
+def check_checkpoint_location(out: Path) -> None:
+    """The resume checkpoint beside OUT (``OUT.checkpoint``) must be absent, empty, or a training checkpoint: train
+    replaces it after every epoch and removes it at the end, so a folder of other files, a file or a link there is
+    refused.
+
+    Raises:
+        OutputError: Anything else at the checkpoint's path.
+    """
+    from MedAnalysisLib.cli._validate import check_output_location
+    from MedAnalysisLib.errors import OutputError
+    from MedAnalysisLib.io.atomic import OWN_MARKERS, absolute_target
+    from MedAnalysisLib.sanitize import terminal_field
+
+    out = absolute_target(out)
+    base = out.with_suffix("") if out.suffix.lower() == ".zip" else out
+    checkpoint = base.with_name(base.name + CHECKPOINT_SUFFIX)
+    check_output_location(checkpoint, "the checkpoint beside --out")
+    if not (checkpoint.exists() or checkpoint.is_symlink()):
+        return
+    names = {entry.name for entry in checkpoint.iterdir()} if checkpoint.is_dir() and not checkpoint.is_symlink() \
+        else None
+    if names is not None and (not names or set(OWN_MARKERS[-1]) <= names):
+        return
+    raise OutputError(f"expected {terminal_field(checkpoint)} (where train keeps its resume checkpoint) to be absent "
+                      "or an earlier checkpoint, got something else there; it would be replaced, so it is refused "
+                      "even with --overwrite: move it, or choose another --out")
 
 
 def training_options(args: argparse.Namespace) -> TrainingOptions:

@@ -70,9 +70,31 @@ def _builder(family: str) -> Callable[..., Any]:
     return _BUILDERS[family]
 
 
+def check_model_size(family: str, hparams: dict[str, Any]) -> None:
+    """Refuse hyper-parameters of a built-in family that are out of bounds (:mod:`MedAnalysisLib.models.hparams`)
+    or that would build more than :data:`~MedAnalysisLib.models.hparams.MAX_PARAMETERS` weights, before any layer
+    is allocated.
+
+    Raises:
+        ValueError: With an "expected ..., got ..." message.
+    """
+    from MedAnalysisLib.models.hparams import MAX_PARAMETERS, check_hparams, estimate_parameters
+
+    check_hparams(family, hparams)
+    parameters = estimate_parameters(family, hparams)
+    if parameters is not None and parameters > MAX_PARAMETERS:
+        raise ValueError(f"expected a model of at most {MAX_PARAMETERS:,} parameters, got hyper-parameters that "
+                         f"build about {parameters:,}")
+
+
 def build_training_model(family: str, **hparams: Any) -> tuple[keras.Model, keras.Model]:
-    """Build ``(inference_model, training_model)`` of a family; they share every layer and weight."""
-    built = _builder(family)(**hparams)
+    """Build ``(inference_model, training_model)`` of a family; they share every layer and weight.
+
+    The hyper-parameters are checked (:func:`check_model_size`) before anything is built.
+    """
+    builder = _builder(family)
+    check_model_size(family, hparams)
+    built = builder(**hparams)
     if isinstance(built, tuple):
         return built
     return built, built
@@ -94,4 +116,5 @@ def family_task(family: str) -> str:
     return MODEL_FAMILIES[family]["task"]
 
 
-__all__ = ["MODEL_FAMILIES", "build_model", "build_training_model", "family_task", "register_model"]
+__all__ = ["MODEL_FAMILIES", "build_model", "build_training_model", "check_model_size", "family_task",
+           "register_model"]

@@ -14,6 +14,7 @@ Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 DEFAULT_LEARNING_RATE = 1e-3
 #: Validation batches drawn once (fixed) for patch- and slice-based segmentation.
 DEFAULT_VAL_BATCHES = 4
+#: Largest learning rate accepted: Adam diverges long before; a typo such as 1e3 for 1e-3 is refused.
+MAX_LEARNING_RATE = 10.0
+#: Upper bounds of the integer options: far beyond any real run, low enough that a typo (an extra zero or three)
+#: is refused before any work instead of allocating or looping for ever. Seeds are 32-bit (numpy's seeding).
+LIMITS: dict[str, int] = {
+    "epochs": 100_000, "folds": 100, "seed": 2**32 - 1, "batch_size": 4096, "steps_per_epoch": 1_000_000,
+    "val_batches": 10_000, "patience": 100_000, "workers": 256, "threads": 1024,
+}
 
 
 def monitor_setting(monitor: str) -> tuple[str, str]:
@@ -78,11 +87,43 @@ def _expect(condition: bool, message: str) -> None:
         raise InputError(message)
 
 
-def _at_least(name: str, value: Any, low: int, optional: bool = False) -> None:
+def _at_least(name: str, value: Any, low: int, optional: bool = False, high: int | None = None) -> None:
+    """Refuse anything but an integer in [low, high] (high: the field's entry in :data:`LIMITS`)."""
     if optional and value is None:
         return
+    high = LIMITS.get(name, 2**31 - 1) if high is None else high
     _expect(_is_int(value) and value >= low,
-            f"expected {name} to be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
+            f"expected {name} to be an integer >= {low}{' or None' if optional else ''}, got {_shown(value)}")
+    _expect(value <= high, f"expected {name} to be an integer from {low} to {high}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a value for a message, shortened (a typed value can be very long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_user_hparams(family: str, hparams: Mapping[str, Any]) -> None:
+    """Refuse hyper-parameters a user typed that the family's builder (or Keras) would reject: unknown names, values
+    of the wrong type or out of range (:data:`MedAnalysisLib.models.hparams.SCHEMAS`). Values the plan fills in
+    (classes, channels, patch size) are checked with the rest once known, before the model is built.
+
+    Raises:
+        InputError: Naming the hyper-parameter, what was expected and what was given.
+    """
+    from MedAnalysisLib.models.hparams import SCHEMAS
+
+    schema = SCHEMAS.get(family)
+    if schema is None:  # a family registered elsewhere validates its own arguments
+        return
+    unknown = sorted(str(key) for key in set(hparams) - set(schema))
+    _expect(not unknown, f"expected hyper-parameters of a {family!r} model among {sorted(schema)}, got unknown "
+                         f"{_shown(unknown)}")
+    for name, value in hparams.items():
+        try:
+            schema[name](name, value)
+        except ValueError as error:
+            raise InputError(f"{error} (hyper-parameter of {family!r})") from None
 
 
 def _as_labels(labels: Any) -> tuple[LabelInfo, ...] | None:
@@ -215,7 +256,7 @@ class TrainingOptions:
     def _check_split_and_schedule(self) -> None:
         _at_least("epochs", self.epochs, 1)
         _expect(isinstance(self.val_fraction, (int, float)) and not isinstance(self.val_fraction, bool)
-                and 0.0 <= self.val_fraction < 1.0, f"expected val_fraction in [0, 1), got {self.val_fraction!r}")
+                and 0.0 <= self.val_fraction < 1.0, f"expected val_fraction in [0, 1), got {_shown(self.val_fraction)}")
         _at_least("folds", self.folds, 2, optional=True)
         if self.folds is None:
             _expect(self.fold == 0 and _is_int(self.fold),
@@ -229,8 +270,10 @@ class TrainingOptions:
         _at_least("val_batches", self.val_batches, 1)
         _at_least("patience", self.patience, 1, optional=True)
         rate = DEFAULT_LEARNING_RATE if self.learning_rate is None else self.learning_rate
-        _expect(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < 1e3,
-                f"expected learning_rate > 0, got {self.learning_rate!r}")
+        _expect(isinstance(rate, (int, float)) and not isinstance(rate, bool) and not rate <= 0,
+                f"expected learning_rate > 0, got {_shown(rate)}")
+        _expect(math.isfinite(rate) and rate <= MAX_LEARNING_RATE,
+                f"expected learning_rate to be a finite number in (0, {MAX_LEARNING_RATE:g}], got {_shown(rate)}")
         self._set("learning_rate", float(rate))
 
     def _check_runtime(self) -> None:
@@ -265,6 +308,7 @@ class TrainingOptions:
             json.dumps(self.hparams, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise InputError(f"expected hparams with plain JSON values, got {error}") from None
+        check_user_hparams(self.family, self.hparams)
         try:
             self._set("augment", augment_settings(self.augment))  # type: ignore[arg-type]
             self._set("labels", _as_labels(self.labels))
@@ -316,5 +360,5 @@ class TrainingOptions:
         return monitor_setting(self.monitor) if self.monitor else None
 
 
-__all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_VAL_BATCHES", "LAST_EPOCH", "LOSS_NAMES", "TrainingOptions",
-           "augment_settings", "monitor_setting"]
+__all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_VAL_BATCHES", "LAST_EPOCH", "LIMITS", "LOSS_NAMES", "MAX_LEARNING_RATE",
+           "TrainingOptions", "augment_settings", "check_user_hparams", "monitor_setting"]

@@ -107,6 +107,9 @@ class _Run:
 
 def checkpoint_dir_for(out: Path) -> Path:
     """Where the resume checkpoint of a run writing ``out`` lives: ``<out without .zip>.checkpoint``."""
+    from MedAnalysisLib.io.atomic import absolute_target
+
+    out = absolute_target(out) if Path(out).name in ("", ".", "..") else Path(out)
     base = out.with_suffix("") if out.suffix.lower() == ".zip" else out
     return base.with_name(base.name + ".checkpoint")
 
@@ -192,6 +195,7 @@ def fit_and_bundle(spec: FitSpec, *, reporter: Reporter | None = None, stop_flag
                          "installed; the CSV log (training_log.csv in the bundle) is written in every case")
     run = _start_runtime(spec, reporter)
     try:
+        _check_outputs(options, run.setup.is_chief)
         _resume_state(run, options, reporter)
         _build_models(run, spec)
         checkpoint, seconds = _fit(run, spec, reporter, stop_flag)
@@ -230,9 +234,32 @@ def _resume_state(run: _Run, options: TrainingOptions, reporter: Reporter) -> No
 
     run.state = load_checkpoint_state(run.checkpoint_dir, run.signature) if options.resume else None
     if not options.resume and run.checkpoint_dir.exists() and run.setup.is_chief:
+        _check_checkpoint_folder(run.checkpoint_dir)
         shutil.rmtree(run.checkpoint_dir)
     if run.state is not None and _finished(run.state, options.epochs):
         reporter.log(f"checkpoint at {run.checkpoint_dir} has finished training; writing its bundle")
+
+
+def _check_checkpoint_folder(folder: Path) -> None:
+    """Refuse a checkpoint path that holds anything but a checkpoint (or nothing): training replaces it after each
+    epoch and removes it at the end, and must never remove what it did not write.
+
+    Raises:
+        OutputError: A link, a file, or a folder of other files at the checkpoint's path.
+    """
+    from MedAnalysisLib.io.atomic import check_directory_target, is_own_output
+
+    check_directory_target(folder, replaceable=is_own_output)
+
+
+def _check_outputs(options: TrainingOptions, is_chief: bool) -> None:
+    """Before any training: the bundle target and the checkpoint folder must be ones this run may write, so that a
+    refusal comes now and not after hours of training."""
+    from MedAnalysisLib.bundles.storage import check_publish_target
+
+    if is_chief:
+        check_publish_target(options.out, overwrite=True)
+        _check_checkpoint_folder(checkpoint_dir_for(options.out))
 
 
 def _finished(state: dict[str, Any] | None, epochs: int) -> bool:
@@ -513,7 +540,28 @@ def default_hparams(family: str, hparams: dict[str, Any], n_classes: int, shape:
     for key, value in list(hparams.items()):
         if isinstance(value, tuple):
             hparams[key] = list(value)
+    check_completed_hparams(family, hparams)
     return hparams
+
+
+def check_completed_hparams(family: str, hparams: Mapping[str, Any]) -> None:
+    """The completed hyper-parameters (the user's and those filled in from the plan), checked before TensorFlow
+    builds anything: every value of the type and range the family's builder accepts, and for the U-Nets a depth the
+    patch allows (the same arithmetic the builder uses).
+
+    Raises:
+        InputError: A value the builder or Keras would reject, naming it.
+    """
+    from MedAnalysisLib.models.topology import unet_topology
+    from MedAnalysisLib.training.options import check_user_hparams
+
+    check_user_hparams(family, hparams)
+    if family in ("unet3d", "unet2d"):
+        keys = ("patch_size", "filters", "base_filters", "max_filters", "n_stages", "min_feature_size")
+        try:
+            unet_topology(3 if family == "unet3d" else 2, **{key: hparams[key] for key in keys if key in hparams})
+        except ValueError as error:
+            raise InputError(f"{error} (hyper-parameters of the {family!r} model to train)") from None
 
 
 def batch_transform(family: str, hparams: dict[str, Any]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
