@@ -1,7 +1,8 @@
 """``medanalysis convert IN OUT``: convert a DICOM series or an image file to NIfTI, NRRD or MetaImage.
 
 Geometry is kept exactly; DICOM tags are never copied into the output header (no patient data in outputs). The
-output is written to a temporary name and renamed into place.
+output is written to a temporary name, read back (payload size, shape, spacing, origin, direction) and only then
+renamed into place: a short write (a full disk, a file size limit) is exit code 2 and leaves nothing under OUT.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Convert a DICOM folder (one series, chosen with --series when there are several) or an image "
         "file to another format. The format follows OUT's extension.",
         epilog="Existing output: an existing OUT file is refused (exit code 2) unless --overwrite is given; a folder "
-        "at OUT is always refused. " + OVERWRITE_POLICY,
+        "at OUT is always refused. OUT is written under a temporary name and read back before it is renamed into "
+        "place; a short write (full disk) is exit code 2 and leaves nothing under OUT. " + OVERWRITE_POLICY,
     )
     parser.add_argument("input", help="DICOM folder or .dcm file, or a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file")
     parser.add_argument("output", help="output file: .nii, .nii.gz, .nrrd, .seg.nrrd, .nhdr, .mha or .mhd")

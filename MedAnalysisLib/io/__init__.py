@@ -1,8 +1,9 @@
 """Reading and writing scans: image files (NIfTI, NRRD, MetaImage) and DICOM series, always as a Volume.
 
 ``load_volume`` is the one entry point for "whatever the user pointed at": a folder or a ``.dcm`` file goes to the
-DICOM reader, anything else to the file reader. ``write_volume`` writes NIfTI/NRRD/MetaImage atomically, without
-metadata from the source.
+DICOM reader, anything else to the file reader, which refuses data files outside a detached header's folder, payloads
+that are not the size their header declares and geometry a reader would silently repair. ``write_volume`` writes
+NIfTI/NRRD/MetaImage atomically, without metadata from the source, and reads the result back before renaming it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def load_volume(
         series: For DICOM folders holding several series: a SeriesInstanceUID or the index shown by
             ``medanalysis dicom ls``. Must be None for image files.
         kind: ``"image"`` or ``"label"`` (integer class values required and returned).
-        memory_budget_bytes: Largest array allowed, checked before pixels are read (None = half the RAM).
+        memory_budget_bytes: Largest array allowed, checked from the header before any pixel is read or
+            decompressed (None = half the RAM).
         allow_2d: Accept a single 2D image as a one-slice volume ``(1, j, i)``.
         allow_4d: Accept a 4D image file as a multi-component volume ``(k, j, i, t)``.
         resample_tilt: For a gantry-tilted DICOM series, resample it onto an orthogonal grid instead of refusing it.

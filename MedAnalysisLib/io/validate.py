@@ -7,11 +7,16 @@ was found. None of them mention patient data.
 from __future__ import annotations
 
 import os
+import stat
+import zlib
 from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 import numpy as np
 
-from MedAnalysisLib.errors import ImageValidationError, MemoryBudgetError
+from MedAnalysisLib.errors import ImageValidationError, MemoryBudgetError, UnreadableFileError
+from MedAnalysisLib.sanitize import terminal_field
 from MedAnalysisLib.volume import Volume
 
 #: Fraction of the machine's physical memory one image may take when no explicit budget is given.
@@ -126,3 +131,104 @@ def require_integer_labels(volume: Volume, what: str = "label map") -> Volume:
         return volume.with_array(array.astype(np.uint8))
     low, high = int(array.min()), int(array.max())
     return volume.with_array(array.astype(smallest_integer_dtype(low, high)))
+
+
+# ------------------------------------------------------------------------------------------ detached data files
+#: What ``stat`` says a path is, for messages about files that are not regular files.
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def resolve_data_file(header: Path, name: str) -> Path:
+    """The regular file a header's data-file field names, resolved inside the header's own folder.
+
+    A NRRD ``data file:`` or a MetaImage ``ElementDataFile`` may name any path; its bytes would become voxels. Only
+    a relative name that stays inside the header's folder after every symbolic link is resolved is accepted, and
+    only a regular file: a FIFO, device, socket or folder is refused from ``stat`` alone, before anything opens it
+    (reading a FIFO blocks, a device never ends).
+
+    Raises:
+        UnreadableFileError: An absolute name, ``..`` or a link leading outside the folder, a missing file, or
+            something other than a regular file.
+    """
+    shown = name[:80]
+    if not name or "\x00" in name or "\\" in name or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        raise UnreadableFileError(
+            f"expected a data file named relative to the folder of {header.name}, got {shown!r}: absolute paths, "
+            "drive letters and backslashes are refused"
+        )
+    folder = os.path.realpath(header.parent)
+    resolved = os.path.realpath(os.path.join(folder, name))
+    if os.path.commonpath([folder, resolved]) != folder or resolved == folder:
+        raise UnreadableFileError(
+            f"expected a data file inside the folder of {header.name}, got {shown!r}, which leads outside it"
+        )
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError as error:
+        raise UnreadableFileError(
+            f"expected the data file {terminal_field(shown)} beside {header.name}, got none ({error.strerror})"
+        ) from error
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _FILE_KINDS if test(mode)), "a special file")
+        raise UnreadableFileError(
+            f"expected the data file {shown!r} of {header.name} to be a regular file, got {kind}"
+        )
+    return Path(resolved)
+
+
+# ------------------------------------------------------------------------------------------ compressed payloads
+#: Deflate cannot expand data by much more than this (about 1032:1); a compressed stream smaller than a payload
+#: divided by it cannot hold that payload, whatever its trailer says.
+DEFLATE_MAX_RATIO = 1032
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_compressed_room(name: str, compressed: int, needed: int) -> None:
+    """Refuse, without decompressing, a stream of ``compressed`` bytes that cannot inflate to ``needed`` bytes."""
+    if compressed * DEFLATE_MAX_RATIO < needed:
+        raise UnreadableFileError(
+            f"expected at least {needed} bytes of voxel data in {name} (as its header declares), got a compressed "
+            f"stream of {compressed} bytes, which cannot hold them: the file is truncated or its header is wrong"
+        )
+
+
+def inflated_size(stream: BinaryIO, name: str, cap: int, *, kind: Literal["gzip", "zlib"] = "gzip") -> int:
+    """Count the bytes a gzip (all members) or zlib stream really inflates to, up to ``cap + 1``, keeping nothing.
+
+    The gzip ISIZE trailer is not trusted: a truncated file with its trailer copied back claims the full length.
+    Every member's CRC and length are checked by zlib; bytes after the last member that do not start another
+    member (trailing garbage), a member cut short and a damaged stream are refused.
+
+    Args:
+        stream: Positioned at the first compressed byte.
+        name: The file name, for messages.
+        cap: Stop counting once more than ``cap`` bytes came out (the caller refuses the surplus).
+        kind: ``"gzip"`` (members with headers, as NIfTI and NRRD store them) or ``"zlib"`` (MetaImage, one stream
+            to the end of the file).
+    """
+    wbits = 31 if kind == "gzip" else 15
+    read = stream.read
+    inflater = zlib.decompressobj(wbits)
+    count, data = 0, b""
+    try:
+        while count <= cap:
+            data = data or read(1 << 20)
+            if not data:
+                break
+            if inflater.eof:  # a member ended: only another gzip member may follow
+                if len(data) < 2:
+                    data += read(1)
+                if kind != "gzip" or not data.startswith(_GZIP_MAGIC):
+                    raise zlib.error(f"trailing data after the {kind} stream")
+                inflater = zlib.decompressobj(wbits)
+            count += len(inflater.decompress(data, 1 << 22))
+            data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+        if count <= cap and not inflater.eof:
+            raise zlib.error("the stream ends inside a compressed member")
+    except (OSError, EOFError, zlib.error) as error:
+        raise UnreadableFileError(
+            f"expected one complete {kind} stream of voxel data in {name}, got a damaged, truncated or padded one "
+            f"after {count} decompressed bytes ({error})"
+        ) from error
+    return count

@@ -5,8 +5,8 @@ atheris is not a dependency of MedAnalysis or of its test extra; install it for 
     pip install atheris
     python Testing/fuzz/atheris_fuzz.py TARGET [CORPUS_DIR] [libFuzzer options]
 
-``TARGET`` is one of ``nifti``, ``nifti_gz``, ``nrrd``, ``mha``, ``dicom``, ``bundle_json``, ``bundle_zip`` (see
-``harness.TARGETS``). The corpus folder (default ``fuzz-corpus/TARGET``) is seeded with a valid file on the first run.
+``TARGET`` is one of ``nifti``, ``nifti_gz``, ``nrrd``, ``mha``, ``nrrd_detached``, ``mha_detached`` (a detached
+header beside data files and outside bait), ``dicom``, ``bundle_json``, ``bundle_zip`` (see ``harness.TARGETS``). The corpus folder (default ``fuzz-corpus/TARGET``) is seeded with a valid file on the first run.
 Useful options: ``-max_total_time=3600``, ``-runs=100000``, ``-rss_limit_mb=4096``, ``-timeout=20``. A crash (an
 exception outside ``harness.CLEAN_FAILURES``) stops the run and writes ``crash-<sha1>``; replay it with::
 

@@ -12,13 +12,16 @@ mutations start from something every parser accepts.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,28 @@ def image_seed(suffix: str) -> bytes:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return _SEEDS[key]
+
+
+def detached_seed(suffix: str) -> bytes:
+    """A valid detached header (``.nhdr`` or ``.mhd``) for :func:`detached_payload`, naming ``v.raw``."""
+    key = f"detached{suffix}"
+    if key not in _SEEDS:
+        from MedAnalysisLib.io import write_volume
+
+        folder = _scratch()
+        try:
+            path = write_volume(_small_volume(), folder / f"seed{suffix}", compress=False)  # type: ignore[arg-type]
+            _SEEDS[key] = path.read_bytes().replace(b"seed.raw", b"v.raw")
+            _SEEDS["detached.raw"] = (folder / "seed.raw").read_bytes()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return _SEEDS[key]
+
+
+def detached_payload() -> bytes:
+    """The raw voxels the detached seeds describe (4 slices of 5x6 int16)."""
+    detached_seed(".nhdr")
+    return _SEEDS["detached.raw"]
 
 
 def dicom_seed(k: int = 0) -> bytes:
@@ -164,6 +189,77 @@ def read_image_bytes(data: bytes, suffix: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+#: Byte that fills every file outside a detached header's folder: voxels holding a run of it were read from outside.
+OUTSIDE_BYTE = b"\xa5"
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail (AssertionError) instead of hanging when a reader blocks, as one that opened a FIFO would."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise AssertionError(f"a reader blocked for more than {seconds} s: it opened a FIFO or a device")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _detached_folder(folder: Path) -> tuple[Path, Path]:
+    """Lay out ``folder/case`` with the data files a mutated header may name, and bait outside it.
+
+    Inside: ``v.raw``, ``sub/v.raw``, slices ``s0.raw``..``s3.raw``, ``link.raw`` (a link to the outside file) and
+    ``fifo.raw`` (a FIFO). Outside (``folder``): ``outside.raw`` and slices, all filled with :data:`OUTSIDE_BYTE`.
+    """
+    payload = detached_payload()
+    case = folder / "case"
+    (case / "sub").mkdir(parents=True)
+    outside = folder / "outside.raw"
+    outside.write_bytes(OUTSIDE_BYTE * len(payload))
+    (case / "v.raw").write_bytes(payload)
+    (case / "sub" / "v.raw").write_bytes(payload)
+    step = len(payload) // 4
+    for k in range(4):
+        (case / f"s{k}.raw").write_bytes(payload[k * step : (k + 1) * step])
+        (folder / f"s{k}.raw").write_bytes(OUTSIDE_BYTE * step)
+    (case / "link.raw").symlink_to(outside)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(case / "fifo.raw")
+    return case, outside
+
+
+def read_detached_bytes(data: bytes, suffix: str) -> None:
+    """Write ``data`` as a detached header (``.nhdr``/``.mhd``) beside real data files and outside bait, then read
+    it. Besides a clean refusal, the only acceptable outcome is voxels that came from inside the header's folder."""
+    from MedAnalysisLib.io import load_volume, read_header
+
+    folder = _scratch()
+    try:
+        case, outside = _detached_folder(folder)
+        header = case / f"h{suffix}"
+        header.write_bytes(data.replace(b"{OUTSIDE}", os.fsencode(outside)))
+
+        def header_only() -> None:
+            with deadline(20):
+                read_header(header, memory_budget_bytes=FUZZ_MEMORY_BUDGET)
+
+        def as_image() -> None:
+            with deadline(20):
+                volume = load_volume(header, memory_budget_bytes=FUZZ_MEMORY_BUDGET, allow_2d=True, allow_4d=True)
+            assert OUTSIDE_BYTE * 8 not in volume.array.tobytes(), "voxels were read from outside the header's folder"
+
+        _each(header_only, as_image)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def read_dicom_bytes(data: bytes, slot: int = 1) -> None:
     """Replace slice ``slot`` of the seed series by ``data``; scan the folder and load the series."""
     from MedAnalysisLib.io import load_volume
@@ -228,6 +324,8 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], bytes]]] = {
     "nifti_gz": (lambda d: read_image_bytes(d, ".nii.gz"), lambda: image_seed(".nii.gz")),
     "nrrd": (lambda d: read_image_bytes(d, ".nrrd"), lambda: image_seed(".nrrd")),
     "mha": (lambda d: read_image_bytes(d, ".mha"), lambda: image_seed(".mha")),
+    "nrrd_detached": (lambda d: read_detached_bytes(d, ".nhdr"), lambda: detached_seed(".nhdr")),
+    "mha_detached": (lambda d: read_detached_bytes(d, ".mhd"), lambda: detached_seed(".mhd")),
     "dicom": (read_dicom_bytes, lambda: dicom_seed(1)),
     "bundle_json": (read_bundle_json_bytes, bundle_json_seed),
     "bundle_zip": (read_bundle_zip_bytes, bundle_zip_seed),

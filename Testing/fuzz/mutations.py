@@ -1,9 +1,10 @@
 """Hypothesis strategies that mutate valid seed files: byte edits biased towards headers, and structured edits of
-the fields parsers trust most (NIfTI dims/datatype/pixdim/scale, NRRD and MetaImage header values, DICOM
-attributes, bundle.json values, zip entry names and sizes)."""
+the fields parsers trust most (NIfTI dims/datatype/pixdim/scale, NRRD and MetaImage header values, the data files
+detached headers name, gzip streams and trailers, DICOM attributes, bundle.json values, zip entry names and sizes)."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import struct
@@ -194,3 +195,68 @@ def zip_mutations(draw: Any, seed: bytes) -> bytes:
             archive.writestr(draw(st.sampled_from(names)), draw(st.binary(max_size=32)))
     data = buffer.getvalue()
     return draw(byte_mutations(data, header_bytes=len(data))) if draw(st.integers(0, 2)) == 0 else data
+
+
+#: Data-file values a detached header may carry: escapes (absolute, ``..``, a link), special files, lists, patterns.
+#: ``{OUTSIDE}`` is replaced by the absolute path of a file outside the header's folder (see ``harness``).
+DATA_FILE_NAMES = (
+    "v.raw", "sub/v.raw", "{OUTSIDE}", "../outside.raw", "sub/../../outside.raw", "link.raw", "fifo.raw", "sub",
+    "missing.raw", "..\\outside.raw", "C:/outside.raw", "/dev/zero", "", "v.raw\x00.txt",
+    "LIST\ns0.raw\ns1.raw\ns2.raw\ns3.raw", "LIST\ns0.raw\n../outside.raw\ns2.raw\ns3.raw", "LIST\nfifo.raw",
+    "LIST 1\ns0.raw\ns1.raw", "LIST 2D\ns0.raw\ns1.raw\ns2.raw\ns3.raw", "s%d.raw 0 3 1", "../s%d.raw 0 3 1",
+    "s%d.raw 0 3 1 2", "s%d.raw 0 3 0", "s%d.raw 3 0 -1", "s%s.raw 0 3 1", "s%d.raw 0 99999999 1",
+)
+
+
+@st.composite
+def detached_header_mutations(draw: Any, seed: bytes) -> bytes:
+    """Point the data-file field of a detached NRRD/MetaImage header somewhere else, then maybe edit other fields
+    (sizes, type, encoding, skips) so that the named files and the declared payload disagree."""
+    key = b"data file: " if seed.startswith(b"NRRD") else b"ElementDataFile = "
+    head, found, _ = seed.partition(key)
+    assert found, "the seed names its data file"
+    data = head + key + draw(st.sampled_from(DATA_FILE_NAMES)).encode("latin-1") + b"\n"
+    if draw(st.booleans()):
+        data = draw(text_header_mutations(data))
+    return data
+
+
+def _gzip_split(seed: bytes) -> tuple[bytes, bytes]:
+    """``(prefix, gzip stream)``: the stream starts at the first gzip magic (offset 0 for ``.nii.gz``)."""
+    start = seed.find(b"\x1f\x8b\x08")
+    assert start >= 0, "the seed holds a gzip stream"
+    return seed[:start], seed[start:]
+
+
+@st.composite
+def gzip_mutations(draw: Any, seed: bytes) -> bytes:
+    """Edit the gzip stream of a seed the ways that fool a reader trusting the trailer: a lying ISIZE or CRC, a
+    member cut short with its trailer put back, several members, an empty member, trailing garbage, and streams
+    that inflate to more or fewer bytes than the header declares."""
+    prefix, stream = _gzip_split(seed)
+    raw = gzip.decompress(stream)
+    for _ in range(draw(st.integers(1, 2))):
+        operation = draw(st.sampled_from(("isize", "crc", "cut_keep_trailer", "truncate", "members", "empty_member",
+                                          "garbage", "surplus", "short")))
+        cut = draw(st.integers(1, max(len(stream) - 9, 1)))
+        if operation == "isize":
+            value = draw(st.sampled_from((0, 1, len(raw) - 1, len(raw) + 1, 2 * len(raw), 2**32 - 1)))
+            stream = stream[:-4] + struct.pack("<I", value % 2**32)
+        elif operation == "crc":
+            stream = stream[:-8] + bytes(b ^ 0xFF for b in stream[-8:-4]) + stream[-4:]
+        elif operation == "cut_keep_trailer":
+            stream = stream[:cut] + stream[-8:]
+        elif operation == "truncate":
+            stream = stream[:cut]
+        elif operation == "members":
+            split = draw(st.integers(0, len(raw)))
+            stream = gzip.compress(raw[:split]) + gzip.compress(raw[split:])
+        elif operation == "empty_member":
+            stream = stream + gzip.compress(b"")
+        elif operation == "garbage":
+            stream = stream + draw(st.binary(min_size=1, max_size=16))
+        elif operation == "surplus":
+            stream = gzip.compress(raw + draw(st.binary(min_size=1, max_size=64)))
+        else:
+            stream = gzip.compress(raw[: draw(st.integers(0, max(len(raw) - 1, 0)))])
+    return prefix + stream

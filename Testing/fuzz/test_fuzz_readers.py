@@ -1,5 +1,7 @@
-"""Property-based fuzzing of the readers: mutated NIfTI, NRRD, MetaImage and DICOM files, bundle.json documents and
-zip bundles either load or fail with a typed MedAnalysisError that says what was expected (``CLEAN_FAILURES``).
+"""Property-based fuzzing of the readers: mutated NIfTI, NRRD, MetaImage and DICOM files, detached NRRD/MetaImage
+headers whose data files point elsewhere (outside their folder, at a FIFO, at lists and patterns), gzip streams with
+lying trailers, bundle.json documents and zip bundles either load or fail with a typed MedAnalysisError that says
+what was expected (``CLEAN_FAILURES``).
 
 The default run is short and deterministic (``derandomize=True``, a few hundred executions in all, a few seconds);
 ``pytest -m nightly Testing/fuzz`` runs thousands of random executions per target. A failure prints the input
@@ -18,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 #: Executions per target in the default suite (each one writes, reads and deletes a few small files).
-SHORT_EXAMPLES = {"nifti": 40, "nifti_gz": 15, "nrrd": 30, "mha": 30, "dicom": 30, "bundle_json": 40, "bundle_zip": 25}
+SHORT_EXAMPLES = {"nifti": 40, "nifti_gz": 25, "nrrd": 30, "mha": 30, "nrrd_detached": 30, "mha_detached": 30,
+                  "dicom": 30, "bundle_json": 40, "bundle_zip": 25}
 NIGHTLY_EXAMPLES = 3000
 
 #: Outcome counts per target of this process (``ok`` or the error type): printed by the nightly run.
@@ -30,7 +33,10 @@ def strategy(name: str) -> st.SearchStrategy[bytes]:
     seed = harness.TARGETS[name][1]()
     structured: dict[str, Callable[[bytes], st.SearchStrategy[bytes]]] = {
         "nifti": mutations.nifti_field_mutations,
-        "nrrd": mutations.text_header_mutations,
+        "nifti_gz": mutations.gzip_mutations,
+        "nrrd": lambda data: mutations.text_header_mutations(data) | mutations.gzip_mutations(data),
+        "nrrd_detached": mutations.detached_header_mutations,
+        "mha_detached": mutations.detached_header_mutations,
         "mha": mutations.text_header_mutations,
         "dicom": mutations.dicom_field_mutations,
         "bundle_json": mutations.bundle_json_mutations,
