@@ -6,7 +6,8 @@ Three rules, applied in one place (see ``docs/outputs.md``, "Logging policy"):
    ``[patient data]``. The :class:`~MedAnalysisLib.progress.Reporter` (progress, logs, errors, JSON lines) and the
    :class:`PhiFilter` on the command line's log handler both call it, so MedAnalysis's own messages and third-party
    log records and warnings pass the same filter. Identifying values are remembered only where MedAnalysis has to
-   read them anyway: the DICOM SEG writer, which must copy the patient module into the SEG.
+   read them anyway: the DICOM SEG writer, which must copy the patient module into the SEG, and the DICOM loader,
+   which reads each series' SeriesDescription (free text that sites fill with names and dates).
 2. **Third-party chatter is contained.** :func:`contain_third_party` wraps calls into pydicom, highdicom and
    SimpleITK/GDCM that may print: Python warnings and log records raised inside are captured instead of printed,
    then re-logged on ``MedAnalysisLib.thirdparty`` at DEBUG (shown with ``-v`` only) after :func:`redact`. Where the
@@ -50,6 +51,13 @@ IDENTIFYING_KEYWORDS = (
     "PatientTelephoneNumbers", "PatientComments", "PatientMotherBirthName", "ResponsiblePerson", "AccessionNumber",
     "StudyID", "StudyDescription", "SeriesDescription", "InstitutionName", "InstitutionAddress",
     "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "IssuerOfPatientID", "MedicalRecordLocator",
+    # free text and the acquiring site and device: they identify a patient together with a date (PS3.15 Annex E)
+    "ProtocolName", "PerformedProcedureStepDescription", "RequestedProcedureDescription", "ImageComments",
+    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord", "RequestingPhysician", "ScheduledPerformingPhysicianName",
+    "AdmittingDiagnosesDescription", "AdditionalPatientHistory", "PatientState", "Occupation", "MilitaryRank",
+    "BranchOfService", "CountryOfResidence", "RegionOfResidence", "PatientBirthName", "PatientBirthTime",
+    "ContentCreatorName", "DetectorID", "GantryID",
 )
 
 _lock = threading.Lock()

@@ -115,7 +115,8 @@ def _edit_header(path: Path, **values: object) -> None:
     ("values", "message"),
     [
         ({"Rows": 0}, r"expected Rows and Columns >= 1, .*got 0x4, 16 bit, 1 sample\(s\) in slice001\.dcm"),
-        ({"BitsAllocated": 255}, r"got 4x4, 255 bit, 1 sample\(s\) in slice001\.dcm"),
+        ({"BitsAllocated": 255}, r"expected one BitsAllocated for every image of a series, got 2 values: 2 with 16, "
+                                 r"1 with 255"),
         ({"SamplesPerPixel": 2}, r"got 4x4, 16 bit, 2 sample\(s\)"),
     ],
     ids=["zero-rows", "bits-allocated-255", "two-samples"],
@@ -125,7 +126,8 @@ def test_malformed_image_pixel_modules_found_by_fuzzing(tmp_path: Path, values: 
     in shape") out of load_volume before the scan blocked these series."""
     paths = write_dicom_series(tmp_path, np.zeros((3, 4, 4), np.int16))
     _edit_header(paths[1], **values)
-    _refused(UnreadableFileError, message, load_volume, tmp_path)
+    error = DicomSeriesError if "BitsAllocated" in values else UnreadableFileError
+    _refused(error, message, load_volume, tmp_path)
     (info,) = scan_dicom_folder(tmp_path)
     assert not info.loadable
 
@@ -141,7 +143,8 @@ def test_series_without_any_position_found_by_fuzzing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["nan\\0\\0", "inf\\1\\2", "1e400\\0\\0", "abc", "1\\2"])
 def test_non_numeric_or_non_finite_positions(tmp_path: Path, text: str) -> None:
-    """A slice whose ImagePositionPatient cannot be a point is left out and reported, never placed at a guess."""
+    """A slice whose ImagePositionPatient cannot be a point blocks its series: leaving it out would silently cut the
+    volume short, and placing it would be a guess."""
     paths = write_dicom_series(tmp_path, np.zeros((4, 4, 4), np.int16))
     dataset = pydicom.dcmread(paths[3])
     dataset["ImagePositionPatient"] = pydicom.dataelem.RawDataElement(
@@ -149,8 +152,9 @@ def test_non_numeric_or_non_finite_positions(tmp_path: Path, text: str) -> None:
     )
     dataset.save_as(paths[3])
     (info,) = scan_dicom_folder(tmp_path)
-    assert info.n_slices == 3 and "1 image(s) left out: no ImagePositionPatient/ImageOrientationPatient" in info.problems
-    assert load_volume(tmp_path).shape == (3, 4, 4)
+    assert not info.loadable
+    _refused(GeometryError, r"expected ImagePositionPatient of three finite numbers \(mm\), got .* in slice003\.dcm",
+             load_volume, tmp_path)
 
 
 # ----------------------------------------------------------------------------------- geometry at the tolerance

@@ -6,8 +6,11 @@ birth dates, with one deliberate exception: a DICOM SEG is a DICOM object of the
 requires, and as PACS need to file it) it carries the source images' required patient and study attributes:
 PatientName, PatientID, PatientBirthDate, PatientSex (Patient module, Type 2), StudyInstanceUID, StudyDate, StudyTime,
 ReferringPhysicianName, StudyID, AccessionNumber (General Study module), plus the FrameOfReferenceUID and the
-referenced series/instance UIDs. Optional (Type 3) patient and study attributes that highdicom would copy (age,
-weight, comments, study description, other IDs, ...) are removed.
+referenced series/instance UIDs. highdicom is handed a copy of each source image reduced to that allow-list and the
+geometry (:data:`SEG_SOURCE_ALLOWED`), so nothing else of the source reaches the SEG: no optional (Type 3) patient or
+study attribute (age, weight, comments, study description, other IDs, ...), no specimen module, and no
+ContributingEquipmentSequence item naming the source's institution, address, department, station or device serial
+number. Tables written as CSV have every cell made formula-safe (:func:`rows_to_csv`).
 The sidecar JSON records the bundle (name, weights sha256), library versions, timings and how inference ran, and
 describes the input only by its grid and modality.
 
@@ -126,6 +129,41 @@ _OPTIONAL_STUDY_KEYWORDS = frozenset({
 })
 _KEPT_PATIENT_KEYWORDS = frozenset(_TYPE2_COPIED) | {"PatientIdentityRemoved", "DeidentificationMethod",
                                                      "DeidentificationMethodCodeSequence"}
+
+
+#: Attributes of a source image that a SEG may carry or needs to place its frames (besides :data:`_TYPE2_COPIED`):
+#: UIDs, geometry, the image pixel layout and the lossy-compression flag. Nothing that names a site, a device or a
+#: person: the source is reduced to these before highdicom sees it (see :func:`_filing_copy`).
+_SOURCE_KEPT = ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                "FrameOfReferenceUID", "Modality", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                "SliceThickness", "SpacingBetweenSlices", "Rows", "Columns", "SamplesPerPixel",
+                "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod")
+#: Every source attribute whose value may appear in a SEG: the documented allow-list (docs/security.md).
+SEG_SOURCE_ALLOWED = frozenset(_SOURCE_KEPT) | frozenset(_TYPE2_COPIED)
+
+
+def _filing_copy(source: Any) -> Any:
+    """A copy of a source image holding only :data:`SEG_SOURCE_ALLOWED` (top level, no sequences).
+
+    highdicom copies whole modules from its source images: the Patient and Study modules (optional attributes too),
+    the Specimen module and, when the source names a Manufacturer, a ContributingEquipmentSequence item with the
+    source's institution name and address, department, station name and device serial number. Handing it this copy
+    instead makes the SEG carry exactly the allow-list, whatever the source holds.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    copy = Dataset()
+    for keyword in SEG_SOURCE_ALLOWED:
+        element = source.data_element(keyword) if keyword in source else None
+        if element is not None and element.VR != "SQ":
+            copy.add(element)
+    copy.file_meta = FileMetaDataset()
+    meta = getattr(source, "file_meta", None)
+    copy.file_meta.TransferSyntaxUID = getattr(meta, "TransferSyntaxUID", None) or "1.2.840.10008.1.2.1"
+    copy.file_meta.MediaStorageSOPClassUID = source.get("SOPClassUID", "")
+    copy.file_meta.MediaStorageSOPInstanceUID = source.get("SOPInstanceUID", "")
+    return copy
 
 
 def _strip_optional_patient_attributes(dataset: Any) -> None:
@@ -267,13 +305,15 @@ def _build_dicom_seg(label: Volume, source_files: Sequence[str | Path], present:
     from pydicom.sr.codedict import codes
 
     from MedAnalysisLib import __version__
+    from MedAnalysisLib.io.dicom import open_regular
     from MedAnalysisLib.privacy import remember_dataset
 
     datasets = []
     for file in source_files:
-        dataset = pydicom.dcmread(str(file))
+        with open_regular(file) as handle:
+            dataset = pydicom.dcmread(handle, stop_before_pixels=True)
         remember_dataset(dataset)
-        datasets.append(dataset)
+        datasets.append(_filing_copy(dataset))
     if not all(str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets):
         raise InputError("expected source images with a FrameOfReferenceUID (a DICOM SEG needs it to place its "
                          "frames), got a series without one")
@@ -391,15 +431,31 @@ def probability_files(record: dict[str, Any]) -> dict[int, str]:
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text of dict rows (columns in first-seen order; lists as JSON)."""
+    """CSV text of dict rows (columns in first-seen order; lists as JSON).
+
+    Label names and other text come from bundles and files someone else wrote: every cell and column name passes
+    :func:`MedAnalysisLib.sanitize.csv_cell`, so text a spreadsheet would run as a formula (``=HYPERLINK(...)``,
+    ``@SUM(1)``, ``-2+3``, ``+cmd|...``) is written as text; numbers stay numbers. The JSON twin keeps the values
+    as they are.
+    """
+    from MedAnalysisLib.sanitize import csv_cell
+
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    minimal = csv.writer(buffer, lineterminator="\n")
+    # the csv module quotes only the line terminator's "\n": a row with a bare "\r" (a line break to a spreadsheet)
+    # is quoted whole, so that no cell can start a row of its own
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def write(cells: list[Any]) -> None:
+        (quoted if any(isinstance(c, str) and "\r" in c for c in cells) else minimal).writerow(cells)
+
+    write([csv_cell(str(column)) for column in columns])
     for row in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+        cells = [row.get(column, "") for column in columns]
+        write([csv_cell(json.dumps(v) if isinstance(v, (list, dict)) else v) for v in cells])
     return buffer.getvalue()
 
 

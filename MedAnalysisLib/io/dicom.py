@@ -24,14 +24,29 @@ Geometry: origin = ImagePositionPatient of the first sorted slice; direction col
 column direction (j) and the slice normal (k), all in LPS; spacing = (column spacing, row spacing, slice distance)
 in mm. Voxels are ``(k, j, i)``.
 
-Privacy: no function here reads, logs or raises with patient names, IDs or birth dates; :class:`SeriesInfo` and
-``Volume.metadata`` hold only Modality, SeriesDescription, the Study/Series/FrameOfReference UIDs and the file list.
+Privacy: no function here reads, logs or raises with patient names, IDs or birth dates. :class:`SeriesInfo` holds
+Modality, SeriesDescription (for ``medanalysis dicom ls``), the Study/Series/FrameOfReference UIDs and the file list;
+``Volume.metadata`` holds the same without SeriesDescription, whose text a loaded series also hands to the PHI filter
+(:func:`MedAnalysisLib.privacy.remember`). Messages name series by index, modality, slice count and UID.
+
+Files: only regular files are opened (:func:`open_regular` checks the open descriptor, so a FIFO or device never
+blocks a read); links are followed only to regular files inside the folder the user named. FIFOs, devices, sockets,
+directories named ``*.dcm``, links leading outside, link loops and unreadable files are left out, counted in
+:class:`ScanReport` ``not_opened`` and in a warning.
+
+Header values are never repaired: a RescaleSlope of 0 or text, one of RescaleSlope/RescaleIntercept without the
+other, PixelSpacing that is missing or not two positive numbers, unusable positions or orientations, orientation
+rows that are not unit vectors, BitsStored above BitsAllocated, palette or colour pixels in a grey image, and
+attributes that differ between the images of one series (Modality, photometric interpretation, bits, pixel
+representation, size, spacing, orientation) each make the series refused, with the attribute named.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import struct
 import warnings
 from collections import Counter, defaultdict
@@ -86,7 +101,7 @@ HEADER_TAGS = (
     "PixelData",
 )
 #: Metadata keys copied into ``Volume.metadata`` (besides ``source_files``). Nothing that identifies a patient.
-METADATA_KEYS = ("Modality", "SeriesDescription", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+METADATA_KEYS = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
 _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _TRANSFER_SYNTAX_NAMES = {
@@ -104,6 +119,7 @@ _TRANSFER_SYNTAX_NAMES = {
     "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
     "1.2.840.10008.1.2.4.91": "JPEG 2000",
 }
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC", "RWV"}
 
 #: Relative tolerance on slice distances (plus an absolute 0.01 mm): positions are often stored with few decimals.
@@ -125,6 +141,7 @@ class _Frame:
     slice_thickness: float | None
     slope: float
     intercept: float
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,8 @@ class _Slice:
     damage: str | None = None
     frames: tuple[_Frame, ...] | None = None
     frame_index: int = 0
+    #: Header values present but unusable (``(kind, "expected ..., got ...")``); kind is the error class name.
+    invalid: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -342,11 +361,79 @@ def _frame_geometry(dataset: Any, n_frames: int, slope: float, intercept: float)
                 orientation=_floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
                 pixel_spacing=_floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2),  # type: ignore[arg-type]
                 slice_thickness=_float_or(pick("PixelMeasuresSequence", "SliceThickness"), None),
-                slope=_float_or(pick("PixelValueTransformationSequence", "RescaleSlope"), slope) or slope,
-                intercept=_float_or(pick("PixelValueTransformationSequence", "RescaleIntercept"), intercept) or 0.0,
+                **_frame_rescale(pick("PixelValueTransformationSequence", "RescaleSlope"),
+                                 pick("PixelValueTransformationSequence", "RescaleIntercept"), slope, intercept),
             )
         )
     return tuple(frames)
+
+
+def _shown(value: Any) -> str:
+    """A header value for a message: short, quoted, never more than 24 characters."""
+    text = repr(list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _number(value: Any) -> float | None:
+    """One finite number from a header value, or None (absent, several values, text, NaN or infinity)."""
+    if value is None or isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _rescale(slope_value: Any, intercept_value: Any) -> tuple[float, float, str | None]:
+    """``(slope, intercept, problem)`` of a modality LUT. Both absent: the identity. One without the other, a slope
+    of 0 and values that are not one finite number are problems (the pair is never guessed)."""
+    if slope_value in (None, "") and intercept_value in (None, ""):
+        return 1.0, 0.0, None
+    slope, intercept = _number(slope_value), _number(intercept_value)
+    if slope_value in (None, "") or intercept_value in (None, ""):
+        present = "RescaleIntercept" if slope_value in (None, "") else "RescaleSlope"
+        return 1.0, 0.0, f"expected RescaleSlope and RescaleIntercept together, got only {present}"
+    if slope is None or slope == 0:
+        return 1.0, 0.0, f"expected a finite, non-zero RescaleSlope, got {_shown(slope_value)}"
+    if intercept is None:
+        return 1.0, 0.0, f"expected a finite RescaleIntercept, got {_shown(intercept_value)}"
+    return slope, intercept, None
+
+
+def _frame_rescale(slope_value: Any, intercept_value: Any, slope: float, intercept: float) -> dict[str, Any]:
+    """A frame's LUT from its functional groups, else the image's; a malformed one is a problem, never replaced."""
+    if slope_value is None and intercept_value is None:
+        return {"slope": slope, "intercept": intercept}
+    frame_slope, frame_intercept, problem = _rescale(slope_value, intercept_value)
+    return {"slope": frame_slope, "intercept": frame_intercept, "problem": problem}
+
+
+def _header_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
+    """Header values that are present but unusable: each would otherwise be silently replaced by a guess."""
+    problems: list[tuple[str, str]] = []
+    checks = (("ImagePositionPatient", 3, "three finite numbers (mm)", "GeometryError"),
+              ("ImageOrientationPatient", 6, "six finite numbers (direction cosines)", "GeometryError"))
+    for keyword, count, what, kind in checks:
+        if v[keyword] not in (None, "") and _floats(v[keyword], count) is None:
+            problems.append((kind, f"expected {keyword} of {what}, got {_shown(v[keyword])}"))
+    spacing = v["PixelSpacing"]
+    if spacing not in (None, ""):
+        values = _floats(spacing, 2)
+        if values is None or min(values) <= 0:
+            problems.append(("GeometryError", f"expected PixelSpacing of two positive finite numbers (mm), got "
+                                              f"{_shown(spacing)}"))
+    for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation", "PhotometricInterpretation"):
+        if v[keyword] in (None, ""):
+            problems.append(("DicomSeriesError", f"expected {keyword} (required for every image), got none"))
+    allocated, stored = _int_or(v["BitsAllocated"], None), _int_or(v["BitsStored"], None)
+    if allocated is not None and stored is not None and not 1 <= stored <= allocated:
+        problems.append(("DicomSeriesError", f"expected BitsStored from 1 to BitsAllocated ({allocated}), got {stored}"))
+    representation = _int_or(v["PixelRepresentation"], None)
+    if v["PixelRepresentation"] not in (None, "") and representation not in (0, 1):
+        problems.append(("DicomSeriesError", f"expected PixelRepresentation 0 (unsigned) or 1 (signed), got "
+                                             f"{_shown(v['PixelRepresentation'])}"))
+    return problems
 
 
 def _read_slice(path: str) -> _Slice | str:
@@ -355,12 +442,16 @@ def _read_slice(path: str) -> _Slice | str:
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with open_regular(path) as handle, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            dataset = pydicom.dcmread(path, defer_size=1024, specific_tags=list(HEADER_TAGS))
-        truncated = any("End of file" in str(w.message) or "delimiter" in str(w.message) for w in caught)
-        if truncated:  # the partial read may lack header elements: read the header alone again
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS[:-1]))
+            size = os.fstat(handle.fileno()).st_size
+            dataset = pydicom.dcmread(handle, defer_size=1024, specific_tags=list(HEADER_TAGS))
+            truncated = any("End of file" in str(w.message) or "delimiter" in str(w.message) for w in caught)
+            if truncated:  # the partial read may lack header elements: read the header alone again
+                handle.seek(0)
+                dataset = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=list(HEADER_TAGS[:-1]))
+    except UnreadableFileError:
+        return "not opened (no longer a regular file, or not readable)"
     except InvalidDicomError:
         return "not a DICOM file"
     except Exception as error:  # noqa: BLE001 - pydicom raises many types (struct.error, BytesLengthException, ...)
@@ -384,15 +475,15 @@ def _read_slice(path: str) -> _Slice | str:
         defined = length is not None and length != 0xFFFFFFFF
         offset = getattr(pixel, "value_tell", None)
         if defined and offset is not None and damage is None:
-            available = os.path.getsize(path) - int(offset)
+            available = size - int(offset)
             if available < int(length):  # type: ignore[arg-type]
                 damage = f"pixel data truncated ({max(available, 0)} of {length} bytes present)"
         image_type = v["ImageType"] or ()
         image_type = (image_type,) if isinstance(image_type, str) else image_type
         bits_allocated = _int_or(v["BitsAllocated"], 16) or 16
         n_frames = _int_or(v["NumberOfFrames"], 1) or 1
-        slope = _float_or(v["RescaleSlope"], 1.0) or 1.0
-        intercept = _float_or(v["RescaleIntercept"], 0.0) or 0.0
+        slope, intercept, lut_problem = _rescale(v["RescaleSlope"], v["RescaleIntercept"])
+        invalid = _header_problems(v) + ([("DicomSeriesError", lut_problem)] if lut_problem else [])
         frames = _frame_geometry(dataset, n_frames, slope, intercept) if n_frames > 1 else None
         return _Slice(
             path=path,
@@ -413,6 +504,7 @@ def _read_slice(path: str) -> _Slice | str:
             bits_allocated=bits_allocated,
             bits_stored=_int_or(v["BitsStored"], None) or bits_allocated,
             pixel_representation=_int_or(v["PixelRepresentation"], 0) or 0,
+            invalid=tuple(invalid),
             n_frames=n_frames,
             orientation=_floats(v["ImageOrientationPatient"], 6),
             position=_floats(v["ImagePositionPatient"], 3),  # type: ignore[arg-type]
@@ -430,16 +522,101 @@ def _read_slice(path: str) -> _Slice | str:
         return f"malformed DICOM header ({type(error).__name__})"
 
 
-def _candidate_files(root: Path, recursive: bool) -> list[Path]:
+def open_regular(path: str | os.PathLike[str]) -> Any:
+    """Open ``path`` for binary reading only if it is a regular file, without ever blocking.
+
+    The file is opened non-blocking and checked on the open descriptor, so a FIFO, device or socket (also one that
+    replaced a regular file after the folder was listed) is refused instead of hanging the read.
+
+    Raises:
+        UnreadableFileError: Not a regular file, or it cannot be opened (permission, symlink loop, gone).
+    """
+    name = Path(path).name
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as error:
+        raise UnreadableFileError(f"expected a readable file, got {type(error).__name__} opening {name}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise UnreadableFileError(f"expected a regular file, got {_file_kind(mode)} at {name}")
+    # named after the path (not the descriptor), so that pydicom can re-open it for a deferred element
+    return open(str(path), "rb", opener=lambda _name, _flags: descriptor)  # noqa: SIM115 - the caller closes it
+
+
+def _file_kind(mode: int) -> str:
+    """Human name of a file type from ``st_mode`` (for messages)."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _skip_reason(path: Path, root: Path) -> str | None:
+    """Why a listed entry is not opened (None: a regular file to read).
+
+    Symbolic links are followed only to regular files inside the folder the user named (``root``); links leading
+    outside it, broken links and loops are skipped, as are FIFOs, devices, sockets, directories named like files and
+    files this process may not read.
+    """
+    try:
+        info = os.stat(path)  # follows links; a loop or a broken link raises
+    except OSError as error:
+        return "symbolic link loop" if error.errno == errno.ELOOP else "unreadable (cannot be examined)"
+    if not stat.S_ISREG(info.st_mode):
+        return f"not a regular file ({_file_kind(info.st_mode)[2:]})"
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return "symbolic link loop"
+        if not target.is_relative_to(root):
+            return "symbolic link leading outside the folder"
+    if not os.access(path, os.R_OK):
+        return "unreadable (permission denied)"
+    return None
+
+
+def _candidate_files(root: Path, recursive: bool, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The regular files to examine under ``root`` (hidden names left out), in name order.
+
+    Entries that are not regular files, or links that leave ``root`` (see :func:`_skip_reason`), are never opened:
+    they are appended to ``skipped`` as ``(path, reason)``. Linked sub-folders are not descended into (their files
+    inside ``root`` are found anyway; those outside are not read).
+    """
+    skipped = skipped if skipped is not None else []
     if root.is_file():
         return [root]
     if not root.is_dir():
+        if root.exists():
+            kind = _file_kind(os.stat(root).st_mode)
+            raise UnreadableFileError(f"expected a DICOM folder or a regular file, got {kind} at {root.name}")
         raise UnreadableFileError(f"expected a DICOM folder or file, got nothing at {root}")
-    if recursive:
-        found = [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
-    else:
-        found = [entry for entry in root.iterdir() if entry.is_file()]
-    return sorted(p for p in found if not p.name.startswith("."))
+    resolved = root.resolve()
+    found: list[Path] = []
+    for folder, folders, names in os.walk(root) if recursive else [(str(root), [], [])]:
+        found += [Path(folder) / name for name in names]
+        skipped += [(str(Path(folder) / d), "linked folder (not followed)") for d in folders
+                    if os.path.islink(Path(folder) / d) and not d.startswith(".")]
+    if not recursive:
+        for entry in root.iterdir():
+            if entry.is_symlink() or not entry.is_dir():
+                found.append(entry)
+            elif entry.name.lower().endswith(_DICOM_SUFFIXES) and not entry.name.startswith("."):
+                skipped.append((str(entry), "not a regular file (directory)"))
+    regular = []
+    for path in sorted(p for p in found if not p.name.startswith(".")):
+        reason = _skip_reason(path, resolved)
+        if reason is None:
+            regular.append(path)
+        elif not (recursive is False and reason == "not a regular file (directory)"
+                  and not path.name.lower().endswith(_DICOM_SUFFIXES)):
+            skipped.append((str(path), reason))
+    return regular
 
 
 # ------------------------------------------------------------------------------------------------ series analysis
@@ -469,6 +646,7 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
         kinds.append(kind)
 
     images = []
+    unplaceable: list[_Slice] = []
     seen: set[str] = set()
     for s in slices:
         if s.instance_uid and s.instance_uid in seen:
@@ -481,12 +659,14 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
                 images.extend(expanded)
             else:
                 excluded.append((s.path, "multi-frame file without a position and orientation for every frame"))
+        elif (s.orientation is None or s.position is None) and any("Patient of" in m for _, m in s.invalid):
+            unplaceable.append(s)  # present but unusable: refused below, never left out quietly
         elif s.orientation is None or s.position is None:
             excluded.append((s.path, "no ImagePositionPatient/ImageOrientationPatient"))
         else:
             images.append(s)
         seen.add(s.instance_uid)
-    is_localizer = not images and all(reason == "localizer" for _, reason in excluded) and bool(slices)
+    is_localizer = not images and not unplaceable and bool(excluded) and all(r == "localizer" for _, r in excluded)
     reasons = Counter(reason for _, reason in excluded)
     for reason, count in sorted(reasons.items()):
         problems.append(f"{count} image(s) left out: {reason}")
@@ -499,6 +679,7 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             f"{', ...' if len(damaged) > 3 else ''}",
             "UnreadableFileError",
         )
+    _check_headers(unplaceable + images, block)
     first = (images or slices or [None])[0]
     assert first is not None  # a series always has at least one file
     size: tuple[int, int, int] = (first.columns, first.rows, len(images))
@@ -526,6 +707,10 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
 
     if images and len(groups) == 1:
         row, column, normal = _normal(images[0].orientation)  # type: ignore[arg-type]
+        lengths = [float(np.linalg.norm(images[0].orientation[a:a + 3])) for a in (0, 3)]  # type: ignore[index]
+        if max(abs(length - 1.0) for length in lengths) > UNIT_TOL:
+            block(f"expected unit ImageOrientationPatient rows, got lengths {lengths[0]:.4g} and {lengths[1]:.4g}",
+                  "GeometryError")
         if abs(float(row @ column)) > 1e-3:
             block(
                 f"expected orthogonal ImageOrientationPatient rows, got a cosine of {float(row @ column):.4g} between them",
@@ -538,7 +723,8 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
         positions, distances = positions[order], distances[order]
         pixel_spacing = ordered[0].pixel_spacing
         if pixel_spacing is None:
-            problems.append("no PixelSpacing: 1 mm assumed in-plane")
+            block("expected PixelSpacing (row and column spacing in mm), got none: the in-plane size of a voxel is "
+                  "unknown and is not guessed", "GeometryError")
             pixel_spacing = (1.0, 1.0)
         if len({s.pixel_spacing for s in ordered}) > 1:
             block(
@@ -546,8 +732,14 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             )
         gaps = np.diff(distances)
         if len(ordered) == 1:
-            slice_spacing = ordered[0].spacing_between_slices or ordered[0].slice_thickness or 1.0
-            problems.append(f"single slice: slice spacing {slice_spacing:g} mm taken from the header")
+            declared = [v for v in (ordered[0].spacing_between_slices, ordered[0].slice_thickness) if v is not None]
+            slice_spacing = declared[0] if declared else 0.0
+            if slice_spacing > 0:
+                problems.append(f"single slice: slice spacing {slice_spacing:g} mm taken from the header")
+            else:
+                block(f"expected a positive SpacingBetweenSlices or SliceThickness for a single-slice series, got "
+                      f"{_shown(declared[0]) if declared else 'none'}", "GeometryError")
+                slice_spacing = 1.0
         else:
             # the smallest distance is the nominal step even when slices are missing (a median would not be)
             step = float(np.median(gaps)) if len(gaps) < 2 else float(np.min(gaps[gaps > SPACING_ABS_TOL], initial=np.inf))
@@ -583,7 +775,7 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
             offsets = positions - positions[0]
             drift = offsets - np.outer(offsets @ normal, normal)
             worst = float(np.linalg.norm(drift, axis=1).max())
-            if worst > TILT_ABS_TOL:
+            if worst > TILT_ABS_TOL and slice_spacing > 0:  # no spacing: already refused above
                 span = float(distances[-1] - distances[0]) or 1.0
                 angle = float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), span)))
                 steps = (distances - distances[0]) / slice_spacing
@@ -634,6 +826,43 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
     )
 
 
+#: Attributes that must be the same in every image of a series (the image size, samples per pixel, orientation and
+#: pixel spacing are checked with the geometry).
+SERIES_CONSTANTS = (("Modality", "modality"), ("PhotometricInterpretation", "photometric"),
+                    ("BitsAllocated", "bits_allocated"), ("BitsStored", "bits_stored"),
+                    ("PixelRepresentation", "pixel_representation"))
+#: Photometric interpretations of grey images (one sample) and of colour images (three samples).
+GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2"})
+COLOR_PHOTOMETRIC = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT",
+                               "YBR_RCT"})
+#: Largest deviation from 1 of the length of an ImageOrientationPatient row (values are stored with few decimals).
+UNIT_TOL = 1e-3
+
+
+def _check_headers(images: Sequence[_Slice], block: Callable[..., None]) -> None:
+    """Refuse header values that would otherwise be guessed: unusable values in any image, attributes that differ
+    between the images of one series, and pixels that are not intensities (palette indices)."""
+    invalid = [(s, problem) for s in images for problem in s.invalid]
+    if invalid:
+        (bad, (kind, message)), files = invalid[0], {s.path for s, _ in invalid}
+        block(f"{message} in {Path(bad.path).name}" + (f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""),
+              kind)
+    for keyword, attribute in SERIES_CONSTANTS:
+        values = Counter(getattr(s, attribute) for s in images)
+        if len(values) > 1:
+            listing = ", ".join(f"{n} with {_shown(value)}" for value, n in values.most_common(4))
+            block(f"expected one {keyword} for every image of a series, got {len(values)} values: {listing}")
+    if not images:
+        return
+    first = images[0]
+    allowed = GREY_PHOTOMETRIC if first.samples_per_pixel == 1 else COLOR_PHOTOMETRIC
+    if first.photometric and first.photometric.upper() not in allowed:
+        what = "grey" if first.samples_per_pixel == 1 else "colour"
+        block(f"expected a {what} PhotometricInterpretation ({', '.join(sorted(allowed))}) for "
+              f"{first.samples_per_pixel} sample(s) per pixel, got {_shown(first.photometric)}"
+              + (": palette indices are not intensities" if "PALETTE" in first.photometric.upper() else ""))
+
+
 def _expand_frames(s: _Slice) -> list[_Slice]:
     """One slice per frame of a multi-frame file, with that frame's geometry; empty when a frame cannot be placed."""
     if s.frames is None:
@@ -654,6 +883,7 @@ def _expand_frames(s: _Slice) -> list[_Slice]:
                 intercept=frame.intercept,
                 frames=None,
                 frame_index=index,
+                invalid=s.invalid + ((("DicomSeriesError", frame.problem),) if frame.problem else ()),
             )
         )
     return expanded
@@ -666,9 +896,13 @@ class ScanReport:
     not_dicom: list[str] = field(default_factory=list)
     not_image: list[tuple[str, str]] = field(default_factory=list)
     localizer_series: list[SeriesInfo] = field(default_factory=list)
+    not_opened: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = []
+        if self.not_opened:
+            parts.append(f"{len(self.not_opened)} entr(y/ies) not opened (not regular files, links leaving the folder "
+                         "or unreadable)")
         if self.not_dicom:
             parts.append(f"{len(self.not_dicom)} file(s) not DICOM")
         if self.not_image:
@@ -692,7 +926,9 @@ def scan_dicom_folder(
         path: Folder (or a single DICOM file).
         recursive: Descend into sub-folders.
         include_localizers: Also list series made only of localizer images (flagged ``is_localizer``).
-        report: Filled with the files that were skipped (not DICOM, not images) and the localizer series.
+        report: Filled with the files that were skipped (not DICOM, not images), the localizer series and the
+            entries never opened (``not_opened``: FIFOs, devices, sockets, links leaving ``path``, loops,
+            unreadable files), which are also counted in a warning.
         progress: Called as ``progress(files_done, files_total)`` every 100 files and at the end.
 
     Returns:
@@ -701,7 +937,11 @@ def scan_dicom_folder(
     root = Path(path)
     report = report if report is not None else ScanReport()
     by_series: dict[str, list[_Slice]] = defaultdict(list)
-    candidates = _candidate_files(root, recursive)
+    candidates = _candidate_files(root, recursive, report.not_opened)
+    if report.not_opened:
+        reasons = Counter(reason for _, reason in report.not_opened)
+        logger.warning("DICOM scan: %d entr(y/ies) not opened: %s", len(report.not_opened),
+                       ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())))
     for done, file in enumerate(candidates, start=1):
         if progress is not None and (done % 100 == 0 or done == len(candidates)):
             progress(done, len(candidates))
@@ -724,7 +964,7 @@ def scan_dicom_folder(
             report.localizer_series.append(info)
             continue
         series.append(info)
-    if report.not_dicom or report.not_image or report.localizer_series:
+    if report.not_dicom or report.not_image or report.localizer_series or report.not_opened:
         logger.debug("DICOM scan of %s: %d image series; skipped %s", root.name or str(root), len(series), report.summary())
     return series
 
@@ -739,7 +979,7 @@ def select_series(path: str | os.PathLike[str], series: str | int | None = None,
 
     Raises:
         DicomSeriesError: No image series, several series and none chosen, or an unknown UID/index; the message
-            lists the series found (index, modality, description, slices, UID).
+            lists the series found (index, modality, slices, UID; never the description).
         UnreadableFileError: ``path`` is a single file that is not a readable DICOM image.
     """
     root = Path(path)
@@ -803,7 +1043,7 @@ def _read_native(slices: Sequence[_Slice]) -> np.ndarray:
                 f"{first.rows}, {first.bits_allocated} bit) in {Path(s.path).name}, got a pixel data element of "
                 f"{s.pixel_length} bytes"
             )
-        with open(s.path, "rb") as handle:
+        with open_regular(s.path) as handle:
             handle.seek((s.pixel_offset or 0) + s.frame_index * expected)
             got = handle.readinto(memoryview(out[index]).cast("B"))
         if got != expected:
@@ -838,7 +1078,8 @@ def _decode_with_pydicom(slices: Sequence[_Slice]) -> np.ndarray:
         if s.path not in decoded:
             try:
                 with contain_third_party("decoding DICOM pixels with pydicom", quote=False):
-                    array = pydicom.dcmread(s.path).pixel_array
+                    with open_regular(s.path) as handle:
+                        array = pydicom.dcmread(handle).pixel_array
             except Exception as error:  # noqa: BLE001 - missing decoder plugins or damaged frames, many types
                 raise UnreadableFileError(
                     f"expected decodable pixel data in {Path(s.path).name} ({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax)}), "
@@ -863,6 +1104,8 @@ def _read_with_sitk(info: SeriesInfo) -> np.ndarray:
     from MedAnalysisLib.privacy import quiet_simpleitk
 
     quiet_simpleitk()  # GDCM's warnings go straight to stderr and may quote header values
+    for file in dict.fromkeys(info.files):  # GDCM opens files by name: never hand it a FIFO or device
+        open_regular(file).close()
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
     try:
@@ -976,10 +1219,11 @@ def load_dicom_series(
 
     Returns:
         Voxels ``(k, j, i)`` (``(k, j, i, 3)`` for color) after the modality LUT (HU for CT), slices ordered along
-        the normal; LPS geometry; ``metadata`` with Modality, SeriesDescription, the UIDs and ``source_files``.
+        the normal; LPS geometry; ``metadata`` with Modality, the UIDs and ``source_files`` (no SeriesDescription).
 
     Raises:
-        DicomSeriesError: No/ambiguous/unknown series, mixed sizes or orientations, missing slices, several volumes.
+        DicomSeriesError: No/ambiguous/unknown series, mixed sizes, orientations or other per-series attributes,
+            missing slices, several volumes, an unusable modality LUT, palette colour or bit layout.
         GeometryError: Gantry tilt or inconsistent geometry.
         UnreadableFileError: Truncated or undecodable pixel data; a file that is not DICOM.
         ImageValidationError: One slice without ``allow_2d``; non-finite values.
@@ -1017,9 +1261,9 @@ def load_dicom_series(
         array = _same_dtype_as_native(array, slices)
     if array.shape[:3] != shape[:3]:
         raise GeometryError(f"expected voxels of shape {shape} (k, j, i), got {array.shape}")
+    _remember_free_text(info)
     metadata: dict[str, Any] = {
         "Modality": info.modality,
-        "SeriesDescription": info.series_description,
         "SeriesInstanceUID": info.series_instance_uid,
         "StudyInstanceUID": info.study_instance_uid,
         "FrameOfReferenceUID": info.frame_of_reference_uid,
@@ -1033,6 +1277,14 @@ def load_dicom_series(
     if tilted:
         volume = _remove_tilt(volume, np.array(info.tilt_shift))
     return volume
+
+
+def _remember_free_text(info: SeriesInfo) -> None:
+    """Hand the series' free text (SeriesDescription, which sites fill with names and dates) to the PHI filter, so
+    that no message, log line or summary written after loading can carry it."""
+    from MedAnalysisLib.privacy import remember
+
+    remember({s.description for s in info._slices if s.description})
 
 
 def _remove_tilt(stacked: Volume, shift: np.ndarray) -> Volume:
