@@ -18,11 +18,21 @@ from MedAnalysisLib.errors import BundleError
 DEFAULT_COLORS = ((216, 101, 79), (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210),
                   (221, 130, 101), (144, 238, 144), (220, 245, 20), (78, 63, 0), (255, 250, 220))
 _LABEL_KEYS = ({"value", "name"}, {"color", "terminology"})
+#: Largest label value: label maps are written as uint8 or uint16, and a larger value would wrap into another label.
+MAX_LABEL_VALUE = 65535
+#: Longest label name (names become table columns, segment names and file-name parts).
+MAX_NAME_LENGTH = 128
 
 
 def _expect(condition: bool, message: str) -> None:
     if not condition:
         raise BundleError(message)
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a value for a message, shortened (a value read from a file can be a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -49,12 +59,18 @@ class LabelInfo:
 
     def __post_init__(self) -> None:
         _expect(isinstance(self.value, int) and not isinstance(self.value, bool) and self.value >= 0,
-                f"expected a label value that is an integer >= 0, got {self.value!r}")
-        _expect(isinstance(self.name, str) and self.name.strip() != "", f"expected a label name, got {self.name!r}")
-        color = tuple(self.color)
+                f"expected a label value that is an integer >= 0, got {_show(self.value)}")
+        _expect(self.value <= MAX_LABEL_VALUE,
+                f"expected a label value of at most {MAX_LABEL_VALUE} (the largest a uint16 label map holds), got "
+                f"{_show(self.value)}")
+        _expect(isinstance(self.name, str) and self.name.strip() != "",
+                f"expected a label name, got {_show(self.name)}")
+        _expect(len(self.name) <= MAX_NAME_LENGTH and self.name.isprintable(),
+                f"expected a label name of at most {MAX_NAME_LENGTH} printable characters, got {_show(self.name)}")
+        color = tuple(self.color) if isinstance(self.color, (list, tuple)) else ()
         _expect(
             len(color) == 3 and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color),
-            f"expected an RGB colour of three integers 0-255 for label {self.name!r}, got {self.color!r}",
+            f"expected an RGB colour of three integers 0-255 for label {self.name!r}, got {_show(self.color)}",
         )
         object.__setattr__(self, "color", color)
         if self.terminology is not None:
@@ -94,4 +110,4 @@ def default_labels(names: Mapping[int, str] | list[str]) -> tuple[LabelInfo, ...
     return tuple(LabelInfo(int(value), str(name), default_color(int(value))) for value, name in sorted(items.items()))
 
 
-__all__ = ["DEFAULT_COLORS", "LabelInfo", "default_color", "default_labels"]
+__all__ = ["DEFAULT_COLORS", "MAX_LABEL_VALUE", "LabelInfo", "default_color", "default_labels"]

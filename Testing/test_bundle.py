@@ -269,7 +269,7 @@ def test_configure_writes_a_copy_with_new_inference_defaults_and_the_same_weight
     loaded.cleanup()
     with pytest.raises(BundleError, match="never changed in place"):
         copy_with_inference_defaults(folder, folder, tta=True)
-    with pytest.raises(BundleError, match=r"expected inference.overlap in \[0, 1\), got 1.5"):
+    with pytest.raises(BundleError, match=r"expected inference.overlap in \[0, 0.9\], got 1.5"):
         copy_with_inference_defaults(archive, tmp_path / "bad", overlap=1.5)
     with pytest.raises(BundleError, match="expected inference settings among"):
         copy_with_inference_defaults(archive, tmp_path / "bad", threshold=0.3)

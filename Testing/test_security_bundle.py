@@ -113,7 +113,7 @@ CONFIG_EDITS = {
     "labels as a dict": (_set(("labels",), {"0": "bg"}), "expected labels to be a list, got dict"),
     "channels empty": (_set(("input", "channels"), []), "expected input.channels to be a non-empty list"),
     "channels_first": (_set(("input", "layout"), "channels_first"), "expected input layout channels_last"),
-    "overlap 1": (_set(("inference", "overlap"), 1.0), r"expected inference.overlap in \[0, 1\), got 1.0"),
+    "overlap 1": (_set(("inference", "overlap"), 1.0), r"expected inference.overlap in \[0, 0.9\], got 1.0"),
     "tta as text": (_set(("inference", "tta"), "yes"), "expected inference.tta true or false, got 'yes'"),
     "postprocess unknown": (_set(("inference", "postprocess"), "shell"), "expected inference.postprocess in"),
     "weights path traversal": (_set(("weights", "file"), "../../model.weights.h5"),

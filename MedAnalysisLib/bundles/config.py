@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from MedAnalysisLib.errors import BundleError, PlanError
-from MedAnalysisLib.labels import LabelInfo
+from MedAnalysisLib.labels import MAX_LABEL_VALUE, LabelInfo
+from MedAnalysisLib.models.hparams import MAX_CLASSES, MAX_PARAMETERS, check_hparams, estimate_parameters, with_defaults
 
 if TYPE_CHECKING:
     from MedAnalysisLib.preprocessing.plan import Plan
@@ -35,6 +36,21 @@ POSTPROCESS = ("none", "largest_component", "fill_holes")
 INPUT_KEYS = {"channels"}
 INPUT_OPTIONAL = {"layout", "dtype"}
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: Largest stored sliding-window overlap (the Slicer panel's maximum): at 0.9 a 3D window grid already runs about
+#: 1000 times the windows of overlap 0; beyond it the work grows without limit (step 1 voxel at overlap -> 1).
+MAX_OVERLAP = 0.9
+#: Longest channel name or modality, and most input channels.
+MAX_TEXT = 128
+MAX_INPUT_CHANNELS = 64
+#: Bounds on the plan values a bundle may carry (the plan itself checks types, signs and finiteness). A window of
+#: 512^3 voxels is 512 MiB of float32 input alone; 4096^2 slices are beyond any scanner's matrix; target spacings
+#: outside 0.01-100 mm are no scan (a spacing of a micrometre would resample a body to a terabyte).
+PLAN_BOUNDS: dict[str, tuple[float, float]] = {
+    "patch_size": (1, 1024), "slice_shape": (1, 4096), "batch_size": (1, 256), "slice_batch_size": (1, 4096),
+    "sequence_length": (1, 4096), "target_spacing": (0.01, 100.0), "pooling_levels": (0, 10),
+}
+MAX_PATCH_VOXELS = 512**3
+MAX_SLICE_PIXELS = 4096**2
 
 
 def expect(condition: bool, message: str) -> None:
@@ -75,6 +91,25 @@ def parse_json(text: str | bytes, where: str) -> Any:
         raise BundleError(f"expected {where} to hold valid JSON, got a parse error: {error}") from error
 
 
+def _show(value: Any) -> str:
+    """``repr`` of a value for a message, shortened (a hostile value can be a megabyte of JSON)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_inference(inference: Any) -> dict[str, Any]:
+    """The inference defaults completed from :data:`INFERENCE_DEFAULTS`, each value checked against its bounds."""
+    check_keys("inference", inference, set(), set(INFERENCE_DEFAULTS))
+    inference = {**INFERENCE_DEFAULTS, **inference}
+    overlap = inference["overlap"]
+    expect(isinstance(overlap, (int, float)) and not isinstance(overlap, bool) and 0 <= overlap <= MAX_OVERLAP,
+           f"expected inference.overlap in [0, {MAX_OVERLAP}], got {_show(overlap)}")
+    expect(isinstance(inference["tta"], bool), f"expected inference.tta true or false, got {_show(inference['tta'])}")
+    expect(isinstance(inference["postprocess"], str) and inference["postprocess"] in POSTPROCESS,
+           f"expected inference.postprocess in {POSTPROCESS}, got {_show(inference['postprocess'])}")
+    return inference
+
+
 def changed_defaults(old: Mapping[str, Any], changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
     """The new inference defaults (``changes`` that are not None applied to ``old``) and ``{key: [old, new]}`` for the
     ones that really changed, as ``inference_defaults_changed`` records them.
@@ -91,7 +126,8 @@ def changed_defaults(old: Mapping[str, Any], changes: Mapping[str, Any]) -> tupl
 
 @dataclass(frozen=True)
 class BundleConfig:
-    """Everything in ``bundle.json``; validated on construction and on load.
+    """Everything in ``bundle.json``; validated on construction and on load: each value against its type and bounds,
+    and the values against each other (:func:`check_consistency`), before any model is built.
 
     Attributes:
         schema_version: :data:`BUNDLE_SCHEMA_VERSION`.
@@ -103,7 +139,7 @@ class BundleConfig:
         labels: One :class:`LabelInfo` per output class, in output-channel order (channel ``n`` of the softmax is
             ``labels[n]``, whose ``value`` is what a label map stores); for segmentation value 0 is the background.
         input: ``{"channels": [{"name": str, "modality": str}, ...], "layout": "channels_last", "dtype": "float32"}``.
-        inference: Defaults for prediction: ``{"overlap": float in [0, 1), "tta": bool, "postprocess": "none" |
+        inference: Defaults for prediction: ``{"overlap": float in [0, 0.9], "tta": bool, "postprocess": "none" |
             "largest_component" | "fill_holes"}``.
         training: Provenance (data fingerprint, epochs, final metrics, library versions, seed, ...), plain JSON.
         weights: ``{"file": "model.weights.h5", "sha256": hex}``; filled in by
@@ -137,27 +173,26 @@ class BundleConfig:
         check_json_safe("hparams", self.hparams)
         labels = tuple(self.labels)
         expect(len(labels) >= 1 and all(isinstance(label, LabelInfo) for label in labels),
-               f"expected at least one LabelInfo, got {self.labels!r}")
+               f"expected at least one LabelInfo, got {_show(self.labels)}")
+        expect(len(labels) <= MAX_CLASSES, f"expected at most {MAX_CLASSES} labels, got {len(labels)}")
         values = [label.value for label in labels]
-        expect(len(set(values)) == len(values), f"expected distinct label values, got {values}")
+        expect(len(set(values)) == len(values), f"expected distinct label values, got {_show(values)}")
         object.__setattr__(self, "labels", labels)
         check_keys("input", self.input, INPUT_KEYS, INPUT_OPTIONAL)
         channels = self.input["channels"]
-        expect(isinstance(channels, list) and len(channels) >= 1,
-               f"expected input.channels to be a non-empty list, got {channels!r}")
+        expect(isinstance(channels, list) and 1 <= len(channels) <= MAX_INPUT_CHANNELS,
+               f"expected input.channels to be a non-empty list of at most {MAX_INPUT_CHANNELS}, got {_show(channels)}")
         for channel in channels:
             check_keys("an input channel", channel, {"name", "modality"})
+            expect(all(isinstance(channel[key], str) and 0 < len(channel[key]) <= MAX_TEXT
+                       and channel[key].isprintable() for key in ("name", "modality")),
+                   f"expected an input channel's name and modality as text of 1 to {MAX_TEXT} printable characters, "
+                   f"got {_show(channel)}")
         expect(self.input.get("layout", "channels_last") == "channels_last",
-               f"expected input layout channels_last, got {self.input.get('layout')!r}")
-        check_keys("inference", self.inference, set(), set(INFERENCE_DEFAULTS))
-        inference = {**INFERENCE_DEFAULTS, **self.inference}
-        overlap = inference["overlap"]
-        expect(isinstance(overlap, (int, float)) and 0 <= overlap < 1,
-               f"expected inference.overlap in [0, 1), got {overlap!r}")
-        expect(isinstance(inference["tta"], bool), f"expected inference.tta true or false, got {inference['tta']!r}")
-        expect(inference["postprocess"] in POSTPROCESS,
-               f"expected inference.postprocess in {POSTPROCESS}, got {inference['postprocess']!r}")
-        object.__setattr__(self, "inference", inference)
+               f"expected input layout channels_last, got {_show(self.input.get('layout'))}")
+        expect(self.input.get("dtype", "float32") == "float32",
+               f"expected input dtype float32, got {_show(self.input.get('dtype'))}")
+        object.__setattr__(self, "inference", check_inference(self.inference))
         expect(isinstance(self.training, dict), "expected training provenance to be a dict")
         check_json_safe("training", self.training)
         check_keys("weights", self.weights, {"file", "sha256"})
@@ -170,7 +205,9 @@ class BundleConfig:
                f"expected weights.sha256 to be 64 lowercase hex digits, got {sha!r}")
         expect(isinstance(self.description, str), "expected description to be a string")
         if self.task == "segmentation":
-            expect(0 in values, f"expected a background label with value 0 for segmentation, got values {values}")
+            expect(0 in values, f"expected a background label with value 0 for segmentation, got values "
+                                f"{_show(values)}")
+        check_consistency(self)
 
     @property
     def n_classes(self) -> int:
@@ -239,3 +276,96 @@ class BundleConfig:
     @classmethod
     def from_json(cls, text: str | bytes) -> BundleConfig:
         return cls.from_dict(parse_json(text, CONFIG_FILE))
+
+
+# ------------------------------------------------------------------------------------- values against each other
+def check_consistency(config: BundleConfig) -> None:
+    """The values of a bundle against each other and against sane bounds, before anything is built or run.
+
+    The model family must do the bundle's task; the plan must describe the same channels and (segmentation) the
+    same task and labels in output order, within :data:`PLAN_BOUNDS`; the hyper-parameters must be ones the family
+    accepts (:func:`~MedAnalysisLib.models.hparams.check_hparams`), give one output per label and one input per
+    channel, fit the plan's patch or slice size, and build at most
+    :data:`~MedAnalysisLib.models.hparams.MAX_PARAMETERS` weights.
+    """
+    from MedAnalysisLib.models import MODEL_FAMILIES
+
+    family_task = MODEL_FAMILIES[config.family]["task"]
+    expect(family_task == config.task,
+           f"expected a {config.task} model family, got {config.family!r}, which does {family_task}")
+    plan = config.plan
+    if config.task == "segmentation":  # a classifier may be trained from a segmentation dataset's plan
+        expect(plan.task == "segmentation", f"expected a segmentation preprocessing plan, got a {plan.task} plan")
+    n_channels = len(config.input["channels"])
+    expect(plan.n_channels == n_channels,
+           f"expected the plan to prepare {n_channels} channel(s) as input.channels lists, got {plan.n_channels}")
+    _check_plan_bounds(plan)
+    values = [label.value for label in config.labels]
+    if config.task == "segmentation":
+        expect(list(plan.label_values) == values,
+               f"expected the plan's label values to be the bundle's labels in output order {_show(values)}, got "
+               f"{_show(list(plan.label_values))}")
+    try:
+        topology = check_hparams(config.family, config.hparams)
+    except ValueError as error:
+        raise BundleError(f"expected hyper-parameters that build a {config.family!r} model; {error}") from error
+    hparams = with_defaults(config.family, config.hparams)
+    if "n_classes" in hparams:
+        expect(hparams["n_classes"] == len(values),
+               f"expected hparams.n_classes to be {len(values)} (one output per label), got {hparams['n_classes']}")
+    channels = _model_channels(config.family, hparams)
+    if channels is not None:
+        expect(channels == n_channels,
+               f"expected a model taking {n_channels} input channel(s), got one taking {channels}")
+    if topology is not None:
+        grid = plan.patch_size if config.family == "unet3d" else plan.slice_shape
+        stride = topology.total_stride
+        expect(all(size % step == 0 for size, step in zip(grid, stride, strict=True)),
+               f"expected the plan's {'patch_size' if config.family == 'unet3d' else 'slice_shape'} to be divisible "
+               f"by the U-Net's total stride {list(stride)} ({len(topology.filters)} stages), got {list(grid)}")
+    _check_fixed_shape(config.family, hparams, plan)
+    parameters = estimate_parameters(config.family, config.hparams)
+    if parameters is not None:
+        expect(parameters <= MAX_PARAMETERS, f"expected a model of at most {MAX_PARAMETERS:,} parameters, got "
+                                             f"hyper-parameters that build about {parameters:,}")
+
+
+def _check_plan_bounds(plan: Plan) -> None:
+    """Plan values within :data:`PLAN_BOUNDS`, and label values that are distinct and fit a uint16 label map."""
+    for name, (low, high) in PLAN_BOUNDS.items():
+        value = getattr(plan, name)
+        items = [] if value is None else list(value) if isinstance(value, tuple) else [value]
+        expect(all(low <= item <= high for item in items),
+               f"expected plan.{name} within [{low}, {high}], got {_show(value)}")
+    voxels = 1
+    for size in plan.patch_size:
+        voxels *= int(size)
+    expect(voxels <= MAX_PATCH_VOXELS, f"expected a plan.patch_size of at most {MAX_PATCH_VOXELS} voxels, got {voxels}")
+    pixels = int(plan.slice_shape[0]) * int(plan.slice_shape[1])
+    expect(pixels <= MAX_SLICE_PIXELS,
+           f"expected a plan.slice_shape of at most {MAX_SLICE_PIXELS} pixels, got {pixels}")
+    labels = list(plan.label_values)
+    expect(1 <= len(labels) <= MAX_CLASSES and len(set(labels)) == len(labels)
+           and all(0 <= value <= MAX_LABEL_VALUE for value in labels),
+           f"expected 1 to {MAX_CLASSES} distinct plan.label_values in [0, {MAX_LABEL_VALUE}], got {_show(labels)}")
+
+
+def _model_channels(family: str, hparams: dict[str, Any]) -> int | None:
+    """The input channels the family builds from ``hparams`` (None for families without a schema)."""
+    if family == "slice_cnn":
+        shape = hparams.get("input_shape")
+        if hparams.get("preset") == "basic" and shape is not None and len(shape) == 3 and shape[2] is not None:
+            return int(shape[2])
+    return hparams.get("in_channels")
+
+
+def _check_fixed_shape(family: str, hparams: dict[str, Any], plan: Plan) -> None:
+    """A slice model with a fixed input size must take the slices the plan prepares (else it fails mid-run)."""
+    key = {"slice_cnn": "input_shape", "cnn_rnn": "slice_shape"}.get(family)
+    shape = hparams.get(key) if key else None
+    if shape is None:
+        return
+    fixed = [(size, wanted) for size, wanted in zip(shape[:2], plan.slice_shape, strict=True) if size is not None]
+    expect(all(size == wanted for size, wanted in fixed),
+           f"expected hparams.{key} to match the plan's slice_shape {list(plan.slice_shape)}, got {_show(shape)}")
+

@@ -42,6 +42,7 @@ from MedAnalysisLib.bundles.config import (
     SHA256_RE,
     BundleConfig,
     changed_defaults,
+    check_inference,
     check_json_safe,
     check_keys,
     expect,
@@ -100,6 +101,7 @@ class EnsembleConfig:
         expect(len(set(folders)) == len(folders), f"expected distinct member folders, got {folders}")
         object.__setattr__(self, "members", tuple(dict(m) for m in members))
         check_keys("inference", self.inference, set(), set(INFERENCE_DEFAULTS))
+        check_inference(self.inference)  # values too: the ensemble's defaults override its members'
         expect(isinstance(self.description, str), "expected description to be a string")
         expect(isinstance(self.provenance, dict), "expected provenance to be a dict")
         check_json_safe("provenance", self.provenance)

@@ -34,7 +34,7 @@ from MedAnalysisLib.bundles.storage import (
     small_file_bytes,
     verified_weights,
 )
-from MedAnalysisLib.errors import BundleError
+from MedAnalysisLib.errors import BundleError, MemoryBudgetError
 from MedAnalysisLib.io.atomic import write_text_atomic
 from MedAnalysisLib.labels import LabelInfo
 
@@ -124,6 +124,7 @@ def load_single(path: Path) -> LoadedBundle:
         folder = extracted / bundle_zip_root(safe_archive.list_members(path)).rstrip("/")
     try:
         weights, sha = verified_weights(folder, config)
+        check_before_building(config, weights)
         configure_threads()  # loading is the first TensorFlow work of an inference process
         try:
             model = build_model(config.family, **config.hparams)
@@ -134,11 +135,69 @@ def load_single(path: Path) -> LoadedBundle:
             model.load_weights(str(weights))
         except (ValueError, KeyError, OSError) as error:
             raise BundleError(f"expected weights that fit the {config.family!r} architecture, got: {error}") from error
+        check_finite_weights(model)
     except BaseException:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
     return LoadedBundle(config, model, path, folder, sha, temporary)
+
+
+def model_input_size(config: BundleConfig) -> tuple[tuple[int, ...], int]:
+    """The spatial size of one model input as the plan prepares it, and the number of slices (``cnn_rnn``)."""
+    plan = config.plan
+    if config.family in ("unet3d", "cnn3d"):
+        return tuple(plan.patch_size), 1
+    return tuple(plan.slice_shape), plan.sequence_length if config.family == "cnn_rnn" else 1
+
+
+def check_before_building(config: BundleConfig, weights: Path) -> None:
+    """Refuse, before anything is allocated, a model the weights file cannot hold or this machine cannot run.
+
+    A Keras weights file stores every float32 weight uncompressed, so a file of fewer than 2 bytes per estimated
+    parameter (half of what it must hold, a margin for the estimate) cannot fit the architecture: a small file that
+    claims a large model is refused here instead of after building the model. Then the weights and the working memory
+    of one input must fit this machine's physical memory (a bundle from a larger machine gets a clear error, not an
+    allocator failure).
+
+    Raises:
+        BundleError: The weights file is too small for the model.
+        MemoryBudgetError: Naming the estimate and the memory there is.
+    """
+    from MedAnalysisLib.io.validate import format_bytes, physical_memory_bytes
+    from MedAnalysisLib.models.hparams import estimate_activation_bytes, estimate_parameters
+
+    parameters = estimate_parameters(config.family, config.hparams)
+    if parameters is None:
+        return
+    size = weights.stat().st_size
+    expect(size >= 2 * parameters,
+           f"expected a weights file of at least {2 * parameters} bytes for a model of about {parameters:,} "
+           f"parameters, got {size} bytes")
+    total = physical_memory_bytes()
+    spatial, sequence = model_input_size(config)
+    working = estimate_activation_bytes(config.family, config.hparams, spatial, sequence)
+    if total is None or working is None:
+        return
+    needed = 4 * parameters + working
+    if needed > total:
+        raise MemoryBudgetError(
+            f"expected the model to fit this machine's {format_bytes(total)} of memory, got an estimate of "
+            f"{format_bytes(needed)} ({parameters:,} parameters and {format_bytes(working)} of working memory for one "
+            f"input of {'x'.join(str(s) for s in spatial)} voxels)")
+
+
+def check_finite_weights(model: keras.Model) -> None:
+    """Refuse weights holding NaN or infinity: such a model gives meaningless probabilities (often an all-background
+    map) without any other sign. The error names the first layer's weight, never the values."""
+    import numpy as np
+
+    for variable in model.weights:
+        values = np.asarray(variable.numpy())
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            raise BundleError(f"expected finite weights, got {bad} NaN/Inf value(s) in "
+                              f"{getattr(variable, 'path', variable.name)!r}")
 
 
 def save_bundle(

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.labels import MAX_LABEL_VALUE
 
 #: The right-hand side of ``--label-map NAME=none``: the bundle label is not scored.
 UNSCORED = "none"
@@ -148,6 +149,9 @@ def match_labels(
                 matches.append(LabelMatch(name, value, None, None, "label-map"))
                 continue
             truth = _find(target, data_labels, by_name=named)
+            if truth is not None and not 0 <= truth <= MAX_LABEL_VALUE:  # no label map holds it: nothing to score
+                raise InputError(f"expected a label value in [0, {MAX_LABEL_VALUE}] on the right of --label-map "
+                                 f"{name}=..., got {truth}")
             if truth is None or (named and truth not in data_labels):
                 wanted = _listing(data_labels) if named else "a label value: the data names no labels"
                 raise InputError(f"expected a label of {data_name} ({wanted}) or {UNSCORED!r} on the right of "

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.inference.sliding_window import check_finite_output
 
 Precision = Literal["auto", "float32", "bfloat16"]
 
@@ -110,7 +111,8 @@ def keras_predict_fn(
         patch_size: When given, the function carries ``window_activation_bytes`` for memory estimates.
 
     Returns:
-        A callable with attributes ``precision`` and (optionally) ``window_activation_bytes``.
+        A callable with attributes ``precision`` and (optionally) ``window_activation_bytes``; it raises
+        :class:`~MedAnalysisLib.errors.BundleError` when the model returns NaN or infinite values.
     """
     import tensorflow as tf
 
@@ -130,9 +132,11 @@ def keras_predict_fn(
 
     def predict_fn(x: Any) -> Any:
         # Dict inputs (cnn_rnn: slices + mask) keep their dtypes apart from float casting; outputs come back as
-        # numpy arrays in the model's own structure (an array, or a dict of arrays).
+        # numpy arrays in the model's own structure (an array, or a dict of arrays), refused when not finite.
         inputs = {key: to_tensor(value) for key, value in x.items()} if isinstance(x, dict) else to_tensor(x)
-        return tf.nest.map_structure(lambda t: t.numpy(), call(inputs))
+        outputs = tf.nest.map_structure(lambda t: t.numpy(), call(inputs))
+        tf.nest.map_structure(check_finite_output, outputs)
+        return outputs
 
     predict_fn.precision = resolved  # type: ignore[attr-defined]
     predict_fn.model = runner  # type: ignore[attr-defined]

@@ -35,6 +35,10 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 GAUSSIAN_SIGMA_SCALE = 0.125
 #: Smallest weight the importance map gives a voxel (relative to the centre), so border voxels are never divided by 0.
 GAUSSIAN_FLOOR = 1e-6
+#: Most model calls on single windows one run may make (windows x test-time augmentation passes). A whole-body CT
+#: (512x512x1000) in 64^3 windows at overlap 0.5 with all 8 flips needs about 56 000; an overlap near 1 asks for
+#: millions (days of work) and is refused before the first window runs.
+MAX_WINDOW_PASSES = 100_000
 
 
 def window_starts(length: int, patch: int, overlap: float) -> list[int]:
@@ -113,7 +117,7 @@ def tta_flip_sets(tta_flips: bool | Sequence[Sequence[int]]) -> list[tuple[int, 
         return [()]
     if tta_flips is True:
         return [combo for r in range(4) for combo in itertools.combinations((0, 1, 2), r)]
-    sets = [tuple(sorted({int(a) for a in axes})) for axes in tta_flips]
+    sets = list(dict.fromkeys(tuple(sorted({int(a) for a in axes})) for axes in tta_flips))  # each pass once
     for axes in sets:
         if any(a not in (0, 1, 2) for a in axes):
             raise InputError(f"expected flip axes among 0 (k), 1 (j), 2 (i), got {axes}")
@@ -189,7 +193,8 @@ def sliding_window_predict(
         tta_flips: ``True`` for all 8 flip combinations of the spatial axes, or a list of axis tuples
             (0=k, 1=j, 2=i); results are flipped back and averaged.
         memory_budget_mb: Cap on the memory estimate of :func:`estimate_memory_bytes`; the batch is lowered first,
-            then :class:`MemoryBudgetError` is raised naming what would fit (e.g. ``output="labels"``).
+            then :class:`MemoryBudgetError` is raised naming what would fit (e.g. ``output="labels"``). ``None``
+            caps the buffers (input, output, accumulation, batch) at the machine's physical memory.
         output: ``"probabilities"`` returns ``(k, j, i, n_classes)`` float32; ``"labels"`` returns the arg-max
             ``(k, j, i)`` label map (uint8, or uint16 beyond 256 classes) without holding the probabilities.
         pad_value: Value used to pad axes shorter than the patch (0 is the mean of a z-scored image).
@@ -202,23 +207,29 @@ def sliding_window_predict(
 
     Raises:
         ImageValidationError: The image is not 3D (+channels), or holds NaN/Inf.
-        InputError: Bad patch size, overlap, batch size or class count.
+        InputError: Bad patch size, overlap, batch size or class count, or more than :data:`MAX_WINDOW_PASSES`
+            window passes.
         MemoryBudgetError: Even a batch of one would exceed ``memory_budget_mb``.
+        BundleError: The model returned NaN or infinite values.
     """
     from MedAnalysisLib.errors import CancelledError
 
     image, patch = _checked_input(image, patch_size, n_classes, batch_size, output)
     shape = tuple(int(s) for s in image.shape[:3])
-    batch_size = _batch_within_budget(shape, patch, image.shape[3], int(n_classes), int(batch_size), output,
-                                      int(getattr(predict_fn, "window_activation_bytes", 0) or 0), memory_budget_mb)
-    # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).
     padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
+    grid = make_grid(padded_shape, patch, overlap)
+    flips = tta_flip_sets(tta_flips)
+    check_window_passes(len(grid), len(flips), overlap, patch)
+    activation = int(getattr(predict_fn, "window_activation_bytes", 0) or 0)
+    if memory_budget_mb is None:  # without a budget, the buffers alone must fit the machine (the per-window
+        memory_budget_mb, activation = _physical_memory_mb(), 0  # activation estimate is far too pessimistic for it)
+    batch_size = _batch_within_budget(shape, patch, image.shape[3], int(n_classes), int(batch_size), output,
+                                      activation, memory_budget_mb)
+    # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).
     if padded_shape != shape:
         padding = [(0, ps - s) for ps, s in zip(padded_shape, shape, strict=True)] + [(0, 0)]
         image = np.pad(image, padding, mode="constant", constant_values=pad_value)
-    grid = make_grid(padded_shape, patch, overlap)
     blend = _RollingBlend(shape, padded_shape, patch, grid, int(n_classes), gaussian, output)
-    flips = tta_flip_sets(tta_flips)
     corners = list(grid.corners())
     done_windows = 0
     for first in range(0, len(corners), batch_size):
@@ -233,6 +244,44 @@ def sliding_window_predict(
         if progress is not None:
             progress(done_windows, len(corners))
     return blend.finish()
+
+
+def check_window_passes(windows: int, passes: int, overlap: float, patch: Sequence[int]) -> None:
+    """Refuse a run of more than :data:`MAX_WINDOW_PASSES` model calls on single windows before the first one.
+
+    Raises:
+        InputError: Naming the count and what lowers it.
+    """
+    total = int(windows) * int(passes)
+    if total > MAX_WINDOW_PASSES:
+        raise InputError(
+            f"expected at most {MAX_WINDOW_PASSES} window passes (windows x test-time augmentation flips), got "
+            f"{windows} windows x {passes} = {total} for patch {list(patch)} at overlap {overlap}; lower the overlap "
+            "or turn test-time augmentation off"
+        )
+
+
+def _physical_memory_mb() -> float | None:
+    """The machine's physical memory in MiB (None where the platform does not say)."""
+    from MedAnalysisLib.io.validate import physical_memory_bytes
+
+    total = physical_memory_bytes()
+    return None if total is None else total / 2**20
+
+
+def check_finite_output(values: np.ndarray, what: str = "probabilities") -> None:
+    """Refuse model outputs holding NaN or infinity (weights that overflow on this input): a silent arg-max over
+    them would give an all-background map.
+
+    Raises:
+        BundleError: Naming how many values are not finite.
+    """
+    from MedAnalysisLib.errors import BundleError
+
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise BundleError(f"expected finite {what} from the model, got {int(values.size - np.count_nonzero(finite))} "
+                          "NaN/Inf value(s); the bundle's weights overflow on this input")
 
 
 def _checked_input(image: np.ndarray, patch_size: Sequence[int], n_classes: int, batch_size: int,
@@ -300,6 +349,7 @@ def _predict_with_flips(predict_fn: PredictFn, batch: np.ndarray, flips: list[tu
                 f"expected the model to return shape {(len(batch), *patch, n_classes)} "
                 f"(batch, k, j, i, classes), got {y.shape}"
             )
+        check_finite_output(y)
         if axes:
             y = np.flip(y, spatial)
         predictions = y if predictions is None else predictions + y
