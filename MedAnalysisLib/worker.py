@@ -86,6 +86,8 @@ class WorkerJob:
             the end of stderr when the child died without sending one; ``None`` while running or on success.
         progress: The latest ``progress`` message (stage, fraction 0..1, eta_s, message).
         metrics: Every ``metrics`` message received, in order (training curves).
+        warnings: The text of every ``log`` message of level ``warning`` received, in order (a modality mismatch,
+            a format a case cannot give, a failed case of a batch), for a panel to show beside the result.
         cancelled: ``True`` once :meth:`request_stop` (or :meth:`cancel`) was called.
         stop_file: The path of the stop file the child watches (in this job's private temporary folder); only
             :meth:`request_stop` creates it, and the folder is removed once the child has ended.
@@ -117,6 +119,7 @@ class WorkerJob:
         self.error: dict[str, Any] | None = None
         self.progress: dict[str, Any] | None = None
         self.metrics: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
         self.cancelled = False
         self.started_at = time.monotonic()
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -237,6 +240,8 @@ class WorkerJob:
                 self.progress = message
             elif kind == "metrics":
                 self.metrics.append(message)
+            elif kind == "log" and message.get("level") == "warning":
+                self.warnings.append(str(message.get("message", "")))
             elif kind == "result":
                 self.result = {k: v for k, v in message.items() if k != "type"}
             elif kind == "error":

@@ -82,7 +82,7 @@ def test_resume_and_a_bad_case_in_the_middle(tmp_path: Path) -> None:
 def test_cli_predict_on_dicom_with_jsonl_progress_leaks_no_patient_data(tmp_path: Path) -> None:
     pixels = np.random.default_rng(1).normal(0, 10, size=(8, 20, 20)).round() + 1024
     pixels[2:6, 5:12, 6:14] = 2024
-    write_dicom_series(tmp_path / "PATIENT_FOLDER", pixels.astype(np.int16))
+    write_dicom_series(tmp_path / "PATIENT_FOLDER", pixels.astype(np.int16), modality="MR")  # the bundle's modality
     out = tmp_path / "out"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
@@ -136,7 +136,7 @@ def _series_without_frame_of_reference(folder: Path) -> Path:
     import pydicom
 
     pixels = np.random.default_rng(2).normal(0, 10, size=(6, 16, 18)).round() + 1024
-    for path in write_dicom_series(folder, pixels.astype(np.int16)):
+    for path in write_dicom_series(folder, pixels.astype(np.int16), modality="MR"):  # the bundle's modality
         ds = pydicom.dcmread(path)
         del ds.FrameOfReferenceUID
         ds.save_as(path)

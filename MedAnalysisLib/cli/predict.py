@@ -9,11 +9,22 @@ is imported and before any case runs; a format a case's input cannot give (DICOM
 a FrameOfReferenceUID) is reported at once, the other outputs are still written, and the exit code is 1; a format
 that no case can give is refused (exit code 2).
 
-Existing outputs: a re-run resumes. A case whose sidecar shows it was made by the same bundle (weights sha256) with
-the same options (formats, probabilities, overlap, TTA, post-processing, precision, series) is skipped; a case
-made otherwise (or by a version that did not record its options) is refused (exit code 2, before any case runs)
-unless --overwrite, which recomputes every case of the shard. Outputs of a case that has no sidecar yet (a run
-stopped in the middle of it) are recomputed. Nothing else in the folder is touched.
+Existing outputs: a re-run resumes. A case whose sidecar shows it was made by this MedAnalysis version, the same
+bundle (weights sha256 and the bundle.json settings that shape outputs) and the same options (formats,
+probabilities, overlap, TTA, post-processing, precision, series) is skipped, unless one of the outputs it lists is
+gone (the case is done again); a case made otherwise, or whose sidecar is corrupt, truncated or from another
+version, is refused (exit code 2, before any case runs) unless --overwrite, which recomputes every case of the shard.
+Outputs of a case that has no sidecar yet (a run stopped in the middle of it) are recomputed. Nothing else in the
+folder is touched.
+
+Bad cases: whatever goes wrong with one case (an unreadable or truncated file, a geometry that cannot be resampled,
+a FIFO or folder named like an image, an error of the model) is that case's failure, listed with its type and
+message in batch_summary.json; the other cases run, and the exit code is 1.
+
+Modality: a bundle is made for the modality its plan was measured on. An input whose DICOM Modality or MSD
+dataset.json states another one (CT against MR, ...) is refused (exit code 2, before any case runs) unless
+--allow-modality-mismatch, which runs it with a warning (also a JSON-lines log message) and lists it under
+modality_mismatch in batch_summary.json. Inputs of unknown modality (NIfTI, NRRD, MetaImage files) are not judged.
 """
 
 from __future__ import annotations
@@ -89,6 +100,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute every case of the shard, also those whose outputs exist (default: skip the cases "
                    "the same bundle and options made, refuse the others)")
+    p.add_argument("--allow-modality-mismatch", action="store_true",
+                   help="run inputs whose modality (DICOM Modality, MSD dataset.json) is not the bundle's, with a "
+                   "warning (default: refuse them, exit code 2)")
     add_inference_options(p)
     p.set_defaults(func=run, validate=validate)
 
@@ -118,6 +132,7 @@ def run(args: argparse.Namespace, reporter: Any) -> int:
         series=args.series,
         shard=args.shard,
         overwrite=args.overwrite,
+        allow_modality_mismatch=args.allow_modality_mismatch,
     )
     summary = run_batch(args.bundle, args.inputs, args.out, options, reporter=reporter, stop_flag=StopFlag().install())
     reporter.result(**summary.to_dict())

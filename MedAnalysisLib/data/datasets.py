@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,46 @@ from MedAnalysisLib.volume import Volume
 
 TASKS = ("segmentation", "classification")
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+#: DICOM Modality codes (defined terms) that may be copied into case names, sidecars and messages. The Modality
+#: attribute is free text in a hostile file; only a value from this list ever leaves the reader's metadata.
+DICOM_MODALITY_CODES = frozenset({
+    "CR", "CT", "DX", "ES", "IO", "MG", "MR", "NM", "OCT", "OP", "OT", "PT", "PX", "RF", "RG", "SEG", "SM", "US",
+    "XA", "XC",
+})
+#: Modality names (DICOM codes, MSD ``modality`` and nnU-Net ``channel_names`` values) grouped by the family of
+#: intensities they hold: a model's intensity plan only means something on images of its own family.
+MODALITY_FAMILIES = {
+    "CT": {"CT", "CTA", "CECT", "NCCT", "CBCT"},
+    "MR": {"MR", "MRI", "MPMRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD", "PDW",
+           "SWI", "MPRAGE", "DCE"},
+    "PT": {"PT", "PET"},
+    "US": {"US", "ULTRASOUND"},
+    "NM": {"NM", "SPECT"},
+    "XR": {"CR", "DX", "XA", "RF", "MG", "XRAY"},
+}
+
+
+def modality_code(value: object) -> str | None:
+    """The DICOM Modality code ``value`` holds when it is one of :data:`DICOM_MODALITY_CODES`, else None (free text
+    from a file never travels further than this)."""
+    code = str(value or "").strip().upper()
+    return code if code in DICOM_MODALITY_CODES else None
+
+
+def modality_family(value: object) -> str | None:
+    """The intensity family (``"CT"``, ``"MR"``, ``"PT"``, ...) of a modality name as DICOM, MSD ``dataset.json``
+    or a bundle's plan states it (``"MRI"``, ``"T2"``, ``"FLAIR"`` are MR); None when it is unknown or unstated, so
+    that only two known, different families count as a mismatch."""
+    key = re.sub(r"[^A-Z0-9]", "", str(value or "").upper())
+    return next((family for family, names in MODALITY_FAMILIES.items() if key in names), None)
+
+
+def dataset_modality_family(channel_names: Sequence[str], modality: str) -> str | None:
+    """One intensity family for a dataset's channels (all channels of one family), else None (mixed or unknown)."""
+    families = {modality_family(name) for name in channel_names} | {modality_family(modality)}
+    families.discard(None)
+    return families.pop() if len(families) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -282,8 +323,9 @@ def _load_dicom_folder(root: Path, modality: str | None) -> Dataset:
             continue
         # Read from the folder that holds the series' files (not the whole tree), picking the series by UID.
         folder = Path(os.path.commonpath([str(Path(f).parent) for f in info.files]))
-        modalities.add(info.modality or "unknown")
-        case_id = f"series{info.index:03d}_{info.modality or 'unknown'}"
+        code = modality_code(info.modality) or "unknown"  # the header's text itself never names a case
+        modalities.add(code)
+        case_id = f"series{info.index:03d}_{code}"
         cases.append(Case(case_id, (str(folder),), series=info.series_instance_uid))
     if not cases:
         raise InputError(f"expected an MSD folder, a CSV manifest or loadable DICOM series in {root}, found none")

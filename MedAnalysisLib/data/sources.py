@@ -20,6 +20,7 @@ become unlabelled cases), so a command that plans, trains or evaluates accepts e
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +73,34 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
+def special_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (``"a FIFO"``, ``"a socket"``,
+    ``"a character device"``, ``"a block device"``), else None. Such a path is never opened: reading a FIFO or a
+    device blocks or never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return None
+
+
 def resolve_source(path: str | os.PathLike[str]) -> DataSource:
     """Classify ``path`` (see the module docstring).
 
     Raises:
-        InputError: Nothing there, or a file of no known form (the message lists what is accepted).
+        InputError: Nothing there, a FIFO, socket or device, or a file of no known form (the message lists what is
+            accepted).
     """
     given = Path(path)
     if not given.exists():
         raise InputError(f"expected {EXPECTED}, got nothing at {given}")
+    special = special_file_kind(given)
+    if special is not None:
+        raise InputError(f"expected a regular file or a folder, got {special} at {given} (it is not opened)")
     if given.is_file():
         name = given.name.lower()
         if name == "dataset.json":

@@ -24,14 +24,35 @@ shards are balanced, disjoint, and together cover every case once, whatever mach
 
 Resume: a case whose sidecar ``<case>.json`` exists was finished (the sidecar is written last, atomically, so it only
 exists when every output of the case is complete). It is skipped when the sidecar shows the same bundle (weights
-sha256) and the same options (:func:`requested_options`, recorded in the sidecar as ``inference.requested``); a case
-made by another bundle or with other options is refused, with the difference, before any case runs, unless
-``overwrite`` recomputes every case. A case without a sidecar is (re)computed. A case that fails is reported (type
-and message) and the batch goes on; the command exits 1 when any case failed.
+sha256 and :func:`bundle_identity`, the digest of the bundle.json settings that shape outputs), the same MedAnalysis
+version and the same options (:func:`requested_options`, recorded in the sidecar as ``inference.requested``), and
+every output it lists is still there (otherwise the case is done again). A case made by another bundle, with other
+options or by another version, and a sidecar that is corrupt, truncated, oversized or of another shape, is refused,
+with the reason, before any case runs, unless ``overwrite`` recomputes every case: the overwrite policy of every
+command (:mod:`MedAnalysisLib.cli._validate`), which never replaces an output it cannot show it made. A case without a
+sidecar is (re)computed.
+
+Isolation: whatever one case raises (our typed errors, ``ValueError``/``RuntimeError``/``TypeError`` from
+SimpleITK, numpy or Keras, ``OverflowError``, ``MemoryError``, ``OSError``) is that case's failure: recorded in the
+summary with its type and a one-line message through the PHI filter, and the batch goes on; the command exits 1 when
+any case failed. Only a stop (:class:`~MedAnalysisLib.errors.CancelledError`, ``KeyboardInterrupt``) ends the batch.
+Inputs named like images that are not regular files (FIFOs, devices, folders) are cases that fail, never opened.
+
+Modality: a case whose modality its headers state (DICOM Modality, the ``modality``/``channel_names`` of an MSD
+``dataset.json``, a manifest's ``modality`` column) and that differs from the family of the bundle's plan (CT, MR,
+PET, ...) is refused before any work, unless ``allow_modality_mismatch``, which runs it with a warning (a log line,
+JSON lines included) and lists it under ``modality_mismatch`` in the summary. Unknown modality (image files without
+metadata) is never judged.
+
+What a batch writes holds no text from the inputs' headers: only :data:`PASSED_METADATA` (a Modality code from
+the DICOM defined terms, UIDs in UID syntax, the source files) reaches the model and the writers; case ids come from
+file and folder names (:func:`safe_case_id`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -39,11 +60,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from MedAnalysisLib.data.sources import image_stem, is_image_file, resolve_source
-from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError
+from MedAnalysisLib.data.datasets import dataset_modality_family, modality_code, modality_family
+from MedAnalysisLib.data.sources import IMAGE_SUFFIXES, image_stem, is_image_file, resolve_source, special_file_kind
+from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError, OutputError, UnreadableFileError
 from MedAnalysisLib.inference.writers import SIDECAR_SUFFIX, check_formats, format_problems, write_prediction
 from MedAnalysisLib.io.atomic import write_text_atomic
-from MedAnalysisLib.privacy import redact
+from MedAnalysisLib.privacy import redact, remember
 
 
 @dataclass(frozen=True)
@@ -54,11 +76,15 @@ class CaseInput:
         case_id: Name used for output files (letters, digits, ``-``, ``_``, ``.``).
         images: One path per channel (files or DICOM folders/files).
         series: SeriesInstanceUID of the series to load from a DICOM folder, or None.
+        modality: Intensity family of the input (``"CT"``, ``"MR"``, ...; see
+            :func:`~MedAnalysisLib.data.datasets.modality_family`) as its DICOM headers or its ``dataset.json`` state
+            it, or None when they do not (image files); a DICOM file's is known once it is loaded.
     """
 
     case_id: str
     images: tuple[str, ...]
     series: str | None = None
+    modality: str | None = None
 
 
 @dataclass
@@ -76,6 +102,8 @@ class BatchOptions:
     series: str | None = None
     shard: tuple[int, int] = (1, 1)
     overwrite: bool = False
+    #: Run cases whose modality differs from the bundle's (with a warning) instead of refusing them.
+    allow_modality_mismatch: bool = False
 
 
 @dataclass
@@ -90,6 +118,9 @@ class BatchSummary:
     out_dir: str = ""
     #: Outputs a case's input cannot give (``case_id``, ``output``, ``reason``); the case's other outputs exist.
     not_written: list[dict[str, str]] = field(default_factory=list)
+    #: Cases run on purpose (``allow_modality_mismatch``) although their modality differs from the bundle's
+    #: (``case_id``, ``bundle_modality``, ``input_modality``: family codes only, never the header's text).
+    modality_mismatch: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,36 +154,59 @@ def _dicom_cases(folder: Path, series: str | None) -> list[CaseInput]:
             stem = parent.name
         for info in infos:
             name = stem if len(infos) == 1 else f"{stem}_s{info.series_number if info.series_number is not None else info.index}"
-            cases.append(CaseInput(safe_case_id(name), (str(folder),), info.series_instance_uid))
+            cases.append(CaseInput(safe_case_id(name), (str(folder),), info.series_instance_uid,
+                                   modality_family(modality_code(info.modality))))
     return cases
+
+
+def _named_like_image(child: Path) -> bool:
+    """An entry of an image folder that a user means as a case: a regular image file, or something named like one
+    that is not (a FIFO, a device, a folder), which then fails as its own case instead of vanishing."""
+    if child.name.startswith(".") or not child.name.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    return is_image_file(child) or child.is_dir() or special_file_kind(child) is not None
+
+
+def _cases_of(raw: str | Path, series: str | None) -> list[CaseInput]:
+    """The cases of one command-line input (see :func:`discover_cases`)."""
+    source = resolve_source(raw)
+    path = source.path
+    if source.kind in ("msd", "csv"):
+        from MedAnalysisLib.data.datasets import load_dataset
+
+        dataset = load_dataset(path)
+        family = dataset_modality_family(dataset.channel_names, dataset.modality)
+        return [CaseInput(safe_case_id(c.case_id), tuple(str(p) for p in c.images), c.series, family)
+                for c in dataset.cases]
+    if source.kind == "image":
+        return [CaseInput(safe_case_id(image_stem(path.name)), (str(path),))]
+    if source.kind == "images":
+        return [CaseInput(safe_case_id(image_stem(child.name)), (str(child),))
+                for child in sorted(path.iterdir()) if _named_like_image(child)]
+    if path.is_dir():
+        return _dicom_cases(path, series)
+    return [CaseInput(safe_case_id(path.stem), (str(path),), series)]  # a single DICOM file
 
 
 def discover_cases(inputs: Sequence[str | Path], *, series: str | None = None) -> list[CaseInput]:
     """Turn command-line inputs into cases (see the module docstring), sorted by case id, ids unique.
 
     Raises:
-        InputError: An input does not exist, holds nothing to predict, or two cases would get the same name.
+        InputError: An input does not exist, is a FIFO or a device, holds nothing to predict, or two cases would get
+            the same name.
+        UnreadableFileError: An input folder or a file that describes cases cannot be read (permissions, I/O, a
+            header a reader fails on).
     """
     cases: list[CaseInput] = []
     for raw in inputs:
-        source = resolve_source(raw)
-        path = source.path
-        if source.kind in ("msd", "csv"):
-            from MedAnalysisLib.data.datasets import load_dataset
-
-            dataset = load_dataset(path)
-            cases.extend(CaseInput(safe_case_id(c.case_id), tuple(str(p) for p in c.images), c.series)
-                         for c in dataset.cases)
-        elif source.kind == "image":
-            cases.append(CaseInput(safe_case_id(image_stem(path.name)), (str(path),)))
-        elif source.kind == "images":
-            for child in sorted(path.iterdir()):
-                if is_image_file(child):
-                    cases.append(CaseInput(safe_case_id(image_stem(child.name)), (str(child),)))
-        elif path.is_dir():
-            cases.extend(_dicom_cases(path, series))
-        else:  # a single DICOM file
-            cases.append(CaseInput(safe_case_id(path.stem), (str(path),), series))
+        try:
+            cases.extend(_cases_of(raw, series))
+        except MedAnalysisError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a reader's surprise is a refusal of this input, not a traceback
+            detail = failure_record("", error)["message"] if not isinstance(error, OSError) else error.strerror
+            raise UnreadableFileError(f"expected a readable input at {Path(raw).name!r}, got "
+                                      f"{type(error).__name__}: {detail or 'no details'}") from None
     names = [c.case_id for c in cases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -184,7 +238,7 @@ def header_problems(case: CaseInput, formats: Sequence[str], scans: dict[str, li
     if image not in scans:
         try:
             scans[image] = scan_dicom_folder(image, recursive=True)
-        except (MedAnalysisError, OSError):
+        except Exception:  # noqa: BLE001 - a header this scan cannot read fails as its case, when it is loaded
             scans[image] = []
     found = [s for s in scans[image] if case.series is None or s.series_instance_uid == case.series]
     if len(found) != 1:
@@ -198,45 +252,254 @@ def header_problems(case: CaseInput, formats: Sequence[str], scans: dict[str, li
     return {}
 
 
+#: Volume metadata a case passes on to the model and the writers (sidecar, DICOM SEG), each value checked: a DICOM
+#: Modality code from the defined terms, UIDs in UID syntax, the source file list. Anything else the reader kept is
+#: dropped here, so no other text from a file's header reaches a batch output.
+PASSED_METADATA = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "source_files")
+_UID = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40}){0,40}")
+#: Header text that must never be quoted: remembered by the PHI filter when a reader hands it over anyway.
+_HEADER_TEXT_KEYS = frozenset({"SeriesDescription", "StudyDescription", "ProtocolName", "InstitutionName",
+                               "InstitutionAddress", "InstitutionalDepartmentName", "StationName", "PatientName",
+                               "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName"})
+
+
+def passed_metadata(volume: Any) -> Any:
+    """``volume`` with only :data:`PASSED_METADATA` (each value checked) in its metadata; the voxels are shared."""
+    metadata = volume.metadata or {}
+    kept: dict[str, Any] = {}
+    code = modality_code(metadata.get("Modality"))
+    if code is not None:
+        kept["Modality"] = code
+    for key in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
+        value = metadata.get(key)
+        if isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value):
+            kept[key] = value
+    files = metadata.get("source_files")
+    if isinstance(files, (list, tuple)) and all(isinstance(f, (str, Path)) for f in files):
+        kept["source_files"] = [str(f) for f in files]
+    remember(str(v) for k, v in metadata.items() if k in _HEADER_TEXT_KEYS and v)
+    return dataclasses.replace(volume, metadata=kept)
+
+
+def _check_case_paths(case: CaseInput) -> None:
+    """Refuse, before anything opens them, case inputs that are not regular files or DICOM folders."""
+    for image in case.images:
+        path = Path(image)
+        if not path.exists() and "#" in image:  # a channel of a 4D file: ``file#index``
+            path = Path(image.rsplit("#", 1)[0])
+        special = special_file_kind(path)
+        if special is not None:
+            raise UnreadableFileError(f"expected a regular image file or a DICOM folder, got {special} named "
+                                      f"{path.name!r} (it is not opened)")
+        if path.is_dir() and path.name.lower().endswith(IMAGE_SUFFIXES):
+            raise UnreadableFileError(f"expected an image file, got a folder named {path.name!r}")
+
+
 def load_case(case: CaseInput) -> list[Any]:
     """Load the channel volumes of one case (files or DICOM); a single slice loads as a one-slice volume (as in
-    training), for slice classifiers."""
+    training), for slice classifiers. Only :data:`PASSED_METADATA` stays on the volumes.
+
+    Raises:
+        UnreadableFileError: An input is a FIFO, a device, or a folder named like an image file (never opened).
+        InputError: What :func:`~MedAnalysisLib.io.load_volume` raises.
+    """
     from MedAnalysisLib.io import load_volume
 
-    return [load_volume(image, series=case.series, allow_2d=True) if case.series else load_volume(image, allow_2d=True)
-            for image in case.images]
+    _check_case_paths(case)
+    volumes = [load_volume(image, series=case.series, allow_2d=True) if case.series
+               else load_volume(image, allow_2d=True) for image in case.images]
+    return [passed_metadata(volume) for volume in volumes]
+
+
+#: Largest sidecar a resume reads (the ones this version writes are a few kilobytes).
+MAX_SIDECAR_BYTES = 1 << 20
+#: The parts of ``bundle.json`` that shape a case's outputs; their digest identifies the bundle in a sidecar.
+_IDENTITY_KEYS = ("task", "family", "hparams", "plan", "labels", "input", "inference", "weights", "members")
+
+
+def bundle_identity(config: Any) -> str:
+    """sha256 of what in ``bundle.json`` shapes the outputs (plan, labels, model, inference defaults, weights
+    hash): a bundle whose weights are the same but whose plan or labels were edited is another bundle."""
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    relevant = {key: data[key] for key in _IDENTITY_KEYS if key in data}
+    text = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def requested_options(config: Any, options: BatchOptions) -> dict[str, Any]:
     """What decides a case's outputs, as its sidecar records it (``inference.requested``) and a resume compares it:
-    formats, probabilities, overlap/TTA/post-processing resolved against the bundle's defaults, precision as asked,
-    series. Batch size and memory budget only change how the work is split, so they are not part of it."""
+    the bundle's identity (:func:`bundle_identity`), the MedAnalysis version, formats, probabilities,
+    overlap/TTA/post-processing resolved against the bundle's defaults, precision as asked, series. Batch size and
+    memory budget only change how the work is split, so they are not part of it."""
+    from MedAnalysisLib import __version__
     from MedAnalysisLib.inference.predict import _settings
 
     overlap, tta, steps = _settings(config, options.overlap, options.tta, options.postprocess)
     formats = options.formats if config.task == "segmentation" else ()
-    return {"formats": sorted(formats), "probabilities": bool(options.write_probabilities), "overlap": overlap,
-            "tta": tta, "postprocess": list(steps), "precision": options.precision, "series": options.series}
+    return {"bundle": bundle_identity(config), "version": __version__, "formats": sorted(formats),
+            "probabilities": bool(options.write_probabilities), "overlap": overlap, "tta": tta,
+            "postprocess": list(steps), "precision": options.precision, "series": options.series}
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | str:
+    """The sidecar's JSON object, or why it cannot be trusted (never raises)."""
+    try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            return f"its sidecar is larger than {MAX_SIDECAR_BYTES} bytes, not one this version writes"
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return "its sidecar is not readable JSON (corrupt or truncated)"
+    return record if isinstance(record, dict) else "its sidecar is not a JSON object"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def resume_problem(sidecar_path: Path, weights_sha256: str, requested: dict[str, Any]) -> str | None:
-    """Why the outputs a sidecar describes cannot stand for this run (None when the same bundle and options made
-    them)."""
-    try:
-        record = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return "its sidecar is not readable JSON"
-    if not isinstance(record, dict):
-        return "its sidecar is not a JSON object"
-    made_by = (record.get("bundle") or {}).get("weights_sha256")
-    if made_by != weights_sha256:
+    """Why the outputs a sidecar describes cannot stand for this run (None when this version, the same bundle and the
+    same options made them). A sidecar that is corrupt, truncated, of another shape or from another version is
+    never trusted."""
+    record = _read_sidecar(sidecar_path)
+    if isinstance(record, str):
+        return record
+    bundle = record.get("bundle")
+    made_by = bundle.get("weights_sha256") if isinstance(bundle, dict) else None
+    if not isinstance(made_by, str) or made_by != weights_sha256:
         return f"made by another bundle (weights sha256 {str(made_by)[:12]}..., this one {weights_sha256[:12]}...)"
-    before = (record.get("inference") or {}).get("requested")
+    inference = record.get("inference")
+    before = inference.get("requested") if isinstance(inference, dict) else None
     if not isinstance(before, dict):
         return "made by a version that did not record its options"
-    changed = [f"{key} {before.get(key)!r} (now {value!r})" for key, value in requested.items()
+    if "version" not in before:
+        return f"made by an earlier MedAnalysis that did not record its version (this is {requested['version']})"
+    if before["version"] != requested["version"]:
+        return f"made by MedAnalysis {_short(before['version'])} (this is {requested['version']})"
+    if before.get("bundle") != requested["bundle"]:
+        return "made by a bundle with the same weights but other settings in bundle.json (plan, labels or defaults)"
+    changed = [f"{key} {_short(before.get(key))} (now {_short(value)})" for key, value in requested.items()
                if before.get(key) != value]
     return f"made with {', '.join(changed)}" if changed else None
+
+
+def outputs_present(sidecar_path: Path) -> bool:
+    """True when every output file the sidecar lists exists in its folder (a plain file name each); a case whose
+    listed outputs are gone is done again."""
+    record = _read_sidecar(sidecar_path)
+    outputs = record.get("outputs") if isinstance(record, dict) else None
+    if not isinstance(outputs, dict):
+        return False
+    names = list(outputs.values())
+    return all(isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")
+               and (sidecar_path.parent / n).is_file() for n in names)
+
+
+def bundle_modalities(config: Any) -> frozenset[str]:
+    """The intensity families a bundle states for its input: its plan's modality (what its intensity statistics
+    were measured on) and its input channels' (empty when neither says). A bundle made by ``train`` states one."""
+    plan = getattr(config, "plan", None)
+    stated = [getattr(plan, "modality", None)]
+    channels = (getattr(config, "input", None) or {}).get("channels") or []
+    stated += [channel.get("modality") for channel in channels if isinstance(channel, dict)]
+    return frozenset(f for f in map(modality_family, stated) if f is not None)
+
+
+def _mismatch_message(expected: frozenset[str], found: dict[str, str]) -> str:
+    wanted = " or ".join(sorted(expected))
+    listed = ", ".join(f"{case} ({family})" for case, family in list(found.items())[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (f"expected {wanted} input for this bundle (its intensity plan was measured on {wanted} images), got "
+            f"{len(found)} case(s) of another modality: {listed}{more}; its results on them would be silently "
+            "wrong. Pass --allow-modality-mismatch to run them anyway")
+
+
+def _check_modalities(config: Any, cases: Sequence[CaseInput], options: BatchOptions, summary: BatchSummary,
+                      log: Any) -> None:
+    """Refuse (or, with ``allow_modality_mismatch``, warn about and record) cases whose stated modality is not the
+    bundle's; a case or a bundle of unknown modality is never judged."""
+    expected = bundle_modalities(config)
+    found = {c.case_id: c.modality for c in cases if expected and c.modality and c.modality not in expected}
+    if not found:
+        return
+    if not options.allow_modality_mismatch:
+        raise InputError(_mismatch_message(expected, found))  # type: ignore[arg-type]
+    for case_id, family in found.items():
+        _record_mismatch(summary, log, case_id, expected, family)  # type: ignore[arg-type]
+
+
+def _record_mismatch(summary: BatchSummary, log: Any, case_id: str, expected: frozenset[str], family: str) -> None:
+    wanted = " or ".join(sorted(expected))
+    summary.modality_mismatch.append({"case_id": case_id, "bundle_modality": wanted, "input_modality": family})
+    log(f"{case_id}: modality mismatch: the bundle expects {wanted} images, this case is {family}; its results "
+        "may be wrong (run on purpose with --allow-modality-mismatch)", "warning")
+
+
+def _loaded_modality(config: Any, case: CaseInput, volumes: Sequence[Any], options: BatchOptions,
+                     summary: BatchSummary, log: Any) -> None:
+    """The check of :func:`_check_modalities` for a case whose modality only its loaded headers tell (a DICOM file,
+    a manifest row naming a DICOM folder): a mismatch fails that case, or is recorded when allowed."""
+    expected = bundle_modalities(config)
+    family = modality_family(volumes[0].metadata.get("Modality"))
+    if case.modality is not None or not expected or family is None or family in expected:
+        return
+    if not options.allow_modality_mismatch:
+        raise InputError(_mismatch_message(expected, {case.case_id: family}))
+    _record_mismatch(summary, log, case.case_id, expected, family)
+
+
+#: Longest failure message kept in the summary (a third-party error can quote a whole file).
+MAX_FAILURE_MESSAGE = 500
+
+
+def failure_record(case_id: str, error: BaseException) -> dict[str, str]:
+    """A failed case for the summary: the error's type and a one-line message, through the PHI filter. Errors that
+    MedAnalysis raises say what was expected and what was found; others (numpy, SimpleITK, Keras, the OS) keep their
+    first line only."""
+    text = str(error).strip() or "no message"
+    if not isinstance(error, MedAnalysisError):
+        text = text.splitlines()[0]
+    if len(text) > MAX_FAILURE_MESSAGE:
+        text = text[:MAX_FAILURE_MESSAGE] + "..."
+    return {"case_id": case_id, "error_type": type(error).__name__, "message": redact(text)}
+
+
+def _resume_state(cases: Sequence[CaseInput], out: Path, weights_sha256: str, requested: dict[str, Any],
+                  overwrite: bool) -> tuple[set[str], dict[str, str]]:
+    """The cases of this shard that are finished (skipped) and those whose sidecar another bundle, other options,
+    another version or a corrupt file made (``{case: why}``); with ``overwrite`` nothing is finished."""
+    if overwrite:
+        return set(), {}
+    finished: set[str] = set()
+    problems: dict[str, str] = {}
+    for case in cases:
+        path = out / f"{case.case_id}{SIDECAR_SUFFIX}"
+        if not path.is_file():
+            continue
+        problem = resume_problem(path, weights_sha256, requested)
+        if problem is not None:
+            problems[case.case_id] = problem
+        elif outputs_present(path):
+            finished.add(case.case_id)
+    return finished, problems
+
+
+def _refuse_stale(out: Path, problems: dict[str, str]) -> None:
+    if not problems:
+        return
+    listed = "; ".join(f"{case}: {reason}" for case, reason in list(problems.items())[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise InputError(f"expected the finished cases in {out} to come from this bundle with these options (a re-run "
+                     f"skips those), got {len(problems)} made otherwise: {listed}{more}; pass --overwrite to "
+                     "recompute them, or choose another --out")
+
+
+def _refuse_unwritable(formats: Sequence[str], to_run: Sequence[CaseInput], unavailable: dict[str, dict[str, str]]) -> None:
+    if formats and to_run and all(set(formats) <= set(unavailable[c.case_id]) for c in to_run):
+        first = to_run[0].case_id
+        raise InputError(f"expected input that can give --format {' / '.join(formats)}, got {len(to_run)} case(s) "
+                         f"that cannot (e.g. {first}: {'; '.join(sorted(set(unavailable[first].values())))}); "
+                         "nothing was run")
 
 
 def run_batch(
@@ -260,90 +523,104 @@ def run_batch(
             model call (completed cases stay complete).
 
     Returns:
-        A :class:`BatchSummary`, also written as ``batch_summary[_shard-i-of-n].json``.
+        A :class:`BatchSummary`, also written as ``batch_summary[_shard-i-of-n].json``. Any exception a case raises
+        (a bad file, a geometry the resampler cannot take, a model or memory error) is that case's failure.
 
     Raises:
-        InputError: Before any case runs: missing inputs, formats the bundle or no case can give, outputs that other
-            settings made (without ``overwrite``).
+        InputError: Before any case runs: missing inputs, formats the bundle or no case can give, cases whose
+            modality is not the bundle's (without ``allow_modality_mismatch``), outputs that another bundle, other
+            options or another version made (without ``overwrite``).
+        CancelledError: The stop flag was set (completed cases stay complete; no summary is written).
     """
     from MedAnalysisLib.bundles import LoadedBundle, load_bundle, read_bundle_config
-    from MedAnalysisLib.inference.predict import predict
 
     options = options or BatchOptions()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"expected --out to name a folder, got the file {out.name!r} (a file is never replaced by a "
+                         "folder)")
     # What bundle.json, the inputs and their headers can tell is checked before the model (and TensorFlow) loads.
     config = bundle.config if isinstance(bundle, LoadedBundle) else read_bundle_config(Path(bundle))
     check_formats(options.formats, config.task, config.labels)
     all_cases = discover_cases(inputs, series=options.series)
     cases = select_shard(all_cases, options.shard)
     requested = requested_options(config, options)
-    finished = {c.case_id for c in cases if (out / f"{c.case_id}{SIDECAR_SUFFIX}").is_file()}
-    to_run = [c for c in cases if options.overwrite or c.case_id not in finished]
+    with_sidecar = {c.case_id for c in cases if (out / f"{c.case_id}{SIDECAR_SUFFIX}").is_file()}
     formats = options.formats if config.task == "segmentation" else ()
     scans: dict[str, list[Any]] = {}
+    to_run = [c for c in cases if options.overwrite or c.case_id not in with_sidecar]
     unavailable = {case.case_id: header_problems(case, formats, scans) for case in to_run}
-    if formats and to_run and all(set(formats) <= set(unavailable[c.case_id]) for c in to_run):
-        first = to_run[0].case_id
-        raise InputError(f"expected input that can give --format {' / '.join(formats)}, got {len(to_run)} case(s) "
-                         f"that cannot (e.g. {first}: {'; '.join(sorted(set(unavailable[first].values())))}); "
-                         "nothing was run")
+    _refuse_unwritable(formats, to_run, unavailable)
     summary = BatchSummary(options.shard, len(all_cases), out_dir=str(out))
     log = reporter.log if reporter is not None else (lambda message, level="info": None)
+    _check_modalities(config, to_run, options, summary, log)
     log(f"{len(cases)} of {len(all_cases)} case(s) in shard {options.shard[0]}/{options.shard[1]}; "
         f"bundle {config.name}")
-    for case in to_run:  # every case's format needs, from headers, before the first model call
-        for fmt, reason in unavailable[case.case_id].items():
-            log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be", "warning")
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
-    if not options.overwrite:
-        problems = {c: p for c in sorted(finished)
-                    if (p := resume_problem(out / f"{c}{SIDECAR_SUFFIX}", loaded.weights_sha256, requested))}
-        if problems:
-            listed = "; ".join(f"{case}: {reason}" for case, reason in list(problems.items())[:3])
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise InputError(f"expected the finished cases in {out} to come from this bundle with these options (a "
-                             f"re-run skips those), got {len(problems)} made otherwise: {listed}{more}; pass "
-                             "--overwrite to recompute them, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    finished, stale = _resume_state(cases, out, loaded.weights_sha256, requested, options.overwrite)
+    _refuse_stale(out, stale)
+    redo = [c for c in cases if c.case_id not in finished and c not in to_run]  # a sidecar's outputs are gone
+    _check_modalities(config, redo, options, summary, log)
+    for case in cases:  # every case's format needs, from headers, before the first model call
+        if case.case_id not in finished:
+            if case.case_id not in unavailable:  # a sidecar whose listed outputs are gone: the case is done again
+                unavailable[case.case_id] = header_problems(case, formats, scans)
+            for fmt, reason in unavailable[case.case_id].items():
+                log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be", "warning")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"expected to create the output folder {out.name!r}, got {type(error).__name__}: "
+                          f"{error.strerror or 'no details'}") from None
     for number, case in enumerate(cases):
         if stop_flag is not None and stop_flag.is_set():
             raise CancelledError(f"stopped after {number} of {len(cases)} case(s); completed outputs are kept")
         if reporter is not None:
             reporter.progress("cases", number, len(cases), case.case_id)
-        if not options.overwrite and case.case_id in finished:
+        if case.case_id in finished:
             summary.skipped.append(case.case_id)
             log(f"{case.case_id}: made by this bundle with these options, skipped")
             continue
         try:
-            volumes = load_case(case)
-            problems = {**unavailable.get(case.case_id, {}), **format_problems(formats, volumes[0])}
-            for fmt, reason in problems.items():
-                if fmt not in unavailable.get(case.case_id, {}):
-                    log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be",
-                        "warning")
-            prediction = predict(
-                loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
-                batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb,
-                return_probabilities=options.write_probabilities, stop_flag=stop_flag,
-            )
-            prediction.details["requested"] = requested  # the sidecar records it; a re-run compares it
-            write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
-                             formats=options.formats if prediction.label is not None else (),
-                             write_probability_map=options.write_probabilities, unavailable=problems)
-            summary.not_written.extend({"case_id": case.case_id, "output": f"label_{fmt}", "reason": reason}
-                                       for fmt, reason in problems.items())
-        except CancelledError:
+            seconds = _run_case(loaded, case, out, options, requested, unavailable[case.case_id], summary, log,
+                                stop_flag)
+        except (CancelledError, KeyboardInterrupt):
             raise
-        except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
-            # the summary is a file, not a message: it passes the PHI filter here (third-party errors may quote values)
-            summary.failed.append({"case_id": case.case_id, "error_type": type(error).__name__,
-                                   "message": redact(str(error))})
-            log(f"{case.case_id}: failed ({type(error).__name__}: {error}); continuing", "warning")
+        except Exception as error:  # noqa: BLE001 - whatever one case raises is that case's failure
+            record = failure_record(case.case_id, error)
+            summary.failed.append(record)
+            log(f"{case.case_id}: failed ({record['error_type']}: {record['message']}); continuing", "warning")
             continue
         summary.done.append(case.case_id)
-        log(f"{case.case_id}: done in {prediction.timings.get('total', 0.0):.1f} s")
+        log(f"{case.case_id}: done in {seconds:.1f} s")
     if reporter is not None:
         reporter.progress("cases", len(cases), len(cases), "done")
     name = "batch_summary.json" if options.shard == (1, 1) else f"batch_summary_shard-{options.shard[0]}-of-{options.shard[1]}.json"
     write_text_atomic(out / name, json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, requested: dict[str, Any],
+              unavailable: dict[str, str], summary: BatchSummary, log: Any, stop_flag: Any) -> float:
+    """Load, predict and write one case; returns its seconds. Raises whatever goes wrong (the caller records it)."""
+    from MedAnalysisLib.inference.predict import predict
+
+    volumes = load_case(case)
+    _loaded_modality(loaded.config, case, volumes, options, summary, log)
+    formats = options.formats if loaded.config.task == "segmentation" else ()
+    problems = {**unavailable, **format_problems(formats, volumes[0])}
+    for fmt, reason in problems.items():
+        if fmt not in unavailable:
+            log(f"{case.case_id}: --format {fmt} cannot be written: {reason}; its other outputs will be", "warning")
+    prediction = predict(
+        loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
+        batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb,
+        return_probabilities=options.write_probabilities, stop_flag=stop_flag,
+    )
+    prediction.details["requested"] = requested  # the sidecar records it; a re-run compares it
+    write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
+                     formats=options.formats if prediction.label is not None else (),
+                     write_probability_map=options.write_probabilities, unavailable=problems)
+    summary.not_written.extend({"case_id": case.case_id, "output": f"label_{fmt}", "reason": reason}
+                               for fmt, reason in problems.items())
+    return float(prediction.timings.get("total", 0.0))

@@ -36,8 +36,9 @@ SLICE_CLASSIFIERS = {"slice_cnn"}
 SEQUENCE_CLASSIFIERS = {"cnn_rnn"}
 VOLUME_CLASSIFIERS = {"cnn3d"}
 
-#: Source metadata kept on results (needed to reference the source series in DICOM SEG); never patient data.
-SOURCE_KEYS = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SeriesDescription")
+#: Source metadata kept on results (needed to reference the source series in DICOM SEG); never patient data, and no
+#: free text from the headers (a series description can name the patient, the site or the protocol).
+SOURCE_KEYS = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
 
 @dataclass
@@ -118,11 +119,49 @@ def _validate(volumes: list[Volume], family: str, plan: Any) -> None:
         bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
         if bad:
             raise ImageValidationError(f"expected finite voxel values, got {bad} NaN/Inf voxels in the input image")
+        _check_resampled_size(volume, plan, volume.n_components)
         if family in SLIDING_3D | VOLUME_CLASSIFIERS and min(volume.shape) < 2:
             raise ImageValidationError(
                 f"expected a 3D volume for the 3D model {family!r}, got a 2D image of shape (k, j, i) {volume.shape}; "
                 "use a 2D model (unet2d, slice_cnn) for single slices"
             )
+
+
+#: Largest axis a resampled grid may have (ITK sizes are unsigned 32-bit; far larger than any scan).
+MAX_RESAMPLED_AXIS = 2**31 - 1
+
+
+def _check_resampled_size(volume: Volume, plan: Any, channels: int) -> None:
+    """Refuse an input whose grid, resampled to the plan's voxel size, would not fit in memory: a header claiming
+    1e30 mm voxels (or 1000 mm ones) asks the resampler for an absurd grid, which would overflow it or exhaust the
+    machine. Judged from the header alone (shape and spacing), before anything is allocated.
+
+    Raises:
+        MemoryBudgetError: The resampled image (float32, every channel) needs more than half the physical memory,
+            or an axis longer than :data:`MAX_RESAMPLED_AXIS`.
+    """
+    if plan.target_spacing is None:
+        return
+    from MedAnalysisLib.io.validate import default_memory_budget, format_bytes
+
+    size_ijk = np.array(volume.shape[:3][::-1], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = np.asarray(volume.spacing, np.float64) / np.asarray(plan.target_spacing, np.float64)
+        new_size = np.where(size_ijk == 1, 1.0, np.maximum(1.0, np.round(size_ijk * ratio)))
+        needed = float(np.prod(new_size)) * channels * 4.0
+    limit = default_memory_budget()
+    if (np.all(np.isfinite(new_size)) and new_size.max() <= MAX_RESAMPLED_AXIS
+            and (limit is None or needed <= limit)):
+        return
+    spacing = ", ".join(f"{s:g}" for s in volume.spacing)
+    target = ", ".join(f"{s:g}" for s in plan.target_spacing)
+    grid = " x ".join(f"{s:g}" for s in new_size)
+    raise MemoryBudgetError(
+        f"expected an image whose grid, resampled to the plan's ({target}) mm voxels, fits in memory"
+        f"{f' ({format_bytes(limit)})' if limit is not None else ''}, got voxels of ({spacing}) mm over "
+        f"{volume.shape[:3][::-1]} (i, j, k), which would resample to {grid} voxels; check the spacing in the "
+        "file's header"
+    )
 
 
 def _load(bundle: Any) -> Any:
@@ -247,7 +286,9 @@ def predict(
         A :class:`Prediction`.
 
     Raises:
-        InputError: Wrong channel count, non-Volume input, a 2D image for a 3D model (ImageValidationError), NaN/Inf.
+        InputError: Wrong channel count, non-Volume input, a 2D image for a 3D model (ImageValidationError), NaN/Inf;
+            an input whose grid resampled to the plan's spacing would not fit in memory, as a header with an absurd
+            spacing asks (MemoryBudgetError, before anything is allocated).
         BundleError: The bundle fails its checks.
     """
     started = time.perf_counter()
