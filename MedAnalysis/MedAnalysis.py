@@ -82,7 +82,7 @@ if UNSUPPORTED_REASON is None:
     from MedAnalysisSlicerLib.installer import PackageInstaller
     from MedAnalysisSlicerLib.jobs import MedAnalysisJob
     from MedAnalysisSlicerLib.logic import SceneLogic, pathText
-    from MedAnalysisSlicerLib.messages import errorText, pipErrorText, repairStoredParameters
+    from MedAnalysisSlicerLib.messages import displayText, errorText, pipErrorText, repairStoredParameters
 else:  # an older Slicer: the module loads and its panel says why it cannot run; nothing else is imported
     MedAnalysisError = Exception
 
@@ -364,7 +364,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             valueItem = qt.QTableWidgetItem(str(label.value))
             valueItem.setData(qt.Qt.DecorationRole, qt.QColor(*label.color))
             self.ui.labelsTableWidget.setItem(row, 0, valueItem)
-            self.ui.labelsTableWidget.setItem(row, 1, qt.QTableWidgetItem(label.name))
+            self.ui.labelsTableWidget.setItem(row, 1, qt.QTableWidgetItem(displayText(label.name)))
             self.ui.labelsTableWidget.setItem(row, 2, qt.QTableWidgetItem(self.logic.terminologyMeaning(label)))
         self.ui.labelsTableWidget.resizeColumnsToContents()
 
@@ -448,9 +448,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for row in range(rows):
             volume = volumes[row] if row < len(volumes) else None
             segmentation = segmentations[row] if row < len(segmentations) else None
-            self.ui.trainingCasesTableWidget.setItem(row, 0, qt.QTableWidgetItem(volume.GetName() if volume else ""))
             self.ui.trainingCasesTableWidget.setItem(
-                row, 1, qt.QTableWidgetItem(segmentation.GetName() if segmentation else ""))
+                row, 0, qt.QTableWidgetItem(displayText(volume.GetName()) if volume else ""))
+            self.ui.trainingCasesTableWidget.setItem(
+                row, 1, qt.QTableWidgetItem(displayText(segmentation.GetName()) if segmentation else ""))
 
     # ------------------------------------------------------------------ actions
     def onAddTrainingCase(self):
@@ -546,9 +547,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         output = pathText(params.trainingOutputPath)
         overwrite = self.logic.finishedBundleAt(output)
         if overwrite and not self._confirmReplacing(
-                _("A trained model bundle is already at {path}. Train again and replace it?").format(path=output),
+                _("A trained model bundle is already at {path}. Train again and replace it?").format(
+                    path=displayText(output)),
                 _("Replace the bundle"), self.ui.trainingStatusLabel,
-                _("Not started: the bundle at {path} is kept.").format(path=output)):
+                _("Not started: the bundle at {path} is kept.").format(path=displayText(output))):
             return
         try:
             with slicer.util.WaitCursor():
@@ -575,9 +577,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         report = pathText(params.evaluationOutputPath)
         overwrite = self.logic.evaluationAt(report)
         if overwrite and not self._confirmReplacing(
-                _("{path} already holds an evaluation report. Replace it?").format(path=report),
+                _("{path} already holds an evaluation report. Replace it?").format(path=displayText(report)),
                 _("Replace the report"), self.ui.evaluationStatusLabel,
-                _("Not started: the report in {path} is kept.").format(path=report)):
+                _("Not started: the report in {path} is kept.").format(path=displayText(report))):
             return
         try:
             job = self.logic.evaluate(pathText(params.bundlePath), pathText(params.evaluationDatasetPath),
@@ -589,8 +591,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startPolling(job, self.ui.evaluationProgressBar, self.ui.evaluationStatusLabel)
 
     def _confirmReplacing(self, question, title, statusLabel, keptText):
-        """Ask before an output is replaced; when the answer is no, say what was kept in ``statusLabel``."""
-        if slicer.util.confirmOkCancelDisplay(question, windowTitle=title):
+        """Ask before an output is replaced; when the answer is no, say what was kept in ``statusLabel``. The
+        question quotes a path, shown as plain text (a message box would otherwise render markup in it)."""
+        if slicer.util.confirmOkCancelDisplay(question, windowTitle=title, textFormat=qt.Qt.PlainText):
             return True
         self._showStatus(statusLabel, keptText)
         return False
@@ -624,7 +627,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  "pip will download them (about 600 MB for TensorFlow) and install them into Slicer's Python. "
                  "Slicer's own numpy and SimpleITK will not be changed. Install now?").format(
                      packages="\n".join(f"  \u2022 {r}" for r in missing))
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install Python packages")):
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install Python packages"),
+                                                  textFormat=qt.Qt.PlainText):
             self._showStatus(statusLabel, _("Not started: MedAnalysis needs the Python packages {packages}.").format(
                 packages=", ".join(missing)))
             return False
@@ -681,7 +685,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif message["type"] == "metrics" and job.kind == "train" and self._trainingCurves:
                 self.logic.addTrainingMetrics(*self._trainingCurves, message)
             elif message["type"] == "log" and message.get("level") == "warning":
-                logging.warning(message.get("message", ""))
+                logging.warning(displayText(message.get("message", "")))  # Slicer's log may be a terminal
         if job.running:
             return
         self._pollTimer.stop()

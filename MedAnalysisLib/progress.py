@@ -13,6 +13,12 @@ Human-readable logging goes to stderr in every mode, so stdout stays machine-rea
 patient identifiers: callers pass only paths, counts and figures, and every message, error and result still passes
 :func:`MedAnalysisLib.privacy.redact` (the filter third-party log records pass too).
 
+Messages quote names from files (label names, file names, DICOM descriptions), so what reaches a terminal (modes
+``bar`` and ``log``) passes :mod:`MedAnalysisLib.sanitize` first: an escape sequence or a line break inside a name
+is shown as ``\x1b`` or ``\x0a`` and can neither act on the terminal nor forge a line (the bar and every error are
+one line; a log message keeps its own line breaks, its continuation lines indented). JSON lines carry the text
+as it is: JSON escapes every control character, and the parent needs the real names.
+
 Stopping a child cleanly works the same on every platform, through two channels that set the same stop flag;
 :class:`MedAnalysisLib.worker.WorkerJob` uses both, because neither alone reaches the child in every setting:
 
@@ -52,6 +58,7 @@ from typing import IO, Any
 
 from MedAnalysisLib.errors import CancelledError
 from MedAnalysisLib.privacy import redact, redact_value
+from MedAnalysisLib.sanitize import terminal_field, terminal_message
 
 PROTOCOL_VERSION = 1
 
@@ -105,6 +112,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._stage_start: dict[str, float] = {}
         self._last_log = 0.0
+        self._bar_open = False  # a bar line is on the terminal without its line break yet
 
     def _emit(self, message: dict[str, Any]) -> None:
         with self._lock:
@@ -121,30 +129,42 @@ class Reporter:
             self._emit({"type": "progress", "stage": stage, "fraction": fraction, "eta_s": eta, "message": message, **extra})
         elif self.mode == "bar":
             eta_text = f" ETA {format_duration(eta)}" if eta is not None else ""
-            sys.stderr.write("\r" + format_bar(stage, fraction, eta_text, redact(message), terminal_columns()))
-            if fraction >= 1:
+            sys.stderr.write("\r" + format_bar(terminal_field(stage), fraction, eta_text, terminal_field(redact(message)),
+                                                terminal_columns()))
+            self._bar_open = fraction < 1
+            if not self._bar_open:
                 sys.stderr.write("\n")
             sys.stderr.flush()
         elif self.mode == "log" and (fraction >= 1 or now - self._last_log > 5 or done == 0):
             self._last_log = now
             eta_text = f", ETA {format_duration(eta)}" if eta is not None and fraction < 1 else ""
-            print(f"[{stage}] {fraction:.0%}{eta_text} {redact(message)}".rstrip(), file=sys.stderr, flush=True)
+            line = f"[{terminal_field(stage)}] {fraction:.0%}{eta_text} {terminal_field(redact(message))}"
+            print(line.rstrip(), file=sys.stderr, flush=True)
 
     def metrics(self, stage: str, epoch: int, metrics: dict[str, float], step: int | None = None) -> None:
         if self.mode == "jsonl":
             self._emit({"type": "metrics", "stage": stage, "epoch": epoch, "step": step, "metrics": metrics})
         elif self.mode != "none":
-            text = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-            if self.mode == "bar":
-                sys.stderr.write("\n")
-            print(f"[{stage}] epoch {epoch}: {text}", file=sys.stderr, flush=True)
+            text = ", ".join(f"{terminal_field(redact(k))}={v:.4g}" for k, v in metrics.items()
+                             if isinstance(v, (int, float)))
+            self._end_bar(always=True)
+            print(f"[{terminal_field(stage)}] epoch {epoch}: {text}", file=sys.stderr, flush=True)
 
     def log(self, message: str, level: str = "info") -> None:
         if self.mode == "jsonl":
             self._emit({"type": "log", "level": level, "message": message})
         elif self.mode != "none":
-            message = redact(message)
+            message = terminal_message(redact(message))
+            level = terminal_field(level)
+            self._end_bar()
             print(f"{level}: {message}" if level != "info" else message, file=sys.stderr, flush=True)
+
+    def _end_bar(self, always: bool = False) -> None:
+        """In bar mode, end the open bar line (or, with ``always``, any bar line), so the next line starts at the
+        left margin instead of after the bar."""
+        if self.mode == "bar" and (self._bar_open or always):
+            sys.stderr.write("\n")
+            self._bar_open = False
 
     def result(self, **payload: Any) -> None:
         if self.mode == "jsonl":
@@ -154,7 +174,8 @@ class Reporter:
         if self.mode == "jsonl":
             self._emit({"type": "error", "error_type": type(error).__name__, "message": str(error)})
         else:
-            print(f"error: {redact(error)}", file=sys.stderr, flush=True)
+            self._end_bar()
+            print(f"error: {terminal_field(redact(error))}", file=sys.stderr, flush=True)
 
 
 def terminal_columns() -> int:

@@ -14,6 +14,12 @@ Conventions:
 
 Labels are described by objects with ``value``, ``name``, ``color`` ((r, g, b) integers 0-255) and ``terminology``
 attributes (``MedAnalysisLib.bundles.LabelInfo``), or by dicts with the same keys.
+
+Names set on the scene (node names, segment names, color table entries, table column names and text cells, plot
+titles) come from bundles and files; they pass :func:`~MedAnalysisLib.sanitize.terminal_field` (:func:`_shown`), so
+a control character, line break or bidirectional override in a label name shows as a visible escape in Slicer's
+node lists, segment tables and tooltips instead of reshaping the text around it. Segments are matched to labels by
+that same shown name, so a name round-trips through the scene.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from MedAnalysisLib.errors import GeometryError, ImageValidationError, InputError
+from MedAnalysisLib.sanitize import terminal_field
 from MedAnalysisLib.volume import Volume
 
 #: Terminology context names Slicer uses for the category/type and anatomic-region code lists.
@@ -35,6 +42,13 @@ BINARY_LABELMAP = "Binary labelmap"
 #: Attribute set on the color tables :func:`labelmap_node_from_volume` makes, so that writing into the same labelmap
 #: again updates its table instead of leaving the previous one behind.
 COLOR_TABLE_ATTRIBUTE = "MedAnalysis.LabelColors"
+#: The longest name set on the scene (a longer one ends with how many characters were left out).
+NAME_LIMIT = 200
+
+
+def _shown(value: Any) -> str:
+    """A name from a bundle or a file as it is set on the scene (see the module docstring)."""
+    return terminal_field(value, NAME_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -160,7 +174,7 @@ def normalize_labels(labels: Iterable[Any] | Mapping[int, Any]) -> list[Label]:
         color = _field(item, "color") or _default_color(value)
         if len(color) != 3 or not all(0 <= int(c) <= 255 for c in color):
             raise InputError(f"expected an (r, g, b) color with integers 0-255 for label {name!r}, got {color!r}")
-        result[value] = Label(value, str(name), tuple(int(c) for c in color),  # type: ignore[arg-type]
+        result[value] = Label(value, _shown(name), tuple(int(c) for c in color),  # type: ignore[arg-type]
                               terminology_string(_field(item, "terminology"), str(name)))
     return [result[v] for v in sorted(result)]
 
@@ -315,7 +329,7 @@ def _add_node(scene: Any, class_name: str, name: str, node: Any | None) -> Any:
         if not node.IsA(class_name):
             raise InputError(f"expected an output node of class {class_name}, got {node.GetClassName()}")
         return node
-    return scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    return scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(_shown(name)))
 
 
 def color_table_node(scene: Any, labels: Sequence[Label], name: str) -> Any:
@@ -324,7 +338,7 @@ def color_table_node(scene: Any, labels: Sequence[Label], name: str) -> Any:
     The table is an ordinary, saveable color node: shown to editors, so Slicer's Save Data dialog offers it (and gives
     it its default storage node) and the label names and colors survive saving and loading the labelmap.
     """
-    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(name))
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(_shown(name)))
     table.SetTypeToUser()
     table.HideFromEditorsOff()  # color nodes are hidden by default; the Save Data dialog skips hidden nodes
     table.SetAttribute(COLOR_TABLE_ATTRIBUTE, "1")
@@ -525,7 +539,7 @@ def label_volume_from_segmentation(segmentation_node: Any, labels: Iterable[Any]
 
     label_list = normalize_labels(labels)
     segmentation = segmentation_node.GetSegmentation()
-    by_name = {segmentation.GetNthSegment(n).GetName().lower(): segmentation.GetNthSegmentID(n)
+    by_name = {_shown(segmentation.GetNthSegment(n).GetName()).lower(): segmentation.GetNthSegmentID(n)
                for n in range(segmentation.GetNumberOfSegments())}
     reference = volume_from_node(reference_node)
     highest = max([label.value for label in label_list], default=0)
@@ -594,14 +608,14 @@ def _fill_table(node: Any, rows: Sequence[Mapping[str, Any]], columns: Sequence[
             converted = [float(v) if v is not None else float("nan") for v in values]
         else:
             array = vtk.vtkStringArray()
-            converted = ["" if v is None else str(v) for v in values]
-        array.SetName(column)
+            converted = ["" if v is None else _shown(v) for v in values]
+        array.SetName(_shown(column))
         for value in converted:
             array.InsertNextValue(value)
         table.AddColumn(array)
     for column, unit in (units or {}).items():
         if column in columns:
-            node.SetColumnUnitLabel(column, unit)
+            node.SetColumnUnitLabel(_shown(column), unit)
     node.SetUseColumnTitleAsColumnHeader(True)
     node.Modified()
 
@@ -633,15 +647,16 @@ def plot_chart_from_table(scene: Any, table_node: Any, x_column: str, y_columns:
     with _removed_on_error(scene):
         chart = _add_node(scene, "vtkMRMLPlotChartNode", title, chart_node)
         _remove_plot_series(scene, chart)
-        chart.SetTitle(title)
-        chart.SetXAxisTitle(x_title)
-        chart.SetYAxisTitle(y_title)
+        chart.SetTitle(_shown(title))
+        chart.SetXAxisTitle(_shown(x_title))
+        chart.SetYAxisTitle(_shown(y_title))
         chart.SetLegendVisibility(True)
         for index, column in enumerate(y_columns):
-            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{title} {column}"))
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode",
+                                             scene.GenerateUniqueName(_shown(f"{title} {column}")))
             series.SetAndObserveTableNodeID(table_node.GetID())
-            series.SetXColumnName(x_column)
-            series.SetYColumnName(column)
+            series.SetXColumnName(_shown(x_column))
+            series.SetYColumnName(_shown(column))
             series.SetPlotType(series.PlotTypeScatter)
             series.SetMarkerStyle(series.MarkerStyleNone)
             color = (colors or {}).get(column) or _default_color(index + 1)

@@ -29,10 +29,12 @@ import numpy as np
 
 from MedAnalysisLib import slicer_adapter
 from MedAnalysisLib.errors import InputError, MedAnalysisError
+from MedAnalysisLib.sanitize import html_text
 from MedAnalysisLib.worker import WorkerJob
 
 from .installer import PackageInstaller
 from .jobs import MedAnalysisJob
+from .messages import displayText
 
 try:  # Slicer's translation function where it exists; the text as it is elsewhere
     from slicer.i18n import tr as _
@@ -79,8 +81,13 @@ class SceneLogic:
 
     @staticmethod
     def modelCardHtml(card) -> str:
-        """A short rich-text model card: name, task, family, inputs, expected spacing, training summary."""
-        from html import escape
+        """A short rich-text model card: name, task, family, inputs, expected spacing, training summary.
+
+        Every value comes from the bundle and is escaped with :func:`~MedAnalysisLib.sanitize.html_text` (markup
+        shown as text, control characters as escapes); only the table around them is markup."""
+
+        def escape(value) -> str:
+            return html_text(value, 200)
 
         plan = card.plan
         spacing = getattr(plan, "target_spacing", None)
@@ -98,7 +105,7 @@ class SceneLogic:
             rows.append((_("Validation"), escape(", ".join(
                 f"{k} {v:.3g}" for k, v in list(metrics.items())[:3] if isinstance(v, (int, float))))))
         if card.description:
-            rows.append((_("About"), escape(card.description)))
+            rows.append((_("About"), html_text(card.description, 2000)))
         return "<table>" + "".join(f"<tr><td><b>{k}:</b>&nbsp;</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
     @staticmethod
@@ -112,14 +119,14 @@ class SceneLogic:
         channels = card.input["channels"]
         modality = channels[index].get("modality", "?")
         if len(channels) == 1:
-            return _("Input ({modality}):").format(modality=modality)
-        return f"{channels[index].get('name', index + 1)} ({modality}):"
+            return _("Input ({modality}):").format(modality=displayText(modality))
+        return f"{displayText(channels[index].get('name', index + 1))} ({displayText(modality)}):"
 
     @staticmethod
     def terminologyMeaning(label) -> str:
         """The coded type meaning of a label (e.g. "Liver"), or "" without terminology."""
         terminology = slicer_adapter.terminology_string(label.terminology, label.name) if label.terminology else ""
-        return terminology.split("~")[2].split("^")[-1] if terminology else ""
+        return displayText(terminology.split("~")[2].split("^")[-1]) if terminology else ""
 
     def inputWarnings(self, card, volumeNodes: Sequence) -> list[str]:
         """Reasons the selected volumes may not suit the model (shown in the panel; they do not block Apply)."""
@@ -129,12 +136,12 @@ class SceneLogic:
             if node is None:
                 continue
             grid = slicer_adapter.node_grid(node)
-            name = channel.get("name", f"channel {index + 1}")
+            name = displayText(channel.get("name", f"channel {index + 1}"))
             expected = str(channel.get("modality", "")).upper()
             modality = slicer_adapter.volume_modality(node)
             if expected and modality and modality.upper() != expected:
                 warnings.append(_("{name}: the model expects {expected}, this volume is {modality}.").format(
-                    name=name, expected=expected, modality=modality))
+                    name=name, expected=displayText(expected), modality=displayText(modality)))
             if min(grid.shape) == 1 and card.family in ("unet3d", "cnn3d"):
                 warnings.append(_("{name}: a single slice was selected, the model is 3D.").format(name=name))
             target = getattr(card.plan, "target_spacing", None)
@@ -621,11 +628,11 @@ class SceneLogic:
 
         fraction = message.get("fraction") or 0.0
         eta = message.get("eta_s")
-        text = f"{message.get('stage', '')}: {fraction:.0%}"
+        text = f"{displayText(message.get('stage', ''))}: {fraction:.0%}"
         if eta is not None and fraction < 1:
             text += _(", about {eta} left").format(eta=format_duration(eta))
         if message.get("message"):
-            text += f" \u2014 {message['message']}"
+            text += f" \u2014 {displayText(message['message'])}"
         return text
 
     @staticmethod
@@ -633,7 +640,7 @@ class SceneLogic:
         seconds = f"{job.worker.elapsed_s:.0f} s"
         if job.kind == "train":
             return _("Training finished in {seconds}; bundle written to {path}.").format(
-                seconds=seconds, path=job.context["bundlePath"])
+                seconds=seconds, path=displayText(job.context["bundlePath"]))
         return _("Done in {seconds}.").format(seconds=seconds)
 
     def createTrainingCurves(self):

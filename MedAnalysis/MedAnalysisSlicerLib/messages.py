@@ -1,5 +1,11 @@
 """Texts the panel shows, and the repair of stored panel settings: plain Python the module file uses.
 
+Names in these texts come from bundles, files and the worker (label names, bundle names, node names, error messages
+that quote them). The panel's labels, table cells and message boxes show plain text, and every such name first
+passes :func:`displayText` (messages: :func:`errorText`), so a control character, a line break or a bidirectional
+override shows as a visible escape instead of reshaping what the user reads. The one rich-text label, the model card,
+escapes its values with :func:`MedAnalysisLib.sanitize.html_text`.
+
 Kept out of ``MedAnalysis.py`` so that the module file stays the Qt-facing part only (and loadable by an older
 Slicer's Python to say it is unsupported); tested with the panel in ``Testing/test_module_widget.py``.
 """
@@ -10,6 +16,7 @@ import math
 import typing
 
 from MedAnalysisLib.errors import MedAnalysisError
+from MedAnalysisLib.sanitize import terminal_field, terminal_message
 
 try:  # Slicer's translation function where it exists; the text as it is elsewhere
     from slicer.i18n import tr as _
@@ -18,8 +25,24 @@ except ImportError:
         return text
 
 
+#: The longest name the panel shows in a label or a table cell (a longer one ends with how many characters were
+#: left out).
+DISPLAY_LIMIT = 200
+
+
+def displayText(value) -> str:
+    """A name from a bundle, a file or the scene as the panel shows it: one line, control and invisible characters
+    as visible escapes, at most :data:`DISPLAY_LIMIT` characters."""
+    return terminal_field("" if value is None else value, DISPLAY_LIMIT)
+
+
 def errorText(error) -> str:
-    """What the panel shows for a failure: the library's own message, else the exception's class and text."""
+    """What the panel shows for a failure: the library's own message, else the exception's class and text; control
+    characters shown as escapes, the message's own line breaks kept (see the module docstring)."""
+    return terminal_message(_rawErrorText(error))
+
+
+def _rawErrorText(error) -> str:
     if isinstance(error, str):
         return error
     if isinstance(error, MedAnalysisError):
@@ -38,7 +61,7 @@ def pipErrorText(error) -> str:
         if isinstance(stream, str):
             lines += [line for line in stream.strip().splitlines() if line.strip()]
     if lines:
-        return "\n".join(lines[-6:])
+        return terminal_message("\n".join(lines[-6:]))
     return _("{error} (pip's log is in the window Slicer showed and in the Python console)").format(
         error=errorText(error))
 

@@ -3,6 +3,11 @@
 Only headers are read (no pixel data). The listing shows, for each series, its index (usable as ``--series``), the
 modality, the series description, the in-plane size, the slice count, the voxel spacing and any problem found
 (missing slices, gantry tilt, localizers left out, ...). Patient names, IDs and birth dates are never printed.
+
+Header values (modality, description, UIDs) and file names are text someone else wrote: the table shows each
+through :func:`~MedAnalysisLib.sanitize.terminal_field`, so an escape sequence or a line break in a description is
+shown as ``\x1b`` or ``\x0a`` and cannot act on the terminal or add a line of its own. ``--json`` output is
+escaped by JSON itself (non-ASCII characters included).
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import json
 from typing import Any
 
 from MedAnalysisLib.progress import Reporter
+from MedAnalysisLib.sanitize import terminal_field
+
+#: The longest header value shown in the table (a longer one ends with how many characters were left out).
+FIELD_LIMIT = 120
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -51,6 +60,11 @@ def _scan(args: argparse.Namespace, reporter: Reporter) -> tuple[list[dict[str, 
     return [info.to_dict() for info in series], report.summary()
 
 
+def _f(value: Any) -> str:
+    """One value from a header or a file name, shown safely on one line."""
+    return terminal_field(value, FIELD_LIMIT)
+
+
 def _format_spacing(spacing: Any) -> str:
     if not spacing:
         return "-"
@@ -67,23 +81,23 @@ def run_ls(args: argparse.Namespace, reporter: Reporter) -> int:
                 print(json.dumps(row))
         return 0
     if not rows:
-        print(f"no DICOM image series found (skipped: {skipped})")
+        print(f"no DICOM image series found (skipped: {_f(skipped)})")
         return 0
     header = f"{'#':>3}  {'modality':<8} {'size (i x j)':<12} {'slices':>6}  {'spacing i x j x k mm':<22} description"
     print(header)
     for row in rows:
-        size = "x".join(str(s) for s in row["size"][:2]) if row["size"] else "-"
+        size = "x".join(_f(s) for s in row["size"][:2]) if row["size"] else "-"
         print(
-            f"{row['index']:>3}  {row['modality'] or '-':<8} {size:<12} {row['n_slices']:>6}  "
-            f"{_format_spacing(row['spacing']):<22} {row['series_description'] or '-'}"
+            f"{_f(row['index']):>3}  {_f(row['modality'] or '-'):<8} {size:<12} {_f(row['n_slices']):>6}  "
+            f"{_f(_format_spacing(row['spacing'])):<22} {_f(row['series_description'] or '-')}"
         )
-        print(f"     uid {row['series_instance_uid']}")
+        print(f"     uid {_f(row['series_instance_uid'])}")
         if row["is_localizer"]:
             print("     (localizer series)")
         for problem in row["problems"]:
-            print(f"     ! {problem}")
+            print(f"     ! {_f(problem)}")
     if skipped != "nothing else":
-        print(f"skipped: {skipped}")
+        print(f"skipped: {_f(skipped)}")
     return 0
 
 

@@ -2,11 +2,16 @@
 
 Reads only ``bundle.json`` (validated; TensorFlow is not imported and the weights are not loaded). ``--json``
 prints the whole configuration instead.
+
+A bundle is a file someone else wrote and both outputs reach terminals: the card shows every value through
+:func:`~MedAnalysisLib.sanitize.terminal_field` (see :mod:`MedAnalysisLib.bundles.summary`), and ``--json`` is
+printed as ASCII, every control and non-ASCII character as a JSON escape, so neither can act on the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from MedAnalysisLib.progress import Reporter
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if reporter.mode == "jsonl":
         reporter.result(bundle=str(args.bundle), config=config.to_dict(), card=bundle_summary(config))
     elif args.json:
-        print(config.to_json(), end="")
+        print(json.dumps(config.to_dict(), indent=2, allow_nan=False, ensure_ascii=True))
     else:
         print(bundle_summary(config))
     return 0

@@ -17,23 +17,53 @@ Conventions shared by all of them:
 * **Geometry**: slices are drawn in millimetres (the in-plane spacing sets the aspect), with the patient direction
   letters at the image edges, a 10 mm scale bar where it fits, and the slice position as Slicer shows it (the RAS
   coordinate along the slice normal, e.g. ``S -12.5 mm``) besides its index ``k``.
+* **Text is text**: names come from bundles and data (label names, case IDs, training-log columns). Every figure is
+  drawn with matplotlib's math parsing and TeX rendering off (:func:`_plain_text`), so ``$...$`` in a name is shown
+  as written, never parsed (a malformed formula would fail the whole report; TeX would run LaTeX on it), and
+  control characters in names are shown as escapes (:func:`~MedAnalysisLib.sanitize.terminal_field`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import math
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from MedAnalysisLib.io.atomic import atomic_path
+from MedAnalysisLib.sanitize import terminal_field
+
+#: The longest name drawn on a figure (a longer one ends with how many characters were left out).
+NAME_LIMIT = 60
+
+_Drawing = TypeVar("_Drawing", bound=Callable[..., Any])
+
+
+def _plain_text(draw: _Drawing) -> _Drawing:
+    """Run ``draw`` with matplotlib's math parsing and TeX off, whatever the user's matplotlibrc says, so that
+    every text of the figure is drawn as written (see the module docstring)."""
+
+    @functools.wraps(draw)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return plain  # type: ignore[return-value]
+
+
+def _name(value: Any) -> str:
+    """A name from a bundle or the data, drawn on one line with its control characters shown as escapes."""
+    return terminal_field(value, NAME_LIMIT)
 
 #: Okabe & Ito's colour-blind-safe palette (black left out: it vanishes on dark image background), in the order used.
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
@@ -108,9 +138,9 @@ def label_styles(labels: Any) -> dict[int, LabelStyle]:
         else the :data:`OKABE_ITO` colours in label order.
     """
     if isinstance(labels, Mapping):
-        items = [(int(v), str(n), tuple(c)) for v, (n, c) in labels.items()]
+        items = [(int(v), _name(n), tuple(c)) for v, (n, c) in labels.items()]
     else:
-        items = [(int(info.value), str(info.name), tuple(info.color)) for info in labels]
+        items = [(int(info.value), _name(info.name), tuple(info.color)) for info in labels]
     items = sorted(item for item in items if item[0] != 0)
     colors = [item[2] for item in items]
     if colors_distinguishable(colors):
@@ -200,9 +230,9 @@ def _slice_case(image: Any, truth: np.ndarray, prediction: np.ndarray, k: int, c
         letter, positions = slice_positions(image.direction, image.origin, spacing, array.shape)
         position = f"{letter} {positions[k]:.1f} mm"
         edges = edge_letters(image.direction)
-    return MontageCase(case_id, float(score), array[k].astype(np.float32), np.asarray(truth)[k],
+    return MontageCase(_name(case_id), float(score), array[k].astype(np.float32), np.asarray(truth)[k],
                        np.asarray(prediction)[k], (spacing[1], spacing[0]), int(k), position, edges,
-                       dict(label_scores or {}))
+                       {_name(name): value for name, value in (label_scores or {}).items()})
 
 
 def pick_slice(image: Any, truth: np.ndarray, prediction: np.ndarray, case_id: str, score: float,
@@ -320,6 +350,7 @@ def _legend(figure: Any, styles: Mapping[int, LabelStyle], used: set[int]) -> No
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
 
 
+@_plain_text
 def overlay_montage(best: Sequence[MontageCase], worst: Sequence[MontageCase], path: Path,
                     styles: Mapping[int, LabelStyle] | None = None,
                     title: str = "Best and worst cases") -> Path:
@@ -381,6 +412,7 @@ def choose_slices(truth: np.ndarray, count: int = 3) -> list[int]:
     return sorted(chosen)
 
 
+@_plain_text
 def overlay_slices(image: Any, truth: np.ndarray, prediction: np.ndarray, path: Path,
                    styles: Mapping[int, LabelStyle], *, slices: Sequence[int] | None = None, title: str = "",
                    label_scores: Mapping[str, float] | None = None) -> Path:
@@ -403,7 +435,7 @@ def overlay_slices(image: Any, truth: np.ndarray, prediction: np.ndarray, path: 
     figure = Figure(figsize=(3.0 * len(chosen), 6.9))
     heading = title
     if label_scores:
-        heading += ("\n" if heading else "") + "Dice " + ", ".join(f"{n} {_number(v)}" for n, v in label_scores.items())
+        heading += ("\n" if heading else "") + "Dice " + ", ".join(f"{_name(n)} {_number(v)}" for n, v in label_scores.items())
     if heading:
         figure.suptitle(heading, fontsize=10)
     axes = figure.subplots(2, len(chosen), squeeze=False)
@@ -457,16 +489,17 @@ def metric_label(name: str, label_names: Mapping[int, str] | None = None) -> str
     match = re.fullmatch(r"dice_(\d+)", base)
     if match:
         value = int(match.group(1))
-        text = f"Dice {label_names.get(value, f'label {value}')}"
+        text = f"Dice {_name(label_names.get(value, f'label {value}'))}"
     elif base == "mean_dice":
         text = "mean Dice"
     elif base == "auc":
         text = "AUC"
     else:
-        text = base.replace("_", " ")
+        text = _name(base.replace("_", " "))
     return " ".join([text, *words]) + (" (validation)" if validation else " (training)")
 
 
+@_plain_text
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path: Path, *,
                     label_names: Mapping[int, str] | Mapping[str, Mapping[int, str]] | None = None) -> Path:
     """One panel per trained model: training loss (solid) and validation loss (dashed) on the left axis, the Dice
@@ -509,7 +542,7 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path
                     color=loss_colors[_base(key)], marker=marker, markersize=3, label=metric_label(key, names))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_name(title), fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
@@ -554,6 +587,7 @@ def _names_for(title: str, label_names: Any) -> dict[int, str]:
 
 
 # ------------------------------------------------------------------------------------------------ classifiers
+@_plain_text
 def slice_probabilities(probabilities: Sequence[float], targets: Sequence[int], path: Path, *,
                         class_name: str = "class 1", scan_probability: float | None = None,
                         positions: tuple[str, Sequence[float]] | None = None, title: str = "") -> Path:
@@ -568,6 +602,7 @@ def slice_probabilities(probabilities: Sequence[float], targets: Sequence[int], 
         positions: ``(letter, mm)`` from :func:`slice_positions`: the x axis is then the slice position in mm.
         title: Figure title.
     """
+    class_name = _name(class_name)
     from matplotlib.figure import Figure
 
     p = np.asarray(probabilities, dtype=float)
@@ -596,6 +631,7 @@ def slice_probabilities(probabilities: Sequence[float], targets: Sequence[int], 
     return _save(figure, path)
 
 
+@_plain_text
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path, title: str = "ROC curve",
                ci: tuple[float, float] | None = None) -> Path:
     """The ROC curve with the chance diagonal; the legend gives the AUC (and its CI when given)."""

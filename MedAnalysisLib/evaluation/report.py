@@ -9,6 +9,11 @@ Outputs in ``out_dir``:
   label each bundle label was scored against (:mod:`~MedAnalysisLib.evaluation.labels`) and how the intervals were
   resampled (cases, or whole groups such as patients when the data has a group column).
 * ``summary.txt``: the headline (means with their intervals) as ``medanalysis evaluate`` prints it.
+
+Names in these files come from the bundle and the data (label names, case IDs from file names, error messages that
+quote them): ``per_case.csv`` passes every header and text cell through :func:`~MedAnalysisLib.sanitize.csv_cell`
+(a name starting with ``=`` is not run as a spreadsheet formula), and the summary text, printed on terminals and
+shown by ``cat``, shows each name through :func:`~MedAnalysisLib.sanitize.terminal_field`.
 * ``montage.png`` (best and worst cases, segmentation), ``training_curves.png`` (when the bundle has a
   ``training_log.csv``), ``roc.png`` (binary classifiers); see :mod:`~MedAnalysisLib.evaluation.figures`.
 """
@@ -27,6 +32,7 @@ from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError
 from MedAnalysisLib.evaluation import figures, metrics
 from MedAnalysisLib.evaluation.labels import LabelMatch, match_labels, unscored_truth_labels
 from MedAnalysisLib.io.atomic import write_text_atomic
+from MedAnalysisLib.sanitize import csv_cell, terminal_field
 
 MONTAGE_CASES = 3
 
@@ -240,7 +246,7 @@ def _evaluate_cases(loaded: Any, labelled: list[Any], options: EvaluationOptions
 def _rows_csv(rows: list[dict[str, Any]]) -> str:
     from MedAnalysisLib.inference.writers import rows_to_csv
 
-    return rows_to_csv([_clean(r) for r in rows])
+    return rows_to_csv([{csv_cell(k): csv_cell(v) for k, v in _clean(r).items()} for r in rows])
 
 
 def _summary_header(loaded: Any, data_name: str, run: _CaseResults, options: EvaluationOptions,
@@ -315,18 +321,28 @@ def _interval_text(stats: dict[str, Any] | None, digits: int = 3) -> str:
     return text
 
 
+#: The longest name shown in the summary text (a longer one ends with how many characters were left out).
+NAME_LIMIT = 120
+
+
+def _field(value: Any) -> str:
+    """A name from the bundle or the data, shown safely on one line of the summary text."""
+    return terminal_field(value, NAME_LIMIT)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The headline of an evaluation as text: what was evaluated, how the intervals were resampled, and the means
     with their 95% intervals (per label for segmentation; AUC and accuracy for classifiers)."""
     bundle = summary["bundle"]
     boot = summary["bootstrap"]
+    f = _field
     failed = len(summary.get("failed") or [])
-    lines = [f"{bundle['name']} on {summary['data']}: {summary['cases']} case(s) evaluated"
+    lines = [f"{f(bundle['name'])} on {f(summary['data'])}: {summary['cases']} case(s) evaluated"
              + (f", {failed} failed (see summary.json)" if failed else "")]
     if boot["resamples"] <= 0:
         lines.append("no confidence intervals (--bootstrap 0)")
     elif boot["unit"] == "group":
-        lines.append(f"95% CIs: percentile bootstrap over {boot['n_units']} groups of cases ({boot['group_column']}), "
+        lines.append(f"95% CIs: percentile bootstrap over {boot['n_units']} groups of cases ({f(boot['group_column'])}), "
                      f"{boot['resamples']} resamples, seed {boot['seed']}")
     else:
         lines.append(f"95% CIs: percentile bootstrap over {boot['n_units']} cases, {boot['resamples']} resamples, "
@@ -338,13 +354,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         for label in labels:
             name = label["name"]
             if label["truth_value"] is None:
-                rows.append((name, f"not scored ({label['matched_by']})", "", "", ""))
+                rows.append((f(name), f"not scored ({f(label['matched_by'])})", "", "", ""))
                 continue
-            truth = (f"{label['truth_name']} ({label['truth_value']})" if label["truth_name"]
-                     else f"value {label['truth_value']}")
+            truth = (f"{f(label['truth_name'])} ({f(label['truth_value'])})" if label["truth_name"]
+                     else f"value {f(label['truth_value'])}")
             hd = stats.get(f"hd95_mm_{name}") or {}
             n = f"{hd.get('n', '')}" if not hd.get("n_excluded") else f"{hd.get('n')} (+{hd['n_excluded']} n/a)"
-            rows.append((name, f"{truth}, by {label['matched_by']}", _interval_text(stats.get(f"dice_{name}")),
+            rows.append((f(name), f"{truth}, by {f(label['matched_by'])}", _interval_text(stats.get(f"dice_{name}")),
                          _interval_text(hd, 2), n))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -355,7 +371,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         unscored = summary.get("unscored_truth_labels") or {}
         if unscored:
             lines.append("not scored (no bundle label matched): "
-                         + ", ".join(f"{n} ({v})" for v, n in unscored.items()))
+                         + ", ".join(f"{f(n)} ({f(v)})" for v, n in unscored.items()))
     else:
         result = summary.get("classification") or {}
         parts = []
@@ -367,11 +383,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 parts.append(f"{key} {value:.3f}")
         if "threshold" in result:
-            parts.append(f"threshold {result['threshold']}")
+            parts.append(f"threshold {f(result['threshold'])}")
         lines.append("; ".join(parts))
         matrix = result.get("confusion_matrix")
         if matrix:
-            lines.append(f"confusion matrix (rows truth, columns predicted; classes {summary.get('class_names')}): "
+            lines.append(f"confusion matrix (rows truth, columns predicted; classes {f(summary.get('class_names'))}): "
                          f"{matrix}")
     return "\n".join(lines)
 

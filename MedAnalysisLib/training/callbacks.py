@@ -27,6 +27,7 @@ import numpy as np
 
 from MedAnalysisLib.io.atomic import atomic_directory
 from MedAnalysisLib.progress import Reporter, StopFlag
+from MedAnalysisLib.sanitize import csv_cell
 from MedAnalysisLib.training.options import LAST_EPOCH
 
 STATE_FILE = "state.json"
@@ -182,15 +183,20 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
-    """One row per epoch, columns ``epoch`` then the metrics in first-seen order."""
+    """One row per epoch, columns ``epoch`` then the metrics in first-seen order.
+
+    Cells are numbers; the column names are metric names, which a resumed run reads back from ``state.json``, so
+    they pass :func:`~MedAnalysisLib.sanitize.csv_cell` like every header a spreadsheet may open.
+    """
     columns: list[str] = []
     for row in history:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([csv_cell(column) for column in columns])
     for row in history:
-        writer.writerow({k: (repr(float(v)) if k != "epoch" else int(v)) for k, v in row.items()})
+        values = {k: (repr(float(v)) if k != "epoch" else int(v)) for k, v in row.items()}
+        writer.writerow([values.get(column, "") for column in columns])
     return buffer.getvalue()
 
 
