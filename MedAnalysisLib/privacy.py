@@ -30,6 +30,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from MedAnalysisLib.sanitize import terminal_field, terminal_message
+
 #: What replaces a remembered identifying value in any message.
 REDACTED = "[patient data]"
 #: Values (and person-name components) shorter than this are not redacted: a one- or two-character value ("1",
@@ -146,11 +148,12 @@ class PhiFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed third-party record: keep only its origin
             message = f"(unformattable message from {record.name})"
-        record.msg = redact(message)
+        record.msg = terminal_message(redact(message))  # records reach terminals: no escape sequences, no forged lines
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
             # Tracebacks quote exception messages; keep the type and our redacted text only.
-            record.msg = f"{record.msg} ({type(record.exc_info[1]).__name__}: {redact(record.exc_info[1])})"
+            record.msg = (f"{record.msg} ({type(record.exc_info[1]).__name__}: "
+                          f"{terminal_field(redact(record.exc_info[1]))})")
             record.exc_info = None
             record.exc_text = None
         return True

@@ -152,7 +152,7 @@ def test_slice_cnn_learns_per_slice_foreground_targets_from_label_maps(tmp_path:
 
 def test_predict_writes_per_slice_rows_of_sequence_models(tmp_path: Path) -> None:
     """``medanalysis predict`` with a cnn_rnn bundle writes the scan table and, beside it, one row per slice."""
-    from MedAnalysisLib.inference.batch import BatchOptions, run_batch
+    from MedAnalysisLib.inference.batch import run_batch
     from MedAnalysisLib.io import write_volume
     from MedAnalysisLib.volume import Volume
 

@@ -238,6 +238,58 @@ def test_an_error_quoting_a_hostile_label_name_is_one_inert_line(tmp_path, capsy
     assert ESC not in captured.err and "\x07" not in captured.err and "\u202e" not in captured.err
 
 
+def test_argparse_errors_quote_what_was_typed_inert(capsys):
+    """A file name from a shell glob ends up in argparse's "unrecognized arguments" line."""
+    from MedAnalysisLib.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "a", "b\x1b[2J\nerror: forged\u202e"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "medanalysis: error: unrecognized arguments: b\\x1b[2J\\x0aerror: forged\\u202e"
+    assert ESC not in err and "\u202e" not in err
+
+
+def test_an_unexpected_fault_is_one_line_and_a_note_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """A fault of ours (not a bad input) still shows no traceback unless --verbose, and exits 1."""
+    import MedAnalysisLib.cli as cli
+    from MedAnalysisLib.cli import main
+
+    def broken(args, reporter):
+        raise TypeError("unsupported operand\x1b[31m\nerror: forged")
+
+    bundle = _bundle_json(tmp_path / "b")
+    real_build = cli.build_parser
+
+    def build_with_broken_info():
+        parser = real_build()
+        for action in parser._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict) and "info" in action.choices:
+                action.choices["info"].set_defaults(func=broken)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build_with_broken_info)
+    assert main(["info", str(bundle)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ESC not in err
+    assert err.splitlines() == ["error: unsupported operand\\x1b[31m\\x0aerror: forged",
+                                "note: this is a fault in MedAnalysis, not in your input; run the command again with "
+                                "--verbose for the details to report"]
+    with pytest.raises(TypeError):  # --verbose: the traceback, for a bug report
+        main(["info", "--verbose", str(bundle)])
+
+
+def test_log_records_reaching_the_terminal_are_inert():
+    import logging
+
+    from MedAnalysisLib.privacy import PhiFilter
+
+    record = logging.LogRecord("thirdparty", logging.WARNING, __file__, 1, "bad tag %s", ("x\x1b[2J\nerror: forged",),
+                               None)
+    assert PhiFilter().filter(record)
+    assert record.getMessage() == "bad tag x\\x1b[2J\n  error: forged"
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_dicom_ls_shows_header_texts_inert(tmp_path, capsys):
     from helpers_io import write_dicom_series

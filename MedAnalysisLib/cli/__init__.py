@@ -7,7 +7,8 @@ until a command runs, so ``medanalysis --help`` stays fast.
 Exit codes: 0 success, 2 bad input or refused bundle (a :class:`MedAnalysisError`), 3 cancelled (the line ``stop``
 on stdin from a parent that set ``MEDANALYSIS_STOP_ON_STDIN=1``, or the creation of the file named by
 ``MEDANALYSIS_STOP_FILE``, as the Slicer panel's Cancel does with both; or SIGTERM or Ctrl+C; see
-:mod:`MedAnalysisLib.progress`), 1 anything unexpected, 141 stdout closed early (``medanalysis info B | head``: the
+:mod:`MedAnalysisLib.progress`), 1 anything unexpected (one ``error:`` line and a note; the traceback only with
+``--verbose``), 141 stdout closed early (``medanalysis info B | head``: the
 command stops quietly, as the shell's own tools do on SIGPIPE).
 
 Ordinary operating-system errors (permission denied, a read-only or full disk, a file size limit, a name too long,
@@ -31,6 +32,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from MedAnalysisLib import __version__
 from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError, MemoryBudgetError, OutputError
@@ -75,9 +77,20 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with its error line made safe for a terminal: it quotes what was typed, and a file name
+    from a shell glob can hold escape sequences or line breaks."""
+
+    def error(self, message: str) -> NoReturn:
+        from MedAnalysisLib.sanitize import terminal_field
+
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {terminal_field(message)}\n")
+
+
 def common_parent() -> argparse.ArgumentParser:
     """Options every long-running sub-command shares."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     parent.add_argument(
         "--progress",
         choices=("auto", "bar", "log", "jsonl", "none"),
@@ -91,7 +104,7 @@ def common_parent() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="medanalysis",
         description="Deep learning on medical scans: read DICOM/NIfTI/NRRD with exact geometry, plan preprocessing, "
         "train Keras models, predict, evaluate.",
@@ -250,8 +263,11 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_INPUT
     except Exception as error:  # noqa: BLE001 - the parent must always get one error line
         reporter.error(error)
-        if getattr(args, "verbose", False) or reporter.mode != "jsonl":
-            raise
+        if getattr(args, "verbose", False):
+            raise  # the traceback, for a bug report
+        if reporter.mode not in ("jsonl", "none"):
+            print("note: this is a fault in MedAnalysis, not in your input; run the command again with --verbose "
+                  "for the details to report", file=sys.stderr, flush=True)
         return EXIT_UNEXPECTED
     return int(code or EXIT_OK)
 

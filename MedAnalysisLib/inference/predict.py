@@ -175,8 +175,10 @@ def _load(bundle: Any) -> Any:
 
 
 def _class_values(config: Any) -> np.ndarray:
-    """Label value of each model output channel (the plan's label_values order, as in training)."""
-    values = list(config.plan.label_values)
+    """Label value of each model output channel: for segmentation the plan's label_values order, as in training; a
+    classifier's outputs are its own classes (a slice classifier trained on label maps with values 0 and 3 still
+    answers 0 or 1, "absent" or "present")."""
+    values = list(config.plan.label_values) if config.task == "segmentation" else []
     if len(values) != config.n_classes:
         values = sorted(label.value for label in config.labels)
     return np.asarray(values, dtype=np.int64)
