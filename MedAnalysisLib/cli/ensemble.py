@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_bundle_output
-from MedAnalysisLib.cli.predict import overlap_fraction
+from MedAnalysisLib.cli.predict import stored_overlap_fraction
 from MedAnalysisLib.progress import Reporter
 
 
@@ -32,8 +32,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="flip test-time augmentation (default: the first member's setting)")
     parser.add_argument("--postprocess", choices=("none", "largest-component", "fill-holes"), default=None,
                         help="post-processing of the averaged label map (default: the first member's)")
-    parser.add_argument("--overlap", type=overlap_fraction, default=None,
-                        help="sliding-window overlap in [0, 1) (default: the first member's)")
+    parser.add_argument("--overlap", type=stored_overlap_fraction, default=None,
+                        help="sliding-window overlap in [0, 0.9] (default: the first member's)")
     add_overwrite_option(parser, "a bundle or ensemble at --out")
     parser.set_defaults(func=run, validate=validate)
 

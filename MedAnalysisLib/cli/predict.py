@@ -48,13 +48,25 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def overlap_fraction(text: str) -> float:
-    """An argparse type for a window overlap in [0, 1)."""
+    """An argparse type for a window overlap in [0, 1) (NaN refused; the number of windows is bounded separately,
+    before the first window)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected an overlap in [0, 1), got {value}")
+    return value
+
+
+def stored_overlap_fraction(text: str) -> float:
+    """An argparse type for an overlap stored in a bundle: in [0, MAX_OVERLAP], the bound every bundle is checked
+    against when it loads (:data:`MedAnalysisLib.bundles.config.MAX_OVERLAP`)."""
+    from MedAnalysisLib.bundles.config import MAX_OVERLAP
+
+    value = overlap_fraction(text)
+    if value > MAX_OVERLAP:
+        raise argparse.ArgumentTypeError(f"expected an overlap in [0, {MAX_OVERLAP}] to store in a bundle, got {value}")
     return value
 
 
