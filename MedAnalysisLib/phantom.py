@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,28 @@ import numpy as np
 from MedAnalysisLib.io.atomic import atomic_directory
 from MedAnalysisLib.io.files import SIMPLEITK_IO_LOCK
 from MedAnalysisLib.volume import Volume, check_direction, rotation_about_axis
+
+#: The phantom dataset writer's signature in its ``dataset.json``; a phantom DICOM series holds only these slices.
+PHANTOM_REFERENCE = "MedAnalysisLib.phantom.write_phantom_dataset"
+_PHANTOM_SLICE = re.compile(r"slice_\d{3,}\.dcm")
+
+
+def is_phantom_output(folder: Path) -> bool:
+    """True for a folder the phantom writers made (and may therefore replace): a dataset whose ``dataset.json`` names
+    the phantom writer, or a DICOM series of ``slice_NNN.dcm`` files only. Anything else is the user's."""
+    try:
+        names = {entry.name for entry in folder.iterdir()}
+    except OSError:
+        return False
+    if names and all(_PHANTOM_SLICE.fullmatch(name) for name in names):
+        return True
+    if "dataset.json" not in names:
+        return False
+    try:
+        data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("reference") == PHANTOM_REFERENCE
 
 #: Label values and names of every phantom (0 is background).
 PHANTOM_LABELS: dict[int, str] = {0: "background", 1: "organ", 2: "vessel", 3: "lesion"}
@@ -269,7 +292,7 @@ def write_phantom_dataset(
         raise ValueError(f"expected at least one case, got n_cases={n_cases}")
     out_dir = Path(out_dir)
     training, manifest_rows, slice_rows, infos = [], [], [], {}
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, replaceable=is_phantom_output) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         (tmp / "lesionsTr").mkdir()
@@ -292,7 +315,7 @@ def write_phantom_dataset(
         description = {
             "name": "MedAnalysisPhantom",
             "description": "Seeded synthetic MR-like phantoms (organ, vessel, lesion) made by MedAnalysisLib.phantom",
-            "reference": "MedAnalysisLib.phantom.write_phantom_dataset",
+            "reference": PHANTOM_REFERENCE,
             "licence": "CC0-1.0",
             "release": f"seed {int(seed)}",
             "tensorImageSize": "3D",
@@ -349,7 +372,7 @@ def write_phantom_dicom(image: Volume, out_dir: str | Path, *, seed: int = 0, se
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
     row_axis, column_axis, slice_axis = image.direction[:, 0], image.direction[:, 1], image.direction[:, 2]
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, replaceable=is_phantom_output) as tmp:
         for k in range(array.shape[0]):
             sop_uid = uid("instance", k)
             meta = FileMetaDataset()

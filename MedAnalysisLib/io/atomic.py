@@ -13,9 +13,7 @@ old target is back in place.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,9 +29,6 @@ _TEMPORARY_NAME_PART = 64
 #: Marker files of folders that MedAnalysis publishes as a whole and may publish again: a bundle, an ensemble, a
 #: training checkpoint (every listed name must be present).
 OWN_MARKERS: tuple[tuple[str, ...], ...] = (("bundle.json",), ("ensemble.json",), ("state.json", "last.weights.h5"))
-#: The phantom dataset writer's signature in its ``dataset.json``; its DICOM series holds only ``slice_NNN.dcm``.
-_PHANTOM_REFERENCE = "MedAnalysisLib.phantom.write_phantom_dataset"
-_PHANTOM_SLICE = re.compile(r"slice_\d{3,}\.dcm")
 
 
 def _current_umask() -> int:
@@ -174,26 +169,12 @@ def _marker_names(folder: Path) -> set[str]:
         return set()
 
 
-def _is_phantom_output(folder: Path, names: set[str]) -> bool:
-    """A phantom dataset (its ``dataset.json`` names the phantom writer) or a phantom DICOM series."""
-    if names and all(_PHANTOM_SLICE.fullmatch(name) for name in names):
-        return True
-    if "dataset.json" not in names:
-        return False
-    try:
-        data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("reference") == _PHANTOM_REFERENCE
-
-
 def is_own_output(folder: Path) -> bool:
     """True for a folder MedAnalysis publishes as a whole and may replace: it holds the marker files of a bundle, an
-    ensemble or a training checkpoint (:data:`OWN_MARKERS`), or it is a phantom dataset or series."""
+    ensemble or a training checkpoint (:data:`OWN_MARKERS`). Writers of other folders pass their own ``replaceable``
+    (the phantom writers do)."""
     names = _marker_names(folder)
-    if any(set(marker) <= names for marker in OWN_MARKERS):
-        return True
-    return _is_phantom_output(folder, names)
+    return any(set(marker) <= names for marker in OWN_MARKERS)
 
 
 def check_directory_target(target: Path, replaceable: Callable[[Path], bool] | None = None) -> None:
