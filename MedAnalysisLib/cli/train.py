@@ -5,7 +5,11 @@ Segmentation Decathlon folder or its ``dataset.json`` (``imagesTr/``, ``labelsTr
 or files, image files or a folder of them (unlabelled forms can only train what needs no labels). Label names come
 from ``dataset.json``; ``--labels labels.json`` gives names, colours and standard codes (see
 :func:`MedAnalysisLib.terminology.read_labels_file`), and names the built-in table knows get their codes anyway.
-The run writes a
+DATA may also be a preprocessed cache folder (``medanalysis preprocess``): training then reads only the cache.
+Otherwise the prepared cases are kept in a cache folder, ``OUT.cache`` beside OUT (OUT without .zip) or ``--cache
+DIR``, which the run reports: a second run (or a resumed one) on the same data and plan prepares nothing, and
+training reads patches lazily from it, so memory does not grow with the number of cases. ``--no-cache`` prepares
+every case in memory instead (as earlier versions did). The run writes a
 model bundle (folder, or .zip when BUNDLE ends in .zip) and keeps a resume checkpoint beside it until it finishes,
 so running the same command again after a crash or a cancel continues from the last completed epoch.
 
@@ -49,7 +53,9 @@ CHECKPOINT_SUFFIX = ".checkpoint"
 EPILOG = (
     "Existing output: when OUT already holds a finished bundle the command refuses (exit code 2) unless --overwrite "
     "is given, which trains again and replaces it; a run stopped before it finished (its checkpoint "
-    "OUT.checkpoint beside OUT) is resumed, or started over with --no-resume. " + OVERWRITE_POLICY
+    "OUT.checkpoint beside OUT) is resumed, or started over with --no-resume. The preprocessed cache (OUT.cache "
+    "beside OUT, or --cache DIR) is kept and reused by later runs; a folder of other files there is refused. "
+    + OVERWRITE_POLICY
 )
 
 
@@ -63,7 +69,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
     )
     parser.add_argument("data", help="MSD folder or its dataset.json, CSV manifest, DICOM folder or file, image file "
-                        "or folder of image files")
+                        "or folder of image files, or a preprocessed cache folder (medanalysis preprocess)")
     parser.add_argument("--task", choices=("segmentation", "classification"), required=True)
     parser.add_argument("--model", required=True, metavar="NAME", type=model_family,
                         help="model family: unet3d, unet2d (segmentation), slice_cnn, cnn3d or cnn_rnn "
@@ -114,6 +120,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--tensorboard", default=None, metavar="DIR",
                         help="also write TensorBoard logs to DIR (default: none)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", default=None, metavar="DIR",
+                       help="folder of the preprocessed cache to write or reuse (default: OUT.cache beside OUT; "
+                       "unused when DATA is a cache)")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="prepare every case in memory instead of through a cache (memory grows with the data)")
     add_overwrite_option(parser, "a finished bundle at --out")
     parser.add_argument("--name", default=None,
                         help="model name stored in the bundle (default: the data folder's name and the family)")
@@ -128,21 +140,51 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 def validate(args: argparse.Namespace) -> None:
     """Refuse what cannot train before TensorFlow is imported: every option as the Python API checks it
     (:func:`training_options`, which also reads --labels and --plan; numbers in range, hyper-parameters the model
-    family accepts), data that is not a dataset, an --out the overwrite policy refuses (see :data:`EPILOG`), a
+    family accepts), data that is neither a dataset nor a finished cache, a cache folder holding anything but a
+    cache, an --out the overwrite policy refuses (see :data:`EPILOG`), a
     checkpoint path holding anything but a checkpoint, and a --tensorboard that is not a writable folder.
 
     Raises:
         InputError: The first problem found, saying what was expected and what was found.
     """
     from MedAnalysisLib.cli._validate import check_bundle_output, check_folder_location
+    from MedAnalysisLib.data.cache import is_cache, open_cache
     from MedAnalysisLib.data.sources import resolve_source
 
     options = training_options(args)
-    resolve_source(args.data)
+    if is_cache(args.data):
+        open_cache(args.data)  # its manifest: a broken or unfinished cache is refused before TensorFlow starts
+    else:
+        resolve_source(args.data)
+        if not args.no_cache:
+            check_cache_location(cache_dir(args), (args.data, args.plan, args.labels))
     check_bundle_output(args.out, args.overwrite, inputs=(args.data, args.plan, args.labels))
     check_checkpoint_location(options.out)
     if args.tensorboard is not None:
         check_folder_location(args.tensorboard, "--tensorboard")
+
+
+def cache_dir(args: argparse.Namespace) -> Path:
+    """The cache folder of a run: --cache, else ``OUT.cache`` beside OUT."""
+    from MedAnalysisLib.data.cache import default_cache_dir
+
+    return Path(args.cache) if args.cache else default_cache_dir(args.out)
+
+
+def check_cache_location(folder: Path, inputs: tuple[Any, ...]) -> None:
+    """The cache folder must be new, empty or an earlier cache, apart from the inputs.
+
+    Raises:
+        OutputError: A file, a link, a folder of other files there, or an input.
+    """
+    from MedAnalysisLib.cli._validate import check_not_an_input, check_output_location
+    from MedAnalysisLib.data.cache import check_cache_folder
+    from MedAnalysisLib.io.atomic import absolute_target
+
+    option = "--cache" if folder.name else "the cache beside --out"
+    check_output_location(folder, option)
+    check_not_an_input(folder, inputs, option)
+    check_cache_folder(absolute_target(folder))
 
 
 def check_checkpoint_location(out: Path) -> None:
@@ -212,13 +254,18 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    from MedAnalysisLib.data.cache import is_cache
     from MedAnalysisLib.data.sources import resolve_source
     from MedAnalysisLib.training import train
 
     options = training_options(args)
-    dataset = resolve_source(args.data)  # checked now; train() loads it with the task the model family needs
     stop_flag = StopFlag().install()
-    result = train(dataset.path, options, reporter=reporter, stop_flag=stop_flag)
+    if is_cache(args.data):
+        source: Any = args.data
+    else:  # checked now; train() loads it with the task the model family needs
+        source = resolve_source(args.data).path
+    cache = False if args.no_cache else cache_dir(args)
+    result = train(source, options, reporter=reporter, stop_flag=stop_flag, cache=cache)
     reporter.result(bundle=str(result.bundle_path), metrics=result.metrics, epochs=len(result.history.get("loss", [])))
     if reporter.mode != "jsonl":
         print(f"bundle written to {result.bundle_path}")

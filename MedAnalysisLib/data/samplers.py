@@ -9,6 +9,11 @@ Every sampler draws from prepared cases (:class:`~MedAnalysisLib.preprocessing.t
 * :class:`SequenceSampler`: ``x (B, S, H, W, C)`` zero-padded, ``mask (B, S)`` bool, ``y_slices (B, S)``,
   ``y_scan (B,)``, for CNN+RNN models.
 
+Cases may hold numpy arrays or lazy arrays (:class:`~MedAnalysisLib.data.cache.CachedArray`, read from a
+preprocessed cache): the samplers only index the windows, slices and sequences a batch needs, and take foreground
+locations and per-slice foreground flags from the case when it carries them (``class_locations``,
+``slice_foreground``) instead of scanning label maps, so memory depends on the batch, not on the number of cases.
+
 ``batch(rng)`` is a pure function of the generator's state: the same seed gives the same batch, whatever thread
 runs it. :meth:`_Sampler.batches` prepares batches on worker threads (SimpleITK and numpy release the GIL) with
 one generator per batch spawned from a seed, so results do not depend on scheduling.
@@ -150,8 +155,10 @@ def _random_start(rng: np.random.Generator, shape: Sequence[int], size: Sequence
     return [int(rng.integers(0, s - w + 1)) if s >= w else (s - w) // 2 for s, w in zip(shape, size, strict=True)]
 
 
-def _class_locations(label: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    flat = label.reshape(-1)
+def class_location_indices(label: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Per foreground class (label > 0), the sorted flat voxel indices of that class: all of them, or a seeded
+    subsample of :data:`MAX_LOCATIONS` where there are more (what a preprocessed cache stores per case)."""
+    flat = np.asarray(label).reshape(-1)
     locations: dict[int, np.ndarray] = {}
     for value in np.unique(flat):
         if value <= 0:
@@ -159,8 +166,28 @@ def _class_locations(label: np.ndarray, rng: np.random.Generator) -> dict[int, n
         indices = np.flatnonzero(flat == value)
         if indices.size > MAX_LOCATIONS:
             indices = np.sort(rng.choice(indices, MAX_LOCATIONS, replace=False))
-        locations[int(value)] = np.stack(np.unravel_index(indices, label.shape), axis=1).astype(np.int32)
+        locations[int(value)] = indices.astype(np.int64)
     return locations
+
+
+def _class_locations(label: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    return {value: np.stack(np.unravel_index(indices, label.shape), axis=1).astype(np.int32)
+            for value, indices in class_location_indices(label, rng).items()}
+
+
+def _case_locations(case: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """The case's foreground locations ``{class: positions}`` (``len(positions)`` and ``positions[n]`` a (k, j, i)
+    voxel): the ones it carries (a cached case, so that no label map is scanned), else found by scanning its label
+    map (``(n, 3)`` int32 rows)."""
+    given = getattr(case, "class_locations", None)
+    return dict(given) if given is not None else _class_locations(case.label, rng)
+
+
+def case_slice_foreground(case: Any) -> np.ndarray:
+    """``(k,)`` booleans: which axial slices of a case's label map hold foreground; taken from the case when it
+    carries them (a cached case), else computed from its label map."""
+    given = getattr(case, "slice_foreground", None)
+    return np.asarray(given, dtype=bool) if given is not None else slice_foreground(case.label)
 
 
 def _check_cases(cases: Sequence[PreparedCase], need_label: bool) -> list[PreparedCase]:
@@ -224,7 +251,7 @@ class PatchSampler(_Sampler):
         self.foreground_fraction = float(foreground_fraction)
         self.augmenter = augmenter
         location_rng = np.random.default_rng([self.seed, 1])
-        self.locations = [_class_locations(c.label, location_rng) for c in self.cases]  # type: ignore[arg-type]
+        self.locations = [_case_locations(c, location_rng) for c in self.cases]
         self.classes = sorted({v for loc in self.locations for v in loc})
         self._cases_with = {v: [n for n, loc in enumerate(self.locations) if v in loc] for v in self.classes}
 
@@ -301,7 +328,7 @@ class SliceSampler(_Sampler):
             (n, k)
             for n, c in enumerate(self.cases)
             if c.label is not None
-            for k in np.flatnonzero(slice_foreground(c.label))
+            for k in np.flatnonzero(case_slice_foreground(c))
         ]
         float_targets = target == "case" and any(isinstance(c.target, float) and not float(c.target).is_integer() for c in self.cases)
         self._target_dtype = np.float32 if float_targets else np.int32

@@ -75,7 +75,61 @@ class SamplerFeeder(keras.utils.PyDataset):
         self.epoch += 1
 
 
-class ArrayFeeder(keras.utils.PyDataset):
+class RowFeeder(keras.utils.PyDataset):
+    """Batches of rows ``0..n-1`` loaded on demand, reshuffled every epoch with ``default_rng([seed, epoch])`` when
+    ``shuffle``: only the rows of one batch are ever in memory (validation on every case of a cache, volume
+    classifiers). Each batch's rows are sorted, as :class:`ArrayFeeder`'s are.
+
+    Args:
+        load: ``load(rows)`` -> ``(x, y[, w])`` for an ascending array of row numbers.
+        n: Number of rows.
+        batch_size: Batch size (the last batch may be smaller).
+        shuffle: Reshuffle every epoch.
+        seed: Base seed of the shuffles.
+        transform: Optional function applied to each batch.
+        workers: Loader threads.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[np.ndarray], tuple[Any, ...]],
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        transform: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
+        workers: int = 1,
+    ) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        self.load = load
+        self.n = int(n)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.transform = transform
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return max(1, -(-self.n // self.batch_size))
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        rows = np.sort(self._order()[index * self.batch_size : (index + 1) * self.batch_size])
+        batch = self.load(rows)
+        return self.transform(batch) if self.transform else batch
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+class ArrayFeeder(RowFeeder):
     """Batches of in-memory arrays, reshuffled every epoch with ``default_rng([seed, epoch])`` when ``shuffle``.
 
     Args:
@@ -100,37 +154,18 @@ class ArrayFeeder(keras.utils.PyDataset):
         transform: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
         workers: int = 1,
     ) -> None:
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
         self.x, self.y, self.sample_weight = x, y, sample_weight
-        self.n = _length(x)
+        n = _length(x)
         for name, value in (("y", y), ("sample_weight", sample_weight)):
-            if value is not None and _length(value) != self.n:
-                raise ValueError(f"expected {name} with {self.n} rows like x, got {_length(value)}")
-        if batch_size < 1:
-            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.transform = transform
-        self.epoch = 0
+            if value is not None and _length(value) != n:
+                raise ValueError(f"expected {name} with {n} rows like x, got {_length(value)}")
+        super().__init__(self._rows, n, batch_size, shuffle=shuffle, seed=seed, transform=transform, workers=workers)
 
-    def __len__(self) -> int:
-        return max(1, -(-self.n // self.batch_size))
-
-    def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        rows = np.sort(self._order()[index * self.batch_size : (index + 1) * self.batch_size])
+    def _rows(self, rows: np.ndarray) -> tuple[Any, ...]:
         batch: tuple[Any, ...] = (_take(self.x, rows), _take(self.y, rows))
         if self.sample_weight is not None:
             batch = (*batch, _take(self.sample_weight, rows))
-        return self.transform(batch) if self.transform else batch
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
+        return batch
 
 
 def _length(value: Any) -> int:

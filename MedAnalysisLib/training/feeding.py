@@ -11,6 +11,11 @@
   per-slice targets say whether a slice holds foreground of the label map, the scan target is the case's class
   (or "any slice positive" when the case has none).
 
+Cases are in memory (:class:`~MedAnalysisLib.preprocessing.transforms.PreparedCase`) or read lazily from a
+preprocessed cache (:class:`~MedAnalysisLib.data.cache.CachedCase`); the same code serves both, and validation
+batches are loaded one batch at a time (:class:`~MedAnalysisLib.training.feeders.RowFeeder`) except the fixed patch
+and slice batches of segmentation (``val_batches`` batches), so no family holds every case in memory.
+
 Every random draw comes from generators seeded by ``(seed, epoch, batch index)`` (see
 :mod:`MedAnalysisLib.training.feeders`), so the batches do not depend on the number of loader threads.
 """
@@ -163,8 +168,8 @@ class Feeding:
         return train_feeder, ArrayFeeder(vx, vy, batch, shuffle=False)
 
     def _slice_classifier(self, batch: int, steps: int, augmenter: Augmenter | None) -> Feeders:
-        from MedAnalysisLib.data.samplers import SliceSampler, slice_foreground
-        from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
+        from MedAnalysisLib.data.samplers import SliceSampler, case_slice_foreground
+        from MedAnalysisLib.training.feeders import RowFeeder, SamplerFeeder
 
         if not self.foreground_targets:
             for case in [*self.train_cases, *self.val_cases]:
@@ -176,23 +181,33 @@ class Feeding:
                                      transform=lambda b: (b[0], self._class_targets(b[1])), workers=self.workers)
         if not self.val_cases:
             return train_feeder, None
-        vx = np.concatenate([c.image for c in self.val_cases]).astype(np.float32)
-        if self.foreground_targets:
-            vy = np.concatenate([slice_foreground(c.label).astype(np.int32) for c in self.val_cases])
-        else:
-            vy = np.concatenate([[int(float(c.target))] * c.image.shape[0] for c in self.val_cases])
-        return train_feeder, ArrayFeeder(vx, self._class_targets(vy), batch, shuffle=False)
+        cases = list(self.val_cases)
+        items = [(n, k) for n, c in enumerate(cases) for k in range(c.image.shape[0])]
+        flags = [case_slice_foreground(c).astype(np.int32) for c in cases] if self.foreground_targets else None
+
+        def load(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            picked = [items[r] for r in rows]
+            x = np.stack([cases[n].image[k] for n, k in picked]).astype(np.float32, copy=False)
+            y = [flags[n][k] if flags is not None else int(float(cases[n].target)) for n, k in picked]
+            return x, self._class_targets(np.asarray(y))
+
+        return train_feeder, RowFeeder(load, len(items), batch, shuffle=False)
 
     def _volume_classifier(self, batch: int) -> Feeders:
-        from MedAnalysisLib.training.feeders import ArrayFeeder
+        from MedAnalysisLib.training.feeders import RowFeeder
 
-        def arrays(cases: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-            x = np.stack([center_crop_or_pad(c.image, self.plan.patch_size) for c in cases])
-            return x, self._class_targets([class_index(c.target, self.n_classes, c.case_id) for c in cases])
+        def loader(cases: Sequence[Any]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+            targets = [class_index(c.target, self.n_classes, c.case_id) for c in cases]  # checked before training
 
-        tx, ty = arrays(self.train_cases)
-        train_feeder = ArrayFeeder(tx, ty, batch, shuffle=True, seed=self.seed, workers=self.workers)
-        return train_feeder, ArrayFeeder(*arrays(self.val_cases), batch, shuffle=False) if self.val_cases else None
+            def load(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                x = np.stack([center_crop_or_pad(cases[r].image, self.plan.patch_size) for r in rows])
+                return x, self._class_targets([targets[r] for r in rows])
+
+            return load
+
+        train, val = list(self.train_cases), list(self.val_cases)
+        train_feeder = RowFeeder(loader(train), len(train), batch, shuffle=True, seed=self.seed, workers=self.workers)
+        return train_feeder, RowFeeder(loader(val), len(val), batch, shuffle=False) if val else None
 
     def _sequence_batch(self, batch: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
         x, mask, y_slices, y_scan = batch
@@ -206,7 +221,7 @@ class Feeding:
 
     def _sequence_classifier(self, batch: int, steps: int) -> Feeders:
         from MedAnalysisLib.data.samplers import SequenceSampler
-        from MedAnalysisLib.training.feeders import ArrayFeeder, SamplerFeeder
+        from MedAnalysisLib.training.feeders import RowFeeder, SamplerFeeder
 
         plan = self.plan
         sampler = SequenceSampler(self.train_cases, batch, max_slices=plan.sequence_length,
@@ -217,8 +232,8 @@ class Feeding:
             return train_feeder, None
         val_sampler = SequenceSampler(self.val_cases, batch, max_slices=plan.sequence_length,
                                       slice_shape=plan.slice_shape, seed=self.seed)
-        parts = [self._sequence_batch(b) for b in val_sampler.ordered_batches()]
-        vx = {k: np.concatenate([p[0][k] for p in parts]) for k in ("slices", "mask")}
-        vy = {k: np.concatenate([p[1][k] for p in parts]) for k in ("slices", "scan")}
-        vw = {k: np.concatenate([p[2][k] for p in parts]) for k in ("slices", "scan")}
-        return train_feeder, ArrayFeeder(vx, vy, batch, sample_weight=vw, shuffle=False)
+
+        def load(rows: np.ndarray) -> tuple[Any, ...]:
+            return self._sequence_batch(val_sampler._stack([val_sampler.sequence(int(r)) for r in rows]))
+
+        return train_feeder, RowFeeder(load, len(val_sampler.cases), batch, shuffle=False)
