@@ -12,7 +12,14 @@ The rest of the library uses public Keras API only (STYLE.md, practice 14). What
   the model's private ``_distribute_strategy`` (the build is then deferred to the first traced step, which runs
   under the same strategy) and replaces ``keras.src.backend.tensorflow.trainer._collective_all_reduce_multi_worker``
   for the duration of the fit, so per-step logs are reduced over the local replica only (epoch-end metrics come from
-  synchronised metric variables and stay global).
+  synchronised metric variables and stay global). TensorFlow backend only.
+* :func:`set_random_seed` -- what ``keras.utils.set_random_seed`` does, without importing TensorFlow on the other
+  backends. The public function also seeds TensorFlow whenever it is installed, which imports it (seconds and about
+  half a gigabyte) in a JAX process that never uses it. Off the TensorFlow backend, this stores the seed and clears
+  the global seed generator through ``keras.src.backend.common.global_state`` under the names
+  ``keras.src.utils.rng_utils.GLOBAL_RANDOM_SEED`` and ``keras.src.random.seed_generator.GLOBAL_SEED_GENERATOR``,
+  and seeds Python's and NumPy's generators, as the public function does. Its contract test (the same draws as the
+  public function, and this error when the names go away) is in ``Testing/test_training_backends.py``.
 
 :data:`KERAS_REQUIREMENT` is the range these were checked against; ``pyproject.toml``, ``Resources/requirements.txt``
 and ``Resources/constraints.txt`` carry the same bound, and ``Testing/test_keras_compat.py`` holds the contract:
@@ -24,10 +31,14 @@ run that test file, fix what it reports here, then change the bound everywhere a
 from __future__ import annotations
 
 import contextlib
+import random
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 #: Keras releases the internals below were checked against: [floor, ceiling), as (major, minor).
 KERAS_FLOOR = (3, 12)
@@ -88,6 +99,41 @@ def _local_replica_reduction(strategy: Any) -> bool:
     return False
 
 
+def set_random_seed(seed: int) -> None:
+    """Seed Python, NumPy and Keras (and TensorFlow on its backend, or where it is already imported).
+
+    Off the TensorFlow backend, TensorFlow is not imported (see the module docstring); the Keras draws that follow
+    are the ones ``keras.utils.set_random_seed(seed)`` gives.
+
+    Raises:
+        KerasCompatibilityError: The installed Keras keeps its global seed elsewhere.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+    else:
+        _seed_without_tensorflow(seed)
+
+
+def _seed_without_tensorflow(seed: int) -> None:
+    """``keras.utils.set_random_seed`` less its TensorFlow step (see the module docstring)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"expected an integer seed, got {seed!r}")
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils import rng_utils
+
+        names = (rng_utils.GLOBAL_RANDOM_SEED, seed_generator.GLOBAL_SEED_GENERATOR)
+    except (ImportError, AttributeError) as error:
+        raise _broken("keras.src.backend.common.global_state and the global seed names", error) from error
+    global_state.set_global_attribute(names[0], seed)
+    global_state.set_global_attribute(names[1], None)  # recreated from the seed at the next draw
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 @contextlib.contextmanager
 def multi_worker_fit(model: Any) -> Iterator[None]:
     """Within the block, ``model.fit`` works under ``MultiWorkerMirroredStrategy`` (see the module docstring).
@@ -96,7 +142,12 @@ def multi_worker_fit(model: Any) -> Iterator[None]:
 
     Raises:
         KerasCompatibilityError: The model has no ``_distribute_strategy`` attribute (Keras changed its trainer).
+        ValueError: Keras runs on another backend than TensorFlow (there is no ``tf.distribute`` strategy there).
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"expected the TensorFlow backend for multi-worker training, got {keras.backend.backend()!r}")
     if not hasattr(model, "_distribute_strategy"):
         raise _broken("a _distribute_strategy attribute on TensorFlow-backend models",
                       AttributeError(f"{type(model).__name__} has no _distribute_strategy"))
@@ -119,4 +170,4 @@ def multi_worker_fit(model: Any) -> Iterator[None]:
 
 
 __all__ = ["KERAS_CEILING", "KERAS_FLOOR", "KERAS_REQUIREMENT", "KerasCompatibilityError", "is_supported_keras",
-           "multi_worker_fit", "save_weights_only"]
+           "multi_worker_fit", "save_weights_only", "set_random_seed"]

@@ -138,6 +138,8 @@ def quiet_tensorflow() -> None:
     nothing to do when TensorFlow is already imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # On the JAX backend: its start-up probe for TPUs and GPUs logs at INFO ("Unable to initialize backend 'tpu'").
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if "tensorflow" in sys.modules or any(isinstance(f, _QuietImportFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietImportFinder("tensorflow", after=_probe_devices))

@@ -8,6 +8,9 @@ batch: when it is set (SIGTERM, Cancel) training stops at that batch boundary.
 run needs to continue: the training model's weights, the optimizer's variables, the best inference weights so far,
 the epoch history and the early-stopping counters (``state.json``), and the CSV log. Early stopping and the
 best-model choice live here too, so they survive a resume.
+
+Both work on every Keras backend (Keras and numpy only): weights go to Keras's HDF5 files and the optimizer's
+variables to a numpy archive.
 """
 
 from __future__ import annotations
@@ -166,9 +169,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         """Write the checkpoint folder atomically (``partial``: mid-epoch, after a stop request)."""
         self.state["partial_epoch"] = partial
         previous_best = self.directory / BEST_WEIGHTS
+        # On JAX the jitted steps carry the weights and optimizer state outside the variables during an epoch;
+        # reading Callback.model writes them back, and the inference model shares those variables.
+        model = self.model
         with atomic_directory(self.directory) as folder:
-            self.model.save_weights(str(folder / LAST_WEIGHTS))
-            variables = [np.asarray(keras.ops.convert_to_numpy(v)) for v in self.model.optimizer.variables]
+            model.save_weights(str(folder / LAST_WEIGHTS))
+            variables = [np.asarray(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables]
             with open(folder / OPTIMIZER_FILE, "wb") as handle:
                 np.savez(handle, *variables)
             if best_improved or not previous_best.exists():

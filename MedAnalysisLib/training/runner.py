@@ -3,18 +3,24 @@
 :func:`fit_and_bundle` is shared by :func:`MedAnalysisLib.training.train` (datasets of scans) and
 :func:`train_on_arrays` (already prepared numpy arrays). A run, step by step:
 
-1. :func:`_start_runtime`: sizes TensorFlow's thread pool (:func:`MedAnalysisLib.runtime.configure_threads`), turns
-   on op determinism when asked, seeds everything (``keras.utils.set_random_seed``) and chooses devices
+1. :func:`_start_runtime`: checks the Keras backend (TensorFlow or JAX), sizes its thread pool
+   (:func:`MedAnalysisLib.runtime.configure_threads`), turns on op determinism when asked, seeds everything
+   (:func:`MedAnalysisLib.keras_compat.set_random_seed`) and chooses devices
    (:func:`~MedAnalysisLib.training.device.setup_devices`);
 2. :func:`_resume_state`: finds ``<out>.checkpoint/`` when it holds a checkpoint of the same run (same model,
    hyper-parameters, plan, labels, data and seed);
 3. :func:`_build_models`: builds the model from code inside the distribution strategy's scope and compiles it
-   (Adam, polynomial learning-rate decay as nnU-Net, ``jit_compile=False`` on CPU), restoring the checkpoint;
+   (Adam, polynomial learning-rate decay as nnU-Net, ``jit_compile=False`` on CPU with TensorFlow, XLA on JAX),
+   restoring the checkpoint;
 4. :func:`_fit`: trains with per-batch progress, per-epoch metrics, best-model tracking on the validation metric,
    early stopping and an atomic checkpoint after every epoch; a stop request ends the epoch at the next batch
    boundary, saves the checkpoint and raises :class:`~MedAnalysisLib.errors.CancelledError`;
 5. :func:`_write_bundle`: writes the bundle with the best weights, the training log (``training_log.csv``) and the
    provenance (:func:`_provenance`), then removes the checkpoint.
+
+The engine itself is backend-neutral (Keras, ``keras.ops`` and numpy): TensorFlow is imported only on its backend,
+by the thread, determinism and device setup, so ``KERAS_BACKEND=jax`` trains on a machine without TensorFlow. The
+weights files are Keras's own HDF5 format, so a bundle written on either backend loads on the other.
 """
 
 from __future__ import annotations
@@ -114,14 +120,18 @@ def checkpoint_dir_for(out: Path) -> Path:
     return base.with_name(base.name + ".checkpoint")
 
 
-def _library_versions() -> dict[str, str]:
+def _library_versions(backend: str) -> dict[str, str]:
+    """Versions of what computed the weights: MedAnalysis, Keras, the backend's libraries, numpy and Python."""
+    import importlib
+
     import keras
-    import tensorflow as tf
 
     from MedAnalysisLib import __version__
 
-    return {"medanalysis": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    versions = {"medanalysis": __version__, "keras": keras.__version__}
+    for module in ("jax", "jaxlib") if backend == "jax" else ("tensorflow",):
+        versions[module] = str(importlib.import_module(module).__version__)
+    return {**versions, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _compile(family: str, task: str, n_classes: int, training_model: Any, inference_model: Any, *,
@@ -190,9 +200,8 @@ def fit_and_bundle(spec: FitSpec, *, reporter: Reporter | None = None, stop_flag
 
     options = spec.options
     reporter = reporter or Reporter("none")
-    if options.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
-        raise InputError("expected the tensorboard package for TensorBoard logs (pip install tensorboard), it is not "
-                         "installed; the CSV log (training_log.csv in the bundle) is written in every case")
+    if options.tensorboard_dir:
+        _check_tensorboard()
     run = _start_runtime(spec, reporter)
     try:
         _check_outputs(options, run.setup.is_chief)
@@ -207,18 +216,35 @@ def fit_and_bundle(spec: FitSpec, *, reporter: Reporter | None = None, stop_flag
             keras.mixed_precision.set_global_policy("float32")
 
 
-def _start_runtime(spec: FitSpec, reporter: Reporter) -> _Run:
-    """Threads, determinism, seeds and devices, in the order TensorFlow needs them; and where the checkpoint goes."""
-    import keras
+def _check_tensorboard() -> None:
+    """TensorBoard logs need the tensorboard package, and TensorFlow too (Keras writes them with ``tf.summary``).
 
-    from MedAnalysisLib.runtime import configure_threads, enable_op_determinism
+    Raises:
+        InputError: One of them is not installed (checked before training, not at the first epoch's end).
+    """
+    from MedAnalysisLib.runtime import keras_backend
+
+    needed = ["tensorboard"] + (["tensorflow"] if keras_backend() != "tensorflow" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"expected {' and '.join(needed)} installed for TensorBoard logs (Keras writes them with "
+                         f"TensorFlow's summaries), got no {' and no '.join(missing)} (pip install "
+                         f"{' '.join(missing)}); the CSV log (training_log.csv in the bundle) is written in every case")
+
+
+def _start_runtime(spec: FitSpec, reporter: Reporter) -> _Run:
+    """Backend, threads, determinism, seeds and devices, in the order the backends need them (thread pools and XLA
+    flags are fixed when the backend starts); and where the checkpoint goes."""
+    from MedAnalysisLib.keras_compat import set_random_seed
+    from MedAnalysisLib.runtime import configure_threads, enable_op_determinism, keras_backend
     from MedAnalysisLib.training.device import setup_devices
 
     options = spec.options
-    threads = configure_threads(options.threads)  # before any TensorFlow op: the pools are fixed at first use
+    keras_backend()  # an unsupported backend is refused before anything else
+    threads = configure_threads(options.threads)  # before any backend op: the pools are fixed at first use
     if options.deterministic:
         enable_op_determinism()
-    keras.utils.set_random_seed(options.seed)
+    set_random_seed(options.seed)
     setup = setup_devices(mixed_precision=options.mixed_precision, strategy=options.strategy, reporter=reporter)
     run = _Run(setup=setup, threads=threads, checkpoint_dir=checkpoint_dir_for(options.out),
                signature=_signature(spec))
@@ -362,7 +388,8 @@ def _provenance(run: _Run, spec: FitSpec, state: dict[str, Any], metrics: dict[s
         "precision": run.setup.precision,
         "intra_op_threads": run.threads,
         "deterministic": options.deterministic,
-        "library_versions": _library_versions(),
+        "keras_backend": run.setup.backend,
+        "library_versions": _library_versions(run.setup.backend),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_seconds_this_session": round(seconds, 2),
     }
@@ -545,7 +572,7 @@ def default_hparams(family: str, hparams: dict[str, Any], n_classes: int, shape:
 
 
 def check_completed_hparams(family: str, hparams: Mapping[str, Any]) -> None:
-    """The completed hyper-parameters (the user's and those filled in from the plan), checked before TensorFlow
+    """The completed hyper-parameters (the user's and those filled in from the plan), checked before the backend
     builds anything: every value of the type and range the family's builder accepts, and for the U-Nets a depth the
     patch allows (the same arithmetic the builder uses).
 
