@@ -342,7 +342,9 @@ SEG_CANARIES = {
 #: The documented allow-list (docs/security.md): patient and study attributes the standard needs to file a SEG.
 SEG_ALLOWED = {"PatientName": "CANARY^ALLOWED", "PatientID": "CANARY-ALLOWED-ID", "PatientBirthDate": "18770707",
                "PatientSex": "O", "StudyDate": "18990909", "StudyTime": "090909",
-               "ReferringPhysicianName": "CANARY^REFERRER", "StudyID": "CANARY-STUDY", "AccessionNumber": "CANARY-ACC"}
+               "StudyID": "CANARY-STUDY", "AccessionNumber": "CANARY-ACC"}
+#: Type 2 attributes the SEG must have but never copies: written empty (the referring physician is not the patient).
+SEG_EMPTIED = {"ReferringPhysicianName": "CANARY^REFERRER"}
 
 
 def _canary_sequences(dataset: pydicom.Dataset) -> None:
@@ -382,7 +384,7 @@ def test_dicom_seg_carries_exactly_the_allow_list_of_its_source(tmp_path: Path) 
     paths = _series(tmp_path / "series")
     for path in paths:
         dataset = pydicom.dcmread(path)
-        for keyword, value in {**SEG_CANARIES, **SEG_ALLOWED}.items():
+        for keyword, value in {**SEG_CANARIES, **SEG_ALLOWED, **SEG_EMPTIED}.items():
             setattr(dataset, keyword, value)
         _canary_sequences(dataset)
         dataset.save_as(path)
@@ -394,7 +396,7 @@ def test_dicom_seg_carries_exactly_the_allow_list_of_its_source(tmp_path: Path) 
                              (LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "organ", (200, 80, 60))),
                              bundle_name="tiny", bundle_sha256="ab" * 32)
     seg = pydicom.dcmread(target)
-    forbidden = [*SEG_CANARIES.values(), "CANARY-RPID", "CANARY-SPSID", "CANARY SCHEDULED", "CANARY-OTHER-SEQ-ID",
+    forbidden = [*SEG_CANARIES.values(), *SEG_EMPTIED.values(), "CANARY-RPID", "CANARY-SPSID", "CANARY SCHEDULED", "CANARY-OTHER-SEQ-ID",
                  "CANARY-OTHER-ISSUER", "1.2.3.999.424242", "CANARY-SPECIMEN", "1.2.3.999.777",
                  "CANARY PRIVATE CREATOR", "CANARY PRIVATE VALUE"]
     forbidden = [value for value in forbidden if value not in ("NO",)]
@@ -414,6 +416,8 @@ def test_dicom_seg_carries_exactly_the_allow_list_of_its_source(tmp_path: Path) 
                  for value, owner in allowed_values.items() if value in text and (depth, keyword) != (0, owner)]
     assert misplaced == []
     assert {k: str(seg.get(k)) for k in SEG_ALLOWED} == SEG_ALLOWED
+    assert {k: str(seg.get(k)) for k in SEG_EMPTIED} == dict.fromkeys(SEG_EMPTIED, "")
+    assert set(SEG_EMPTIED).isdisjoint(SEG_SOURCE_ALLOWED)
     assert str(seg.StudyInstanceUID) == str(source.StudyInstanceUID)
     # the one equipment item is the writer's own (highdicom), none describes the source's acquisition
     assert [item.Manufacturer for item in seg.ContributingEquipmentSequence] == ["Highdicom open-source contributors"]

@@ -89,8 +89,10 @@ def test_write_never_copies_source_metadata(tmp_path: Path, oblique_volume_facto
     volume = oblique_volume_factory(shape=(3, 4, 5))
     volume = volume.with_array(volume.array, PatientName="PHI^CANARY", PatientID="CANARY-ID", Modality="MR")
     for suffix in (".nii", ".nii.gz", ".nrrd", ".mha", ".nhdr", ".mhd"):
-        path = write_volume(volume, tmp_path / f"out{suffix}", compress=False)
-        for produced in tmp_path.iterdir():
+        folder = tmp_path / suffix.strip(".")  # .nhdr and .mhd both write out.raw: one folder each
+        folder.mkdir()
+        path = write_volume(volume, folder / f"out{suffix}", compress=False)
+        for produced in folder.iterdir():
             data = produced.read_bytes()
             if produced.name.endswith(".gz"):
                 data = gzip.decompress(data)

@@ -5,10 +5,11 @@ Every file is written atomically (temporary name, then rename). Nothing written 
 birth dates, with one deliberate exception: a DICOM SEG is a DICOM object of the source study, so (as the standard
 requires, and as PACS need to file it) it carries the source images' required patient and study attributes:
 PatientName, PatientID, PatientBirthDate, PatientSex (Patient module, Type 2), StudyInstanceUID, StudyDate, StudyTime,
-ReferringPhysicianName, StudyID, AccessionNumber (General Study module), plus the FrameOfReferenceUID and the
-referenced series/instance UIDs. highdicom is handed a copy of each source image reduced to that allow-list and the
-geometry (:data:`SEG_SOURCE_ALLOWED`), so nothing else of the source reaches the SEG: no optional (Type 3) patient or
-study attribute (age, weight, comments, study description, other IDs, ...), no specimen module, and no
+StudyID, AccessionNumber (General Study module), plus the FrameOfReferenceUID and the referenced series/instance UIDs;
+ReferringPhysicianName (Type 2, a person who is not the patient) is written empty. highdicom is handed a copy of each
+source image reduced to that allow-list and the geometry (:data:`SEG_SOURCE_ALLOWED`), so nothing else of the source
+reaches the SEG: no optional (Type 3) patient or study attribute (age, weight, comments, study description, other
+IDs, ...), no specimen module, and no
 ContributingEquipmentSequence item naming the source's institution, address, department, station or device serial
 number. Tables written as CSV have every cell made formula-safe (:func:`rows_to_csv`).
 The sidecar JSON records the bundle (name, weights sha256), library versions, timings and how inference ran, and
@@ -113,7 +114,12 @@ def write_label(label: Volume, path: Path, fmt: str, labels: Sequence[Any]) -> P
 
 #: Patient and study attributes a SEG must carry (DICOM Type 2: present, possibly empty).
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+                 "StudyID", "AccessionNumber")
+#: Type 2 attributes the SEG must have but that filing does not need: always written empty, never copied (the
+#: referring physician is a person other than the patient, named nowhere else in the SEG).
+_TYPE2_EMPTY = ("ReferringPhysicianName",)
+#: Source UIDs the SEG references or copies: each must be a valid UID, or the SEG would carry whatever they hold.
+_SOURCE_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 #: Optional (Type 3) patient/study attributes that highdicom copies from the source images, removed from the SEG:
 #: only what the Patient and General Study modules require to file the SEG with its study is kept.
 _OPTIONAL_PATIENT_PREFIXES = ("Patient", "OtherPatient", "IssuerOfPatientID", "ClinicalTrial", "ResponsiblePerson",
@@ -127,8 +133,8 @@ _OPTIONAL_STUDY_KEYWORDS = frozenset({
     "ServiceEpisodeID", "ServiceEpisodeDescription", "MilitaryRank", "BranchOfService", "SpecialNeeds",
     "CountryOfResidence", "RegionOfResidence", "QualityControlSubject", "StrainDescription",
 })
-_KEPT_PATIENT_KEYWORDS = frozenset(_TYPE2_COPIED) | {"PatientIdentityRemoved", "DeidentificationMethod",
-                                                     "DeidentificationMethodCodeSequence"}
+_KEPT_PATIENT_KEYWORDS = frozenset(_TYPE2_COPIED) | frozenset(_TYPE2_EMPTY) | {
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence"}
 
 
 #: Attributes of a source image that a SEG may carry or needs to place its frames (besides :data:`_TYPE2_COPIED`):
@@ -164,6 +170,26 @@ def _filing_copy(source: Any) -> Any:
     copy.file_meta.MediaStorageSOPClassUID = source.get("SOPClassUID", "")
     copy.file_meta.MediaStorageSOPInstanceUID = source.get("SOPInstanceUID", "")
     return copy
+
+
+def _check_source_identifiers(datasets: Sequence[Any]) -> None:
+    """Refuse source images whose UIDs are not UIDs or whose Modality is not a DICOM code string, before highdicom
+    sees them: the SEG would carry them (ReferencedSeriesSequence) or highdicom would fail half-way with its own
+    error. The values are not shown: a malformed one may hold anything, patient names included."""
+    from MedAnalysisLib.io.dicom import is_code_string, is_valid_uid
+
+    for number, ds in enumerate(datasets):
+        for keyword in _SOURCE_UIDS:
+            value = str(ds.get(keyword, "") or "")
+            if value and not is_valid_uid(value):
+                raise InputError(f"expected source image {number} to have a {keyword} of digits and dots (at most 64 "
+                                 f"characters), got a value of {len(value)} character(s) that is not a UID (not "
+                                 "shown); no DICOM SEG was written")
+        modality = str(ds.get("Modality", "") or "")
+        if not is_code_string(modality):
+            raise InputError(f"expected source image {number} to have a Modality code such as CT or MR, got a value "
+                             f"of {len(modality)} character(s) that is not a DICOM code string (not shown); no DICOM "
+                             "SEG was written")
 
 
 def _strip_optional_patient_attributes(dataset: Any) -> None:
@@ -317,10 +343,13 @@ def _build_dicom_seg(label: Volume, source_files: Sequence[str | Path], present:
     if not all(str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets):
         raise InputError("expected source images with a FrameOfReferenceUID (a DICOM SEG needs it to place its "
                          "frames), got a series without one")
+    _check_source_identifiers(datasets)
     for ds in datasets:  # Type 2 patient/study attributes highdicom copies: present (empty) if the source omits them
         for keyword in _TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
+        for keyword in _TYPE2_EMPTY:
+            setattr(ds, keyword, "")
     n_k = label.shape[0]
     frames = np.zeros((len(datasets), label.shape[1], label.shape[2]), dtype=label.array.dtype)
     for n, ds in enumerate(datasets):

@@ -2,9 +2,10 @@
 
 How a series becomes a volume:
 
-1. :func:`scan_dicom_folder` reads only the header tags it needs from every file (pydicom, pixel data not read,
-   patient name/ID/birth date never parsed), groups the images by SeriesInstanceUID and, inside a series, leaves out
-   localizer images (ImageType ``LOCALIZER``) and images without position/orientation, reporting what it left out.
+1. :func:`scan_dicom_folder` reads only the header tags it needs from every file (pydicom, pixel data not read;
+   patient name/ID/birth date are only compared between images, as one-way digests), groups the images by
+   SeriesInstanceUID and, inside a series, leaves out localizer images (ImageType ``LOCALIZER``) and images without
+   position/orientation, reporting what it left out.
 2. Slices are sorted by the projection of ImagePositionPatient on the slice normal (the cross product of the two
    ImageOrientationPatient rows), never by file name or InstanceNumber.
 3. The stack is checked: one orientation and one image size, no two slices at the same position, uniform spacing
@@ -37,15 +38,20 @@ directories named ``*.dcm``, links leading outside, link loops and unreadable fi
 Header values are never repaired: a RescaleSlope of 0 or text, one of RescaleSlope/RescaleIntercept without the
 other, PixelSpacing that is missing or not two positive numbers, unusable positions or orientations, orientation
 rows that are not unit vectors, BitsStored above BitsAllocated, palette or colour pixels in a grey image, and
-attributes that differ between the images of one series (Modality, photometric interpretation, bits, pixel
-representation, size, spacing, orientation) each make the series refused, with the attribute named.
+attributes that differ between the images of one series (Modality, StudyInstanceUID, FrameOfReferenceUID,
+SOPClassUID, PatientID, PatientName, PatientBirthDate, photometric interpretation, bits, pixel representation, size,
+spacing, orientation), pixel data of another size than the header declares (native PixelData lengths; RLE segments
+and JPEG/JPEG-LS/JPEG 2000 frame headers before decoding), UIDs that are not UIDs, a Modality that is not a code
+string and positions beyond 1 km each make the series refused, with the attribute named (never a patient value).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
+import re
 import stat
 import struct
 import warnings
@@ -64,7 +70,7 @@ from MedAnalysisLib.errors import (
     UnreadableFileError,
 )
 from MedAnalysisLib.io.files import SIMPLEITK_IO_LOCK
-from MedAnalysisLib.io.validate import check_finite, check_memory_budget
+from MedAnalysisLib.io.validate import check_finite, check_memory_budget, origin_problem
 from MedAnalysisLib.volume import Volume, check_direction, orientation_code
 
 logger = logging.getLogger(__name__)
@@ -100,6 +106,9 @@ HEADER_TAGS = (
     "PerFrameFunctionalGroupsSequence",
     "PixelData",
 )
+#: Patient attributes that must be the same in every image of a series. They are read only to compare them and kept
+#: only as a one-way digest (:func:`_patient_digests`); no message ever shows their values.
+PATIENT_TAGS = ("PatientID", "PatientName", "PatientBirthDate")
 #: Metadata keys copied into ``Volume.metadata`` (besides ``source_files``). Nothing that identifies a patient.
 METADATA_KEYS = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
@@ -150,6 +159,7 @@ class _Slice:
 
     path: str
     instance_uid: str
+    sop_class_uid: str
     series_uid: str
     study_uid: str
     frame_uid: str
@@ -181,6 +191,8 @@ class _Slice:
     frame_index: int = 0
     #: Header values present but unusable (``(kind, "expected ..., got ...")``); kind is the error class name.
     invalid: tuple[tuple[str, str], ...] = ()
+    #: sha256 digests of the PATIENT_TAGS values (never the values themselves).
+    patient: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -266,7 +278,9 @@ class SeriesInfo:
     def describe(self) -> str:
         """One line for error messages (no patient data, and no SeriesDescription: free text that sites fill with
         names and dates; ``medanalysis dicom ls`` lists it for the user who asks)."""
-        return f"[{self.index}] {self.modality or '?'}, {self.n_slices} slice(s), uid {self.series_instance_uid}"
+        modality = self.modality if is_code_string(self.modality) else "?"
+        uid = self.series_instance_uid if is_valid_uid(self.series_instance_uid) else "(malformed, not shown)"
+        return f"[{self.index}] {modality}, {self.n_slices} slice(s), uid {uid}"
 
 
 # ------------------------------------------------------------------------------------------------ header reading
@@ -330,6 +344,82 @@ def _header_values(dataset: Any) -> dict[str, Any]:
     return values
 
 
+def _patient_digests(dataset: Any) -> tuple[str, ...]:
+    """One-way digests of the PATIENT_TAGS values (raw bytes, padding removed), so that a series mixing patients can
+    be refused without keeping, comparing as text or ever showing a patient's name, ID or birth date."""
+    from pydicom.dataelem import RawDataElement
+
+    digests = []
+    for keyword in PATIENT_TAGS:
+        element = dataset.get_item(keyword) if keyword in dataset else None
+        if element is None:
+            raw = b""
+        elif isinstance(element, RawDataElement):
+            raw = bytes(element.value or b"")
+        else:
+            raw = str(element.value).encode("utf-8", "replace")
+        digests.append(hashlib.sha256(raw.strip(b" \x00")).hexdigest())
+    return tuple(digests)
+
+
+#: A DICOM UID: components of digits separated by dots, at most 64 characters (PS3.5 9.1).
+_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+#: A DICOM code string such as a Modality: upper-case letters, digits, space and underscore, at most 16 characters.
+_CODE_STRING_PATTERN = re.compile(r"[A-Z0-9 _]{1,16}")
+#: UID attributes read from each image; each must be a valid UID when present.
+UID_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def is_valid_uid(value: Any) -> bool:
+    """True for a DICOM UID (digits and dots, no empty component, at most 64 characters)."""
+    return isinstance(value, str) and len(value) <= 64 and _UID_PATTERN.fullmatch(value) is not None
+
+
+def is_code_string(value: Any) -> bool:
+    """True for a DICOM code string value (upper-case letters, digits, space, underscore; 1 to 16 characters)."""
+    return isinstance(value, str) and _CODE_STRING_PATTERN.fullmatch(value) is not None
+
+
+def _identifier_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
+    """UIDs that are not UIDs and a Modality that is not a code string. The values are never shown: a malformed one
+    may hold anything, patient names and terminal escape sequences included."""
+    problems: list[tuple[str, str]] = []
+    for keyword in UID_TAGS:
+        value = v[keyword]
+        if value not in (None, "") and not is_valid_uid(value):
+            length = len(value) if isinstance(value, str) else len(list(value))
+            problems.append(("DicomSeriesError", f"expected {keyword} to be a DICOM UID (digits and dots, at most 64 "
+                                                 f"characters), got a value of {length} character(s) that is not one "
+                                                 "(not shown)"))
+    modality = v["Modality"]
+    if modality not in (None, "") and not is_code_string(modality):
+        length = len(modality) if isinstance(modality, str) else len(list(modality))
+        problems.append(("DicomSeriesError", "expected Modality to be a DICOM code string such as CT or MR (upper-case "
+                                             "letters, digits, space, underscore; at most 16 characters), got a value "
+                                             f"of {length} character(s) that is not one (not shown)"))
+    return problems
+
+
+def _expected_pixel_bytes(rows: int, columns: int, samples: int, bits: int, frames: int) -> int:
+    """Bytes of native (uncompressed) pixel data the header declares, before the padding byte of an odd length."""
+    return rows * columns * samples * frames * (bits // 8)
+
+
+def _pixel_length_problem(s: _Slice) -> tuple[str, str] | None:
+    """A native PixelData element must hold exactly the pixels the header declares (one padding byte allowed after
+    an odd length): longer data read with a smaller header gives a cropped or garbled image without a word."""
+    if (s.pixel_length is None or min(s.rows, s.columns) < 1 or s.bits_allocated not in (8, 16, 32, 64)
+            or s.samples_per_pixel not in (1, 3)):
+        return None  # encapsulated (checked after decoding) or malformed (refused with the layout)
+    expected = _expected_pixel_bytes(s.rows, s.columns, s.samples_per_pixel, s.bits_allocated, s.n_frames)
+    if s.pixel_length == expected or (expected % 2 == 1 and s.pixel_length == expected + 1):
+        return None
+    return ("UnreadableFileError",
+            f"expected a PixelData element of {expected} bytes ({s.n_frames} frame(s) of {s.columns}x{s.rows}, "
+            f"{s.samples_per_pixel} sample(s), {s.bits_allocated} bit allocated), got {s.pixel_length} bytes: the "
+            "header does not describe the pixel data")
+
+
 def _functional(item: Any, sequence: str, keyword: str) -> Any:
     if item is None:
         return None
@@ -372,6 +462,15 @@ def _shown(value: Any) -> str:
     """A header value for a message: short, quoted, never more than 24 characters."""
     text = repr(list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value)
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _shown_identifier(keyword: str, value: Any) -> str:
+    """A UID or code string for a message, or a placeholder when it is malformed (it may hold anything)."""
+    if keyword.endswith("UID"):
+        return _shown(value) if value == "" or is_valid_uid(value) else "(a malformed UID, not shown)"
+    if keyword == "Modality":
+        return _shown(value) if value == "" or is_code_string(value) else "(a malformed code, not shown)"
+    return _shown(value)
 
 
 def _number(value: Any) -> float | None:
@@ -417,6 +516,9 @@ def _header_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
     for keyword, count, what, kind in checks:
         if v[keyword] not in (None, "") and _floats(v[keyword], count) is None:
             problems.append((kind, f"expected {keyword} of {what}, got {_shown(v[keyword])}"))
+    position = _floats(v["ImagePositionPatient"], 3)
+    if position is not None and origin_problem(position, "ImagePositionPatient", "the image") is not None:
+        problems.append(("GeometryError", origin_problem(position, "ImagePositionPatient", "the image")))  # type: ignore[arg-type]
     spacing = v["PixelSpacing"]
     if spacing not in (None, ""):
         values = _floats(spacing, 2)
@@ -445,11 +547,12 @@ def _read_slice(path: str) -> _Slice | str:
         with open_regular(path) as handle, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             size = os.fstat(handle.fileno()).st_size
-            dataset = pydicom.dcmread(handle, defer_size=1024, specific_tags=list(HEADER_TAGS))
+            dataset = pydicom.dcmread(handle, defer_size=1024, specific_tags=[*HEADER_TAGS, *PATIENT_TAGS])
             truncated = any("End of file" in str(w.message) or "delimiter" in str(w.message) for w in caught)
             if truncated:  # the partial read may lack header elements: read the header alone again
                 handle.seek(0)
-                dataset = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=list(HEADER_TAGS[:-1]))
+                dataset = pydicom.dcmread(handle, stop_before_pixels=True,
+                                          specific_tags=[*HEADER_TAGS[:-1], *PATIENT_TAGS])
     except UnreadableFileError:
         return "not opened (no longer a regular file, or not readable)"
     except InvalidDicomError:
@@ -483,11 +586,13 @@ def _read_slice(path: str) -> _Slice | str:
         bits_allocated = _int_or(v["BitsAllocated"], 16) or 16
         n_frames = _int_or(v["NumberOfFrames"], 1) or 1
         slope, intercept, lut_problem = _rescale(v["RescaleSlope"], v["RescaleIntercept"])
-        invalid = _header_problems(v) + ([("DicomSeriesError", lut_problem)] if lut_problem else [])
+        invalid = (_header_problems(v) + _identifier_problems(v)
+                   + ([("DicomSeriesError", lut_problem)] if lut_problem else []))
         frames = _frame_geometry(dataset, n_frames, slope, intercept) if n_frames > 1 else None
-        return _Slice(
+        found = _Slice(
             path=path,
             instance_uid=str(v["SOPInstanceUID"] or ""),
+            sop_class_uid=str(v["SOPClassUID"] or ""),
             series_uid=str(v["SeriesInstanceUID"] or ""),
             study_uid=str(v["StudyInstanceUID"] or ""),
             frame_uid=str(v["FrameOfReferenceUID"] or ""),
@@ -517,7 +622,10 @@ def _read_slice(path: str) -> _Slice | str:
             pixel_length=int(length) if defined else None,  # type: ignore[arg-type]
             damage=damage,
             frames=frames,
+            patient=_patient_digests(dataset),
         )
+        size_problem = _pixel_length_problem(found)
+        return replace(found, invalid=found.invalid + (size_problem,)) if size_problem else found
     except Exception as error:  # noqa: BLE001 - any value pydicom cannot decode makes the header unusable
         return f"malformed DICOM header ({type(error).__name__})"
 
@@ -828,9 +936,10 @@ def _analyse(index: int, uid: str, slices: list[_Slice], skipped: list[tuple[str
 
 #: Attributes that must be the same in every image of a series (the image size, samples per pixel, orientation and
 #: pixel spacing are checked with the geometry).
-SERIES_CONSTANTS = (("Modality", "modality"), ("PhotometricInterpretation", "photometric"),
-                    ("BitsAllocated", "bits_allocated"), ("BitsStored", "bits_stored"),
-                    ("PixelRepresentation", "pixel_representation"))
+SERIES_CONSTANTS = (("Modality", "modality"), ("StudyInstanceUID", "study_uid"),
+                    ("FrameOfReferenceUID", "frame_uid"), ("SOPClassUID", "sop_class_uid"),
+                    ("PhotometricInterpretation", "photometric"), ("BitsAllocated", "bits_allocated"),
+                    ("BitsStored", "bits_stored"), ("PixelRepresentation", "pixel_representation"))
 #: Photometric interpretations of grey images (one sample) and of colour images (three samples).
 GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2"})
 COLOR_PHOTOMETRIC = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT",
@@ -850,8 +959,14 @@ def _check_headers(images: Sequence[_Slice], block: Callable[..., None]) -> None
     for keyword, attribute in SERIES_CONSTANTS:
         values = Counter(getattr(s, attribute) for s in images)
         if len(values) > 1:
-            listing = ", ".join(f"{n} with {_shown(value)}" for value, n in values.most_common(4))
+            listing = ", ".join(f"{n} with {_shown_identifier(keyword, value)}" for value, n in values.most_common(4))
             block(f"expected one {keyword} for every image of a series, got {len(values)} values: {listing}")
+    for index, keyword in enumerate(PATIENT_TAGS):  # values never shown, not even as digests
+        values = Counter(s.patient[index] if s.patient else "" for s in images)
+        if len(values) > 1:
+            block(f"expected one {keyword} for every image of a series, got {len(values)} different values in "
+                  f"{len(images)} images (not shown: patient data); the files of several patients share a "
+                  "SeriesInstanceUID")
     if not images:
         return
     first = images[0]
@@ -1078,14 +1193,17 @@ def _decode_with_pydicom(slices: Sequence[_Slice]) -> np.ndarray:
         if s.path not in decoded:
             try:
                 with contain_third_party("decoding DICOM pixels with pydicom", quote=False):
-                    with open_regular(s.path) as handle:
+                    with open_regular(s.path) as handle, warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
                         array = pydicom.dcmread(handle).pixel_array
+                    messages = [str(w.message) for w in caught]
             except Exception as error:  # noqa: BLE001 - missing decoder plugins or damaged frames, many types
                 raise UnreadableFileError(
                     f"expected decodable pixel data in {Path(s.path).name} ({_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax)}), "
                     f"got {type(error).__name__}: {str(error)[:200]} (compressed images need the "
                     "decoders of 'pip install medanalysis[dicom]')"
                 ) from error
+            _refuse_excess_segments(s, messages)
             array = array[np.newaxis] if s.n_frames == 1 else array
             expected = (s.n_frames, s.rows, s.columns) + ((s.samples_per_pixel,) if s.samples_per_pixel > 1 else ())
             if array.shape != expected:
@@ -1095,6 +1213,91 @@ def _decode_with_pydicom(slices: Sequence[_Slice]) -> np.ndarray:
             decoded[s.path] = array
         planes.append(decoded[s.path][s.frame_index])
     return np.stack(planes)
+
+
+_RLE = "1.2.840.10008.1.2.5"
+_RLE_EXCESS = re.compile(r"non-conformant padding - (\d+) vs\. (\d+) bytes expected")
+
+
+def _refuse_excess_segments(s: _Slice, messages: Sequence[str]) -> None:
+    """pydicom crops an RLE segment that decodes to more than Rows x Columns bytes (with a warning): more than the
+    one padding byte means the header does not describe the pixels (a 4x8 header on 8x8 pixels), so refuse."""
+    for message in messages:
+        found = _RLE_EXCESS.search(message)
+        if found and int(found.group(1)) > int(found.group(2)) + 1:
+            raise UnreadableFileError(
+                f"expected RLE segments of {found.group(2)} bytes ({s.columns}x{s.rows}) in {Path(s.path).name}, got "
+                f"{found.group(1)} bytes: the header does not describe the compressed pixel data"
+            )
+
+
+_JPEG_FAMILY = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                          "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+_J2K_FAMILY = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+#: JPEG start-of-frame markers (SOF0-SOF15 without DHT, JPG and DAC) and JPEG-LS SOF55.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """``(rows, columns, samples, precision)`` from a JPEG or JPEG-LS codestream's start-of-frame, or None."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        (length,) = struct.unpack(">H", data[offset + 2:offset + 4])
+        if marker in _SOF_MARKERS:
+            if offset + 10 > len(data):
+                return None
+            precision, rows, columns, samples = struct.unpack(">BHHB", data[offset + 4:offset + 10])
+            return rows, columns, samples, precision
+        offset += 2 + length
+    return None
+
+
+def _j2k_frame_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """``(rows, columns, samples, precision)`` from a JPEG 2000 codestream's SIZ segment, or None."""
+    if data[:4] != b"\xff\x4f\xff\x51" or len(data) < 43:
+        return None
+    x_size, y_size, x_offset, y_offset = struct.unpack(">IIII", data[8:24])
+    (samples,) = struct.unpack(">H", data[40:42])
+    precision = (data[42] & 0x7F) + 1
+    return y_size - y_offset, x_size - x_offset, samples, precision
+
+
+def _check_codestreams(slices: Sequence[_Slice]) -> None:
+    """Compare the image size, samples and bit depth each JPEG, JPEG-LS or JPEG 2000 frame declares with the DICOM
+    header before decoding: GDCM decodes by the codestream and returned a 4x8 header on 8x8 pixels as a cropped
+    image, or 16-bit pixels under an 8-bit header as 16-bit values, without a word."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    for s in {s.path: s for s in slices if s.transfer_syntax in _JPEG_FAMILY | _J2K_FAMILY}.values():
+        parse = _jpeg_frame_header if s.transfer_syntax in _JPEG_FAMILY else _j2k_frame_header
+        with open_regular(s.path) as handle:
+            dataset = pydicom.dcmread(handle)
+        try:
+            first = next(iter(generate_frames(dataset.PixelData, number_of_frames=s.n_frames)))
+        except Exception as error:  # noqa: BLE001 - damaged encapsulation, many types
+            raise UnreadableFileError(f"expected encapsulated frames in {Path(s.path).name}, got damaged "
+                                      f"encapsulation ({type(error).__name__})") from error
+        found = parse(bytes(first))
+        if found is None:
+            raise UnreadableFileError(f"expected a {_TRANSFER_SYNTAX_NAMES.get(s.transfer_syntax, 'compressed')} "
+                                      f"codestream in {Path(s.path).name}, got data without a readable frame header")
+        rows, columns, samples, precision = found
+        if (rows, columns, samples) != (s.rows, s.columns, s.samples_per_pixel) or precision > s.bits_allocated:
+            raise UnreadableFileError(
+                f"expected compressed frames of {s.columns}x{s.rows}, {s.samples_per_pixel} sample(s), at most "
+                f"{s.bits_allocated} bit in {Path(s.path).name} (as its header declares), got {columns}x{rows}, "
+                f"{samples} sample(s), {precision} bit: the header does not describe the compressed pixel data"
+            )
 
 
 def _read_with_sitk(info: SeriesInfo) -> np.ndarray:
@@ -1243,10 +1446,13 @@ def load_dicom_series(
     rescaling = any((s.slope, s.intercept) != (1.0, 0.0) for s in slices)
     item = 4 if rescaling else max(first.bits_allocated // 8, 1)
     shape = (info.n_slices, first.rows, first.columns) + ((first.samples_per_pixel,) if first.samples_per_pixel > 1 else ())
+    _check_codestreams(slices)  # a header that does not describe its pixels is refused before the budget is asked
     check_memory_budget(shape, np.dtype(f"u{item}"), memory_budget_bytes)
     if _native_ok(slices):
         array = _rescaled(_read_native(slices), slices)
-    elif any(s.n_frames > 1 for s in slices) or len({(s.slope, s.intercept) for s in slices}) > 1:
+    elif (any(s.n_frames > 1 for s in slices) or len({(s.slope, s.intercept) for s in slices}) > 1
+          or all(s.transfer_syntax == _RLE for s in slices)):
+        # RLE: pydicom decodes it without plugins and, unlike GDCM, reports segments longer than the header says
         # GDCM applies a modality LUT per slice but casts every slice to the first slice's pixel type (a slice
         # with another intercept wraps around): decode stored values and apply each slice's own LUT instead
         array = _rescaled(_decode_with_pydicom(slices), slices)

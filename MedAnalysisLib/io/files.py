@@ -41,15 +41,17 @@ from MedAnalysisLib.errors import (
     OutputError,
     UnreadableFileError,
 )
-from MedAnalysisLib.io.atomic import atomic_path
+from MedAnalysisLib.io.atomic import atomic_path, refuse_link
 from MedAnalysisLib.io.validate import (
     check_compressed_room,
     check_finite,
     check_memory_budget,
+    check_origin,
     inflated_size,
     require_integer_labels,
     resolve_data_file,
 )
+from MedAnalysisLib.sanitize import terminal_field
 from MedAnalysisLib.volume import Volume, check_direction
 
 #: Serialises SimpleITK/ITK file input and output across threads. ITK's image IO (NIfTI in particular) is not safe
@@ -336,10 +338,12 @@ def _check_nifti_layout(path: Path, fields: _NiftiFields) -> tuple[int, int]:
             f"expected a whole NIfTI vox_offset from {minimum} (header and extension flag) up, got {offset} in "
             f"{path.name}"
         )
-    if fields.slope == 0.0 and math.isfinite(fields.inter) and fields.inter != 0.0:
+    unusable_slope = fields.slope == 0.0 or not math.isfinite(fields.slope)
+    if unusable_slope and math.isfinite(fields.inter) and fields.inter != 0.0:
         raise UnreadableFileError(
-            f"expected a non-zero NIfTI scl_slope when scl_inter is set, got scl_slope 0 and scl_inter "
-            f"{fields.inter:g} in {path.name}: a zero slope means 'no scaling', and ITK would still add the intercept"
+            f"expected a finite, non-zero NIfTI scl_slope when scl_inter is set, got scl_slope {fields.slope:g} and "
+            f"scl_inter {fields.inter:g} in {path.name}: a zero or non-finite slope means 'no scaling', yet ITK would "
+            "still add the intercept, so the intended values are ambiguous"
         )
     return n_dims, int(offset)
 
@@ -505,6 +509,35 @@ def _positive_spacing(values: Sequence[float], key: str, path: Path) -> None:
         )
 
 
+#: MetaImage fields MetaIO reads as one: a header giving two of a group says the same thing twice, and each reader
+#: (MetaIO, this check, other tools) may take a different one.
+_METAIMAGE_ALIASES = (("offset", "origin", "position"), ("transformmatrix", "rotation", "orientation"))
+
+
+def _check_metaimage_aliases(fields: dict[str, str], path: Path) -> None:
+    """Refuse two aliases of one field (Offset/Origin/Position, TransformMatrix/Rotation/Orientation), and an
+    ElementSize that contradicts ElementSpacing (MetaIO uses ElementSize as the spacing when ElementSpacing is
+    absent, so the two must agree when both are given)."""
+    for group in _METAIMAGE_ALIASES:
+        given = [key for key in group if key in fields]
+        if len(given) > 1:
+            raise UnreadableFileError(
+                f"expected one of the MetaImage aliases {', '.join(group)}, got {' and '.join(given)} in {path.name}: "
+                "the header gives the same field twice and readers may take either"
+            )
+    if "elementspacing" in fields and "elementsize" in fields:
+        spacing, size = fields["elementspacing"].split(), fields["elementsize"].split()
+        try:
+            same = len(spacing) == len(size) and all(float(a) == float(b) for a, b in zip(spacing, size, strict=True))
+        except ValueError:
+            same = False
+        if not same:
+            raise GeometryError(
+                f"expected ElementSize to equal ElementSpacing when both are given, got {fields['elementsize'][:40]!r} "
+                f"and {fields['elementspacing'][:40]!r} in {path.name}"
+            )
+
+
 def _check_metaimage_fields(fields: dict[str, str], path: Path) -> _Payload:
     """Validate the MetaImage header before MetaIO parses it and say where its voxels are.
 
@@ -525,6 +558,7 @@ def _check_metaimage_fields(fields: dict[str, str], path: Path) -> _Payload:
     sizes = _numbers(fields, "dimsize", n, path, integer=True)
     if any(not 1 <= size < 2**31 for size in sizes):
         raise UnreadableFileError(f"expected DimSize values from 1 to 2^31-1, got {fields['dimsize']!r} in {path.name}")
+    _check_metaimage_aliases(fields, path)
     for key, count in (("elementspacing", n), ("elementsize", n), ("offset", n), ("position", n), ("origin", n),
                        ("centerofrotation", n), ("transformmatrix", n * n), ("rotation", n * n), ("orientation", n * n)):
         if key in fields:
@@ -615,6 +649,36 @@ def _check_nrrd_geometry(fields: dict[str, str], dimension: int, path: Path) -> 
                 )
     if "space origin" in fields:
         _nrrd_vectors(fields["space origin"], "space origin", path)
+    _check_nrrd_space(fields, spatial, path)
+
+
+#: NRRD spaces that ITK converts to LPS (full names and their abbreviations). Any other space (scanner-xyz,
+#: 3D-right-handed, the "-time" variants, ...) is taken by ITK as LPS without conversion, which may be wrong.
+_NRRD_ANATOMICAL_SPACES = frozenset({"left-posterior-superior", "lps", "right-anterior-superior", "ras",
+                                     "left-anterior-superior", "las"})
+
+
+def _check_nrrd_space(fields: dict[str, str], spatial: Sequence[bool], path: Path) -> None:
+    """The space must be one ITK maps to LPS, and lengths must be in millimetres: ITK ignores units, so a file in
+    km or inches would be read as mm, and a scanner-xyz or right-handed space as LPS."""
+    space = fields.get("space")
+    if space is not None and space.strip().lower() not in _NRRD_ANATOMICAL_SPACES:
+        raise GeometryError(
+            f"expected a NRRD space ITK maps to patient coordinates (left-posterior-superior, right-anterior-superior, "
+            f"left-anterior-superior or LPS, RAS, LAS), got {space.strip()[:40]!r} in {path.name}: it would be read "
+            "as LPS without conversion"
+        )
+    for key in ("space units", "units"):
+        if key not in fields:
+            continue
+        units = re.findall(r'"([^"]*)"', fields[key])
+        used = units if key == "space units" else [u for u, s in zip(units, spatial, strict=False) if s]
+        wrong = [u for u in used if u.strip() and u.strip().lower() != "mm"]
+        if wrong or not units:
+            raise GeometryError(
+                f"expected NRRD {key} of \"mm\" (lengths are read as millimetres), got {fields[key][:60]!r} in "
+                f"{path.name}: other units are refused rather than read as mm"
+            )
 
 
 def _nrrd_int(fields: dict[str, str], keys: tuple[str, ...], path: Path, low: int, default: int = 0) -> int:
@@ -859,6 +923,7 @@ def _open(
             f"in {path.name}"
         )
     dimension = reader.GetDimension()
+    check_origin(reader.GetOrigin()[: min(dimension, 3)], "an origin", path.name)
     direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
     metadata = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys() if key.startswith(("Segment", "Segmentation_"))}
     header = ImageHeader(
@@ -1116,17 +1181,70 @@ def segment_metadata(array: np.ndarray, segments: Sequence[dict[str, Any]]) -> d
     return keys
 
 
+def _check_data_file_targets(target: Path, produced: Sequence[Path], overwrite: bool | None) -> None:
+    """Header and data file are one output: a data file may replace only what that output may replace.
+
+    A link (dangling or not) or anything but a regular file at a data file's name is always refused. An existing
+    regular file there is replaced only with ``overwrite``, or (``overwrite`` None) when the header is being
+    replaced too, i.e. the pair is an earlier output; otherwise it is a file of the user's that happens to carry
+    the data file's name (``mine.zraw`` beside a new ``mine.mhd``) and is never replaced.
+    """
+    for source in produced:
+        if source.name == target.name:
+            continue
+        destination = target.parent / source.name
+        if destination.is_symlink():
+            raise OutputError(f"expected no symbolic link at {destination.name}, the data file of {target.name}, got "
+                              "one: a link is never replaced, nothing was written")
+        if not destination.exists():
+            continue
+        if not destination.is_file():
+            raise OutputError(f"expected a regular file or nothing at {destination.name}, the data file of "
+                              f"{target.name}, got a folder or special file: it is never replaced, nothing was written")
+        allowed = overwrite if overwrite is not None else target.is_file()
+        if not allowed:
+            raise OutputError(
+                f"expected no file at {destination.name}, the data file {target.name} writes beside it, got an "
+                f"existing file without {target.name}: it is not replaced unless overwriting; nothing was written"
+            )
+
+
 @contextlib.contextmanager
-def _atomic_detached(target: Path):  # type: ignore[no-untyped-def]
-    """Like :func:`atomic_path` for header + data-file formats: data files are moved into place before the header."""
+def _atomic_detached(target: Path, overwrite: bool | None = None):  # type: ignore[no-untyped-def]
+    """Like :func:`atomic_path` for header + data-file formats: every file is checked first (links, folders, a data
+    file that is not part of this output: :func:`_check_data_file_targets`), then data files are moved into place
+    before the header."""
+    refuse_link(target, "a file")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"expected a file path to write, got a folder or special file at {target.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield folder / target.name
-        for produced in sorted(folder.iterdir(), key=lambda p: p.name == target.name):
-            os.replace(produced, target.parent / produced.name)
+        produced = sorted(folder.iterdir(), key=lambda p: p.name == target.name)
+        _check_data_file_targets(target, produced, overwrite)
+        for source in produced:
+            os.replace(source, target.parent / source.name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_output_suffix(path: str | os.PathLike[str]) -> str:
+    """The format of an output path (see :data:`FORMATS`), refusing a suffix that is not lower-case: ITK picks its
+    writer and compression from the exact suffix, so ``OUT.NII.GZ`` would fail inside ITK (naming a temporary file)
+    instead of being written as asked. Commands call this before any work; :func:`write_volume` calls it too.
+
+    Raises:
+        UnreadableFileError: An unsupported suffix.
+        OutputError: A supported suffix in upper or mixed case.
+    """
+    target = Path(path)
+    suffix, fmt = _format_of(target)
+    written = target.name[len(target.name) - len(suffix):]
+    if written != suffix:
+        raise OutputError(f"expected a lower-case suffix {suffix!r} for an output, got {written!r} in "
+                          f"{terminal_field(target.name)}; name the file with {suffix!r}")
+    return fmt
 
 
 def write_volume(
@@ -1135,6 +1253,7 @@ def write_volume(
     *,
     segments: Sequence[dict[str, Any]] | None = None,
     compress: bool = True,
+    overwrite: bool | None = None,
 ) -> Path:
     """Write ``volume`` to ``path`` atomically, with its geometry and without any metadata from its source.
 
@@ -1145,18 +1264,25 @@ def write_volume(
         segments: For NRRD outputs of label maps: Slicer segment descriptions (see :func:`segment_metadata`), so
             that Slicer loads the file as a segmentation with names and colors.
         compress: gzip the voxels where the format allows (ignored for ``.nii``).
+        overwrite: For ``.mhd``/``.nhdr``: whether an existing data file beside the header may be replaced. None
+            (default): only when the header exists too (the pair is an earlier output the caller chose to replace).
 
     Returns:
         The written path.
 
     Raises:
         UnreadableFileError: An unsupported suffix.
+        OutputError: A suffix that is not lower-case; a link, folder or (see ``overwrite``) a file of the user's at
+            the name of a data file; a write or read-back failure.
+        GeometryError: An origin that is not finite or beyond 1 km (it would not read back).
         ImageValidationError: ``segments`` for a non-NRRD output or a non-integer volume; bad segment entries.
     """
     import SimpleITK as sitk
 
     target = Path(path)
     suffix, fmt = _format_of(target)
+    check_output_suffix(target)
+    check_origin(volume.origin, "an origin", f"the volume written to {terminal_field(target.name)}")
     array = volume.array
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
@@ -1183,7 +1309,7 @@ def write_volume(
     for key, value in extra.items():
         image.SetMetaData(key, value)
     use_compression = compress and suffix != ".nii"
-    context = _atomic_detached(target) if suffix in _DETACHED else atomic_path(target)
+    context = _atomic_detached(target, overwrite) if suffix in _DETACHED else atomic_path(target)
     with context as temporary:
         try:
             with SIMPLEITK_IO_LOCK:

@@ -15,7 +15,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from MedAnalysisLib.errors import ImageValidationError, MemoryBudgetError, UnreadableFileError
+from MedAnalysisLib.errors import GeometryError, ImageValidationError, MemoryBudgetError, UnreadableFileError
 from MedAnalysisLib.sanitize import terminal_field
 from MedAnalysisLib.volume import Volume
 
@@ -68,6 +68,28 @@ def check_memory_budget(shape: Sequence[int], dtype: np.dtype | type | str, budg
             "budget or crop/downsample the image first"
         )
     return needed
+
+
+#: Largest distance (mm) of an image origin from the scanner's origin: 1 km, far beyond any patient. A larger one is
+#: a broken header, and its grid would overflow later arithmetic (bounding boxes, resampling, the writers' read-back).
+MAX_ORIGIN_MM = 1e6
+
+
+def origin_problem(origin: Sequence[float], key: str, name: str) -> str | None:
+    """Why ``origin`` (mm) is unusable (NaN, infinite, or beyond :data:`MAX_ORIGIN_MM`), or None when it is fine."""
+    values = [float(v) for v in origin]
+    if all(np.isfinite(values)) and max((abs(v) for v in values), default=0.0) <= MAX_ORIGIN_MM:
+        return None
+    shown = [float(f"{v:.6g}") for v in values[:4]]
+    return (f"expected {key} of finite coordinates within {MAX_ORIGIN_MM:g} mm of the scanner origin in {name}, got "
+            f"{shown}; a broken position is refused rather than carried into the geometry")
+
+
+def check_origin(origin: Sequence[float], key: str, name: str) -> None:
+    """Raise :class:`GeometryError` for an origin that :func:`origin_problem` refuses."""
+    problem = origin_problem(origin, key, name)
+    if problem:
+        raise GeometryError(problem)
 
 
 def check_finite(volume: Volume | np.ndarray, what: str = "image") -> None:
