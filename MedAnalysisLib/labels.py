@@ -99,6 +99,36 @@ class LabelInfo:
         return cls(data["value"], data["name"], tuple(color), data.get("terminology"))  # type: ignore[arg-type]
 
 
+#: The name of label value 0 in a label map: 0 is always the background, and no other value may carry this name.
+BACKGROUND = "background"
+
+
+def check_user_labels(labels: tuple[LabelInfo, ...] | list[LabelInfo], where: str = "the labels",
+                      named_background: bool = True) -> None:
+    """Refuse a set of labels a user wrote that would be ambiguous in a result.
+
+    Value 0 is always the background of a label map: with ``named_background`` (labels files) an entry for it must
+    be named ``background`` (any case), not ``liver``, or the bundle would call the background liver (Python
+    callers naming classes by position, ``["bg", "liver"]``, pass False). No other value may be named
+    ``background``, and two values may not share a name (compared without case or surrounding spaces): segment
+    names, table columns and DICOM SEG segment labels must tell the classes apart.
+
+    Raises:
+        BundleError: Naming the values and names involved.
+    """
+    seen: dict[str, int] = {}
+    for label in labels:
+        key = " ".join(label.name.split()).casefold()
+        _expect(label.value != 0 or key == BACKGROUND or not named_background,
+                f"expected value 0 in {where} to be named {BACKGROUND!r} (0 is always the background of a label "
+                f"map), got {_show(label.name)}")
+        _expect(label.value == 0 or key != BACKGROUND,
+                f"expected the name {BACKGROUND!r} only for value 0 in {where}, got it for value {label.value}")
+        _expect(key not in seen, f"expected a different name for each label value in {where}, got "
+                                 f"{_show(label.name)} for values {seen.get(key)} and {label.value}")
+        seen[key] = label.value
+
+
 def default_color(value: int) -> tuple[int, int, int]:
     """The palette colour of label ``value`` (black for the background, 0)."""
     return (0, 0, 0) if value == 0 else DEFAULT_COLORS[(value - 1) % len(DEFAULT_COLORS)]
@@ -110,4 +140,5 @@ def default_labels(names: Mapping[int, str] | list[str]) -> tuple[LabelInfo, ...
     return tuple(LabelInfo(int(value), str(name), default_color(int(value))) for value, name in sorted(items.items()))
 
 
-__all__ = ["DEFAULT_COLORS", "MAX_LABEL_VALUE", "LabelInfo", "default_color", "default_labels"]
+__all__ = ["BACKGROUND", "DEFAULT_COLORS", "MAX_LABEL_VALUE", "LabelInfo", "check_user_labels", "default_color",
+           "default_labels"]

@@ -59,9 +59,12 @@ def is_phantom_output(folder: Path) -> bool:
         return True
     if "dataset.json" not in names:
         return False
-    try:
-        data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    from MedAnalysisLib.errors import InputError
+    from MedAnalysisLib.io.small_files import read_json_file
+
+    try:  # a regular file of bounded size only: a FIFO named dataset.json must not block the check
+        data = read_json_file(folder / "dataset.json", "a dataset.json")
+    except InputError:
         return False
     return isinstance(data, dict) and data.get("reference") == PHANTOM_REFERENCE
 

@@ -34,7 +34,9 @@ Stopping a child cleanly works the same on every platform, through two channels 
   starts a daemon thread that checks ``os.path.exists`` on exactly that path every
   :data:`STOP_FILE_POLL_S` seconds and sets the flag once it exists. Environment variables pass through launchers,
   so this reaches the child however stdin travels, at the cost of up to one polling interval. The child only looks
-  at the path: it never creates, writes, opens or deletes it (the parent creates it and removes its folder).
+  at the path: it never creates, writes, opens or deletes it (the parent creates it and removes its folder). A
+  relative path, a path whose folder does not exist and a file older than the process (a stale request) are
+  refused (exit code 2, :func:`check_stop_file_setting`): each would make Cancel do nothing or stop at once.
 
 Either way the flag is set exactly as SIGTERM does, with the reason ``stopped on request``; the long loops notice it
 at their next batch or case boundary, save what they can (training: its resume checkpoint) and the command exits
@@ -56,7 +58,7 @@ import threading
 import time
 from typing import IO, Any
 
-from MedAnalysisLib.errors import CancelledError
+from MedAnalysisLib.errors import CancelledError, InputError
 from MedAnalysisLib.privacy import redact, redact_value
 from MedAnalysisLib.sanitize import terminal_field, terminal_message
 
@@ -310,6 +312,57 @@ class _StdinStopWatcher:
                     self.flag.set(STOP_REQUEST_REASON)
 
 
+#: When this module was first imported: the start of the process where the system does not say (see
+#: :func:`process_start_time`).
+_IMPORTED_AT = time.time()
+
+
+def process_start_time() -> float:
+    """When this process started (seconds since the epoch): from ``/proc`` on Linux, else when this module was first
+    imported (a little later than the start, which only narrows what counts as a stop request made for this run)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii", errors="replace") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+def check_stop_file_setting() -> None:
+    """Refuse a ``MEDANALYSIS_STOP_FILE`` that cannot work as the protocol says, before any work starts.
+
+    The path must be absolute (only that names one file whatever the working directory becomes) and its folder
+    must exist (else the parent could never create the file, and Cancel would silently do nothing). A file already
+    there that is older than this process is a stale request (left by an earlier run, or a path shared by two runs)
+    and would stop this run at once: it is refused too. One created since this process started is a real stop
+    request made before the command got going (Cancel pressed at once): the run stops at its first boundary, as
+    for a later request. Each refusal is an error (exit code 2), never a watcher that silently never fires.
+
+    Raises:
+        InputError: Naming the variable, what was expected and what was found.
+    """
+    path = os.environ.get(STOP_FILE_ENV, "")
+    if not path:
+        return
+    expected = (f"expected {STOP_FILE_ENV} to be the absolute path of a file that does not exist yet, in an existing "
+                "folder")
+    if not os.path.isabs(path):
+        raise InputError(f"{expected}, got the relative path {terminal_field(path)}")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise InputError(f"{expected}, got {terminal_field(path)} whose folder does not exist")
+    try:
+        modified = os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise InputError(f"{expected}, got {terminal_field(path)}, which cannot be checked: {error.strerror}") from None
+    if modified < process_start_time() - 1.0:  # a second of slack for file systems with coarse times
+        raise InputError(f"{expected}, got {terminal_field(path)}, which already exists from before this run (a "
+                         "stop request left from an earlier run?); remove it or choose another path")
+
+
 class _StopFileWatcher:
     """At most one per process: a daemon thread that sets the latest installed flag once the stop file exists.
 
@@ -330,9 +383,9 @@ class _StopFileWatcher:
     def watch(cls, flag: StopFlag) -> None:
         with cls._lock:
             if cls._requested is None:  # decided once; the variable is consumed so grandchildren never inherit it
+                check_stop_file_setting()
                 path = os.environ.pop(STOP_FILE_ENV, "")
-                # Only an absolute path names one file whatever the working directory becomes.
-                cls._requested = bool(path) and os.path.isabs(path)
+                cls._requested = bool(path)
                 if cls._requested:
                     cls._instance = cls(path)
                     cls._instance.flag = flag

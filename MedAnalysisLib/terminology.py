@@ -26,7 +26,6 @@ codes for the label values of a dataset.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -34,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from MedAnalysisLib.errors import InputError
-from MedAnalysisLib.labels import LabelInfo
+from MedAnalysisLib.errors import BundleError, InputError
+from MedAnalysisLib.labels import LabelInfo, check_user_labels
 from MedAnalysisLib.labels import default_color as palette_color
 
 Code = tuple[str, str, str]  # (scheme designator, code value, code meaning)
@@ -370,12 +369,20 @@ def parse_labels(data: Any, where: str = "the labels") -> tuple[LabelInfo, ...]:
     for number, raw in enumerate(data):
         value = raw.get("value") if isinstance(raw, Mapping) else None
         palette = palette_color(value) if isinstance(value, int) and value > 0 else (0, 0, 0)
-        labels.append(_label_entry(raw, f"entry {number} of {where}", palette))
+        try:
+            labels.append(_label_entry(raw, f"entry {number} of {where}", palette))
+        except BundleError as error:  # LabelInfo's own bounds (value up to 65535, name length)
+            raise InputError(f"{error} in entry {number} of {where}") from None
     values = [label.value for label in labels]
     duplicates = sorted({v for v in values if values.count(v) > 1})
     if duplicates:
         raise InputError(f"expected each label value once in {where}, got {duplicates} more than once")
-    return tuple(sorted(labels, key=lambda label: label.value))
+    ordered = tuple(sorted(labels, key=lambda label: label.value))
+    try:
+        check_user_labels(ordered, where)
+    except BundleError as error:
+        raise InputError(str(error)) from None
+    return ordered
 
 
 def read_labels_file(path: str | os.PathLike[str]) -> tuple[LabelInfo, ...]:
@@ -391,9 +398,8 @@ def read_labels_file(path: str | os.PathLike[str]) -> tuple[LabelInfo, ...]:
     Raises:
         InputError: Unreadable JSON, or any entry that breaks the rules above (the message names the entry).
     """
+    from MedAnalysisLib.io.small_files import read_json_file
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"expected a readable JSON labels file at {path.name}, got: {error}") from None
+    data = read_json_file(path, "a readable JSON labels file")
     return parse_labels(data, path.name)

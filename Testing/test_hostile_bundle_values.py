@@ -66,7 +66,7 @@ VALUE_EDITS: dict[str, tuple[tuple[Any, ...], Any, str]] = {
                                   r"\[0, 5\], got \[0, 1\]"),
     "plan labels in another order": (("plan", "label_values"), [1, 0], r"in output order \[0, 1\], got \[1, 0\]"),
     "plan labels beyond uint16": (("plan", "label_values"), [0, 70000],
-                                  r"expected 1 to 1024 distinct plan.label_values in \[0, 65535\], got \[0, 70000\]"),
+                                  r"distinct plan.label_values in \[0, 65535\], got \[0, 70000\]"),
     "label name with a newline": (("labels", 1, "name"), "organ\nrm -rf",
                                   "expected a label name of at most 128 printable"),
     "label name of a kilobyte": (("labels", 1, "name"), "x" * 1000, "expected a label name of at most 128 printable"),

@@ -23,7 +23,6 @@ such as Slurm, a terminal).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +38,22 @@ def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
+    return key.strip(), _option_value(key.strip(), value)
+
+
+def _option_value(key: str, value: str) -> Any:
+    """A ``KEY=VALUE`` value parsed as JSON when it is JSON, else kept as text (``preset=residual``).
+
+    JSON nested too deeply (or too long) is refused (exit code 2 with one line), never a traceback.
+    """
+    from MedAnalysisLib.io.small_files import parse_json_text
+
     try:
-        parsed: Any = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
+        return parse_json_text(value, f"a JSON value for {key}", allow_nan=True)  # numbers are checked by field
+    except InputError as error:
+        if "nested deeper" in str(error) or "characters, got" in str(error):
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
 
 
 #: Name added to OUT (without .zip) for the resume checkpoint folder
@@ -234,12 +244,10 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
         labels = read_labels_file(args.labels)
     plan = None
     if args.plan:
+        from MedAnalysisLib.io.small_files import read_small_text
         from MedAnalysisLib.preprocessing.plan import Plan
 
-        try:
-            plan = Plan.from_json(Path(args.plan).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"expected a readable plan JSON file at --plan {args.plan}, got: {error}") from error
+        plan = Plan.from_json(read_small_text(args.plan, "a readable plan JSON file (--plan)"))
     given = {"learning_rate": args.learning_rate}  # None: the options' default
     return TrainingOptions(
         task=args.task, family=args.model, out=args.out, epochs=args.epochs, plan=plan,

@@ -10,13 +10,19 @@ Three layouts are read by :func:`load_dataset`:
   relative to the CSV's folder;
 * a folder of DICOM series (one unlabelled case per series, found recursively).
 
+A ``dataset.json`` usually comes from the internet, so every file it lists must be a relative path inside its folder
+and stay inside once links are followed (absolute paths, ``..``, drive letters, backslashes and links leading out are
+refused). A CSV manifest is written by the user and may name files anywhere: absolute paths are kept and relative
+ones resolve against the manifest's folder. Both are read as regular files with a size cap
+(:mod:`MedAnalysisLib.io.small_files`).
+
 Datasets hold paths only; :func:`read_case` reads the voxels.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -161,7 +167,7 @@ def load_dataset(
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         return _load_csv(path, task, modality, image_columns, label_column, target_column, group_column)
-    if path.is_dir() and (path / "dataset.json").is_file():
+    if path.is_dir() and os.path.lexists(path / "dataset.json"):  # a FIFO or link there is refused when read
         return _load_msd(path, task)
     if path.is_dir():
         return _load_dicom_folder(path, modality)
@@ -178,21 +184,69 @@ def _case_stem(name: str) -> str:
     return name
 
 
+def _msd_entry(root: Path, entry: object, key: str) -> Path:
+    """The file a ``dataset.json`` entry names, confined to the dataset's folder.
+
+    A ``dataset.json`` comes from the internet: an entry must be a relative path inside the folder, without ``..``,
+    drive letters or backslashes, and must still be inside once every link is followed (a link in ``imagesTr/``
+    leading elsewhere is refused), so a downloaded dataset cannot make a command read files outside it.
+
+    Raises:
+        InputError: Anything else (the message shows the entry, cut to a readable length).
+    """
+    from MedAnalysisLib.sanitize import terminal_field
+
+    if not isinstance(entry, str) or not entry.strip() or "\x00" in entry:
+        raise InputError(f"expected the {key!r} of a dataset.json training entry to be a file name, got "
+                         f"{type(entry).__name__} {terminal_field(repr(entry))}")
+    parts = entry.replace("\\", "/").split("/")
+    if entry.startswith(("/", "~")) or "\\" in entry or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
+        raise InputError(f"expected the {key!r} of a dataset.json training entry to be a relative path inside the "
+                         f"dataset folder (no absolute path, '..', drive letter or backslash), got "
+                         f"{terminal_field(entry)}")
+    return _confined(root, root / entry, f"the {key!r} {terminal_field(entry)} of a dataset.json training entry")
+
+
+def _confined(root: Path, path: Path, what: str) -> Path:
+    """``path`` with every link followed, refused unless it is inside ``root`` (itself resolved)."""
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and not real.is_relative_to(real_root):
+        raise InputError(f"expected {what} to stay inside the dataset folder once links are followed, got a path "
+                         "leading outside it (it is not read)")
+    return real
+
+
+def _msd_meta(root: Path) -> dict[str, object]:
+    """The parsed ``dataset.json`` of ``root``: a regular file of at most 16 MiB holding a JSON object."""
+    from MedAnalysisLib.io.small_files import read_json_file
+
+    meta = read_json_file(root / "dataset.json", "a JSON dataset description (dataset.json)")
+    if not isinstance(meta, dict):
+        raise InputError(f"expected a JSON object in {root / 'dataset.json'}, got {type(meta).__name__}")
+    for key in ("channel_names", "modality", "labels"):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise InputError(f"expected {key!r} in {root / 'dataset.json'} to be an object, got {type(value).__name__}")
+    channels = meta.get("channel_names") or meta.get("modality") or {}
+    if not all(str(k).isdigit() for k in channels):  # type: ignore[union-attr]
+        raise InputError(f"expected channel numbers (\"0\", \"1\", ...) as keys of the channels in "
+                         f"{root / 'dataset.json'}, got {sorted(str(k) for k in channels)[:8]}")  # type: ignore[union-attr]
+    return meta
+
+
 def _load_msd(root: Path, task: str | None) -> Dataset:
-    try:
-        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"expected a readable JSON dataset.json in {root}, got: {error}") from None
+    meta = _msd_meta(root)
     # MSD: "modality" {"0": "MRI"}; nnU-Net v2: "channel_names" {"0": "T2"} and "file_ending".
-    channels = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
+    channels: dict[str, object] = meta.get("channel_names") or meta.get("modality") or {"0": "image"}  # type: ignore[assignment]
     channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
-    labels_meta = meta.get("labels", {})
+    labels_meta: dict[str, object] = meta.get("labels") or {}  # type: ignore[assignment]
     try:
         # MSD maps value -> name; nnU-Net v2 maps name -> value.
         if labels_meta and all(str(k).lstrip("-").isdigit() for k in labels_meta):
             labels = {int(k): str(v) for k, v in labels_meta.items()}
         else:
-            labels = {int(v): str(k) for k, v in labels_meta.items()}
+            labels = {int(v): str(k) for k, v in labels_meta.items()}  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise InputError(f"expected integer label values in {root / 'dataset.json'}, got {labels_meta}") from None
     cases: list[Case] = []
@@ -201,12 +255,15 @@ def _load_msd(root: Path, task: str | None) -> Dataset:
         for entry in training:
             if not isinstance(entry, dict) or "image" not in entry:
                 raise InputError(f"expected training entries with an 'image' key in dataset.json, got {entry!r}")
-            image = (root / entry["image"]).resolve()
-            label = (root / entry["label"]).resolve() if entry.get("label") else None
+            image = _msd_entry(root, entry["image"], "image")
+            label = _msd_entry(root, entry["label"], "label") if entry.get("label") else None
             images = _channel_files(image, len(channel_names))
             cases.append(Case(_case_stem(image.name), images, str(label) if label else None))
     else:
         ending = meta.get("file_ending", ".nii.gz")
+        if not isinstance(ending, str) or not re.fullmatch(r"\.[A-Za-z0-9.]{1,16}", ending):
+            raise InputError(f"expected a file_ending such as '.nii.gz' in {root / 'dataset.json'}, got "
+                             f"{str(ending)[:40]!r}")
         folder = root / "imagesTr"
         stems = sorted({p.name[: -len(ending) - 5] for p in folder.glob(f"*_0000{ending}") if not p.name.startswith("._")})
         for stem in stems:
@@ -217,10 +274,19 @@ def _load_msd(root: Path, task: str | None) -> Dataset:
         raise InputError(f"expected training cases in {root} (dataset.json 'training' or imagesTr/), found none")
     for case in cases:
         for p in (*case.images, *((case.label,) if case.label else ())):
-            if not Path(p).exists():
+            file = _file_of(p)
+            if not Path(file).exists():
                 raise InputError(f"expected the file {p} listed for case {case.case_id!r} to exist, it does not")
+            _confined(root, Path(file), f"the file {Path(file).name} of case {case.case_id!r}")
     modality = channel_names[0]
     return Dataset(cases, task or "segmentation", labels, modality, channel_names, root)
+
+
+def _file_of(path: str) -> str:
+    """The file of a case path (``image.nii.gz#2``, one channel of a 4D file, is ``image.nii.gz``)."""
+    if "#" in path and path.rsplit("#", 1)[1].isdigit():
+        return path.rsplit("#", 1)[0]
+    return path
 
 
 def _channel_files(image: Path, n_channels: int) -> tuple[str, ...]:
@@ -243,10 +309,17 @@ def _load_csv(
     target_column: str,
     group_column: str | None,
 ) -> Dataset:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+    from MedAnalysisLib.io.small_files import MAX_CSV_BYTES, read_small_text
+
+    text = read_small_text(path, "a CSV manifest", MAX_CSV_BYTES)
+    if "\x00" in text:  # no path holds one, and a binary file is no manifest
+        raise InputError(f"expected a CSV manifest at {path.name}, got text with NUL bytes (a binary file?)")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = list(reader.fieldnames or [])
         rows = list(reader)
+    except csv.Error as error:
+        raise InputError(f"expected a CSV manifest at {path.name}, got text the CSV reader refuses: {error}") from None
     if not rows:
         raise InputError(f"expected at least one case row in {path}, got none (columns {columns})")
     if image_columns is None:

@@ -112,7 +112,7 @@ def resolve_source(path: str | os.PathLike[str]) -> DataSource:
         if name.endswith(".dcm") or _is_dicom_file(given):
             return DataSource("dicom", given, given)
         raise InputError(f"expected {EXPECTED}, got the file {given.name!r} of none of these kinds")
-    if (given / "dataset.json").is_file():
+    if os.path.lexists(given / "dataset.json"):  # read (and refused unless a regular file) as an MSD folder
         return DataSource("msd", given, given)
     if any(is_image_file(child) for child in given.iterdir()):
         return DataSource("images", given, given)

@@ -72,30 +72,104 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.startswith("p_") and not 0.0 <= float(value) <= 1.0:
-                raise PlanError(f"expected augmentation probability {f.name} in [0, 1], got {value}")
-            if f.name.endswith("_range") or f.name == "blur_sigma":
-                if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
-                    raise PlanError(f"expected {f.name} as (min, max) with 0 < min <= max, got {value}")
-        if self.rotate_degrees < 0 or self.noise_std < 0 or self.elastic_magnitude < 0 or self.elastic_grid < 1:
-            raise PlanError(
-                "expected non-negative rotate_degrees, noise_std and elastic_magnitude and elastic_grid >= 1, got "
-                f"{self.rotate_degrees}, {self.noise_std}, {self.elastic_magnitude}, {self.elastic_grid}"
-            )
+        for name, value in _checked_fields(self).items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
+        """Build from a mapping of fields (JSON values: lists for the pairs); every value is checked.
+
+        Raises:
+            PlanError: An unknown key, or a value of the wrong type or out of its range (see :data:`AUGMENT_BOUNDS`).
+        """
+        if not isinstance(data, dict):
+            raise PlanError(f"expected augmentation settings as a mapping, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(key) for key in set(data) - names)
         if unknown:
-            raise PlanError(f"expected augmentation keys among {sorted(names)}, got unknown {unknown}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+            raise PlanError(f"expected augmentation keys among {sorted(names)}, got unknown {_shown(unknown)}")
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+#: Upper bounds of the augmentation sizes: well beyond any useful setting, low enough that a typo cannot make a
+#: transform destroy the image or allocate without end (an elastic grid of 1e9 cells, a blur sigma of 1000 voxels).
+#: Ranges must also have 0 < min <= max.
+AUGMENT_BOUNDS: dict[str, float] = {
+    "rotate_degrees": 180.0, "scale_range": 4.0, "elastic_grid": 32, "elastic_magnitude": 20.0, "gamma_range": 5.0,
+    "brightness_range": 4.0, "contrast_range": 4.0, "noise_std": 5.0, "blur_sigma": 10.0,
+}
+#: Spatial axes a patch has at most (k, j, i); 2D slices use 0 and 1 of them.
+SPATIAL_AXES = 3
+_RANGES = ("scale_range", "gamma_range", "brightness_range", "contrast_range", "blur_sigma")
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a value for a message, shortened (a typed value can be very long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    """A finite real number in [low, high] (booleans and text are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise PlanError(f"expected {name} in [{low:g}, {high:g}] (a number), got {type(value).__name__} "
+                        f"{_shown(value)}")
+    if not math.isfinite(float(value)):
+        raise PlanError(f"expected {name} in [{low:g}, {high:g}] (a finite number), got {_shown(value)}")
+    if not low <= float(value) <= high:
+        raise PlanError(f"expected {name} in [{low:g}, {high:g}], got {_shown(value)}")
+    return float(value)
+
+
+def _pair(name: str, value: Any, high: float) -> tuple[float, float]:
+    """(min, max) with 0 < min <= max <= high."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise PlanError(f"expected {name} as a pair [min, max] with 0 < min <= max <= {high:g}, got "
+                        f"{type(value).__name__} {_shown(value)}")
+    low_value, high_value = (_number(f"{name}[{n}]", item, 0.0, high) for n, item in enumerate(value))
+    if not 0 < low_value <= high_value:
+        raise PlanError(f"expected {name} as a pair [min, max] with 0 < min <= max <= {high:g}, got {_shown(value)}")
+    return low_value, high_value
+
+
+def _axes(value: Any) -> tuple[int, ...]:
+    """Distinct integer spatial axes in 0..2."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise PlanError(f"expected flip_axes as a list of distinct axes from 0 to {SPATIAL_AXES - 1}, got "
+                        f"{type(value).__name__} {_shown(value)}")
+    if not all(isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) and 0 <= axis < SPATIAL_AXES
+               for axis in value) or len(set(value)) != len(value):
+        raise PlanError(f"expected flip_axes as a list of distinct axes from 0 to {SPATIAL_AXES - 1}, got "
+                        f"{_shown(value)}")
+    return tuple(int(axis) for axis in value)
+
+
+def _checked_fields(config: AugmentConfig) -> dict[str, Any]:
+    """Every field of ``config`` checked (type, finiteness, range) and in canonical form (floats, tuples).
+
+    Raises:
+        PlanError: Naming the field, what was expected and what was found.
+    """
+    checked: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name.startswith("p_"):
+            checked[f.name] = _number(f"augmentation probability {f.name}", value, 0.0, 1.0)
+        elif f.name in _RANGES:
+            checked[f.name] = _pair(f.name, value, AUGMENT_BOUNDS[f.name])
+        elif f.name == "flip_axes":
+            checked[f.name] = _axes(value)
+        elif f.name == "elastic_grid":
+            high = int(AUGMENT_BOUNDS[f.name])
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= high:
+                raise PlanError(f"expected elastic_grid to be an integer from 1 to {high}, got {_shown(value)}")
+            checked[f.name] = int(value)
+        else:
+            checked[f.name] = _number(f.name, value, 0.0, AUGMENT_BOUNDS[f.name])
+    return checked
 
 
 #: No augmentation at all (validation).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,17 @@ from MedAnalysisLib.errors import PlanError
 
 if TYPE_CHECKING:
     from MedAnalysisLib.preprocessing.fingerprint import Fingerprint
+
+#: Bounds on plan values, the same as a bundle's plan must keep (:data:`MedAnalysisLib.bundles.config.PLAN_BOUNDS`):
+#: a patch of 512^3 voxels is 512 MiB of float32 input alone, 4096^2 slices are beyond any scanner's matrix, and a
+#: target spacing outside 0.01-100 mm is no scan (a micrometre would resample a body to a terabyte). A plan is
+#: refused on construction when it breaks them, so ``plan --set`` cannot write a plan that train refuses later.
+PLAN_BOUNDS: dict[str, tuple[float, float]] = {
+    "patch_size": (1, 1024), "slice_shape": (1, 4096), "batch_size": (1, 256), "slice_batch_size": (1, 4096),
+    "sequence_length": (1, 4096), "target_spacing": (0.01, 100.0), "pooling_levels": (0, 10),
+}
+MAX_PATCH_VOXELS = 512**3
+MAX_SLICE_PIXELS = 4096**2
 
 #: Version of the plan's JSON layout; bumped whenever a field changes meaning.
 PLAN_SCHEMA_VERSION = 1
@@ -185,11 +197,25 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PlanError(f"expected plan JSON, got text that does not parse: {error}") from None
-        return cls.from_dict(data)
+        """Parse a plan's JSON text (at most 16 MiB and 32 levels deep, no NaN/Infinity) and build it.
+
+        Raises:
+            PlanError: Text that does not parse, is too large or too deep, or a plan that breaks the schema.
+        """
+        from MedAnalysisLib.io.small_files import parse_json_text
+
+        return cls.from_dict(parse_json_text(text, "plan JSON", error=PlanError))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], what: str = "a plan JSON file") -> Plan:
+        """Read a plan file the user named: a regular file (a FIFO or device is never opened) of at most 16 MiB.
+
+        Raises:
+            PlanError: Not a regular file, too large, unreadable, not JSON, or not a valid plan.
+        """
+        from MedAnalysisLib.io.small_files import read_small_text
+
+        return cls.from_json(read_small_text(path, what, error=PlanError))
 
     def replace(self, **overrides: Any) -> Plan:
         """A copy with fields replaced; values may be typed or text (``"32,32,32"``), keys may be dotted.
@@ -238,6 +264,43 @@ def _validate_plan(plan: Plan) -> None:
         raise PlanError(
             f"expected pooling_levels >= 0 and memory_budget_mb > 0, got {plan.pooling_levels} and {plan.memory_budget_mb}"
         )
+    _check_bounds(plan)
+    _check_label_values(plan.label_values)
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a value for a message, shortened (an override can be very long)."""
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_bounds(plan: Plan) -> None:
+    """Sizes and spacings within :data:`PLAN_BOUNDS`, patches and slices within their voxel counts."""
+    for name, (low, high) in PLAN_BOUNDS.items():
+        value = getattr(plan, name)
+        items = [] if value is None else list(value) if isinstance(value, tuple) else [value]
+        if not all(low <= item <= high for item in items):
+            raise PlanError(f"expected plan.{name} within [{low:g}, {high:g}], got {_shown(value)}")
+    voxels = math.prod(int(size) for size in plan.patch_size)
+    if voxels > MAX_PATCH_VOXELS:
+        raise PlanError(f"expected a plan.patch_size of at most {MAX_PATCH_VOXELS} voxels, got "
+                        f"{_shown(plan.patch_size)} ({voxels} voxels)")
+    pixels = int(plan.slice_shape[0]) * int(plan.slice_shape[1])
+    if pixels > MAX_SLICE_PIXELS:
+        raise PlanError(f"expected a plan.slice_shape of at most {MAX_SLICE_PIXELS} pixels, got "
+                        f"{_shown(plan.slice_shape)}")
+
+
+def _check_label_values(values: tuple[int, ...]) -> None:
+    """At least one value, each distinct and in [0, 65535] (label maps are uint16: nothing may wrap). How many classes
+    a model may have is the model's limit (checked with the bundle), not the plan's."""
+    from MedAnalysisLib.labels import MAX_LABEL_VALUE
+
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if not values or repeated or not all(0 <= value <= MAX_LABEL_VALUE for value in values):
+        found = f"{_shown(repeated)} more than once in " if repeated else ""
+        raise PlanError(f"expected distinct plan.label_values in [0, {MAX_LABEL_VALUE}], got {found}"
+                        f"{_shown(values)}")
 
 
 def _type_name(tp: Any) -> str:
@@ -320,11 +383,14 @@ def _jsonable(value: Any) -> Any:
 
 def _parse_text(text: str) -> Any:
     """Parse an override given as text: JSON first, then comma-separated lists, then plain text."""
+    from MedAnalysisLib.io.small_files import parse_json_text
+
     text = text.strip()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
+        return parse_json_text(text, "a plan override value", error=PlanError)
+    except PlanError as error:
+        if "nested deeper" in str(error) or "characters, got" in str(error):
+            raise
     if "," in text:
         return [_parse_text(part) for part in text.split(",")]
     lowered = text.lower()
@@ -345,6 +411,29 @@ def _fixed_tuple_length(parts: list[str]) -> int:
         if typing.get_origin(candidate) is tuple and args and Ellipsis not in args:
             return len(args)
     return 0
+
+
+#: Plan fields whose override can be checked alone, before any case is read (the others depend on each other or
+#: on the data: channels and their names, the normalisation's statistics).
+STANDALONE_FIELDS = (*PLAN_BOUNDS, "label_values", "foreground_fraction", "memory_budget_mb", "orientation",
+                     "image_interpolation", "crop_to_nonzero", "body_threshold", "slice_keep_aspect", "recommended_model")
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Check ``--set`` overrides before any case is read: every key must name a plan field, and the fields of
+    :data:`STANDALONE_FIELDS` must have values a plan accepts (types, bounds, distinct label values), so a command
+    refuses them at once rather than after hours of planning or training.
+
+    Raises:
+        PlanError: Naming the field, what was expected and what was found.
+    """
+    if not isinstance(overrides, dict):
+        raise PlanError(f"expected plan overrides as a mapping, got {type(overrides).__name__}")
+    for key, value in overrides.items():
+        data = Plan().to_dict()
+        _set_override(data, str(key), value)
+        if str(key) in STANDALONE_FIELDS:
+            Plan.from_dict(data)
 
 
 def _set_override(data: dict[str, Any], key: str, value: Any) -> None:

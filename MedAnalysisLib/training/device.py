@@ -22,7 +22,6 @@ several unrelated copies that would each write the bundle).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -76,12 +75,16 @@ def _cluster_from_tf_config() -> tuple[int, bool] | None:
     text = os.environ.get("TF_CONFIG")
     if not text:
         return None
+    from MedAnalysisLib.io.small_files import parse_json_text
+    from MedAnalysisLib.sanitize import terminal_field
+
+    config = parse_json_text(text, "TF_CONFIG")  # bounded size and depth: no RecursionError from the environment
     try:
-        config = json.loads(text)
         workers = config.get("cluster", {}).get("worker", [])
         has_chief = bool(config.get("cluster", {}).get("chief"))
     except (ValueError, AttributeError, TypeError) as error:
-        raise InputError(f"expected TF_CONFIG to be JSON with cluster.worker and task, got {text[:200]!r}") from error
+        raise InputError("expected TF_CONFIG to be JSON with cluster.worker and task, got "
+                         f"{terminal_field(text[:200])}") from error
     n_workers = len(workers) + len(config.get("cluster", {}).get("chief", []))
     return (n_workers, has_chief) if n_workers > 1 else None
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from MedAnalysisLib.errors import BundleError, InputError, PlanError
-from MedAnalysisLib.labels import LabelInfo, default_labels
+from MedAnalysisLib.labels import LabelInfo, check_user_labels, default_labels
 from MedAnalysisLib.preprocessing.augment import AugmentConfig
-from MedAnalysisLib.preprocessing.plan import Plan
+from MedAnalysisLib.preprocessing.plan import Plan, check_overrides
 
 #: Monitor name (and mode) that keeps the final epoch's weights instead of choosing one on validation data.
 LAST_EPOCH = "last"
@@ -131,7 +131,9 @@ def _as_labels(labels: Any) -> tuple[LabelInfo, ...] | None:
     if labels is None:
         return None
     if isinstance(labels, Mapping):
-        return default_labels({int(k): str(v) for k, v in labels.items()})
+        found = default_labels({int(k): str(v) for k, v in labels.items()})
+        check_user_labels(found, "labels", named_background=False)
+        return found
     _expect(isinstance(labels, Sequence) and not isinstance(labels, str) and len(labels) > 0,
             f"expected labels as LabelInfo objects, a {{value: name}} mapping or a list of names, got {labels!r}")
     if all(isinstance(label, LabelInfo) for label in labels):
@@ -142,6 +144,7 @@ def _as_labels(labels: Any) -> tuple[LabelInfo, ...] | None:
         found = default_labels([str(label) for label in labels])
     values = [label.value for label in found]
     _expect(len(set(values)) == len(values), f"expected each label value once, got {values}")
+    check_user_labels(found, "labels", named_background=False)
     return found
 
 
@@ -309,6 +312,12 @@ class TrainingOptions:
         except (TypeError, ValueError) as error:
             raise InputError(f"expected hparams with plain JSON values, got {error}") from None
         check_user_hparams(self.family, self.hparams)
+        try:
+            check_overrides(self.plan_overrides)
+            if self.plan is not None and self.plan_overrides:
+                self.plan.replace(**self.plan_overrides)
+        except PlanError as error:
+            raise InputError(f"{error} (plan override)") from None
         try:
             self._set("augment", augment_settings(self.augment))  # type: ignore[arg-type]
             self._set("labels", _as_labels(self.labels))
