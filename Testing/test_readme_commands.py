@@ -136,7 +136,12 @@ _not_run(_OWN_DATA,
          "medanalysis configure hippocampus/ --out hippocampus-final.zip --postprocess largest-component --tta on",
          "medanalysis ensemble fold0/ fold1/ fold2/ --out hippocampus-ensemble.zip --postprocess largest-component",
          "medanalysis info hippo")
+_not_run(_OWN_DATA,
+         "medanalysis preprocess path/to/Task04_Hippocampus --plan plan.json --out hippocampus.cache --workers 8")
 _not_run(_TRAINS,
+         "medanalysis train hippocampus.cache --task segmentation --model unet3d --out hippocampus.zip",
+         "KERAS_BACKEND=jax medanalysis train hippocampus.cache --task segmentation --model unet3d "
+         "--out hippocampus-jax.zip",
          "medanalysis train path/to/Task04_Hippocampus --task segmentation --model unet3d --out hippocampus.zip "
          "--epochs 50",
          "medanalysis train scans.csv --task classification --model slice_cnn --hparam preset=residual "
@@ -177,7 +182,11 @@ _not_run(_BENCH,
          "nice bench/accuracy_ct_contrast --seed 1 --seeds 1 --only preset $earlier --set body_threshold=null "
          "--set slice_keep_aspect=false --out bench/output/ct_contrast-split1-fov",
          "nice bench/accuracy_sequence",
-         ".venv/bin/python bench/bench_backends.py export bench/output/backends")
+         ".venv/bin/python bench/bench_backends.py export bench/output/backends",
+         ".venv/bin/python bench/bench_cache.py --cases 13 --shape 128,160,160 --sizes 1,4,16 --steps 20 "
+         "--patch 64,64,64 --batch 2 --base-filters 8 --compare --loader --direct --work bench/output/cache --keep",
+         ".venv/bin/python bench/bench_cache.py --dataset ../shared/data/hippocampus --batch 4 --steps 25 "
+         "--base-filters 16 --hparam max_filters=128 --hparam deep_supervision=true --repeats 2")
 _not_run(_GPU,
          "KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false python bench/bench_backends.py check "
          "bench/output/backends --steps 40 --json backends.json")

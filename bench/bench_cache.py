@@ -6,6 +6,13 @@ measured on the 1x dataset, for every size), then runs ``medanalysis train CACHE
 ``/usr/bin/time -v`` (or, where that is missing, reads the child's own resource usage with ``os.wait4``) and prints
 the peak RSS and the median training step time. Peak memory should stay flat while the data grows.
 
+``--direct`` also trains the largest dataset from its scans (``train DATA``: the cache is prepared inside the
+measured command, as a user's first run does). ``--dataset PATH`` compares instead, on a real dataset, the step time from the cache with the in-memory path (the two
+alternate ``--repeats`` times), for example on the hippocampus benchmark's configuration::
+
+    .venv/bin/python bench/bench_cache.py --dataset ../shared/data/hippocampus --batch 4 --steps 25 \\
+        --base-filters 16 --hparam max_filters=128 --hparam deep_supervision=true --repeats 2
+
 ``--compare`` also trains the 1x dataset with ``--no-cache`` (every case prepared in memory, as before the cache)
 and prints both step times. ``--loader`` measures how many patches per second one loader thread draws from the
 cache (:class:`~MedAnalysisLib.data.samplers.PatchSampler`, with augmentation) next to the patches per second the
@@ -118,6 +125,33 @@ def median_ms(steps: list[float]) -> str:
     return f"{1000 * statistics.median(steps):.0f}" if steps else "n/a"
 
 
+def compare_on(dataset: Path, work: Path, args: argparse.Namespace) -> None:
+    """Step time training from the cache against the in-memory path on a real dataset (``--dataset``), the two
+    alternating ``--repeats`` times so that a busy machine slows both alike; prints each run and the medians."""
+    plan = work / "dataset-plan.json"
+    if not plan.is_file():
+        subprocess.run(medanalysis("plan", str(dataset), "--out", str(plan), "--set", f"batch_size={args.batch}",
+                                   "--progress", "none"), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    cache = work / "dataset-cache"
+    subprocess.run(medanalysis("preprocess", str(dataset), "--plan", str(plan), "--out", str(cache), "--workers",
+                               str(args.workers), "--progress", "none"), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    extra = [arg for value in args.hparam for arg in ("--hparam", value)]
+    times: dict[str, list[float]] = {"cache": [], "in memory (--no-cache)": []}
+    peaks: dict[str, list[float]] = {key: [] for key in times}
+    for repeat in range(args.repeats):
+        for path, data, more in (("cache", cache, []), ("in memory (--no-cache)", dataset, ["--no-cache", "--plan",
+                                                                                            str(plan)])):
+            peak, steps, code = run_measured(train_argv(data, work / "dataset-model", args, *extra, *more))
+            times[path] += steps
+            peaks[path].append(peak)
+            print(f"{dataset.name} run {repeat + 1}: {path}: median step {median_ms(steps)} ms over {len(steps)} steps, "
+                  f"peak RSS {peak:.0f} MB" + ("" if code == 0 else f" (exit code {code})"), flush=True)
+    cached, memory = (statistics.median(times[key]) for key in times)
+    print(f"{dataset.name}: median step {1000 * cached:.0f} ms from the cache, {1000 * memory:.0f} ms in memory "
+          f"({100 * (cached / memory - 1):+.1f}%); peak RSS {max(peaks['cache']):.0f} MB against "
+          f"{max(peaks['in memory (--no-cache)']):.0f} MB", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2, help="scans in the 1x dataset (default: 2)")
@@ -130,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="loader threads and preprocessing processes")
     parser.add_argument("--compare", action="store_true", help="also train 1x in memory (--no-cache)")
     parser.add_argument("--loader", action="store_true", help="also measure loader patches/s per thread")
+    parser.add_argument("--direct", action="store_true",
+                        help="also train the largest dataset from its scans (train DATA: the cache is prepared "
+                        "inside the measured command, as a user's first run does)")
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="instead of phantoms: compare cache and in-memory step times on this dataset")
+    parser.add_argument("--hparam", action="append", default=[], help="extra --hparam for --dataset runs")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path with --dataset")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args(argv)
@@ -137,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-cache-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.dataset is not None:
+        try:
+            compare_on(args.dataset, work, args)
+        finally:
+            if args.work is None and not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
     print(f"{'size':>5} {'cases':>6} {'prepared MB':>12} {'peak RSS MB':>12} {'step ms':>8}  path")
     plan = None
     try:
@@ -162,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"loader: {rate:.1f} patches/s per thread; training consumes {consumed:.1f} patches/s "
                       f"({'loading' if rate * args.workers < consumed else 'the model'} is the bottleneck with "
                       f"{args.workers} loader thread(s))", flush=True)
+        if args.direct and plan is not None:
+            size = sizes[-1]
+            data = work / f"data-{size}x"
+            shutil.rmtree(work / f"model-direct-{size}x.cache", ignore_errors=True)
+            peak, steps, code = run_measured(train_argv(data, work / f"model-direct-{size}x", args, "--plan",
+                                                        str(plan)))
+            print(f"{size:>4}x {args.cases * size:>6} {'':>12} {peak:>12.0f} {median_ms(steps):>8}  train DATA "
+                  "(preprocessing included)" + ("" if code == 0 else f"  (exit code {code})"), flush=True)
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
