@@ -37,9 +37,17 @@ def user_folder(path: Path) -> Path:
 
 
 def fake_bundle(path: Path) -> Path:
-    """A finished bundle as far as the policy can tell (its bundle.json), with bytes to compare."""
+    """A finished bundle as far as the policy can tell (a valid bundle.json, nothing but bundle files), with bytes to
+    compare."""
+    from helpers_inference import make_cube_plan
+
+    from MedAnalysisLib.bundles import BundleConfig, default_labels
+
     path.mkdir(parents=True)
-    (path / "bundle.json").write_text('{"schema_version": 1}')
+    (path / "bundle.json").write_text(BundleConfig(
+        name="b", task="segmentation", family="unet3d", hparams={"n_classes": 2}, plan=make_cube_plan(),
+        labels=default_labels(["background", "organ"]), input={"channels": [{"name": "image", "modality": "MR"}]},
+    ).to_json())
     (path / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n weights")
     return path
 
@@ -182,10 +190,12 @@ def test_predict_resumes_only_what_the_same_bundle_and_options_made(tmp_path: Pa
     assert code == 2
     assert "case00: made by a version that did not record its options" in result["message"]
     assert "case01: made by another bundle" in result["message"]
-    # a case without a sidecar (stopped in the middle) is simply computed
+    # outputs that no sidecar (nor a stopped run's pending record) lists are not known as ours: --overwrite
     (out / "case01.json").unlink()
     (out / "case00.json").unlink()
     code, result = run("--tta", "on")
+    assert code == 2 and "case00_label.nii.gz" in result["message"] and "--overwrite" in result["message"]
+    code, result = run("--tta", "on", "--overwrite")
     assert code == 0 and result["done"] == ["case00", "case01"]
 
 

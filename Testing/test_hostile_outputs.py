@@ -27,7 +27,7 @@ import pytest
 from helpers_cli import ROOT, run_cli
 from helpers_inference import write_cube_msd
 
-from MedAnalysisLib.bundles.storage import publish
+from MedAnalysisLib.bundles.storage import is_bundle_folder, publish
 from MedAnalysisLib.cli import build_parser, main
 from MedAnalysisLib.errors import InputError, OutputError
 from MedAnalysisLib.io.atomic import atomic_directory, atomic_path, write_text_atomic
@@ -58,17 +58,34 @@ def user_folder(path: Path) -> Path:
     return path
 
 
+def bundle_json() -> str:
+    """A valid bundle.json (its weights are never loaded here)."""
+    from helpers_inference import make_cube_plan
+
+    from MedAnalysisLib.bundles import BundleConfig, default_labels
+
+    return BundleConfig(name="b", task="segmentation", family="unet3d", hparams={"n_classes": 2},
+                        plan=make_cube_plan(), labels=default_labels(["background", "organ"]),
+                        input={"channels": [{"name": "image", "modality": "MR"}]}).to_json()
+
+
 def fake_bundle(path: Path, marker: str = "bundle.json") -> Path:
-    """An earlier bundle as far as publishing can tell: its marker file holds a JSON object."""
+    """An earlier bundle as far as publishing can tell: a valid marker file, and nothing but bundle files."""
     path.mkdir(parents=True)
-    (path / marker).write_text('{"schema_version": 1}')
+    if marker == "ensemble.json":
+        members = [{"folder": f"member-{n}", "weights_sha256": "0" * 64} for n in range(2)]
+        (path / marker).write_text(json.dumps({"schema_version": 1, "name": "e", "members": members}))
+        for n in range(2):
+            fake_bundle(path / f"member-{n}")
+        return path
+    (path / marker).write_text(bundle_json())
     (path / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n weights")
     return path
 
 
 def zipped_bundle(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("bundle.json", '{"schema_version": 1}')
+        archive.writestr("bundle.json", bundle_json())
     return path
 
 
@@ -114,7 +131,7 @@ def test_atomic_directory_failures_leave_the_old_folder_and_no_temporaries(tmp_p
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", failing_second_rename)
-    with pytest.raises(OSError, match="No space") as raised, atomic_directory(old) as folder:
+    with pytest.raises(OSError, match="No space") as raised, atomic_directory(old, replaceable=is_bundle_folder) as folder:
         (folder / "bundle.json").write_text('{"new": true}')
     monkeypatch.setattr(os, "replace", real_replace)
     assert snapshot(tmp_path) == before and leftovers(tmp_path) == []

@@ -52,6 +52,7 @@ from MedAnalysisLib.bundles.single import LoadedBundle, load_single
 from MedAnalysisLib.bundles.storage import copy_plain_files, extract_archive, publish, small_file_bytes
 from MedAnalysisLib.errors import BundleError
 from MedAnalysisLib.io.atomic import write_text_atomic
+from MedAnalysisLib.sanitize import terminal_field
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_SCHEMA_VERSION = 1
@@ -306,14 +307,17 @@ def make_ensemble(
     for path in paths:
         expect(path.exists(), f"expected a bundle folder or .zip at {path}, found nothing")
         expect(not is_ensemble(path), f"expected single bundles as members, got the ensemble {path.name!r}")
-        expect(path.resolve() != out.resolve(),
-               f"expected an output other than the member {path.name!r} (bundles are never changed in place)")
+        expect(path.resolve() != out.resolve() and path.resolve() not in out.resolve().parents,
+               f"expected an output other than the member {path.name!r} and outside it (bundles are never changed "
+               "in place)")
+    _refuse_duplicates([str(p.resolve()) for p in paths], paths, "the same bundle (after resolving links)")
     unknown = sorted(set(inference) - set(INFERENCE_DEFAULTS))
     expect(not unknown, f"expected inference settings among {sorted(INFERENCE_DEFAULTS)}, got {unknown}")
     loaded: list[LoadedBundle] = []
     try:
         for path in paths:
             loaded.append(load_single(path))
+        _refuse_duplicates([m.weights_sha256 for m in loaded], paths, "the same weights (sha256)")
         configs = [m.config for m in loaded]
         check_members(configs, [p.name for p in paths])
         chosen = {k: v for k, v in inference.items() if v is not None}
@@ -330,6 +334,16 @@ def make_ensemble(
     finally:
         for member in loaded:
             member.cleanup()
+
+
+def _refuse_duplicates(keys: Sequence[str], paths: Sequence[Path], what: str) -> None:
+    """Refuse members that share ``keys`` (resolved paths or weights hashes): one model given twice would count
+    twice in the mean, silently weighting it over the others."""
+    seen: dict[str, Path] = {}
+    for key, path in zip(keys, paths, strict=True):
+        expect(key not in seen, f"expected distinct ensemble members, got {terminal_field(path.name, 60)!s} and "
+                                f"{terminal_field(seen.get(key, path).name, 60)!s} with {what}")
+        seen[key] = path
 
 
 def copy_ensemble_with_inference_defaults(loaded: LoadedEnsemble, out: Path, changes: Mapping[str, Any]) -> Path:

@@ -8,7 +8,6 @@ Nothing here imports TensorFlow; :func:`check_hdf5_weights` imports h5py when it
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -146,33 +145,160 @@ def check_hdf5_weights(weights: Path, model: keras.Model) -> None:
            f"variables), got datasets declaring {declared} bytes; refusing to read them")
 
 
+#: Sidecar files a bundle folder may hold besides ``bundle.json`` and the weights file it names (what training and
+#: :func:`MedAnalysisLib.bundles.save_bundle` write there).
+BUNDLE_SIDECARS = ("training_log.csv",)
+#: How many foreign entries a refusal names.
+_NAMED_ENTRIES = 3
+
+
+def _bundle_files(data: bytes) -> set[str] | None:
+    """The file names a single bundle consists of, from its ``bundle.json`` bytes; None when they are not a valid
+    bundle document."""
+    try:
+        config = BundleConfig.from_json(data)
+    except (BundleError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+    return {CONFIG_FILE, str(config.weights["file"]), *BUNDLE_SIDECARS}
+
+
+def _member_folders(data: bytes) -> list[str] | None:
+    """The member folders an ``ensemble.json`` lists; None when it is not a valid ensemble document."""
+    from MedAnalysisLib.bundles.ensemble import EnsembleConfig  # ensemble builds on this module
+
+    try:
+        return [member["folder"] for member in EnsembleConfig.from_json(data).members]
+    except (BundleError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+
+
+def _config_bytes(path: Path) -> bytes | None:
+    """A marker file's bytes: a regular file (not a link) of at most :data:`MAX_CONFIG_BYTES`, else None."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _listing(folder: Path, prefix: str = "") -> dict[str, str]:
+    """``{relative name: kind}`` of the entries directly in ``folder`` (kind ``file``, ``folder`` or ``other``; a
+    link is ``other``)."""
+    found = {}
+    for entry in folder.iterdir():
+        kind = "other" if entry.is_symlink() else "file" if entry.is_file() else "folder" if entry.is_dir() else "other"
+        found[prefix + entry.name] = kind
+    return found
+
+
+def _folder_foreign(path: Path) -> list[str] | None:
+    """See :func:`foreign_bundle_entries`, for a folder."""
+    ensemble = _config_bytes(path / ENSEMBLE_MARKER)
+    if ensemble is not None:
+        members = _member_folders(ensemble)
+        if members is None:
+            return None
+        entries = _listing(path)
+        foreign = [name for name, kind in entries.items()
+                   if not ((name == ENSEMBLE_MARKER and kind == "file") or (name in members and kind == "folder"))]
+        for member in members:
+            if entries.get(member) == "folder":
+                inside = _single_foreign(path / member, member + "/")
+                foreign += [member + "/"] if inside is None else inside
+        return sorted(foreign)
+    return _single_foreign(path)
+
+
+def _single_foreign(folder: Path, prefix: str = "") -> list[str] | None:
+    """The entries of a single bundle folder that are no part of it; None when its bundle.json is not valid."""
+    data = _config_bytes(folder / CONFIG_FILE)
+    allowed = _bundle_files(data) if data is not None else None
+    if allowed is None:
+        return None
+    return sorted(name for name, kind in _listing(folder, prefix).items()
+                  if kind != "file" or name[len(prefix):] not in allowed)
+
+
+def _zip_foreign(path: Path) -> list[str] | None:
+    """See :func:`foreign_bundle_entries`, for a .zip (reads the names and the marker files only)."""
+    try:
+        names = safe_archive.list_members(path)
+        roots = [n[: -len(n.rsplit("/", 1)[-1])] for n in names
+                 if n.rsplit("/", 1)[-1] in (ENSEMBLE_MARKER, CONFIG_FILE) and n.count("/") <= 1]
+        if not roots:
+            return None
+        root = min(roots, key=len)
+        marker = ENSEMBLE_MARKER if root + ENSEMBLE_MARKER in names else CONFIG_FILE
+        data = safe_archive.read_member(path, root + marker, max_bytes=MAX_CONFIG_BYTES)
+        if marker == CONFIG_FILE:
+            allowed = _bundle_files(data)
+        else:
+            members = _member_folders(data)
+            if members is None:
+                return None
+            allowed = {ENSEMBLE_MARKER, *(m + "/" for m in members)}
+            for member in members:
+                files = _bundle_files(safe_archive.read_member(path, f"{root}{member}/{CONFIG_FILE}",
+                                                               max_bytes=MAX_CONFIG_BYTES))
+                allowed |= {f"{member}/{name}" for name in files or ()}
+    except (OSError, zipfile.BadZipFile, BundleError, KeyError, ValueError):
+        return None
+    if allowed is None:
+        return None
+    allowed |= {root} if root else set()
+    return sorted(n for n in names if not (n.startswith(root) and n[len(root):] in allowed))
+
+
+def foreign_bundle_entries(path: Path) -> list[str] | None:
+    """What in an earlier bundle or ensemble (a folder or a .zip) is no part of it.
+
+    None when ``path`` is no earlier bundle at all: a link, or without a ``bundle.json``/``ensemble.json`` that is a
+    valid bundle or ensemble document (``{}`` is not). Otherwise the entries that a bundle does not consist of
+    (anything but ``bundle.json``, the weights file it names and :data:`BUNDLE_SIDECARS`; for an ensemble,
+    ``ensemble.json`` and the member folders it lists, each a bundle), sorted: empty for a bundle that publishing
+    may replace as a whole without removing anything of the user's. Reads names and marker files only.
+    """
+    if path.is_symlink():
+        return None
+    try:
+        if path.is_dir():
+            return _folder_foreign(path)
+        if path.is_file() and zipfile.is_zipfile(path):
+            return _zip_foreign(path)
+    except OSError:
+        return None
+    return None
+
+
+def describe_foreign(entries: list[str]) -> str:
+    """A few foreign entries for a message (control characters escaped)."""
+    shown = ", ".join(terminal_field(name, 60) for name in entries[:_NAMED_ENTRIES])
+    more = f" and {len(entries) - _NAMED_ENTRIES} more" if len(entries) > _NAMED_ENTRIES else ""
+    return shown + more
+
+
 def is_bundle_folder(path: Path) -> bool:
-    """True for a folder (not a link) whose ``bundle.json`` or ``ensemble.json`` is a regular file holding a JSON
-    object: an earlier bundle or ensemble, which publishing may replace. Reads at most the marker files."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    for marker in (CONFIG_FILE, ENSEMBLE_MARKER):
-        candidate = path / marker
-        if candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size <= MAX_CONFIG_BYTES:
-            try:
-                if isinstance(json.loads(candidate.read_bytes()), dict):
-                    return True
-            except (OSError, ValueError):
-                continue
-    return False
+    """True for a folder (not a link) that is an earlier bundle or ensemble and holds nothing else
+    (:func:`foreign_bundle_entries`): what publishing may replace as a whole."""
+    return path.is_dir() and foreign_bundle_entries(path) == []
 
 
 def is_bundle_zip(path: Path) -> bool:
-    """True for a regular .zip file (not a link) holding ``bundle.json`` or ``ensemble.json`` at its root or one folder
-    down, as bundles are zipped. Reads only the archive's names."""
-    if path.is_symlink() or not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(name.rsplit("/", 1)[-1] in (CONFIG_FILE, ENSEMBLE_MARKER) and name.count("/") <= 1 for name in names)
+    """True for a regular .zip file (not a link) holding an earlier bundle or ensemble and nothing else, at its root
+    or one folder down, as bundles are zipped (:func:`foreign_bundle_entries`)."""
+    return path.is_file() and foreign_bundle_entries(path) == []
+
+
+def earlier_bundle_problem(target: Path) -> str | None:
+    """Why an existing, non-empty ``target`` may not be replaced by a bundle (None when it is an earlier bundle that
+    holds nothing else)."""
+    foreign = foreign_bundle_entries(target)
+    if foreign is None:
+        return "a folder holding other files" if target.is_dir() else "a file that is not a bundle archive"
+    if foreign:
+        return f"an earlier bundle that also holds {describe_foreign(foreign)}"
+    return None
 
 
 def check_publish_target(path: str | os.PathLike[str], overwrite: bool = True) -> Path:
@@ -193,19 +319,20 @@ def check_publish_target(path: str | os.PathLike[str], overwrite: bool = True) -
         if target.is_dir():
             raise OutputError(f"expected a .zip file path for the bundle, got the folder {where}; a folder is never "
                               "replaced by an archive")
-        found = "an earlier bundle archive" if is_bundle_zip(target) else "a file that is not a bundle archive"
+        found = "an earlier bundle archive"
     else:
         if target.exists() and not target.is_dir():
             raise OutputError(f"expected a folder path for the bundle (or a path ending in .zip), got the file "
                               f"{where}; a file is never replaced by a folder")
         if not target.exists() or not any(target.iterdir()):
             return target
-        found = "an earlier bundle" if is_bundle_folder(target) else "a folder holding other files"
+        found = "an earlier bundle"
     if not target.exists():
         return target
-    if not found.startswith("an earlier"):
-        raise OutputError(f"expected a new bundle path or an earlier bundle, got {found} at {where}; it is never "
-                          "replaced, choose another path")
+    problem = earlier_bundle_problem(target)
+    if problem is not None:
+        raise OutputError(f"expected a new bundle path or an earlier bundle holding only its own files, got {problem} "
+                          f"at {where}; it is never replaced, even with --overwrite, choose another path")
     if not overwrite:
         raise OutputError(f"expected a path that does not exist yet, got {found} at {where}; replace it only on "
                           "request (--overwrite), or choose another path")
@@ -250,7 +377,11 @@ def extract_archive(path: Path, prefix: str) -> tuple[Path, Path]:
 
 
 def copy_plain_files(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
-    """Copy the regular files directly in ``source`` (no links, no sub-folders) into ``target``, byte for byte."""
+    """Copy the files a bundle consists of (``bundle.json``, the weights file it names, :data:`BUNDLE_SIDECARS`)
+    from the bundle folder ``source`` into ``target``, byte for byte; regular files only (no links, no sub-folders).
+    Anything else a user put beside a bundle stays out of the copy, so the copy can later be replaced as a whole."""
+    data = _config_bytes(source / CONFIG_FILE)
+    allowed = (_bundle_files(data) if data is not None else None) or set()
     for item in source.iterdir():
-        if item.is_file() and not item.is_symlink() and item.name not in skip:
+        if item.name in allowed and item.is_file() and not item.is_symlink() and item.name not in skip:
             shutil.copyfile(item, target / item.name)

@@ -11,7 +11,9 @@ the command itself writes is replaced (atomically, see :mod:`MedAnalysisLib.io.a
 the command never writes (a folder of other files where a bundle goes, a folder where a file goes) is refused even
 with ``--overwrite``: nothing the command did not create is ever deleted. The same holds for a symbolic link at
 the output (never replaced nor written through), a path ending in .zip that is a folder, a bundle folder's path that
-is a file, an output that is one of the command's inputs or a folder holding one (the current folder, ``/``), and
+is a file, an output that is one of the command's inputs, a file a dataset.json or CSV manifest names, a folder
+holding one (the current folder, ``/``) or a path inside an input folder (:func:`check_not_an_input`), an "earlier
+bundle" whose marker is not a valid bundle document or that holds files a bundle does not consist of, and
 train's ``OUT.checkpoint`` holding anything but a checkpoint. Where an output goes is checked first for every command
 (:func:`check_output_location`: names the file system accepts, no file above it, a writable folder), so that an
 ordinary mistake costs no work. Two commands resume instead of refusing:
@@ -140,30 +142,103 @@ def _check_writable(folder: Path, target: Path, option: str) -> None:
                           f"{_shown(folder)} is not writable (permission denied)")
 
 
-def _related(out: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> Path | None:
-    """The first input that ``out`` is or holds (paths compared after resolving links), or None."""
-    resolved = out.resolve()
+#: Most cells of a CSV manifest looked at for the files it names (a larger manifest is checked on these).
+MAX_MANIFEST_CELLS = 200_000
+
+
+def _manifest_files(csv_path: Path) -> list[Path]:
+    """The files and folders a CSV manifest names (any cell that, read relative to the manifest, is an existing
+    path): whatever its columns, so that options choosing columns do not matter."""
+    import csv
+
+    found: list[Path] = []
+    cells = 0
+    home = csv_path.parent.resolve()
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            for row in csv.reader(handle):
+                for cell in row:
+                    cells += 1
+                    value = cell.strip()
+                    candidate = csv_path.parent / value
+                    if (value and len(value) < 4096 and "\0" not in value and candidate.exists()
+                            and candidate.resolve() not in (home, *home.parents)):  # "." or ".." names no input
+                        found.append(candidate)
+                if cells >= MAX_MANIFEST_CELLS:
+                    break
+    except (OSError, csv.Error, ValueError):
+        pass
+    return found
+
+
+def _dataset_json_files(root: Path) -> list[Path]:
+    """The files an MSD ``dataset.json`` lists (training and test entries), relative to its folder."""
+    data = read_json_object(root / "dataset.json") or {}
+    found: list[Path] = []
+    for key in ("training", "test"):
+        entries = data.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            values = entry.values() if isinstance(entry, dict) else [entry]
+            found += [root / value for value in values if isinstance(value, str) and value and "\0" not in value]
+    return found
+
+
+def input_paths(inputs: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
+    """Every path the inputs read: each input itself and, for a dataset description (an MSD folder or its
+    dataset.json, a CSV manifest), its folder and the files it names. Inputs that do not exist are kept as given (the
+    command's own checks refuse them)."""
+    found: list[Path] = []
     for item in inputs:
         if item is None or os.fspath(item) == "":
             continue
-        source = Path(item).resolve()
-        if resolved == source or resolved in source.parents:
-            return source
+        path = Path(item)
+        found.append(path)
+        try:
+            if path.is_file() and path.name.lower().endswith(".csv"):
+                found += _manifest_files(path)
+            elif path.is_file() and path.name == "dataset.json":
+                found += [path.parent, *_dataset_json_files(path.parent)]
+            elif path.is_dir() and (path / "dataset.json").is_file():
+                found += _dataset_json_files(path)
+        except OSError:
+            continue
+    return found
+
+
+def _related(out: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> tuple[Path, str] | None:
+    """The first input that ``out`` is, holds, or lies inside (paths compared after resolving links), with how they
+    overlap; None when they do not."""
+    resolved = out.resolve()
+    for path in input_paths(inputs):
+        try:
+            source = path.resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if resolved == source:
+            return source, "is"
+        if source in resolved.parents:
+            return source, "is inside"
+        if resolved in source.parents:
+            return source, "holds"
     return None
 
 
 def check_not_an_input(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None],
                        option: str = "--out") -> None:
-    """Refuse an output that is one of the inputs or a folder holding one: replacing it would remove what the
-    command reads.
+    """Refuse an output that is one of the inputs, a file an input names (a dataset.json or a CSV manifest lists
+    it), a folder holding one, or a path inside an input folder: writing there could replace what the command reads,
+    and a later run would read the outputs as data.
 
     Raises:
         OutputError: ``path`` and an input overlap.
     """
-    source = _related(absolute_target(path), inputs)
-    if source is not None:
-        raise OutputError(f"expected {option} apart from the inputs, got {_shown(path)}, which is or holds the "
-                          f"input {_shown(source)}; inputs are never replaced")
+    found = _related(absolute_target(path), inputs)
+    if found is not None:
+        source, how = found
+        relation = {"is": "which is the input", "holds": "which holds the input",
+                    "is inside": "which is inside the input folder"}[how]
+        raise OutputError(f"expected {option} apart from the inputs, got {_shown(path)}, {relation} "
+                          f"{_shown(source)}; inputs are never replaced nor written into")
 
 
 def check_file_output(path: str | Path | None, overwrite: bool, option: str = "OUT",
@@ -221,10 +296,13 @@ def check_bundle_output(path: str | Path, overwrite: bool, option: str = "--out"
                           f"{_shown(path)}; a file is never replaced by a folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
-    if not is_bundle_path(path):
-        kind = "a folder holding other files" if path.is_dir() else "a file that is not a bundle"
-        raise OutputError(f"expected {option} to name a new bundle or an existing one, got {kind} at {_shown(path)}; "
-                          "it would be replaced as a whole, so it is refused even with --overwrite")
+    from MedAnalysisLib.bundles.storage import earlier_bundle_problem
+
+    problem = earlier_bundle_problem(path)
+    if problem is not None:
+        raise OutputError(f"expected {option} to name a new bundle or an earlier one holding only its own files, got "
+                          f"{problem} at {_shown(path)}; it would be replaced as a whole, so it is refused even with "
+                          "--overwrite")
     if not overwrite:
         raise _refusal(path, "an existing bundle", option)
 

@@ -14,6 +14,7 @@ from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option,
 from MedAnalysisLib.cli.predict import stored_overlap_fraction
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter
+from MedAnalysisLib.sanitize import terminal_field
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -48,7 +49,7 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError("expected at least one of --tta, --postprocess or --overlap, got none")
     read_bundle_config(args.bundle)
     if Path(args.out).resolve() == Path(args.bundle).resolve():
-        raise BundleError(f"expected an output other than the source bundle {Path(args.bundle).name!r}, got the "
+        raise BundleError(f"expected an output other than the source bundle {terminal_field(Path(args.bundle).name)}, got the "
                           "source itself (bundles are never changed in place)")
     check_bundle_output(args.out, args.overwrite, inputs=(args.bundle,))
 
@@ -66,5 +67,5 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     written = copy_with_inference_defaults(args.bundle, args.out, **changes)
     reporter.result(bundle=str(written), inference={k: v for k, v in changes.items() if v is not None})
     if reporter.mode != "jsonl":
-        print(f"bundle written to {written}")
+        print(f"bundle written to {terminal_field(written)}")
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_file_output
 from MedAnalysisLib.progress import Reporter
+from MedAnalysisLib.sanitize import terminal_field
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -50,8 +51,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """OUT follows the overwrite policy (see the epilog); checked before the input is read."""
-    check_file_output(args.output, args.overwrite)
+    """OUT follows the overwrite policy (see the epilog) and is not the input (links resolved) nor inside an input
+    folder; checked before the input is read."""
+    check_file_output(args.output, args.overwrite, inputs=(args.input,))
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -72,5 +74,5 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         dtype=str(volume.array.dtype),
     )
     if reporter.mode != "jsonl":
-        print(f"wrote {path} ({volume.describe_geometry()}, {volume.array.dtype})")
+        print(f"wrote {terminal_field(path)} ({volume.describe_geometry()}, {volume.array.dtype})")
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_bundle_output
 from MedAnalysisLib.cli.predict import stored_overlap_fraction
 from MedAnalysisLib.progress import Reporter
+from MedAnalysisLib.sanitize import terminal_field
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -39,9 +40,40 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """--out follows the overwrite policy (see the epilog) and is none of the members nor a folder holding one;
-    members are checked by the ensemble writer."""
+    """--out follows the overwrite policy (see the epilog) and is none of the members, nor a folder holding one, nor
+    inside one; no member is given twice (the same path after resolving links, or the same weights sha256 that its
+    bundle.json records: a copy); members are checked in full by the ensemble writer."""
     check_bundle_output(args.out, args.overwrite, inputs=args.bundles)
+    check_distinct_members(args.bundles)
+
+
+def check_distinct_members(bundles: list[str]) -> None:
+    """Refuse a member given twice: by path (links resolved) or by the weights sha256 its bundle.json records. A
+    bundle.json that cannot be read is left to the ensemble writer, which says what is wrong with it.
+
+    Raises:
+        BundleError: Naming the two members.
+    """
+    from pathlib import Path
+
+    from MedAnalysisLib.bundles import read_bundle_config
+    from MedAnalysisLib.errors import BundleError, MedAnalysisError
+
+    seen: dict[str, str] = {}
+    for bundle in bundles:
+        keys = [f"path:{Path(bundle).resolve()}"]
+        try:
+            sha = read_bundle_config(bundle).weights.get("sha256")
+        except (MedAnalysisError, OSError):
+            sha = None
+        keys += [f"sha256:{sha}"] if sha else []
+        for key in keys:
+            if key in seen:
+                what = "the same bundle (after resolving links)" if key.startswith("path:") else "the same weights sha256"
+                raise BundleError(f"expected distinct ensemble members, got {terminal_field(seen[key])} and "
+                                  f"{terminal_field(bundle)} with {what}; a member given twice would count twice in "
+                                  "the mean")
+            seen[key] = bundle
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -55,5 +87,5 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     )
     reporter.result(bundle=str(written), members=len(args.bundles))
     if reporter.mode != "jsonl":
-        print(f"ensemble of {len(args.bundles)} bundles written to {written}")
+        print(f"ensemble of {len(args.bundles)} bundles written to {terminal_field(written)}")
     return 0

@@ -32,7 +32,12 @@ import textwrap
 from typing import Any
 
 from MedAnalysisLib.cli._manifest_options import add_manifest_options
-from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_folder_outputs
+from MedAnalysisLib.cli._validate import (
+    OVERWRITE_POLICY,
+    add_overwrite_option,
+    check_folder_outputs,
+    check_not_an_input,
+)
 from MedAnalysisLib.cli.predict import add_inference_options, parse_shard
 from MedAnalysisLib.errors import InputError
 
@@ -81,6 +86,7 @@ def validate(args: argparse.Namespace) -> None:
     check_numbers(args)
     read_bundle_config(args.bundle)
     resolve_source(args.data)
+    check_not_an_input(args.out, (args.bundle, args.data), "--out")
     check_folder_outputs(args.out, EVALUATION_FILES, args.overwrite)
 
 

@@ -16,6 +16,7 @@ from MedAnalysisLib.cli._manifest_options import add_manifest_options
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_file_output
 from MedAnalysisLib.errors import PlanError
 from MedAnalysisLib.progress import Reporter
+from MedAnalysisLib.sanitize import terminal_field
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -63,7 +64,8 @@ def validate(args: argparse.Namespace) -> None:
     parse_overrides(args.overrides)
     check_numbers(args)
     if args.out is not None and args.fingerprint_out is not None and args.out.resolve() == args.fingerprint_out.resolve():
-        raise PlanError(f"expected --out and --fingerprint-out to be two files, got {args.out} for both")
+        raise PlanError(f"expected --out and --fingerprint-out to be two files, got {terminal_field(args.out)} for "
+                        "both")
     check_file_output(args.out, args.overwrite, "--out", inputs=(args.data,))
     check_file_output(args.fingerprint_out, args.overwrite, "--fingerprint-out", inputs=(args.data,))
 
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         target_column=args.target_column,
         group_column=args.group_column,
     )
-    reporter.log(f"{len(dataset.cases)} cases, task {dataset.task}, modality {dataset.modality}")
+    reporter.log(f"{len(dataset.cases)} cases, task {dataset.task}, modality {terminal_field(dataset.modality)}")
     fingerprint = fingerprint_dataset(dataset, workers=args.workers, reporter=reporter)
     budget = args.memory_budget_mb if args.memory_budget_mb is not None else DEFAULT_MEMORY_BUDGET_MB
     plan = make_plan(fingerprint, overrides=overrides, memory_budget_mb=budget)
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     text = plan.to_json()
     if args.out is not None:
         write_text_atomic(args.out, text + "\n")
-        reporter.log(f"plan written to {args.out}")
+        reporter.log(f"plan written to {terminal_field(args.out)}")
     if args.fingerprint_out is not None:
         write_text_atomic(args.fingerprint_out, json.dumps(fingerprint.to_dict(), indent=1) + "\n")
     if reporter.mode == "jsonl":

@@ -14,8 +14,11 @@ bundle (weights sha256 and the bundle.json settings that shape outputs) and the 
 probabilities, overlap, TTA, post-processing, precision, series) is skipped, unless one of the outputs it lists is
 gone (the case is done again); a case made otherwise, or whose sidecar is corrupt, truncated or from another
 version, is refused (exit code 2, before any case runs) unless --overwrite, which recomputes every case of the shard.
-Outputs of a case that has no sidecar yet (a run stopped in the middle of it) are recomputed. Nothing else in the
-folder is touched.
+Outputs of a case that has no sidecar yet (a run stopped in the middle of it) are recomputed. A file under an
+output name that MedAnalysis did not write (no sidecar or record of a stopped run lists it, or a batch_summary.json
+of someone else's) is refused before any work unless --overwrite; a link or folder there, an --out that is, holds or
+lies inside an input (the bundle, an input file or folder, a file a dataset.json or manifest lists), and output
+names longer than the file system allows (255 bytes) are refused even then. Nothing else in the folder is touched.
 
 Bad cases: whatever goes wrong with one case (an unreadable or truncated file, a geometry that cannot be resampled,
 a FIFO or folder named like an image, an error of the model) is that case's failure, listed with its type and
@@ -120,12 +123,16 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Numbers out of range; the bundle, inputs, formats and existing outputs are checked by
-    :func:`~MedAnalysisLib.inference.batch.run_batch` before it imports TensorFlow."""
+    """Numbers out of range, and an --out that is, holds or lies inside an input (the bundle, an input file or
+    folder, a file a dataset.json or CSV manifest lists); the bundle, inputs, formats and existing outputs are
+    checked by :func:`~MedAnalysisLib.inference.batch.run_batch` before it imports TensorFlow."""
+    from MedAnalysisLib.cli._validate import check_not_an_input
+
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
     if args.memory_budget_mb is not None and args.memory_budget_mb < 1:
         raise InputError(f"expected --memory-budget-mb >= 1, got {args.memory_budget_mb}")
+    check_not_an_input(args.out, (args.bundle, *args.inputs), "--out")
 
 
 def run(args: argparse.Namespace, reporter: Any) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 from MedAnalysisLib.cli._manifest_options import add_manifest_options
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter, StopFlag
+from MedAnalysisLib.sanitize import terminal_field
 
 #: Most worker processes --workers may ask for.
 MAX_WORKERS = 256
@@ -107,5 +108,6 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     reporter.result(cache=str(summary.root), prepared=summary.prepared, reused=summary.reused,
                     cases=summary.prepared + summary.reused)
     if reporter.mode != "jsonl":
-        print(f"cache {summary.root}: {summary.prepared} case(s) prepared, {summary.reused} already prepared")
+        print(f"cache {terminal_field(summary.root)}: {summary.prepared} case(s) prepared, {summary.reused} already "
+              "prepared")
     return 0

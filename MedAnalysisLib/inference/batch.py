@@ -30,7 +30,14 @@ every output it lists is still there (otherwise the case is done again). A case 
 options or by another version, and a sidecar that is corrupt, truncated, oversized or of another shape, is refused,
 with the reason, before any case runs, unless ``overwrite`` recomputes every case: the overwrite policy of every
 command (:mod:`MedAnalysisLib.cli._validate`), which never replaces an output it cannot show it made. A case without a
-sidecar is (re)computed.
+sidecar is (re)computed: while its outputs are written a hidden pending record (``.<case>.pending.json``) lists their
+names, so a re-run after a stop replaces what the stopped run left as its own.
+
+Outputs of others (:func:`check_output_names`, before any work): every output name of every case (label maps,
+probability maps, tables, sidecar, pending record) must fit the file system's name limit and belong to one case.
+An existing file under one of them that no sidecar or pending record of its case lists, or a batch summary this
+version did not write, is refused unless ``overwrite``; a link, a folder or a special file there, and an input of
+the run, are refused even then.
 
 Isolation: whatever one case raises (our typed errors, ``ValueError``/``RuntimeError``/``TypeError`` from
 SimpleITK, numpy or Keras, ``OverflowError``, ``MemoryError``, ``OSError``) is that case's failure: recorded in the
@@ -63,9 +70,17 @@ from typing import Any
 from MedAnalysisLib.data.datasets import dataset_modality_family, modality_code, modality_family
 from MedAnalysisLib.data.sources import IMAGE_SUFFIXES, image_stem, is_image_file, resolve_source, special_file_kind
 from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError, OutputError, UnreadableFileError
-from MedAnalysisLib.inference.writers import SIDECAR_SUFFIX, check_formats, format_problems, write_prediction
+from MedAnalysisLib.inference.writers import (
+    LABEL_SUFFIXES,
+    SIDECAR_SUFFIX,
+    check_formats,
+    format_problems,
+    probability_file_name,
+    write_prediction,
+)
 from MedAnalysisLib.io.atomic import write_text_atomic
 from MedAnalysisLib.privacy import redact, remember
+from MedAnalysisLib.sanitize import terminal_field
 
 
 @dataclass(frozen=True)
@@ -494,6 +509,148 @@ def _refuse_stale(out: Path, problems: dict[str, str]) -> None:
                      "recompute them, or choose another --out")
 
 
+#: The longest file name, in bytes, of the common file systems (ext4, XFS, btrfs, APFS).
+NAME_MAX = 255
+#: Keys every batch summary this version writes holds; a file under the summary's name without them is not ours.
+_SUMMARY_KEYS = frozenset({"shard", "total_cases", "done", "skipped", "failed", "out_dir"})
+
+
+def summary_name(shard: tuple[int, int]) -> str:
+    """The batch summary's file name for ``shard``."""
+    return "batch_summary.json" if shard == (1, 1) else f"batch_summary_shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def pending_name(case_id: str) -> str:
+    """The hidden record of a case whose outputs are being written: it lists their names, is written before the
+    first of them and removed once the sidecar is, so that a re-run after a stop knows them for its own."""
+    return f".{case_id}.pending.json"
+
+
+def case_output_names(config: Any, case_id: str, options: BatchOptions) -> list[str]:
+    """Every file name a case may get in --out, named as :func:`~MedAnalysisLib.inference.writers.write_prediction`
+    names them: a label map per format and a probability map per foreground label (segmentation), the table and the
+    per-slice table (CSV and JSON), and the sidecar."""
+    names: list[str] = []
+    if config.task == "segmentation":
+        names += [f"{case_id}{LABEL_SUFFIXES[fmt]}" for fmt in options.formats if fmt in LABEL_SUFFIXES]
+        if options.write_probabilities:
+            names += [probability_file_name(case_id, label) for label in config.labels if label.value != 0]
+    names += [f"{case_id}_table.csv", f"{case_id}_table.json"]
+    if config.task != "segmentation":
+        names += [f"{case_id}_slices.csv", f"{case_id}_slices.json"]
+    return [*names, f"{case_id}{SIDECAR_SUFFIX}"]
+
+
+def _name_limit(out: Path) -> int:
+    """The longest file name the file system of ``out`` (or of its nearest existing parent) allows."""
+    import os
+
+    for folder in (out, *out.parents):
+        if folder.is_dir():
+            try:
+                return min(NAME_MAX, int(os.pathconf(folder, "PC_NAME_MAX")))
+            except (OSError, ValueError, AttributeError):
+                return NAME_MAX
+    return NAME_MAX
+
+
+def _own_names(out: Path, case_id: str) -> set[str]:
+    """The names MedAnalysis wrote for a case: those its sidecar lists and those its pending record lists."""
+    own: set[str] = set()
+    for record_name, key in ((f"{case_id}{SIDECAR_SUFFIX}", "outputs"), (pending_name(case_id), "outputs")):
+        path = out / record_name
+        record = _read_sidecar(path) if path.is_file() and not path.is_symlink() else None
+        listed = record.get(key) if isinstance(record, dict) else None
+        values = listed.values() if isinstance(listed, dict) else listed if isinstance(listed, list) else []
+        own |= {name for name in values if isinstance(name, str)}
+        if record_name.startswith(".") and isinstance(listed, list):
+            own.add(record_name)
+    return own
+
+
+def _judged_by_resume(sidecar: Path) -> bool:
+    """True when a case has a sidecar file: the resume judges that case (it skips it when this bundle and these
+    options made it, and refuses it with the reason otherwise, unless ``overwrite``; see :func:`resume_problem`)."""
+    return sidecar.is_file() and not sidecar.is_symlink()
+
+
+def _is_own_summary(path: Path) -> bool:
+    record = _read_sidecar(path)
+    return isinstance(record, dict) and _SUMMARY_KEYS <= set(record)
+
+
+def check_output_names(out: Path, all_cases: Sequence[CaseInput], cases: Sequence[CaseInput], config: Any,
+                       options: BatchOptions) -> dict[str, list[str]]:
+    """Refuse, before any work, outputs that cannot be written or would replace what MedAnalysis did not write.
+
+    Every name of every case (:func:`case_output_names`, the pending record, the summary) must fit the file system's
+    limit and belong to one case only. In ``out``, a link, a folder or a special file under one of these names is
+    refused always; a file is refused unless ``overwrite``, or a sidecar or pending record of its case lists it (the
+    sidecar itself is judged by the resume), or it is an earlier batch summary; an input of the run is refused even
+    with ``overwrite``.
+
+    Returns:
+        ``{case_id: names}`` for the cases of this shard.
+
+    Raises:
+        OutputError: The first problem, naming what was expected and what was found.
+    """
+    names = {case.case_id: case_output_names(config, case.case_id, options) for case in all_cases}
+    limit = _name_limit(out)
+    owner: dict[str, str] = {}
+    for case_id, listed in names.items():
+        for name in (*listed, pending_name(case_id)):
+            size = len(name.encode("utf-8", "surrogateescape"))
+            if size > limit:
+                raise OutputError(f"expected output names of at most {limit} bytes (the file system's limit), got "
+                                  f"{size} bytes for {terminal_field(name[:60])}... of case "
+                                  f"{terminal_field(case_id[:60])}; rename the input (or shorten its label names)")
+            if owner.setdefault(name, case_id) != case_id:
+                raise OutputError(f"expected every output name to belong to one case, got {terminal_field(name)} for "
+                                  f"both {terminal_field(owner[name])} and {terminal_field(case_id)}; rename one input")
+    if out.is_dir():
+        _check_existing(out, {c.case_id: names[c.case_id] for c in cases}, cases, options)
+    return {c.case_id: names[c.case_id] for c in cases}
+
+
+def _check_existing(out: Path, names: dict[str, list[str]], cases: Sequence[CaseInput], options: BatchOptions) -> None:
+    """The part of :func:`check_output_names` that looks at what is already in ``out``."""
+    inputs = {Path(image.rsplit("#", 1)[0] if not Path(image).exists() else image).resolve()
+              for case in cases for image in case.images}
+    foreign: list[str] = []
+    blocked: list[str] = []
+    for case_id, listed in names.items():
+        own = _own_names(out, case_id)
+        judged = _judged_by_resume(out / f"{case_id}{SIDECAR_SUFFIX}")
+        for name in (*listed, pending_name(case_id)):
+            path = out / name
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                blocked.append(name)
+            elif path.exists() and path.resolve() in inputs:
+                raise OutputError(f"expected outputs apart from the inputs, got {terminal_field(name)} in "
+                                  f"{terminal_field(out)}, which is an input of this run; inputs are never replaced")
+            elif path.exists() and name not in own and not judged and name != f"{case_id}{SIDECAR_SUFFIX}":
+                foreign.append(name)
+    summary = out / summary_name(options.shard)
+    if summary.is_symlink() or (summary.exists() and not summary.is_file()):
+        blocked.append(summary.name)
+    elif summary.exists() and not _is_own_summary(summary):
+        foreign.append(summary.name)
+    if blocked:
+        raise OutputError(f"expected files (or nothing) under the names predict writes, got a link, folder or special "
+                          f"file named {_few(blocked)} in {terminal_field(out)}; it is never replaced, even with "
+                          "--overwrite")
+    if foreign and not options.overwrite:
+        raise OutputError(f"expected --out without files MedAnalysis did not write under the names this run writes, "
+                          f"got {len(foreign)}: {_few(foreign)} in {terminal_field(out)} (no sidecar of theirs lists "
+                          "them); pass --overwrite to replace them, or choose another --out")
+
+
+def _few(names: Sequence[str]) -> str:
+    shown = ", ".join(terminal_field(name, 80) for name in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def _refuse_unwritable(formats: Sequence[str], to_run: Sequence[CaseInput], unavailable: dict[str, dict[str, str]]) -> None:
     if formats and to_run and all(set(formats) <= set(unavailable[c.case_id]) for c in to_run):
         first = to_run[0].case_id
@@ -549,13 +706,14 @@ def run_batch(
     formats = options.formats if config.task == "segmentation" else ()
     scans: dict[str, list[Any]] = {}
     to_run = [c for c in cases if options.overwrite or c.case_id not in with_sidecar]
+    output_names = check_output_names(out, all_cases, cases, config, options)
     unavailable = {case.case_id: header_problems(case, formats, scans) for case in to_run}
     _refuse_unwritable(formats, to_run, unavailable)
     summary = BatchSummary(options.shard, len(all_cases), out_dir=str(out))
     log = reporter.log if reporter is not None else (lambda message, level="info": None)
     _check_modalities(config, to_run, options, summary, log)
     log(f"{len(cases)} of {len(all_cases)} case(s) in shard {options.shard[0]}/{options.shard[1]}; "
-        f"bundle {config.name}")
+        f"bundle {terminal_field(config.name)}")
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(Path(bundle))
     finished, stale = _resume_state(cases, out, loaded.weights_sha256, requested, options.overwrite)
     _refuse_stale(out, stale)
@@ -581,23 +739,34 @@ def run_batch(
             summary.skipped.append(case.case_id)
             log(f"{case.case_id}: made by this bundle with these options, skipped")
             continue
+        pending = out / pending_name(case.case_id)
+        write_text_atomic(pending, json.dumps({"case_id": case.case_id, "outputs": output_names[case.case_id]}) + "\n")
         try:
             seconds = _run_case(loaded, case, out, options, requested, unavailable[case.case_id], summary, log,
                                 stop_flag)
         except (CancelledError, KeyboardInterrupt):
+            _drop_pending(pending, out, output_names[case.case_id])
             raise
         except Exception as error:  # noqa: BLE001 - whatever one case raises is that case's failure
+            _drop_pending(pending, out, output_names[case.case_id])
             record = failure_record(case.case_id, error)
             summary.failed.append(record)
             log(f"{case.case_id}: failed ({record['error_type']}: {record['message']}); continuing", "warning")
             continue
+        pending.unlink(missing_ok=True)
         summary.done.append(case.case_id)
         log(f"{case.case_id}: done in {seconds:.1f} s")
     if reporter is not None:
         reporter.progress("cases", len(cases), len(cases), "done")
-    name = "batch_summary.json" if options.shard == (1, 1) else f"batch_summary_shard-{options.shard[0]}-of-{options.shard[1]}.json"
-    write_text_atomic(out / name, json.dumps(summary.to_dict(), indent=2) + "\n")
+    write_text_atomic(out / summary_name(options.shard), json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def _drop_pending(pending: Path, out: Path, names: Sequence[str]) -> None:
+    """After a case failed or stopped: keep its pending record while any of its outputs exists, so that a re-run may
+    replace them as its own; remove it otherwise."""
+    if not any((out / name).exists() for name in names):
+        pending.unlink(missing_ok=True)
 
 
 def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, requested: dict[str, Any],

@@ -26,9 +26,15 @@ from MedAnalysisLib.sanitize import terminal_field
 #: (255 bytes on most) does not fail only because the temporary adds a prefix and a suffix.
 _TEMPORARY_NAME_PART = 64
 
-#: Marker files of folders that MedAnalysis publishes as a whole and may publish again: a bundle, an ensemble, a
-#: training checkpoint (every listed name must be present).
-OWN_MARKERS: tuple[tuple[str, ...], ...] = (("bundle.json",), ("ensemble.json",), ("state.json", "last.weights.h5"))
+#: Marker files of the folders that MedAnalysis publishes as a whole with the default of :func:`atomic_directory` and
+#: may publish again (every listed name must be present): so far the training checkpoint. Bundles and ensembles pass
+#: their own test (:func:`MedAnalysisLib.bundles.storage.is_bundle_folder`), which reads their marker files.
+OWN_MARKERS: tuple[tuple[str, ...], ...] = (("state.json", "last.weights.h5"),)
+#: Every file such a folder may hold, by its markers; anything else in it is the user's and blocks replacing it.
+OWN_FILES: dict[tuple[str, ...], frozenset[str]] = {
+    ("state.json", "last.weights.h5"): frozenset({"state.json", "last.weights.h5", "best.weights.h5", "optimizer.npz",
+                                                  "training_log.csv"}),
+}
 
 
 def _current_umask() -> int:
@@ -170,11 +176,13 @@ def _marker_names(folder: Path) -> set[str]:
 
 
 def is_own_output(folder: Path) -> bool:
-    """True for a folder MedAnalysis publishes as a whole and may replace: it holds the marker files of a bundle, an
-    ensemble or a training checkpoint (:data:`OWN_MARKERS`). Writers of other folders pass their own ``replaceable``
-    (the phantom writers do)."""
+    """True for a folder MedAnalysis publishes as a whole and may replace: a training checkpoint holding its marker
+    files and nothing but checkpoint files, each a regular file (:data:`OWN_MARKERS`); a marker beside the user's
+    own files is not enough. Writers of other folders pass their own ``replaceable`` (bundles, the phantom
+    writers, the cache do)."""
     names = _marker_names(folder)
-    return any(set(marker) <= names for marker in OWN_MARKERS)
+    plain = all((folder / name).is_file() and not (folder / name).is_symlink() for name in names)
+    return plain and any(set(marker) <= names <= OWN_FILES[marker] for marker in OWN_MARKERS)
 
 
 def check_directory_target(target: Path, replaceable: Callable[[Path], bool] | None = None) -> None:
@@ -219,7 +227,7 @@ def atomic_directory(target: str | os.PathLike[str], *,
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` as a whole.
 
     An existing ``target`` is replaced only when it is an empty folder or ``replaceable(target)`` is true (default
-    :func:`is_own_output`: an earlier bundle, ensemble, checkpoint or phantom); anything else is refused before the
+    :func:`is_own_output`: an earlier training checkpoint of its own files only); anything else is refused before the
     temporary is made (see :func:`check_directory_target`).
 
     Raises:
