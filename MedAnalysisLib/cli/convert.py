@@ -53,6 +53,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 def validate(args: argparse.Namespace) -> None:
     """OUT follows the overwrite policy (see the epilog) and is not the input (links resolved) nor inside an input
     folder; checked before the input is read."""
+    from MedAnalysisLib.io.files import check_output_suffix
+
+    check_output_suffix(args.output)  # a lower-case suffix the writers know, before the input is read
     check_file_output(args.output, args.overwrite, inputs=(args.input,))
 
 
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         args.input, series=args.series, kind=args.kind, allow_2d=args.allow_2d, resample_tilt=args.resample_tilt
     )
     reporter.progress("convert", 1, 2, "writing")
-    path = write_volume(volume, args.output)
+    path = write_volume(volume, args.output, overwrite=args.overwrite)  # a .mhd/.nhdr data file is part of OUTPUT
     reporter.progress("convert", 2, 2, "done")
     reporter.result(
         output=str(path),

@@ -127,5 +127,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if reporter.mode == "jsonl":
         reporter.result(**summary.to_dict())
     else:
-        print(summary.format_text())
+        from MedAnalysisLib.sanitize import terminal_message
+
+        print(terminal_message(summary.format_text()))  # it quotes --out: a name's escapes stay inert
     return 0

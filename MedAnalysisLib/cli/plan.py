@@ -61,7 +61,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """--set syntax, numbers in range, and outputs the overwrite policy allows, before any case is read."""
-    parse_overrides(args.overrides)
+    from MedAnalysisLib.preprocessing.plan import check_overrides
+
+    check_overrides(parse_overrides(args.overrides))  # keys and standalone values, before any case is measured
     check_numbers(args)
     if args.out is not None and args.fingerprint_out is not None and args.out.resolve() == args.fingerprint_out.resolve():
         raise PlanError(f"expected --out and --fingerprint-out to be two files, got {terminal_field(args.out)} for "

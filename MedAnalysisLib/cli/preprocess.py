@@ -66,10 +66,7 @@ def read_plan(path: Path) -> Any:
     """
     from MedAnalysisLib.preprocessing.plan import Plan
 
-    try:
-        return Plan.from_json(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"expected a readable plan JSON file at --plan, got: {type(error).__name__}") from None
+    return Plan.from_file(path, "a readable plan JSON file (--plan)")  # a regular file of bounded size only
 
 
 def validate(args: argparse.Namespace) -> None:

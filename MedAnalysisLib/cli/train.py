@@ -207,7 +207,7 @@ def check_checkpoint_location(out: Path) -> None:
     """
     from MedAnalysisLib.cli._validate import check_output_location
     from MedAnalysisLib.errors import OutputError
-    from MedAnalysisLib.io.atomic import OWN_MARKERS, absolute_target
+    from MedAnalysisLib.io.atomic import absolute_target, is_own_output
     from MedAnalysisLib.sanitize import terminal_field
 
     out = absolute_target(out)
@@ -218,7 +218,7 @@ def check_checkpoint_location(out: Path) -> None:
         return
     names = {entry.name for entry in checkpoint.iterdir()} if checkpoint.is_dir() and not checkpoint.is_symlink() \
         else None
-    if names is not None and (not names or set(OWN_MARKERS[-1]) <= names):
+    if names is not None and (not names or is_own_output(checkpoint)):  # checkpoint files alone, as the runner checks
         return
     raise OutputError(f"expected {terminal_field(checkpoint)} (where train keeps its resume checkpoint) to be absent "
                       "or an earlier checkpoint, got something else there; it would be replaced, so it is refused "
@@ -276,5 +276,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     result = train(source, options, reporter=reporter, stop_flag=stop_flag, cache=cache)
     reporter.result(bundle=str(result.bundle_path), metrics=result.metrics, epochs=len(result.history.get("loss", [])))
     if reporter.mode != "jsonl":
-        print(f"bundle written to {result.bundle_path}")
+        from MedAnalysisLib.sanitize import terminal_field
+
+        print(f"bundle written to {terminal_field(result.bundle_path)}")
     return 0
