@@ -127,7 +127,8 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if reporter.mode == "jsonl":
         reporter.result(**summary.to_dict())
     else:
-        from MedAnalysisLib.sanitize import terminal_message
+        from MedAnalysisLib.sanitize import terminal_field
 
-        print(terminal_message(summary.format_text()))  # it quotes --out: a name's escapes stay inert
+        # The summary quotes --out: escape sequences in a name stay inert; the summary's own lines are kept.
+        print("\n".join(terminal_field(line) for line in summary.format_text().split("\n")))
     return 0
