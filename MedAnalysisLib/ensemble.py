@@ -7,18 +7,20 @@ Nothing in the library imports this module.
 from __future__ import annotations
 
 from MedAnalysisLib.bundles.ensemble import (
-    COMBINE_RULES,
-    ENSEMBLE_FILE,
-    ENSEMBLE_SCHEMA_VERSION,
-    MAX_MEMBERS,
-    MIN_MEMBERS,
-    EnsembleConfig,
     LoadedEnsemble,
     check_members,
     is_ensemble,
     load_ensemble,
     make_ensemble,
     read_ensemble_config,
+)
+from MedAnalysisLib.bundles.ensemble_config import (
+    COMBINE_RULES,
+    ENSEMBLE_FILE,
+    ENSEMBLE_SCHEMA_VERSION,
+    MAX_MEMBERS,
+    MIN_MEMBERS,
+    EnsembleConfig,
 )
 
 __all__ = ["COMBINE_RULES", "ENSEMBLE_FILE", "ENSEMBLE_SCHEMA_VERSION", "MAX_MEMBERS", "MIN_MEMBERS", "EnsembleConfig",

@@ -137,7 +137,7 @@ def test_special_entries_in_a_study_folder_are_skipped_and_counted_never_opened(
         "symbolic link leading outside the folder", "symbolic link loop", "unreadable (cannot be examined)",
     ])
     assert found["flat"] == sorted([
-        "not a regular file (FIFO)", "not a regular file (directory)", "not a regular file (socket)",
+        "not a regular file (FIFO)", "not a regular file (folder)", "not a regular file (socket)",
         "symbolic link leading outside the folder", "symbolic link loop", "unreadable (cannot be examined)",
     ])
     assert found["summary"].startswith("6 entr(y/ies) not opened")

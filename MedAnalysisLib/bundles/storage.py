@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from MedAnalysisLib import safe_archive
 from MedAnalysisLib.bundles.config import CONFIG_FILE, MAX_CONFIG_BYTES, BundleConfig, expect
+from MedAnalysisLib.bundles.ensemble_config import EnsembleConfig
 from MedAnalysisLib.errors import BundleError, OutputError
 from MedAnalysisLib.io.atomic import absolute_target, atomic_directory, refuse_link
 from MedAnalysisLib.sanitize import terminal_field
@@ -164,8 +165,6 @@ def _bundle_files(data: bytes) -> set[str] | None:
 
 def _member_folders(data: bytes) -> list[str] | None:
     """The member folders an ``ensemble.json`` lists; None when it is not a valid ensemble document."""
-    from MedAnalysisLib.bundles.ensemble import EnsembleConfig  # ensemble builds on this module
-
     try:
         return [member["folder"] for member in EnsembleConfig.from_json(data).members]
     except (BundleError, ValueError, TypeError, KeyError, RecursionError):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.io.small_files import file_kind
 
 #: File endings of single image files (longest first, so ``.seg.nrrd`` wins over ``.nrrd``).
 IMAGE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -81,11 +82,9 @@ def special_file_kind(path: Path) -> str | None:
         mode = path.stat().st_mode
     except OSError:
         return None
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return file_kind(mode)
 
 
 def resolve_source(path: str | os.PathLike[str]) -> DataSource:

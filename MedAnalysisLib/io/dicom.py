@@ -70,6 +70,7 @@ from MedAnalysisLib.errors import (
     UnreadableFileError,
 )
 from MedAnalysisLib.io.files import SIMPLEITK_IO_LOCK
+from MedAnalysisLib.io.small_files import file_kind
 from MedAnalysisLib.io.validate import check_finite, check_memory_budget, origin_problem
 from MedAnalysisLib.volume import Volume, check_direction, orientation_code
 
@@ -650,18 +651,9 @@ def open_regular(path: str | os.PathLike[str]) -> Any:
         mode = 0
     if not stat.S_ISREG(mode):
         os.close(descriptor)
-        raise UnreadableFileError(f"expected a regular file, got {_file_kind(mode)} at {name}")
+        raise UnreadableFileError(f"expected a regular file, got {file_kind(mode)} at {name}")
     # named after the path (not the descriptor), so that pydicom can re-open it for a deferred element
     return open(str(path), "rb", opener=lambda _name, _flags: descriptor)  # noqa: SIM115 - the caller closes it
-
-
-def _file_kind(mode: int) -> str:
-    """Human name of a file type from ``st_mode`` (for messages)."""
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return kind
-    return "a special file"
 
 
 def _skip_reason(path: Path, root: Path) -> str | None:
@@ -676,7 +668,7 @@ def _skip_reason(path: Path, root: Path) -> str | None:
     except OSError as error:
         return "symbolic link loop" if error.errno == errno.ELOOP else "unreadable (cannot be examined)"
     if not stat.S_ISREG(info.st_mode):
-        return f"not a regular file ({_file_kind(info.st_mode)[2:]})"
+        return f"not a regular file ({file_kind(info.st_mode)[2:]})"
     if path.is_symlink():
         try:
             target = path.resolve(strict=True)
@@ -701,7 +693,7 @@ def _candidate_files(root: Path, recursive: bool, skipped: list[tuple[str, str]]
         return [root]
     if not root.is_dir():
         if root.exists():
-            kind = _file_kind(os.stat(root).st_mode)
+            kind = file_kind(os.stat(root).st_mode)
             raise UnreadableFileError(f"expected a DICOM folder or a regular file, got {kind} at {root.name}")
         raise UnreadableFileError(f"expected a DICOM folder or file, got nothing at {root}")
     resolved = root.resolve()
@@ -715,13 +707,13 @@ def _candidate_files(root: Path, recursive: bool, skipped: list[tuple[str, str]]
             if entry.is_symlink() or not entry.is_dir():
                 found.append(entry)
             elif entry.name.lower().endswith(_DICOM_SUFFIXES) and not entry.name.startswith("."):
-                skipped.append((str(entry), "not a regular file (directory)"))
+                skipped.append((str(entry), "not a regular file (folder)"))
     regular = []
     for path in sorted(p for p in found if not p.name.startswith(".")):
         reason = _skip_reason(path, resolved)
         if reason is None:
             regular.append(path)
-        elif not (recursive is False and reason == "not a regular file (directory)"
+        elif not (recursive is False and reason == "not a regular file (folder)"
                   and not path.name.lower().endswith(_DICOM_SUFFIXES)):
             skipped.append((str(path), reason))
     return regular

@@ -26,15 +26,18 @@ MAX_CSV_BYTES = 64 * 1024**2
 #: Deepest nesting of user JSON: the deepest real option (a label's terminology) is four levels.
 MAX_JSON_DEPTH = 32
 
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-            (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"))
 
 
-def _kind(mode: int) -> str:
-    for test, name in _SPECIAL:
+def file_kind(mode: int) -> str:
+    """What ``st_mode`` says a path is, for messages about paths that are not regular files ("a FIFO", "a socket",
+    "a character device", "a block device", "a folder", "a symbolic link"; else "a special file"). The one naming
+    every reader uses."""
+    for test, name in _KINDS:
         if test(mode):
             return name
-    return "not a regular file"
+    return "a special file"
 
 
 def read_small_text(path: str | os.PathLike[str], what: str, max_bytes: int = MAX_JSON_BYTES,
@@ -60,7 +63,7 @@ def read_small_text(path: str | os.PathLike[str], what: str, max_bytes: int = MA
     except (OSError, ValueError) as problem:
         raise error(f"expected {what} at {shown}, got {getattr(problem, 'strerror', None) or problem}") from None
     if not stat.S_ISREG(mode):
-        raise error(f"expected {what} at {shown} to be a regular file, got {_kind(mode)} (it is not opened)")
+        raise error(f"expected {what} at {shown} to be a regular file, got {file_kind(mode)} (it is not opened)")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as problem:
@@ -68,7 +71,7 @@ def read_small_text(path: str | os.PathLike[str], what: str, max_bytes: int = MA
     try:
         opened = os.fstat(fd).st_mode
         if not stat.S_ISREG(opened):  # swapped for something else between stat and open
-            raise error(f"expected {what} at {shown} to be a regular file, got {_kind(opened)}")
+            raise error(f"expected {what} at {shown} to be a regular file, got {file_kind(opened)}")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(max_bytes + 1)
     except OSError as problem:

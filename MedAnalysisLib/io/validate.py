@@ -16,6 +16,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from MedAnalysisLib.errors import GeometryError, ImageValidationError, MemoryBudgetError, UnreadableFileError
+from MedAnalysisLib.io.small_files import file_kind
 from MedAnalysisLib.sanitize import terminal_field
 from MedAnalysisLib.volume import Volume
 
@@ -156,11 +157,6 @@ def require_integer_labels(volume: Volume, what: str = "label map") -> Volume:
 
 
 # ------------------------------------------------------------------------------------------ detached data files
-#: What ``stat`` says a path is, for messages about files that are not regular files.
-_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def resolve_data_file(header: Path, name: str) -> Path:
     """The regular file a header's data-file field names, resolved inside the header's own folder.
 
@@ -192,7 +188,7 @@ def resolve_data_file(header: Path, name: str) -> Path:
             f"expected the data file {terminal_field(shown)} beside {header.name}, got none ({error.strerror})"
         ) from error
     if not stat.S_ISREG(mode):
-        kind = next((kind for test, kind in _FILE_KINDS if test(mode)), "a special file")
+        kind = file_kind(mode)
         raise UnreadableFileError(
             f"expected the data file {shown!r} of {header.name} to be a regular file, got {kind}"
         )
