@@ -391,3 +391,20 @@ def test_a_checkpoint_marker_beside_other_files_is_never_replaced(tmp_path: Path
         with pytest.raises(OutputError, match="expected a new or empty folder"), atomic_directory(target):
             raise AssertionError("the body ran for a refused target")
     assert snapshot(tmp_path) == before
+
+
+def test_info_refuses_an_ensemble_member_that_is_a_link_as_predict_does(tmp_path: Path) -> None:
+    """``info`` reads the members' bundle.json: a member folder that is a symbolic link (to a bundle anywhere) is
+    refused, the rule ``predict`` follows, so neither reads outside the ensemble."""
+    from MedAnalysisLib.bundles import read_ensemble_config
+    from MedAnalysisLib.errors import BundleError
+
+    ensemble = tmp_path / "ens"
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text(json.dumps({"schema_version": 1, "name": "e", "members": [
+        {"folder": f"member-{n}", "weights_sha256": hashlib.sha256(WEIGHTS).hexdigest()} for n in range(2)]}))
+    shutil.copytree(config_bundle(tmp_path / "src"), ensemble / "member-0")
+    outside = shutil.copytree(tmp_path / "src", tmp_path / "outside-member")
+    (ensemble / "member-1").symlink_to(outside)
+    with pytest.raises(BundleError, match="expected the member folder 'member-1' in the ensemble, found none"):
+        read_ensemble_config(ensemble)

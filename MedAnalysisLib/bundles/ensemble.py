@@ -147,8 +147,12 @@ def read_ensemble_config(path: str | Path) -> BundleConfig:
         path = path.parent
     if path.is_dir():
         ensemble = EnsembleConfig.from_json(small_file_bytes(path / ENSEMBLE_FILE, "the ensemble folder"))
-        members = [BundleConfig.from_json(small_file_bytes(path / m["folder"] / CONFIG_FILE, "the member folder"))
-                   for m in ensemble.members]
+        members = []
+        for entry in ensemble.members:  # the rule load_ensemble follows: a member is a real folder inside
+            folder = path / entry["folder"]
+            expect(folder.is_dir() and not folder.is_symlink(),
+                   f"expected the member folder {entry['folder']!r} in the ensemble, found none")
+            members.append(BundleConfig.from_json(small_file_bytes(folder / CONFIG_FILE, "the member folder")))
     else:
         try:
             root = _zip_root(safe_archive.list_members(path)) or ""
