@@ -105,7 +105,10 @@ def test_a_stopped_preprocess_keeps_whole_cases_and_resumes(msd: Path, tmp_path:
     assert len(open_cache(cache).entries) == 4
 
 
-def test_worker_processes_write_the_same_cache(msd: Path, tmp_path: Path) -> None:
+def test_worker_processes_write_the_same_cache(msd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import MedAnalysisLib.data.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MIN_PROCESS_JOBS", 2)  # processes for these 4 small cases too
     one, two = _build(msd, tmp_path / "one"), _build(msd, tmp_path / "two", workers=2)
     assert (one.prepared, two.prepared) == (4, 4)
     for entry in open_cache(tmp_path / "one").entries:
@@ -323,7 +326,7 @@ def test_pipeline_prepares_nothing_the_second_time_and_reuses_its_plan(msd: Path
     assert pipeline._cached_plan(cache_dir, key) == _plan()
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", [pytest.param("tensorflow", marks=pytest.mark.nightly), "jax"])
 def test_train_from_a_cache_without_simpleitk(msd: Path, tmp_path: Path, backend: str) -> None:
     """One tiny run of ``medanalysis train CACHE`` in a child: it trains, and SimpleITK was never imported; on the
     JAX backend TensorFlow is not imported either (numpy and Keras are all that training from a cache needs)."""

@@ -161,22 +161,35 @@ def test_output_names_from_manifests_and_tags_cannot_escape(bundle: Path, tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------- nothing lost
-def test_a_failing_writer_leaves_no_half_file_and_no_sidecar(bundle: Path, tmp_path: Path) -> None:
-    """The NRRD output cannot be renamed into place (a folder holds its name): the NIfTI written before it stays
-    complete, the outputs after it are still written (one format's failure costs no other), nothing half-written or
-    temporary remains, and without a sidecar the case is redone next time."""
+def test_a_failing_writer_leaves_no_half_file_and_no_sidecar(bundle: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NRRD output fails while it is written (the disk fills up): the NIfTI written before it stays complete,
+    the outputs after it are still written (one format's failure costs no other), nothing half-written or temporary
+    remains, and without a sidecar the case is redone next time. (A folder already holding an output's name is
+    refused before any work: test_hostile_outputs_more.py.)"""
+    import errno
+
+    import MedAnalysisLib.io as io_module
+
     image = Volume(np.random.default_rng(2).normal(size=(10, 12, 14)).astype(np.float32), spacing=(1.5, 1.5, 1.5))
     write_volume(image, tmp_path / "cases" / "c1.nii.gz")
     out = tmp_path / "out"
-    (out / "c1_label.nrrd").mkdir(parents=True)
+    real_write = io_module.write_volume
+
+    def disk_full_for_nrrd(volume, path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path).endswith("_label.nrrd"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(volume, path, *args, **kwargs)
+
+    monkeypatch.setattr(io_module, "write_volume", disk_full_for_nrrd)
     argv = ["predict", str(bundle), str(tmp_path / "cases"), "--out", str(out), "--format", "nifti", "--format", "nrrd"]
     assert main(argv) == 1  # the case failed, the batch reported it
     summary = json.loads((out / "batch_summary.json").read_text())
     assert [f["case_id"] for f in summary["failed"]] == ["c1"]
-    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.json", "c1_label.nii.gz", "c1_label.nrrd",
-                                                     "c1_table.csv", "c1_table.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "batch_summary.json", "c1_label.nii.gz", "c1_table.csv", "c1_table.json"]
     assert load_volume(out / "c1_label.nii.gz", kind="label").shape == image.shape
-    (out / "c1_label.nrrd").rmdir()
+    monkeypatch.setattr(io_module, "write_volume", real_write)
     assert main(argv) == 0
     assert {"c1_label.nrrd", "c1.json"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if ".partial" in p.name]

@@ -73,21 +73,30 @@ def test_labelmap_output_with_probabilities_and_reuse_of_the_chosen_node(scene, 
     assert scene.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == count
 
 
-def test_an_ensemble_bundle_segments_like_its_members(scene, bundles, tmp_path):
-    from MedAnalysisLib.bundles import make_ensemble
+def test_an_ensemble_bundle_segments_like_the_library_predicts_it(scene, bundles, tmp_path):
+    """Two members of other weights (an ensemble refuses one bundle twice): the panel's logic gives the library's
+    ensemble prediction, on the node's grid."""
+    import keras
+
+    from MedAnalysisLib.bundles import load_bundle, make_ensemble, save_bundle
+    from MedAnalysisLib.inference.predict import predict
+    from MedAnalysisLib.models import build_model
 
     segmentation_bundle, _ = bundles
-    ensemble = make_ensemble([segmentation_bundle, segmentation_bundle], tmp_path / "organ-ensemble",
-                             name="organ ensemble")
+    first = load_bundle(segmentation_bundle)
+    keras.utils.set_random_seed(1)
+    second = save_bundle(tmp_path / "second-member", build_model("unet3d", **first.config.hparams), first.config)
+    first.cleanup()
+    ensemble = make_ensemble([segmentation_bundle, second], tmp_path / "organ-ensemble", name="organ ensemble")
     logic = SceneLogic(scene.scene)
     card = logic.readModelCard(str(ensemble))
     assert card.name == "organ ensemble" and "organ ensemble" in logic.modelCardHtml(card)
     assert [label.name for label in logic.displayedLabels(card)] == ["liver", "tumor"]
     volume = Volume(np.random.default_rng(2).normal(0, 50, (10, 16, 18)).astype(np.float32), spacing=(1.2, 0.9, 3.0))
     node = adapter.scalar_volume_node_from_volume(scene.scene, volume, "CT")
-    single = adapter.volume_from_node(logic.segment(node, str(segmentation_bundle), outputType="labelmap")).array
+    expected = predict(str(ensemble), adapter.volume_from_node(node)).label.array
     combined = logic.segment(node, str(ensemble), outputType="labelmap")
-    np.testing.assert_array_equal(adapter.volume_from_node(combined).array, single)
+    np.testing.assert_array_equal(adapter.volume_from_node(combined).array, expected)
     np.testing.assert_array_equal(adapter.ijk_to_ras_array(combined), adapter.ijk_to_ras_array(node))
 
 

@@ -73,8 +73,9 @@ LABEL_DTYPES = tuple(np.dtype(d) for d in ("|u1", "<i2", "<i4", "<i8"))
 _KEY = re.compile(r"[0-9a-f]{24}")
 #: Model families that train on axial slices resized to the plan's slice_shape (a cache holds those slices).
 SLICE_FAMILIES = ("unet2d", "slice_cnn", "cnn_rnn")
-#: Fewer cases to prepare than this are prepared in the calling process (starting processes costs more).
-MIN_PROCESS_JOBS = 4
+#: Fewer cases to prepare than this are prepared in the calling process: each spawned worker first imports numpy,
+#: SimpleITK and the library (seconds), which a handful of cases does not repay.
+MIN_PROCESS_JOBS = 16
 
 __all__ = ["BuildSummary", "CachedArray", "CachedCase", "PreprocessedCache", "build_cache", "case_key",
            "default_cache_dir", "is_cache", "open_cache", "plan_key", "source_identity"]
