@@ -70,7 +70,7 @@ from MedAnalysisLib.errors import (
     UnreadableFileError,
 )
 from MedAnalysisLib.io.files import SIMPLEITK_IO_LOCK
-from MedAnalysisLib.io.small_files import file_kind
+from MedAnalysisLib.io.small_files import file_kind, open_regular_descriptor
 from MedAnalysisLib.io.validate import check_finite, check_memory_budget, origin_problem
 from MedAnalysisLib.volume import Volume, check_direction, orientation_code
 
@@ -642,13 +642,9 @@ def open_regular(path: str | os.PathLike[str]) -> Any:
     """
     name = Path(path).name
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        descriptor, mode = open_regular_descriptor(path)
     except OSError as error:
         raise UnreadableFileError(f"expected a readable file, got {type(error).__name__} opening {name}") from None
-    try:
-        mode = os.fstat(descriptor).st_mode
-    except OSError:
-        mode = 0
     if not stat.S_ISREG(mode):
         os.close(descriptor)
         raise UnreadableFileError(f"expected a regular file, got {file_kind(mode)} at {name}")

@@ -40,6 +40,23 @@ def file_kind(mode: int) -> str:
     return "a special file"
 
 
+def open_regular_descriptor(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Open ``path`` read-only without ever blocking (``O_NONBLOCK``: a FIFO opened for reading would wait for a
+    writer) and return ``(descriptor, st_mode of the open file)``. The caller checks the mode, so that a FIFO, device
+    or socket that replaced a regular file after it was listed or stat'ed is caught on the descriptor itself, and
+    closes the descriptor.
+
+    Raises:
+        OSError: The path cannot be opened (missing, permission, a link loop).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags)
+    try:
+        return descriptor, os.fstat(descriptor).st_mode
+    except OSError:
+        return descriptor, 0
+
+
 def read_small_text(path: str | os.PathLike[str], what: str, max_bytes: int = MAX_JSON_BYTES,
                     error: type[MedAnalysisError] = InputError) -> str:
     """The UTF-8 text of ``path``, a regular file of at most ``max_bytes`` bytes (a leading BOM is dropped).
@@ -65,11 +82,10 @@ def read_small_text(path: str | os.PathLike[str], what: str, max_bytes: int = MA
     if not stat.S_ISREG(mode):
         raise error(f"expected {what} at {shown} to be a regular file, got {file_kind(mode)} (it is not opened)")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        fd, opened = open_regular_descriptor(path)
     except OSError as problem:
         raise error(f"expected a readable {what} at {shown}, got: {problem.strerror or problem}") from None
     try:
-        opened = os.fstat(fd).st_mode
         if not stat.S_ISREG(opened):  # swapped for something else between stat and open
             raise error(f"expected {what} at {shown} to be a regular file, got {file_kind(opened)}")
         with os.fdopen(fd, "rb", closefd=False) as handle:
