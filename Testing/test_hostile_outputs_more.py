@@ -408,3 +408,20 @@ def test_info_refuses_an_ensemble_member_that_is_a_link_as_predict_does(tmp_path
     (ensemble / "member-1").symlink_to(outside)
     with pytest.raises(BundleError, match="expected the member folder 'member-1' in the ensemble, found none"):
         read_ensemble_config(ensemble)
+
+
+@pytest.mark.parametrize("where", ["the bundle", "inside the bundle", "the checkpoint", "holding the bundle"])
+def test_train_refuses_a_cache_that_overlaps_its_other_outputs(tmp_path: Path, where: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--cache, --out and OUT.checkpoint are each replaced as a whole: a cache at or around the bundle's path was
+    prepared in full, then the bundle refused, leaving a cache where the user's bundle was to go."""
+    data = write_cube_msd(tmp_path / "msd", n=4)
+    out = tmp_path / "runs" / "model"
+    cache = {"the bundle": out, "inside the bundle": out / "cache", "the checkpoint": tmp_path / "runs" /
+             "model.checkpoint", "holding the bundle": tmp_path / "runs"}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["train", str(data), "--task", "segmentation", "--model", "unet3d", "--out", str(out), "--cache",
+                 str(cache), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: expected ") and "--cache to be separate paths" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

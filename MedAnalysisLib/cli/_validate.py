@@ -241,6 +241,21 @@ def check_not_an_input(path: str | os.PathLike[str], inputs: Iterable[str | os.P
                           f"{_shown(source)}; inputs are never replaced nor written into")
 
 
+def check_outputs_apart(outputs: dict[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse outputs of one command that are the same path or lie one inside another (``{option: path}``, links
+    resolved): each is written, replaced or removed as a whole, so one would destroy or swallow the other.
+
+    Raises:
+        OutputError: The first two that overlap.
+    """
+    paths = [(option, absolute_target(path).resolve()) for option, path in outputs.items() if path is not None]
+    for n, (option, path) in enumerate(paths):
+        for other, other_path in paths[n + 1:]:
+            if path == other_path or path in other_path.parents or other_path in path.parents:
+                raise OutputError(f"expected {option} and {other} to be separate paths, got {_shown(path)} and "
+                                  f"{_shown(other_path)}; each is replaced as a whole, so one would destroy the other")
+
+
 def check_file_output(path: str | Path | None, overwrite: bool, option: str = "OUT",
                       inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
     """The policy for an output file: new, or an existing regular file with ``overwrite``; a folder, a link or an

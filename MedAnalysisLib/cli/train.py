@@ -157,12 +157,17 @@ def validate(args: argparse.Namespace) -> None:
     Raises:
         InputError: The first problem found, saying what was expected and what was found.
     """
-    from MedAnalysisLib.cli._validate import check_bundle_output, check_folder_location
+    from MedAnalysisLib.cli._validate import check_bundle_output, check_folder_location, check_outputs_apart
     from MedAnalysisLib.data.cache import is_cache, open_cache
     from MedAnalysisLib.data.sources import resolve_source
+    from MedAnalysisLib.training.runner import checkpoint_dir_for
 
     options = training_options(args)
-    if is_cache(args.data):
+    data_is_cache = is_cache(args.data)
+    check_outputs_apart({"--out": args.out, "the checkpoint beside --out": checkpoint_dir_for(Path(args.out)),
+                         "--cache": None if args.no_cache or data_is_cache else cache_dir(args),
+                         "--tensorboard": args.tensorboard})
+    if data_is_cache:
         open_cache(args.data)  # its manifest: a broken or unfinished cache is refused before TensorFlow starts
     else:
         resolve_source(args.data)
