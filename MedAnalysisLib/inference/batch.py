@@ -76,6 +76,7 @@ from MedAnalysisLib.inference.writers import (
     check_formats,
     format_problems,
     probability_file_name,
+    table_file_names,
     write_prediction,
 )
 from MedAnalysisLib.io.atomic import write_text_atomic
@@ -535,9 +536,9 @@ def case_output_names(config: Any, case_id: str, options: BatchOptions) -> list[
         names += [f"{case_id}{LABEL_SUFFIXES[fmt]}" for fmt in options.formats if fmt in LABEL_SUFFIXES]
         if options.write_probabilities:
             names += [probability_file_name(case_id, label) for label in config.labels if label.value != 0]
-    names += [f"{case_id}_table.csv", f"{case_id}_table.json"]
+    names += table_file_names(case_id, "table")
     if config.task != "segmentation":
-        names += [f"{case_id}_slices.csv", f"{case_id}_slices.json"]
+        names += table_file_names(case_id, "slices")
     return [*names, f"{case_id}{SIDECAR_SUFFIX}"]
 
 

@@ -44,6 +44,15 @@ LABEL_SUFFIXES = {"nifti": "_label.nii.gz", "nrrd": "_label.nrrd", "seg.nrrd": "
 SIDECAR_SUFFIX = ".json"
 #: Probability map of one class: ``<case>`` + this + ``<value>_<name>.nii.gz``.
 PROBABILITY_INFIX = "_probability_"
+#: Tables of a case: ``<case>`` + this, as CSV and (same name, ``.json``) JSON; ``slices`` only for slice models.
+TABLE_SUFFIXES = {"table": "_table.csv", "slices": "_slices.csv"}
+
+
+def table_file_names(case_id: str, kind: str) -> tuple[str, str]:
+    """The CSV and JSON file names of a case's ``kind`` table (:data:`TABLE_SUFFIXES`), as :func:`write_table`
+    writes them."""
+    csv_name = f"{case_id}{TABLE_SUFFIXES[kind]}"
+    return csv_name, str(Path(csv_name).with_suffix(".json"))
 
 
 def library_versions() -> dict[str, str]:
@@ -599,11 +608,11 @@ def write_prediction(
     except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
         errors.append(error)
     if prediction.table:
-        csv_path, json_path = write_table(prediction.table, out_dir / f"{case_id}_table.csv")
+        csv_path, json_path = write_table(prediction.table, out_dir / table_file_names(case_id, "table")[0])
         outputs["table_csv"], outputs["table_json"] = csv_path.name, json_path.name
     per_slice = getattr(prediction, "per_slice", None)
     if per_slice and per_slice is not prediction.table:  # sequence models: per-slice rows besides the scan table
-        csv_path, json_path = write_table(per_slice, out_dir / f"{case_id}_slices.csv")
+        csv_path, json_path = write_table(per_slice, out_dir / table_file_names(case_id, "slices")[0])
         outputs["slices_csv"], outputs["slices_json"] = csv_path.name, json_path.name
     if errors:
         raise errors[0]
