@@ -39,8 +39,8 @@ from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError, 
 from MedAnalysisLib.progress import Reporter
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("dicom", "convert", "plan", "preprocess", "train", "info", "configure", "ensemble", "predict",
-                   "evaluate", "demo")
+COMMAND_MODULES = ("dicom", "convert", "plan", "preprocess", "train", "info", "models", "configure", "ensemble",
+                   "predict", "evaluate", "demo")
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 #: Exit code when the reader of stdout went away (128 + SIGPIPE, what ``cat`` or ``grep`` give in a pipeline).

@@ -1,0 +1,233 @@
+"""The per-user model cache: where verified bundles are kept, one folder per model version.
+
+Layout (under :func:`model_cache_dir`)::
+
+    <id>/<version>/bundle.zip      the bundle, exactly the bytes whose sha256 the catalog states
+    <id>/<version>/entry.json      the record: the catalog entry, sha256, size, when and from which URL
+    <id>/.staging-*/               a download in progress (removed when it fails or is cancelled)
+    .catalogs/<hash>.json          the last good copy of each remote catalog (for offline listing)
+
+Names starting with ``.`` can never be model ids, so the cache's own folders never collide with a model.
+
+A version folder appears by one ``rename`` of a complete staging folder: a reader sees no folder or a complete
+one. Two pulls of the same model at once each download into their own staging folder; the first to rename wins,
+and the other verifies the winner's file and discards its own copy ("rename wins", no lock file to go stale).
+
+Cached files are verified again (size, then sha256) each time they are listed or used; a file that differs is
+reported and never used. Hashes are remembered per process by the file's identity (device, inode, size,
+modification time), so listing many models does not hash them all again and again.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from MedAnalysisLib.catalog.schema import CatalogEntry, check_id, check_version
+from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.io.atomic import write_bytes_atomic
+from MedAnalysisLib.io.small_files import read_json_file
+
+CACHE_ENV = "MEDANALYSIS_MODEL_CACHE"
+BUNDLE_FILE = "bundle.zip"
+RECORD_FILE = "entry.json"
+CATALOG_COPIES = ".catalogs"
+STAGING_PREFIX = ".staging-"
+
+_HASHES: dict[tuple[int, int, int, int], str] = {}
+
+
+def model_cache_dir() -> Path:
+    """``MEDANALYSIS_MODEL_CACHE``, else the platform's per-user cache folder + ``medanalysis/models``
+    (``XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows).
+    Nothing is created here."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "medanalysis" / "models"
+
+
+def version_folder(cache: Path, model_id: str, version: str) -> Path:
+    """``<cache>/<id>/<version>`` (id and version checked, so neither can leave the cache)."""
+    return cache / check_id(model_id) / check_version(version)
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of the regular file ``path`` (not a link), remembered by file identity."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)  # never blocks, never follows a link: a FIFO swapped in is caught below
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if identity in _HASHES:
+            return _HASHES[identity]
+        digest = hashlib.sha256()
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    _HASHES[identity] = digest.hexdigest()
+    return _HASHES[identity]
+
+
+def cached_problem(folder: Path, size: int, sha256: str) -> str | None:
+    """Why ``folder/bundle.zip`` is not the file of that size and sha256 (None when it is). Never raises."""
+    path = folder / BUNDLE_FILE
+    if os.path.islink(folder):
+        return "the cached version folder is a link"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "not downloaded"
+    except OSError as error:
+        return f"the cached file cannot be checked: {error.strerror or error}"
+    if not stat.S_ISREG(info.st_mode):
+        return "the cached bundle is not a regular file"
+    if info.st_size != size:
+        return f"the cached file is corrupt: expected {size} bytes, got {info.st_size}"
+    try:
+        found = sha256_of(path)
+    except OSError as error:
+        return f"the cached file cannot be read: {error.strerror or error}"
+    if found != sha256:
+        return f"the cached file is corrupt: expected sha256 {sha256}, got {found}"
+    return None
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The record of a version folder (its ``entry.json``), or None when missing or malformed."""
+    path = folder / RECORD_FILE
+    if path.is_symlink():
+        return None
+    try:
+        record = read_json_file(path, "a cache record", max_bytes=256 * 1024)
+        entry = CatalogEntry.from_dict({k: v for k, v in record["entry"].items() if k != "catalog"},
+                                       record["entry"].get("catalog", ""))
+    except (InputError, KeyError, TypeError, AttributeError):
+        return None
+    return {**record, "entry": entry}
+
+
+def cached_versions(cache: Path, model_id: str) -> list[str]:
+    """The version folders under ``<cache>/<id>`` whose names are valid versions (unverified)."""
+    try:
+        names = os.listdir(cache / check_id(model_id))
+    except OSError:
+        return []
+    versions = []
+    for name in names:
+        try:
+            versions.append(check_version(name))
+        except InputError:
+            continue
+    return versions
+
+
+def new_staging(cache: Path, model_id: str) -> Path:
+    """A fresh staging folder ``<cache>/<id>/.staging-*`` (the cache folder is created when missing)."""
+    parent = cache / check_id(model_id)
+    for _attempt in range(3):
+        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+        except FileNotFoundError:  # another pull's clean-up removed the empty model folder just now
+            continue
+    raise InputError(f"expected to create a download folder in {parent.name} of the model cache, got a folder "
+                     "that kept disappearing")
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove a staging folder, and its model folder when nothing else is in it (the cache is as it was)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.parent.rmdir()  # only succeeds when empty: another pull's staging or a version keeps it
+    except OSError:
+        pass
+
+
+def write_record(staging: Path, entry: CatalogEntry, url: str) -> None:
+    record = {"entry": entry.to_dict(), "sha256": entry.sha256, "size": entry.size, "url": url,
+              "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
+
+
+def install(staging: Path, entry: CatalogEntry, cache: Path) -> Path:
+    """Rename the verified ``staging`` folder to ``<cache>/<id>/<version>`` and return the bundle's path.
+
+    When the version folder already exists (another pull finished first), the existing file is kept if it
+    verifies and the staging copy discarded; a corrupt existing folder is moved aside and replaced.
+    """
+    target = version_folder(cache, entry.id, entry.version)
+    for _attempt in range(3):
+        try:
+            os.rename(staging, target)
+            return target / BUNDLE_FILE
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR, errno.EPERM,
+                                   errno.EACCES) or not os.path.lexists(target):
+                raise
+        if cached_problem(target, entry.size, entry.sha256) is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return target / BUNDLE_FILE
+        _discard(target)
+    raise InputError(f"expected to install model {entry.key} in the cache, got a folder that kept coming back")
+
+
+def _discard(target: Path) -> None:
+    """Move a corrupt version folder (or a file or link at its name) aside, then remove it."""
+    aside = target.with_name(f"{STAGING_PREFIX}{target.name}-corrupt-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(target, aside)
+    except FileNotFoundError:
+        return
+    if aside.is_symlink() or not aside.is_dir():
+        aside.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def catalog_copy_path(cache: Path, url: str) -> Path:
+    return cache / CATALOG_COPIES / f"{hashlib.sha256(url.encode('utf-8')).hexdigest()[:32]}.json"
+
+
+def save_catalog_copy(cache: Path, url: str, data: bytes) -> None:
+    """Keep ``data`` as the last good copy of the remote catalog ``url`` (written atomically)."""
+    path = catalog_copy_path(cache, url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, data)
+
+
+def catalog_copy(cache: Path, url: str) -> tuple[bytes, float] | None:
+    """The last good copy of a remote catalog and when it was saved, or None."""
+    from MedAnalysisLib.catalog.schema import MAX_CATALOG_BYTES
+    from MedAnalysisLib.io.small_files import read_small_text
+
+    path = catalog_copy_path(cache, url)
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        text = read_small_text(path, "a saved catalog copy", MAX_CATALOG_BYTES)
+        return text.encode("utf-8"), path.stat().st_mtime
+    except (InputError, OSError):
+        return None
+
+
+__all__ = ["BUNDLE_FILE", "CACHE_ENV", "RECORD_FILE", "cached_problem", "cached_versions", "catalog_copy",
+           "install", "model_cache_dir", "new_staging", "read_record", "remove_staging", "save_catalog_copy", "version_folder",
+           "write_record"]
