@@ -117,7 +117,7 @@ def test_changed_weights_are_refused(saved: tuple, tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (lambda d: d.update(surprise=1), "unknown"),
-        (lambda d: d.update(schema_version=2), "schema version 1"),
+        (lambda d: d.update(schema_version=3), "schema version 1 or 2"),
         (lambda d: d.update(schema_version="1"), "schema version 1"),
         (lambda d: d["plan"].update(patch_size="big"), "plan"),
         (lambda d: d["weights"].update(file="../model.weights.h5"), "plain file name"),

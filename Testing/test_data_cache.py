@@ -389,3 +389,28 @@ def _assert_equal(a: object, b: object) -> None:
             _assert_equal(x, y)
     else:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_cache_keeps_what_the_dataset_says_about_itself_for_the_model_card(msd: Path, tmp_path: Path) -> None:
+    """``train CACHE`` fills the card's training data as ``train DATA`` does: the cache manifest keeps the MSD name,
+    licence and reference, and what it holds is made safe again when read (a cache is untrusted input too)."""
+    from MedAnalysisLib.training.pipeline import _cache_dataset
+
+    data = _copy(msd, tmp_path)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta.update(name="Cubes\x1b[2J", licence="CC BY-SA 4.0", reference="Somebody et al.")
+    (data / "dataset.json").write_text(json.dumps(meta))
+    cache = tmp_path / "cache"
+    _build(data, cache)
+    about = _cache_dataset(open_cache(cache)).about
+    assert about == {"name": "Cubes\\x1b[2J", "license": "CC BY-SA 4.0", "reference": "Somebody et al."}
+    manifest_path = cache / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["dataset"]["about"] = {"name": "x\u202ey", "license": ["not", "text"], "reference": "r" * 5000}
+    manifest_path.write_text(json.dumps(manifest))
+    about = _cache_dataset(open_cache(cache)).about
+    assert about["name"] == "x\\u202ey" and "license" not in about
+    assert len(about["reference"]) == 1000 and about["reference"].endswith("more characters)")
+    manifest["dataset"]["about"] = "not an object"
+    manifest_path.write_text(json.dumps(manifest))
+    assert _cache_dataset(open_cache(cache)).about == {}

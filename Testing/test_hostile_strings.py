@@ -219,7 +219,7 @@ def test_info_shows_bundle_texts_inert_and_the_description_lines_indented(tmp_pa
     assert lines[start:start + 2] == ["Description:  first line\\x1b]0;owned\\x07",
                                       "              error: forged\\x0dDone.\\u202e"]
     assert lines[start + 2] == " " * 14 + "y" * 3958 + "... (1042 more characters)"
-    assert len(lines) == start + 3
+    assert lines[start + 3] == "Model card:"  # the card's sections follow (test_bundle_card.py)
     assert main(["info", str(bundle), "--json"]) == 0
     out = capsys.readouterr().out
     assert out.isascii() and json.loads(out)["description"].startswith("first line\x1b]0;owned\x07\nerror: forged")

@@ -79,6 +79,7 @@ _SLICER_BUILD = "needs a 3D Slicer build tree"
 _CLUSTER = "needs a Slurm cluster"
 _GPU = "needs JAX and a GPU (the JAX measurements ran on an NVIDIA H100)"
 _TESTS = "runs the test suite or part of it, which this test belongs to"
+_REGISTRY = "needs a hospital's own catalog server"
 _READS_PREVIOUS = "reads what the command before it in the same block wrote, from the reader's own data"
 
 #: Every documented command that is not run, with the reason. Keys are the commands as the parser gives them.
@@ -138,6 +139,18 @@ _not_run(_OWN_DATA,
          "medanalysis info hippo")
 _not_run(_OWN_DATA,
          "medanalysis preprocess path/to/Task04_Hippocampus --plan plan.json --out hippocampus.cache --workers 8")
+_not_run(_OWN_DATA,
+         "medanalysis models list --catalog my-registry/catalog.json",
+         "medanalysis models pull organ-ct --catalog my-registry/catalog.json",
+         "medanalysis models list --catalog my-registry/catalog.json --modality ct --offline",
+         "medanalysis models path organ-ct --catalog my-registry/catalog.json")
+_not_run(_REGISTRY, "MEDANALYSIS_CATALOGS=https://models.example-hospital.org/catalog.json medanalysis models list")
+_not_run(_OWN_DATA,
+         "medanalysis configure hippocampus.zip --out hippocampus-1.1.zip --evaluation report/summary.json "
+         "--model-version 1.1.0")
+_not_run(_TRAINS,
+         'medanalysis train path/to/Task04_Hippocampus --task segmentation --model unet3d --out hippocampus/ '
+         '--card card.json --author "A. Author" --license CC-BY-4.0')
 _not_run(_TRAINS,
          "medanalysis train hippocampus.cache --task segmentation --model unet3d --out hippocampus.zip",
          "KERAS_BACKEND=jax medanalysis train hippocampus.cache --task segmentation --model unet3d "

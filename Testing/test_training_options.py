@@ -113,7 +113,8 @@ def test_the_command_line_builds_the_same_options_as_python(tmp_path: Path) -> N
                   "--augment", "p_gamma=0", "--val-fraction", "0.25", "--folds", "4", "--fold", "1", "--seed", "7",
                   "--batch-size", "2", "--steps-per-epoch", "5", "--learning-rate", "0.01", "--monitor", "val_loss",
                   "--patience", "3", "--workers", "1", "--mixed-precision", "off", "--tensorboard", str(tmp_path),
-                  "--no-resume", "--name", "liver", "--labels", str(labels_file), "--threads", "2", "--deterministic")
+                  "--no-resume", "--name", "liver", "--labels", str(labels_file), "--threads", "2", "--deterministic",
+                  "--author", "A. Author")
     from MedAnalysisLib.terminology import read_labels_file
 
     expected = TrainingOptions(
@@ -121,7 +122,8 @@ def test_the_command_line_builds_the_same_options_as_python(tmp_path: Path) -> N
         plan_overrides={"patch_size": "8,8,8"}, hparams={"filters": [4, 8]}, augment={"p_gamma": 0},
         val_fraction=0.25, folds=4, fold=1, seed=7, batch_size=2, steps_per_epoch=5, learning_rate=0.01,
         monitor="val_loss", patience=3, workers=1, mixed_precision="off", tensorboard_dir=str(tmp_path), resume=False,
-        name="liver", labels=read_labels_file(labels_file), threads=2, deterministic=True)
+        name="liver", labels=read_labels_file(labels_file), threads=2, deterministic=True,
+        card={"authors": ["A. Author"]})
     assert training_options(args) == expected
     # Every field the command line can set is set above (a new option must be wired into training_options).
     defaults = training_options(_parse())

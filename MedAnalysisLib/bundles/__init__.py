@@ -20,20 +20,35 @@ The face of the package:
 
 * load: :func:`load_bundle` (a :class:`LoadedBundle`; its :attr:`~LoadedBundle.members` are the single bundles that
   run: the bundle itself, or an ensemble's members);
-* save: :func:`save_bundle`, :func:`make_ensemble`, :func:`copy_with_inference_defaults`;
-* inspect: :func:`read_bundle_config` (no TensorFlow; the Slicer panel shows model cards with it) and
-  :func:`bundle_summary`.
+* save: :func:`save_bundle`, :func:`make_ensemble`, :func:`copy_with_inference_defaults` (also changes the model
+  card);
+* inspect: :func:`read_bundle_config` (no TensorFlow; the Slicer panel shows model cards with it),
+  :func:`bundle_summary` and :func:`card_sections` (the model card as headings and rows, shared by ``info`` and the
+  panel; :mod:`MedAnalysisLib.bundles.card`).
 
 Inside, the modules only import downward: ``config`` (``bundle.json``) < ``storage`` (files, archives, hashes) <
-``single`` < ``ensemble``; ``summary`` needs ``config`` alone; this face dispatches between single and ensemble.
+``single`` < ``ensemble``; ``card`` (the model card) sits below ``config``; ``summary`` needs ``config`` and
+``card``; this face dispatches between single and ensemble.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from MedAnalysisLib.bundles.card import (
+    CARD_FIELDS,
+    NOT_FOR_CLINICAL_USE,
+    NOT_STATED,
+    card_sections,
+    check_card,
+    check_card_part,
+    evaluation_from_summary,
+    merge_cards,
+    with_change,
+)
 from MedAnalysisLib.bundles.config import (
     BUNDLE_SCHEMA_VERSION,
     CONFIG_FILE,
@@ -101,31 +116,64 @@ def load_bundle(path: str | os.PathLike[str]) -> LoadedBundle:
     return load_ensemble(path) if is_ensemble(path) else load_single(path)
 
 
-def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.PathLike[str],
+def copy_with_inference_defaults(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                                 card: Mapping[str, Any] | None = None, evaluation: Mapping[str, Any] | None = None,
                                  **changes: Any) -> Path:
-    """Write a copy of a bundle (or an ensemble) whose inference defaults (``overlap``, ``tta``, ``postprocess``) are
-    changed.
+    """Write a copy of a bundle (or an ensemble) whose inference defaults (``overlap``, ``tta``, ``postprocess``)
+    or model card are changed.
 
     The weights are verified and copied byte for byte (same sha256), with the sidecars such as the training log;
     ``training.inference_defaults_changed`` (an ensemble: ``provenance.inference_defaults_changed``) records what
     changed (old, new). The source is never modified: ``out`` must be another path. Use it to store settings chosen
-    on validation cases after training, so that ``medanalysis predict`` with the new bundle reproduces them.
+    on validation cases after training, so that ``medanalysis predict`` with the new bundle reproduces them, and to
+    complete the model card.
+
+    Args:
+        source, out: The bundle and its copy.
+        card: Fields of the model card to replace (a part of a card, checked; ``training_data`` merged key by key).
+        evaluation: The parsed ``summary.json`` of ``medanalysis evaluate`` run with this bundle: its headline
+            metrics with their bootstrap intervals become the card's evaluation
+            (:func:`~MedAnalysisLib.bundles.card.evaluation_from_summary`).
+        changes: Inference defaults; None keeps one.
+
+    Every copy appends one entry to the card's changelog saying what changed.
 
     Raises:
-        BundleError: ``out`` is the source, an unknown setting, or an invalid value.
+        BundleError: ``out`` is the source, an unknown setting, an invalid value or card field, a summary of another
+            bundle.
     """
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise BundleError(f"expected an output other than the source bundle {source.name!r} (bundles are never "
                           "changed in place)")
     changed_defaults({}, changes)  # refuses unknown settings before anything is loaded
+    part = check_card_part(dict(card or {}))
     loaded = load_bundle(source)
     try:
+        if evaluation is not None:
+            part["evaluation"] = evaluation_from_summary(evaluation, loaded.weights_sha256, loaded.config.task)
+        new_card = with_change(merge_cards(loaded.config.card, part), _changes_text(loaded.config, part, changes,
+                                                                                    evaluation is not None))
         if isinstance(loaded, LoadedEnsemble):
-            return copy_ensemble_with_inference_defaults(loaded, out, changes)
-        return copy_single_with_inference_defaults(loaded, out, changes)
+            return copy_ensemble_with_inference_defaults(loaded, out, changes, new_card)
+        return copy_single_with_inference_defaults(loaded, out, changes, new_card)
     finally:
         loaded.cleanup()
+
+
+def _changes_text(config: BundleConfig, card: Mapping[str, Any], changes: Mapping[str, Any], evaluated: bool) -> str:
+    """What a copy changed, for its changelog entry: the card fields and the inference defaults (old -> new)."""
+    parts = []
+    fields = [key for key in card if key != "changelog" and not (evaluated and key == "evaluation")]
+    if fields:
+        parts.append("model card fields changed: " + ", ".join(fields))
+    if evaluated:
+        parts.append("evaluation from a medanalysis evaluate summary")
+    inference = [f"{key} {config.inference.get(key)} -> {value}" for key, value in changes.items()
+                 if value is not None and config.inference.get(key) != value]
+    if inference:
+        parts.append("inference defaults changed: " + ", ".join(inference))
+    return "; ".join(parts) or "copied without changes"
 
 
 __all__ = [
@@ -143,7 +191,12 @@ __all__ = [
     "LabelInfo",
     "LoadedBundle",
     "LoadedEnsemble",
+    "CARD_FIELDS",
+    "NOT_FOR_CLINICAL_USE",
+    "NOT_STATED",
     "bundle_summary",
+    "card_sections",
+    "check_card",
     "copy_with_inference_defaults",
     "default_labels",
     "load_bundle",

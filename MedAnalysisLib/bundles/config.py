@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from MedAnalysisLib.bundles.card import check_card, default_card
 from MedAnalysisLib.errors import BundleError, PlanError
 from MedAnalysisLib.labels import LabelInfo
 from MedAnalysisLib.models.hparams import MAX_CLASSES, MAX_PARAMETERS, check_hparams, estimate_parameters, with_defaults
@@ -22,8 +23,10 @@ from MedAnalysisLib.models.hparams import MAX_CLASSES, MAX_PARAMETERS, check_hpa
 if TYPE_CHECKING:
     from MedAnalysisLib.preprocessing.plan import Plan
 
-#: Version of the ``bundle.json`` schema this code writes and reads.
-BUNDLE_SCHEMA_VERSION = 1
+#: Version of the ``bundle.json`` schema this code writes (2: with the model card, ``"card"``).
+BUNDLE_SCHEMA_VERSION = 2
+#: Versions it reads: a bundle of schema 1 (written before model cards) loads with the default card.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 CONFIG_FILE = "bundle.json"
 WEIGHTS_FILE = "model.weights.h5"
 TRAINING_LOG_FILE = "training_log.csv"
@@ -42,6 +45,12 @@ MAX_OVERLAP = 0.9
 #: Longest channel name or modality, and most input channels.
 MAX_TEXT = 128
 MAX_INPUT_CHANNELS = 64
+
+
+def check_schema_version(version: Any, what: str = "bundle") -> None:
+    """A schema version this code reads (:data:`READABLE_SCHEMA_VERSIONS`), as an integer (not text, not a bool)."""
+    expect(type(version) is int and version in READABLE_SCHEMA_VERSIONS,
+           f"expected {what} schema version {' or '.join(map(str, READABLE_SCHEMA_VERSIONS))}, got {_show(version)}")
 
 
 def expect(condition: bool, message: str) -> None:
@@ -136,6 +145,12 @@ class BundleConfig:
         weights: ``{"file": "model.weights.h5", "sha256": hex}``; filled in by
             :func:`~MedAnalysisLib.bundles.save_bundle`.
         description: Free text for the model card.
+        card: The model card (:mod:`MedAnalysisLib.bundles.card`): authors, version and changelog, licence, intended
+            and out-of-scope use, training data, evaluation, limitations, clinical use; checked and completed on
+            construction (:func:`~MedAnalysisLib.bundles.card.check_card`).
+        schema_version: The schema read (1 or 2); a configuration is always held, and written, as
+            :data:`BUNDLE_SCHEMA_VERSION` (a bundle of schema 1 gets the default card: not for clinical use, the
+            rest not stated).
     """
 
     name: str
@@ -149,13 +164,15 @@ class BundleConfig:
     training: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=lambda: {"file": WEIGHTS_FILE, "sha256": ""})
     description: str = ""
+    card: dict[str, Any] = field(default_factory=default_card)
     schema_version: int = BUNDLE_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         from MedAnalysisLib.models import MODEL_FAMILIES
 
-        expect(self.schema_version == BUNDLE_SCHEMA_VERSION and type(self.schema_version) is int,
-               f"expected bundle schema version {BUNDLE_SCHEMA_VERSION}, got {self.schema_version!r}")
+        check_schema_version(self.schema_version)
+        object.__setattr__(self, "schema_version", BUNDLE_SCHEMA_VERSION)
+        object.__setattr__(self, "card", check_card(self.card))
         expect(isinstance(self.name, str) and self.name != "", f"expected a bundle name, got {self.name!r}")
         expect(self.task in TASKS, f"expected task to be one of {TASKS}, got {self.task!r}")
         expect(isinstance(self.family, str) and self.family in MODEL_FAMILIES,
@@ -225,6 +242,7 @@ class BundleConfig:
             "training": self.training,
             "weights": dict(self.weights),
             "description": self.description,
+            "card": self.card,
         }
 
     def to_json(self) -> str:
@@ -233,14 +251,13 @@ class BundleConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BundleConfig:
         """Validate and build; unknown keys, a wrong schema version or wrong types raise :class:`BundleError`."""
+        optional = {"inference", "training", "description"}
         check_keys("bundle.json", data, {"schema_version"},
-                   {"name", "task", "family", "hparams", "plan", "labels", "input", "inference", "training", "weights",
-                     "description"})
+                   {"name", "task", "family", "hparams", "plan", "labels", "input", "weights", *optional, "card"})
         version = data["schema_version"]
-        expect(version == BUNDLE_SCHEMA_VERSION and type(version) is int,
-               f"expected bundle schema version {BUNDLE_SCHEMA_VERSION}, got {version!r}")
+        check_schema_version(version)
         check_keys("bundle.json", data, {"schema_version", "name", "task", "family", "hparams", "plan", "labels",
-                                          "input", "weights"}, {"inference", "training", "description"})
+                                          "input", "weights"}, optional | ({"card"} if version >= 2 else set()))
         from MedAnalysisLib.preprocessing.plan import Plan
 
         try:
@@ -262,6 +279,7 @@ class BundleConfig:
             training=data.get("training", {}),
             weights=data["weights"],
             description=data.get("description", ""),
+            card=data.get("card", {}),
         )
 
     @classmethod

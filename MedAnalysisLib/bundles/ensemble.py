@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from MedAnalysisLib import safe_archive
+from MedAnalysisLib.bundles.card import DEFAULT_VERSION, check_card_part, default_card, merge_cards, with_change
 from MedAnalysisLib.bundles.config import (
     CONFIG_FILE,
     INFERENCE_DEFAULTS,
@@ -134,7 +135,7 @@ def _card(ensemble: EnsembleConfig, members: Sequence[BundleConfig], shas: Seque
     training = {"ensemble": {"combine": ensemble.combine, "members": listed, **ensemble.provenance}}
     inference = {**first.inference, **ensemble.inference}
     return first.replace(name=ensemble.name, description=ensemble.description or first.description,
-                         inference=inference, training=training)
+                         inference=inference, training=training, card=ensemble.card)
 
 
 def read_ensemble_config(path: str | Path) -> BundleConfig:
@@ -220,6 +221,7 @@ def make_ensemble(
     *,
     name: str | None = None,
     description: str = "",
+    card: Mapping[str, Any] | None = None,
     **inference: Any,
 ) -> Path:
     """Write an ensemble of trained bundles (folders or .zip) to ``out`` (a folder, or a path ending in .zip).
@@ -228,6 +230,11 @@ def make_ensemble(
     and its files are copied byte for byte into ``member-N/``. ``inference`` (``overlap``, ``tta``, ``postprocess``;
     None = keep) sets the ensemble's defaults; without them the first member's defaults apply. The members are never
     modified.
+
+    The ensemble's model card (:func:`ensemble_card`) takes the training data the members agree on, version
+    :data:`~MedAnalysisLib.bundles.card.DEFAULT_VERSION` and one changelog entry; ``card`` (a part of a card, its
+    fields checked) replaces what it gives. Its evaluation is empty unless ``card`` gives one: the members'
+    evaluations do not describe their average.
 
     Raises:
         BundleError: Fewer than 2 or more than 16 members, a member that is itself an ensemble, members that cannot
@@ -254,12 +261,14 @@ def make_ensemble(
         configs = [m.config for m in loaded]
         check_members(configs, [p.name for p in paths])
         chosen = {k: v for k, v in inference.items() if v is not None}
+        user_card = check_card_part(dict(card or {}))
         config = EnsembleConfig(
             name=name or f"{configs[0].name}-ensemble{len(paths)}",
             members=tuple({"folder": f"member-{n}", "weights_sha256": m.weights_sha256} for n, m in enumerate(loaded)),
             inference={**configs[0].inference, **chosen},
             description=description,
             provenance={"member_sources": [p.name for p in paths]},
+            card=ensemble_card(configs, user_card),
         )
         _card(config, configs, [m.weights_sha256 for m in loaded])  # validates the inference values
 
@@ -267,6 +276,19 @@ def make_ensemble(
     finally:
         for member in loaded:
             member.cleanup()
+
+
+def ensemble_card(members: Sequence[BundleConfig], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The card of a new ensemble: each training-data field on which every member's card agrees (a field they differ
+    on is not stated: cross-validation folds train on different cases), version
+    :data:`~MedAnalysisLib.bundles.card.DEFAULT_VERSION`, one changelog entry, then the fields ``given`` states (a
+    checked part of a card). Clinical use stays "not for clinical use" unless ``given`` states it."""
+    cards = [member.card for member in members]
+    agreed = {key: cards[0]["training_data"][key] for key in cards[0]["training_data"]
+              if all(card["training_data"][key] == cards[0]["training_data"][key] for card in cards)}
+    inferred = {"version": DEFAULT_VERSION, "training_data": agreed}
+    card = merge_cards(default_card(), inferred, given)
+    return with_change(card, f"ensemble of {len(members)} members made (probabilities averaged)")
 
 
 def _refuse_duplicates(keys: Sequence[str], paths: Sequence[Path], what: str) -> None:
@@ -279,13 +301,18 @@ def _refuse_duplicates(keys: Sequence[str], paths: Sequence[Path], what: str) ->
         seen[key] = path
 
 
-def copy_ensemble_with_inference_defaults(loaded: LoadedEnsemble, out: Path, changes: Mapping[str, Any]) -> Path:
+def copy_ensemble_with_inference_defaults(loaded: LoadedEnsemble, out: Path, changes: Mapping[str, Any],
+                                          card: Mapping[str, Any] | None = None) -> Path:
     """:func:`~MedAnalysisLib.bundles.copy_with_inference_defaults` for an ensemble: members copied byte for byte,
-    the changed defaults (old, new) recorded in ``provenance["inference_defaults_changed"]``."""
+    the changed defaults (old, new) recorded in ``provenance["inference_defaults_changed"]``, and ``card`` (a
+    complete card) when given."""
     assert loaded.ensemble is not None  # load_ensemble always sets it
     inference, changed = changed_defaults(loaded.config.inference, changes)
-    config = dataclasses.replace(loaded.ensemble, inference=inference,
-                                 provenance={**loaded.ensemble.provenance, "inference_defaults_changed": changed})
+    provenance = loaded.ensemble.provenance
+    if any(value is not None for value in changes.values()):
+        provenance = {**provenance, "inference_defaults_changed": changed}
+    config = dataclasses.replace(loaded.ensemble, inference=inference, provenance=provenance,
+                                 card=dict(card) if card is not None else loaded.ensemble.card)
     loaded.config.replace(inference=inference)  # validates the values
     return _write_ensemble(out, config, [loaded.directory / entry["folder"] for entry in config.members])
 

@@ -11,18 +11,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from MedAnalysisLib.bundles.card import check_card, default_card
 from MedAnalysisLib.bundles.config import (
     INFERENCE_DEFAULTS,
     SHA256_RE,
     check_inference,
     check_json_safe,
     check_keys,
+    check_schema_version,
     expect,
     parse_json,
 )
 
 ENSEMBLE_FILE = "ensemble.json"
-ENSEMBLE_SCHEMA_VERSION = 1
+#: Version of the ``ensemble.json`` schema this code writes (2: with the model card); 1 is read too (default card).
+ENSEMBLE_SCHEMA_VERSION = 2
 #: How member probabilities are combined (the only rule so far: the arithmetic mean).
 COMBINE_RULES = ("mean",)
 MIN_MEMBERS, MAX_MEMBERS = 2, 16
@@ -41,6 +44,8 @@ class EnsembleConfig:
         combine: :data:`COMBINE_RULES`.
         description: Free text for the model card.
         provenance: Plain JSON about how the ensemble was made (member names, seeds, ...).
+        card: The ensemble's model card (:mod:`MedAnalysisLib.bundles.card`), checked and completed on construction.
+        schema_version: The schema read (1 or 2); held and written as :data:`ENSEMBLE_SCHEMA_VERSION`.
     """
 
     name: str
@@ -49,11 +54,13 @@ class EnsembleConfig:
     combine: str = "mean"
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=default_card)
     schema_version: int = ENSEMBLE_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        expect(self.schema_version == ENSEMBLE_SCHEMA_VERSION and type(self.schema_version) is int,
-               f"expected ensemble schema version {ENSEMBLE_SCHEMA_VERSION}, got {self.schema_version!r}")
+        check_schema_version(self.schema_version, "ensemble")
+        object.__setattr__(self, "schema_version", ENSEMBLE_SCHEMA_VERSION)
+        object.__setattr__(self, "card", check_card(self.card))
         expect(isinstance(self.name, str) and self.name != "", f"expected an ensemble name, got {self.name!r}")
         expect(self.combine in COMBINE_RULES, f"expected combine to be one of {COMBINE_RULES}, got {self.combine!r}")
         members = tuple(self.members)
@@ -77,16 +84,20 @@ class EnsembleConfig:
     def to_json(self) -> str:
         data = {"schema_version": self.schema_version, "name": self.name, "combine": self.combine,
                 "inference": self.inference, "members": [dict(m) for m in self.members],
-                "description": self.description, "provenance": self.provenance}
+                "description": self.description, "provenance": self.provenance, "card": self.card}
         return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes) -> EnsembleConfig:
         data = parse_json(text, ENSEMBLE_FILE)
         expect(isinstance(data, dict), f"expected a JSON object in {ENSEMBLE_FILE}, got {type(data).__name__}")
+        optional = {"combine", "inference", "description", "provenance"}
+        check_keys(ENSEMBLE_FILE, data, {"schema_version", "name", "members"}, optional | {"card"})
+        check_schema_version(data["schema_version"], "ensemble")
         check_keys(ENSEMBLE_FILE, data, {"schema_version", "name", "members"},
-                   {"combine", "inference", "description", "provenance"})
+                   optional | ({"card"} if data["schema_version"] >= 2 else set()))
         expect(isinstance(data["members"], list), "expected members to be a list")
         return cls(schema_version=data["schema_version"], name=data["name"], members=tuple(data["members"]),
                    inference=data.get("inference", dict(INFERENCE_DEFAULTS)), combine=data.get("combine", "mean"),
-                   description=data.get("description", ""), provenance=data.get("provenance", {}))
+                   description=data.get("description", ""), provenance=data.get("provenance", {}),
+                   card=data.get("card", {}))

@@ -251,13 +251,17 @@ def save_bundle(
     return publish(path, write_folder)
 
 
-def copy_single_with_inference_defaults(loaded: LoadedBundle, out: Path, changes: Mapping[str, Any]) -> Path:
-    """A copy of a loaded single bundle with other inference defaults (see
-    :func:`MedAnalysisLib.bundles.copy_with_inference_defaults`)."""
+def copy_single_with_inference_defaults(loaded: LoadedBundle, out: Path, changes: Mapping[str, Any],
+                                        card: Mapping[str, Any] | None = None) -> Path:
+    """A copy of a loaded single bundle with other inference defaults and, when given, another (complete) model card
+    (see :func:`MedAnalysisLib.bundles.copy_with_inference_defaults`)."""
     config = loaded.config
     inference, changed = changed_defaults(config.inference, changes)
-    new_config = config.replace(inference=inference, training={**config.training,
-                                                               "inference_defaults_changed": changed})
+    training = config.training
+    if any(value is not None for value in changes.values()):
+        training = {**training, "inference_defaults_changed": changed}
+    new_config = config.replace(inference=inference, training=training,
+                                card=dict(card) if card is not None else config.card)
 
     def write_folder(folder: Path) -> None:  # the verified files, byte for byte, and the new bundle.json
         copy_plain_files(loaded.directory, folder, skip=(CONFIG_FILE,))

@@ -1,8 +1,11 @@
 """The plain-text model card of a bundle or an ensemble (``medanalysis info``); reads the configuration only.
 
-Every value taken from ``bundle.json`` (names, labels, codes, metrics, provenance, description) is written through
-:func:`~MedAnalysisLib.sanitize.terminal_field`: the card is printed on terminals, and a bundle is a file someone
-else wrote, so an escape sequence or a line break in a label name must show as text, never act or forge a line.
+Every value taken from ``bundle.json`` (names, labels, codes, metrics, provenance, description, the model card's
+fields) is written through :func:`~MedAnalysisLib.sanitize.terminal_field`: the card is printed on terminals, and a
+bundle is a file someone else wrote, so an escape sequence or a line break in a label name must show as text, never
+act or forge a line. The fields of the model card (:mod:`MedAnalysisLib.bundles.card`) follow the technical lines,
+in the sections :func:`~MedAnalysisLib.bundles.card.card_sections` gives (the panel shows the same ones), the
+clinical use first; the line breaks of long fields are kept as indented continuation lines.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from MedAnalysisLib.bundles.card import card_sections
 from MedAnalysisLib.bundles.config import BundleConfig
 from MedAnalysisLib.sanitize import terminal_field
 from MedAnalysisLib.terminology import describe_terminology
@@ -29,12 +33,28 @@ def _f(value: Any) -> str:
     return terminal_field(value, FIELD_LIMIT)
 
 
-def _description(text: str) -> str:
+def _description(text: str, column: int = VALUE_COLUMN) -> str:
     """The description, its own line breaks kept, every line made safe and indented under the values."""
     if len(text) > DESCRIPTION_LIMIT:
         text = f"{text[:DESCRIPTION_LIMIT]}... ({len(text) - DESCRIPTION_LIMIT} more characters)"
     lines = [terminal_field(line) for line in text.replace("\r\n", "\n").split("\n")]
-    return ("\n" + " " * VALUE_COLUMN).join(lines)
+    return ("\n" + " " * column).join(lines)
+
+
+#: Where the values of the model card's rows start (labels are indented by two spaces under their heading).
+CARD_COLUMN = 19
+
+
+def card_lines(config: BundleConfig) -> list[str]:
+    """The model card's sections as terminal lines: a heading, then ``  Label:  value`` rows; every value made safe
+    (:func:`~MedAnalysisLib.sanitize.terminal_field`, line breaks kept as indented continuation lines)."""
+    lines = ["Model card:"]
+    for heading, rows in card_sections(config):
+        lines.append(f"  {terminal_field(heading)}")
+        for label, value in rows:
+            shown = f"{terminal_field(label)}:" if label else ""
+            lines.append(f"    {shown:<{CARD_COLUMN - 5}} {_description(value, CARD_COLUMN)}")
+    return lines
 
 
 def bundle_summary(config: BundleConfig) -> str:
@@ -95,4 +115,5 @@ def bundle_summary(config: BundleConfig) -> str:
         lines.append(f"Weights:      {_f(config.weights['file'])} sha256 {_f(config.weights['sha256'])}")
     if config.description:
         lines.append(f"Description:  {_description(str(config.description))}")
+    lines += card_lines(config)
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Any
 
 from MedAnalysisLib.cli._validate import OVERWRITE_POLICY, add_overwrite_option, check_bundle_output
 from MedAnalysisLib.cli.predict import stored_overlap_fraction
+from MedAnalysisLib.cli.train import add_card_options, card_from_args
 from MedAnalysisLib.progress import Reporter
 from MedAnalysisLib.sanitize import terminal_field
 
@@ -35,6 +36,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="post-processing of the averaged label map (default: the first member's)")
     parser.add_argument("--overlap", type=stored_overlap_fraction, default=None,
                         help="sliding-window overlap in [0, 0.9] (default: the first member's)")
+    add_card_options(parser, "default: the training data its members agree on, version 1.0.0, clinical use 'not "
+                     "for clinical use', no evaluation")
     add_overwrite_option(parser, "a bundle or ensemble at --out")
     parser.set_defaults(func=run, validate=validate)
 
@@ -43,7 +46,8 @@ def validate(args: argparse.Namespace) -> None:
     """--out follows the overwrite policy (see the epilog) and is none of the members, nor a folder holding one, nor
     inside one; no member is given twice (the same path after resolving links, or the same weights sha256 that its
     bundle.json records: a copy); members are checked in full by the ensemble writer."""
-    check_bundle_output(args.out, args.overwrite, inputs=args.bundles)
+    card_from_args(args)
+    check_bundle_output(args.out, args.overwrite, inputs=[*args.bundles, args.card])
     check_distinct_members(args.bundles)
 
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.bundles import make_ensemble
 
     written = make_ensemble(
-        args.bundles, args.out, name=args.name, description=args.description,
+        args.bundles, args.out, name=args.name, description=args.description, card=card_from_args(args),
         tta=None if args.tta is None else args.tta == "on",
         postprocess=None if args.postprocess is None else args.postprocess.replace("-", "_"),
         overlap=args.overlap,

@@ -144,7 +144,56 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         '[{"value": 1, "name": "liver"}, {"value": 2, "name": "tumour", "color": [255, 0, 200]}] '
                         "(codes of names the built-in table knows are filled in; see docs/outputs.md; default: the "
                         "names in the data)")
+    add_card_options(parser, "default: train fills the training data from dataset.json, the validation metrics "
+                     "and version 1.0.0, clinical use 'not for clinical use', the rest not stated")
     parser.set_defaults(func=run, validate=validate)
+
+
+def add_card_options(parser: argparse.ArgumentParser, defaults: str, *, copy: bool = False) -> None:
+    """The model-card options shared by ``train``, ``ensemble`` and ``configure`` (``copy``: a copy of a bundle,
+    whose card is unchanged by default): ``--card FILE`` and a few fields given directly, which win over the file
+    (see docs/bundles.md)."""
+
+    def default(new: str) -> str:
+        return "(default: unchanged)" if copy else f"(default: {new})"
+
+    group = parser.add_argument_group("model card", f"fields of the bundle's model card ({defaults}; options win over "
+                                      "--card)")
+    group.add_argument("--card", default=None, metavar="CARD.json",
+                       help="a JSON object with any of the card's fields: authors, version, changelog, license, "
+                       "citation, intended_use, out_of_scope_use, training_data, evaluation, limitations, "
+                       f"clinical_use, references {default('none')}")
+    group.add_argument("--author", dest="authors", action="append", default=None, metavar="NAME",
+                       help=f"an author of the model (repeatable; replaces the file's authors) {default('none')}")
+    group.add_argument("--model-version", default=None, metavar="VERSION",
+                       help=f"the model's version, e.g. 1.1.0 {default('1.0.0')}")
+    group.add_argument("--license", default=None, metavar="TEXT",
+                       help=f"the licence of the model's weights, e.g. CC-BY-4.0 {default('not stated')}")
+    group.add_argument("--intended-use", default=None, metavar="TEXT",
+                       help=f"what the model is for: task, population, setting {default('not stated')}")
+
+
+def card_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The card fields the options give (``--card`` read as a small JSON file, then the direct options over it),
+    each checked, or None when none is given.
+
+    Raises:
+        InputError: An unreadable, oversized, deeply nested or non-JSON file; an unknown field; a value of the wrong
+            type, too long, not printable or not finite.
+    """
+    from MedAnalysisLib.bundles.card import check_card_part
+    from MedAnalysisLib.io.small_files import read_json_file
+
+    card: dict[str, Any] = {}
+    if args.card is not None:
+        found = read_json_file(args.card, "a model card JSON file (--card)")
+        if not isinstance(found, dict):
+            raise InputError(f"expected a JSON object in the --card file, got {type(found).__name__}")
+        card.update(found)
+    direct = {"authors": args.authors, "version": args.model_version, "license": args.license,
+              "intended_use": args.intended_use}
+    card.update({key: value for key, value in direct.items() if value is not None})
+    return check_card_part(card, InputError) if args.card is not None or card else None
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -173,7 +222,7 @@ def validate(args: argparse.Namespace) -> None:
         resolve_source(args.data)
         if not args.no_cache:
             check_cache_location(cache_dir(args), (args.data, args.plan, args.labels))
-    check_bundle_output(args.out, args.overwrite, inputs=(args.data, args.plan, args.labels))
+    check_bundle_output(args.out, args.overwrite, inputs=(args.data, args.plan, args.labels, args.card))
     check_checkpoint_location(options.out)
     if args.tensorboard is not None:
         check_folder_location(args.tensorboard, "--tensorboard")
@@ -262,6 +311,7 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
         augment=False if args.no_augment else (dict(args.augment) or True), workers=args.workers,
         mixed_precision=args.mixed_precision, tensorboard_dir=args.tensorboard, resume=not args.no_resume,
         name=args.name, labels=labels, deterministic=args.deterministic, threads=args.threads,
+        card=card_from_args(args),
         **{k: v for k, v in given.items() if v is not None},
     )
 

@@ -564,10 +564,12 @@ def _write_manifest(root: Path, plan: dict[str, Any], slice_shape: tuple[int, in
 
 
 def dataset_description(dataset: Any) -> dict[str, Any]:
-    """What training needs of a dataset besides its cases: task, label names, modality, channels, folder name."""
+    """What training needs of a dataset besides its cases: task, label names, modality, channels, folder name, and
+    what an MSD ``dataset.json`` says about the data (for the model card of a bundle trained from the cache)."""
     return {"task": dataset.task, "labels": {str(k): str(v) for k, v in (dataset.labels or {}).items()},
             "modality": dataset.modality, "channel_names": list(dataset.channel_names),
-            "name": Path(str(dataset.root)).name if dataset.root else "data"}
+            "name": Path(str(dataset.root)).name if dataset.root else "data",
+            "about": dict(getattr(dataset, "about", None) or {})}
 
 
 def _run_jobs(jobs: list[CaseJob], workers: int, done: Callable[[], None], stop_flag: StopFlag | None) -> None:

@@ -111,6 +111,11 @@ class Dataset:
         modality: ``"CT"``, ``"MRI"``, ... (one modality for the dataset; the first channel's for multi-channel MSD).
         channel_names: One name per image channel.
         root: Where the dataset was loaded from.
+        about: What an MSD ``dataset.json`` says about the data, for the model card: ``name``, ``license`` (MSD
+            spells it ``licence``), ``reference`` and ``description``, each present only when the file gives it as
+            text or a number. The file is untrusted (often downloaded), so each is made safe as it is read
+            (:func:`_about_text`): control, bidirectional and invisible characters shown as escapes, length bounded
+            (:data:`ABOUT_LIMITS`); empty for other forms of data.
     """
 
     cases: list[Case]
@@ -119,6 +124,7 @@ class Dataset:
     modality: str = "unknown"
     channel_names: list[str] = field(default_factory=lambda: ["image"])
     root: Path | None = None
+    about: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -235,6 +241,37 @@ def _msd_meta(root: Path) -> dict[str, object]:
     return meta
 
 
+#: Longest text kept of each ``dataset.json`` field the model card takes (the card's own bounds for those fields).
+ABOUT_LIMITS = {"name": 200, "license": 200, "reference": 1000, "description": 4000}
+
+
+def _about_text(value: object, limit: int, multiline: bool) -> str:
+    """Untrusted text made safe and bounded: each control, bidirectional or invisible character shown as an escape
+    (line breaks kept only when ``multiline``), then cut at ``limit`` characters with a count of what was left out."""
+    from MedAnalysisLib.sanitize import terminal_field
+
+    lines = str(value).replace("\r\n", "\n").replace("\r", "\n").split("\n") if multiline else [str(value)]
+    text = "\n".join(terminal_field(line) for line in lines)
+    if len(text) > limit:
+        keep = limit - len(f"... ({len(text)} more characters)")
+        text = f"{text[:keep]}... ({len(text) - keep} more characters)"
+    return text
+
+
+def about_from_json(meta: object) -> dict[str, str]:
+    """The name, licence, reference and description a ``dataset.json`` (or a cache manifest, which keeps them) gives as
+    text (or numbers), made safe; anything that is not a JSON object gives nothing."""
+    if not isinstance(meta, dict):
+        return {}
+    about = {}
+    for key, names in (("name", ("name",)), ("license", ("licence", "license")), ("reference", ("reference",)),
+                       ("description", ("description",))):
+        value = next((meta[name] for name in names if name in meta), None)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+            about[key] = _about_text(value, ABOUT_LIMITS[key], multiline=key == "description")
+    return about
+
+
 def _load_msd(root: Path, task: str | None) -> Dataset:
     meta = _msd_meta(root)
     # MSD: "modality" {"0": "MRI"}; nnU-Net v2: "channel_names" {"0": "T2"} and "file_ending".
@@ -279,7 +316,7 @@ def _load_msd(root: Path, task: str | None) -> Dataset:
                 raise InputError(f"expected the file {p} listed for case {case.case_id!r} to exist, it does not")
             _confined(root, Path(file), f"the file {Path(file).name} of case {case.case_id!r}")
     modality = channel_names[0]
-    return Dataset(cases, task or "segmentation", labels, modality, channel_names, root)
+    return Dataset(cases, task or "segmentation", labels, modality, channel_names, root, about_from_json(meta))
 
 
 def _file_of(path: str) -> str:

@@ -191,6 +191,9 @@ class TrainingOptions:
             need the same ``threads`` (see :mod:`MedAnalysisLib.runtime`).
         threads: TensorFlow intra-op threads (None: one per available core). Results depend on this count, not on
             the machine: the bundle records it as ``training.intra_op_threads``.
+        card: Fields of the bundle's model card (:mod:`MedAnalysisLib.bundles.card`: authors, version, licence,
+            intended use, ...), each checked; they win over what training fills in itself (the dataset's name,
+            licence and reference, the number of training cases, the validation metrics, version 1.0.0).
 
     Raises:
         InputError: On construction, any field of the wrong type or out of range (the message names it).
@@ -224,6 +227,7 @@ class TrainingOptions:
     resume: bool = True
     deterministic: bool = False
     threads: int | None = None
+    card: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._check_model_and_output()
@@ -318,6 +322,10 @@ class TrainingOptions:
                 self.plan.replace(**self.plan_overrides)
         except PlanError as error:
             raise InputError(f"{error} (plan override)") from None
+        if self.card is not None:
+            from MedAnalysisLib.bundles.card import check_card_part
+
+            self._set("card", check_card_part(self.card, InputError))
         try:
             self._set("augment", augment_settings(self.augment))  # type: ignore[arg-type]
             self._set("labels", _as_labels(self.labels))

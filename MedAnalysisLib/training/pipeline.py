@@ -125,7 +125,7 @@ def _prepare_into_cache(dataset: Any, plan: Any, family: str, cache_dir: Path, o
 def _cache_dataset(cache: Any) -> Any:
     """A :class:`~MedAnalysisLib.data.datasets.Dataset` of a cache's cases (for the split and the labels); its
     cases name the cache, not source files, which are never read."""
-    from MedAnalysisLib.data.datasets import Case, Dataset
+    from MedAnalysisLib.data.datasets import Case, Dataset, about_from_json
 
     info = cache.dataset
     channels = [str(c) for c in info.get("channel_names") or ["image"]]
@@ -137,7 +137,7 @@ def _cache_dataset(cache: Any) -> Any:
         raise InputError("expected label names by integer value in the cache manifest, got others") from None
     return Dataset(cases, task=str(info.get("task", "segmentation")), labels=labels,
                    modality=str(info.get("modality", "unknown")), channel_names=channels,
-                   root=Path(str(info.get("name", "data"))))
+                   root=Path(str(info.get("name", "data"))), about=about_from_json(info.get("about")))
 
 
 def _plan_of_cache(cache: Any, options: TrainingOptions, family: str) -> Any:
@@ -291,6 +291,13 @@ def _provenance(dataset: Any, options: TrainingOptions, train_cases: Sequence[An
     }
 
 
+def _training_data(dataset: Any) -> dict[str, str]:
+    """The model card's training data as the dataset describes itself (an MSD ``dataset.json``'s name, licence,
+    reference and description, already made safe and bounded when read; nothing for other forms of data)."""
+    about = getattr(dataset, "about", None) or {}
+    return {key: str(about[key]) for key in ("name", "license", "reference", "description") if key in about}
+
+
 def train(
     dataset: Any,
     options: TrainingOptions | Mapping[str, Any] | None = None,
@@ -405,5 +412,6 @@ def _fit(dataset: Any, options: TrainingOptions, plan: Any, labels: tuple[LabelI
         name=options.name or f"{Path(str(dataset.root or 'data')).name}-{family}",
         monitor=options.monitored or (("val_slices_loss", "min") if slice_loss else None),
         provenance=_provenance(dataset, options, train_cases, val_cases),
+        card={"training_data": {**_training_data(dataset), "n_cases": len(train_cases)}},
     )
     return fit_and_bundle(spec, reporter=reporter, stop_flag=stop_flag)

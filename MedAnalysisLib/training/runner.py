@@ -80,6 +80,7 @@ class FitSpec:
     are set up so that batch sizes can follow the number of replicas. ``hparams``, ``plan`` and ``labels`` are the
     resolved ones (filled in from the data), which the bundle stores; ``monitor`` overrides the task's default
     validation metric (e.g. ``("val_slices_loss", "min")`` when a sequence model's scan targets are all one class).
+    ``card`` holds what the data says for the model card (its ``training_data``); :func:`_model_card` completes it.
     """
 
     options: TrainingOptions
@@ -94,6 +95,7 @@ class FitSpec:
     monitor: tuple[str, str] | None = None
     description: str = ""
     inference_defaults: dict[str, Any] | None = None
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -395,6 +397,30 @@ def _provenance(run: _Run, spec: FitSpec, state: dict[str, Any], metrics: dict[s
     }
 
 
+def _model_card(spec: FitSpec, metrics: dict[str, float], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's model card: what the run knows (the data's description and number of training cases, the kept
+    epoch's validation metrics without intervals, version 1.0.0 and a "trained" changelog entry), then the fields the
+    options give (``--card`` and the card options), which win. Clinical use stays "not for clinical use" unless the
+    options state it."""
+    from MedAnalysisLib.bundles.card import (
+        DEFAULT_VERSION,
+        default_card,
+        evaluation_from_run,
+        merge_cards,
+        with_change,
+    )
+
+    n_val = provenance.get("n_val")
+    inferred = {**spec.card, "version": DEFAULT_VERSION,
+                "evaluation": evaluation_from_run(metrics, int(n_val or 0), provenance.get("best_epoch"))}
+    inferred.setdefault("training_data", {})
+    if "n_cases" not in inferred["training_data"] and isinstance(provenance.get("n_train"), int):
+        inferred["training_data"] = {**inferred["training_data"], "n_cases": provenance["n_train"]}
+    given = spec.options.card or {}
+    card = merge_cards(default_card(), inferred, given)
+    return card if "changelog" in given else with_change(card, "trained")
+
+
 def _write_bundle(run: _Run, spec: FitSpec, checkpoint: Any, seconds: float, reporter: Reporter) -> TrainResult:
     """The bundle with the best epoch's weights, the training log and the provenance; the checkpoint goes."""
     from MedAnalysisLib.training.callbacks import BEST_WEIGHTS, history_csv
@@ -406,7 +432,8 @@ def _write_bundle(run: _Run, spec: FitSpec, checkpoint: Any, seconds: float, rep
     provenance = _provenance(run, spec, state, metrics, seconds)
     config = BundleConfig(name=spec.name, task=str(spec.options.task), family=spec.options.family,
                           hparams=spec.hparams, plan=spec.plan, labels=spec.labels, input=spec.input_spec,
-                          inference=spec.inference_defaults or {}, training=provenance, description=spec.description)
+                          inference=spec.inference_defaults or {}, training=provenance, description=spec.description,
+                          card=_model_card(spec, metrics, provenance))
     out = spec.options.out
     target = out if run.setup.is_chief else (run.scratch or Path(tempfile.mkdtemp())) / out.name
     save_bundle(target, run.inference_model, config,
