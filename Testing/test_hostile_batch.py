@@ -314,8 +314,10 @@ SUMMARY_SCHEMA = {
     "shard": [None], "total_cases": None, "done": [None], "skipped": [None], "failed": FAILED, "out_dir": None,
     "not_written": [{"case_id": None, "output": None, "reason": None}],
     "modality_mismatch": [{"case_id": None, "bundle_modality": None, "input_modality": None}],
+    "uncertainty": {ANY_KEY: {"foreground_entropy": None, "entropy": None, "high": None}}, "review_first": [None],
 }
-REQUESTED = {key: None for key in ("bundle", "version", "probabilities", "overlap", "tta", "precision", "series")}
+REQUESTED = {key: None for key in ("bundle", "version", "probabilities", "overlap", "tta", "precision", "series",
+                                   "uncertainty", "explain")}
 SIDECAR_SCHEMA = {
     "case_id": None, "task": None, "bundle": {"name": None, "weights_sha256": None},
     "inference": {"family": None, "overlap": None, "tta": None, "postprocess": [None], "precision": None,

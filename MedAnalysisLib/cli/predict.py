@@ -20,6 +20,13 @@ of someone else's) is refused before any work unless --overwrite; a link or fold
 lies inside an input (the bundle, an input file or folder, a file a dataset.json or manifest lists), and output
 names longer than the file system allows (255 bytes) are refused even then. Nothing else in the folder is touched.
 
+Uncertainty and explanations: --uncertainty adds, per segmented case, <case>_uncertainty.nii.gz (entropy of the
+mean probabilities) and, with test-time augmentation or an ensemble, <case>_disagreement.nii.gz (how much the
+passes disagree), mean_entropy/mean_disagreement columns per label, and in batch_summary.json each case's
+uncertainty with a "high" flag above --uncertainty-threshold and review_first (the flagged cases, most uncertain
+first); classifiers get entropy (and spread, disagreement) columns. --explain writes <case>_explanation.nii.gz, a
+heatmap of what drove a classifier's answer (refused for segmentation bundles).
+
 Bad cases: whatever goes wrong with one case (an unreadable or truncated file, a geometry that cannot be resampled,
 a FIFO or folder named like an image, an error of the model) is that case's failure, listed with its type and
 message in batch_summary.json; the other cases run, and the exit code is 1.
@@ -118,12 +125,31 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--allow-modality-mismatch", action="store_true",
                    help="run inputs whose modality (DICOM Modality, MSD dataset.json) is not the bundle's, with a "
                    "warning (default: refuse them, exit code 2)")
+    add_uncertainty_options(p)
     add_inference_options(p)
     p.set_defaults(func=run, validate=validate)
 
 
+def add_uncertainty_options(parser: argparse.ArgumentParser) -> None:
+    """``--uncertainty``, ``--uncertainty-threshold``, ``--explain`` and ``--explain-class``."""
+    from MedAnalysisLib.inference.uncertainty import DEFAULT_UNCERTAINTY_THRESHOLD
+
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write <case>_uncertainty.nii.gz (entropy in [0, 1]), with TTA or an ensemble "
+                        "<case>_disagreement.nii.gz, and entropy/spread/disagreement table columns")
+    parser.add_argument("--uncertainty-threshold", type=float, default=None, metavar="F",
+                        help="flag a case 'high' in batch_summary.json when its entropy (segmentation: mean over "
+                        f"the foreground) is above F, in [0, 1] (default: {DEFAULT_UNCERTAINTY_THRESHOLD})")
+    parser.add_argument("--explain", action="store_true",
+                        help="classifiers: also write <case>_explanation.nii.gz, a [0, 1] heatmap of the regions "
+                        "that drove the answer")
+    parser.add_argument("--explain-class", default=None, metavar="NAME_OR_VALUE",
+                        help="the class --explain explains, by label name or value (default: the second class of a two-class model, else the predicted one)")
+
+
 def validate(args: argparse.Namespace) -> None:
-    """Numbers out of range, and an --out that is, holds or lies inside an input (the bundle, an input file or
+    """Numbers out of range, options that need another (--uncertainty-threshold without --uncertainty, --explain-class
+    without --explain), and an --out that is, holds or lies inside an input (the bundle, an input file or
     folder, a file a dataset.json or CSV manifest lists); the bundle, inputs, formats and existing outputs are
     checked by :func:`~MedAnalysisLib.inference.batch.run_batch` before it imports TensorFlow."""
     from MedAnalysisLib.cli._validate import check_not_an_input
@@ -132,6 +158,14 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError(f"expected --batch-size >= 1, got {args.batch_size}")
     if args.memory_budget_mb is not None and args.memory_budget_mb < 1:
         raise InputError(f"expected --memory-budget-mb >= 1, got {args.memory_budget_mb}")
+    threshold = args.uncertainty_threshold
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # NaN fails this too
+        raise InputError(f"expected --uncertainty-threshold in [0, 1], got {threshold:g}")
+    if args.uncertainty_threshold is not None and not args.uncertainty:
+        raise InputError(f"expected --uncertainty with --uncertainty-threshold, got --uncertainty-threshold "
+                         f"{args.uncertainty_threshold:g} alone")
+    if args.explain_class is not None and not args.explain:
+        raise InputError("expected --explain with --explain-class, got --explain-class alone")
     check_not_an_input(args.out, (args.bundle, *args.inputs), "--out")
 
 
@@ -152,7 +186,12 @@ def run(args: argparse.Namespace, reporter: Any) -> int:
         shard=args.shard,
         overwrite=args.overwrite,
         allow_modality_mismatch=args.allow_modality_mismatch,
+        uncertainty=args.uncertainty,
+        explain=args.explain,
+        explain_class=args.explain_class,
     )
+    if args.uncertainty_threshold is not None:
+        options.uncertainty_threshold = args.uncertainty_threshold
     summary = run_batch(args.bundle, args.inputs, args.out, options, reporter=reporter, stop_flag=StopFlag().install())
     reporter.result(**summary.to_dict())
     return 0 if not summary.failed and not summary.not_written else 1

@@ -39,6 +39,13 @@ An existing file under one of them that no sidecar or pending record of its case
 version did not write, is refused unless ``overwrite``; a link, a folder or a special file there, and an input of
 the run, are refused even then.
 
+Uncertainty (``uncertainty``): each case also gets its uncertainty maps (segmentation) and columns, and the summary
+gets, per case, ``uncertainty: {"foreground_entropy": x, "high": bool}`` (segmentation; ``entropy`` for a
+classifier: the scan's, or the mean over slices for slice classifiers), ``high`` when the value is above
+``uncertainty_threshold``, and ``review_first``: the flagged cases, most uncertain first. Cases skipped by the resume
+are read back from their sidecars, so the summary covers every case of the shard. ``uncertainty`` and ``explain``
+(with its class) are part of the options a resume compares; the threshold is not (it only changes the summary).
+
 Isolation: whatever one case raises (our typed errors, ``ValueError``/``RuntimeError``/``TypeError`` from
 SimpleITK, numpy or Keras, ``OverflowError``, ``MemoryError``, ``OSError``) is that case's failure: recorded in the
 summary with its type and a one-line message through the PHI filter, and the batch goes on; the command exits 1 when
@@ -70,13 +77,16 @@ from typing import Any
 from MedAnalysisLib.data.datasets import dataset_modality_family, modality_code, modality_family
 from MedAnalysisLib.data.sources import IMAGE_SUFFIXES, image_stem, is_image_file, resolve_source, special_file_kind
 from MedAnalysisLib.errors import CancelledError, InputError, MedAnalysisError, OutputError, UnreadableFileError
+from MedAnalysisLib.inference.uncertainty import DEFAULT_UNCERTAINTY_THRESHOLD
 from MedAnalysisLib.inference.writers import (
     LABEL_SUFFIXES,
     SIDECAR_SUFFIX,
     check_formats,
+    explanation_file_name,
     format_problems,
     probability_file_name,
     table_file_names,
+    uncertainty_file_name,
     write_prediction,
 )
 from MedAnalysisLib.io.atomic import write_text_atomic
@@ -120,6 +130,13 @@ class BatchOptions:
     overwrite: bool = False
     #: Run cases whose modality differs from the bundle's (with a warning) instead of refusing them.
     allow_modality_mismatch: bool = False
+    #: Write uncertainty maps and columns, and flag the uncertain cases in the summary.
+    uncertainty: bool = False
+    #: A case whose entropy (segmentation: mean over the foreground) is above this is flagged ``high``.
+    uncertainty_threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD
+    #: Explain each classifier result (a heatmap volume per case), for ``explain_class`` (default: the predicted).
+    explain: bool = False
+    explain_class: str | None = None
 
 
 @dataclass
@@ -137,6 +154,11 @@ class BatchSummary:
     #: Cases run on purpose (``allow_modality_mismatch``) although their modality differs from the bundle's
     #: (``case_id``, ``bundle_modality``, ``input_modality``: family codes only, never the header's text).
     modality_mismatch: list[dict[str, str]] = field(default_factory=list)
+    #: With uncertainty: per case ``{"foreground_entropy" (segmentation) or "entropy" (classification): x,
+    #: "high": bool}``.
+    uncertainty: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: With uncertainty: the cases flagged ``high``, most uncertain first (the ones a reader should look at first).
+    review_first: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -354,7 +376,43 @@ def requested_options(config: Any, options: BatchOptions) -> dict[str, Any]:
     formats = options.formats if config.task == "segmentation" else ()
     return {"bundle": bundle_identity(config), "version": __version__, "formats": sorted(formats),
             "probabilities": bool(options.write_probabilities), "overlap": overlap, "tta": tta,
-            "postprocess": list(steps), "precision": options.precision, "series": options.series}
+            "postprocess": list(steps), "precision": options.precision, "series": options.series,
+            "uncertainty": bool(options.uncertainty), "explain": explain_request(config, options)}
+
+
+def explain_request(config: Any, options: BatchOptions) -> str | None:
+    """What a run explains, as a resume compares it: the class name (``default`` for the explainer's default class), or None
+    without ``explain``. A class given by value and by name is the same request."""
+    from MedAnalysisLib.inference.predict import check_explain_target
+
+    if not options.explain:
+        return None
+    return check_explain_target(config, options.explain_class) or "default"
+
+
+def check_batch_options(config: Any, options: BatchOptions) -> None:
+    """The uncertainty and explanation options against the bundle, from ``bundle.json`` alone (before TensorFlow).
+
+    Raises:
+        InputError: A threshold outside [0, 1]; ``explain_class`` without ``explain``; ``explain`` for a
+            segmentation bundle or a class the bundle does not have.
+    """
+    threshold = options.uncertainty_threshold
+    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"expected an uncertainty threshold in [0, 1], got {_short(threshold)}")
+    if options.explain_class is not None and not options.explain:
+        raise InputError(f"expected --explain with --explain-class, got --explain-class "
+                         f"{terminal_field(str(options.explain_class), 60)} alone")
+    explain_request(config, options)
+
+
+def multi_pass(config: Any, options: BatchOptions) -> bool:
+    """Whether a prediction averages several passes (test-time flips or ensemble members), so that it has a
+    disagreement map besides the entropy."""
+    from MedAnalysisLib.inference.predict import _settings
+
+    members = getattr(config, "members", None) or ()
+    return len(members) > 1 or _settings(config, options.overlap, options.tta, options.postprocess)[1]
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | str:
@@ -529,13 +587,19 @@ def pending_name(case_id: str) -> str:
 
 def case_output_names(config: Any, case_id: str, options: BatchOptions) -> list[str]:
     """Every file name a case may get in --out, named as :func:`~MedAnalysisLib.inference.writers.write_prediction`
-    names them: a label map per format and a probability map per foreground label (segmentation), the table and the
-    per-slice table (CSV and JSON), and the sidecar."""
+    names them: a label map per format, a probability map per foreground label and the uncertainty maps
+    (segmentation), the explanation heatmap (classification), the table and the per-slice table (CSV and JSON), and
+    the sidecar."""
     names: list[str] = []
     if config.task == "segmentation":
         names += [f"{case_id}{LABEL_SUFFIXES[fmt]}" for fmt in options.formats if fmt in LABEL_SUFFIXES]
         if options.write_probabilities:
             names += [probability_file_name(case_id, label) for label in config.labels if label.value != 0]
+        if options.uncertainty:
+            measures = ("entropy", "disagreement") if multi_pass(config, options) else ("entropy",)
+            names += [uncertainty_file_name(case_id, measure) for measure in measures]
+    elif options.explain:
+        names.append(explanation_file_name(case_id))
     names += table_file_names(case_id, "table")
     if config.task != "segmentation":
         names += table_file_names(case_id, "slices")
@@ -700,6 +764,7 @@ def run_batch(
     # What bundle.json, the inputs and their headers can tell is checked before the model (and TensorFlow) loads.
     config = bundle.config if isinstance(bundle, LoadedBundle) else read_bundle_config(Path(bundle))
     check_formats(options.formats, config.task, config.labels)
+    check_batch_options(config, options)
     all_cases = discover_cases(inputs, series=options.series)
     cases = select_shard(all_cases, options.shard)
     requested = requested_options(config, options)
@@ -738,6 +803,8 @@ def run_batch(
             reporter.progress("cases", number, len(cases), case.case_id)
         if case.case_id in finished:
             summary.skipped.append(case.case_id)
+            _record_uncertainty(summary, case.case_id, _read_sidecar(out / f"{case.case_id}{SIDECAR_SUFFIX}"),
+                                options)
             log(f"{case.case_id}: made by this bundle with these options, skipped")
             continue
         pending = out / pending_name(case.case_id)
@@ -759,8 +826,32 @@ def run_batch(
         log(f"{case.case_id}: done in {seconds:.1f} s")
     if reporter is not None:
         reporter.progress("cases", len(cases), len(cases), "done")
+    summary.review_first = review_order(summary.uncertainty)
     write_text_atomic(out / summary_name(options.shard), json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+#: The key of a case's entropy in its sidecar's ``uncertainty`` record and in the summary, by task.
+_CASE_MEASURE = {"segmentation": "foreground_entropy", "classification": "entropy"}
+
+
+def _record_uncertainty(summary: BatchSummary, case_id: str, record: Any, options: BatchOptions) -> None:
+    """Add a case's entropy (from its sidecar record, or the prediction's details) and its flag to the summary."""
+    if not options.uncertainty or not isinstance(record, dict):
+        return
+    uncertainty = record.get("uncertainty")
+    key = _CASE_MEASURE.get(str(record.get("task")))
+    value = uncertainty.get(key) if isinstance(uncertainty, dict) and key else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        return
+    summary.uncertainty[case_id] = {key: float(value), "high": bool(float(value) > options.uncertainty_threshold)}
+
+
+def review_order(uncertainty: dict[str, dict[str, Any]]) -> list[str]:
+    """The cases flagged ``high``, highest entropy first (ties by name)."""
+    flagged = [(-next(v for k, v in entry.items() if k != "high"), case) for case, entry in uncertainty.items()
+               if entry.get("high")]
+    return [case for _, case in sorted(flagged)]
 
 
 def _drop_pending(pending: Path, out: Path, names: Sequence[str]) -> None:
@@ -785,7 +876,8 @@ def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, re
     prediction = predict(
         loaded, volumes, overlap=options.overlap, tta=options.tta, postprocess=options.postprocess,
         batch_size=options.batch_size, precision=options.precision, memory_budget_mb=options.memory_budget_mb,
-        return_probabilities=options.write_probabilities, stop_flag=stop_flag,
+        return_probabilities=options.write_probabilities, stop_flag=stop_flag, uncertainty=options.uncertainty,
+        explain=options.explain, explain_target=options.explain_class,
     )
     prediction.details["requested"] = requested  # the sidecar records it; a re-run compares it
     write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
@@ -793,4 +885,5 @@ def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, re
                      write_probability_map=options.write_probabilities, unavailable=problems)
     summary.not_written.extend({"case_id": case.case_id, "output": f"label_{fmt}", "reason": reason}
                                for fmt, reason in problems.items())
+    _record_uncertainty(summary, case.case_id, {"task": prediction.task, **prediction.details}, options)
     return float(prediction.timings.get("total", 0.0))

@@ -9,15 +9,19 @@
    sequence for ``cnn_rnn``, the whole volume for ``cnn3d``;
 4. invert the plan (probabilities are interpolated, then the arg-max is taken on the input grid), map class indices
    to label values, post-process;
-5. build tables with label names (volumes per label for segmentation, probabilities per class for classifiers).
+5. build tables with label names (volumes per label for segmentation, probabilities per class for classifiers);
+6. on request, measure how sure the prediction is (``uncertainty=True``: entropy and, over several test-time flips or
+   ensemble members, disagreement; see :mod:`MedAnalysisLib.inference.uncertainty`) and explain a classifier's answer
+   (``explain=True``: a heatmap from :mod:`MedAnalysisLib.inference.explain`).
 
-Segmentation results have exactly the input's shape, spacing, origin and direction.
+Segmentation results, uncertainty maps and heatmaps have exactly the input's shape, spacing, origin and direction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from MedAnalysisLib.errors import ImageValidationError, InputError, MemoryBudgetError, PlanError
+from MedAnalysisLib.errors import InputError, MemoryBudgetError, PlanError
+from MedAnalysisLib.inference import as_volumes, class_values, validate_input
 from MedAnalysisLib.volume import Volume
 
 #: Families run with 3D sliding windows / slice by slice / whole sequence / whole volume.
@@ -58,8 +63,19 @@ class Prediction:
         timings: Seconds per stage (``preprocess``, ``model``, ``postprocess``, ``total``).
         bundle_name: The bundle's name.
         bundle_sha256: sha256 of the bundle weights that produced this result.
-        details: How it ran (precision, overlap, tta, windows, batch size, post-processing, output mode).
+        details: How it ran (precision, overlap, tta, windows, batch size, post-processing, output mode); with
+            uncertainty, ``details["uncertainty"]`` (``passes``, ``measures``, the case's ``foreground_entropy`` or
+            classification ``entropy``, and a ``note`` when one pass allows no disagreement); with an explanation,
+            ``details["explanation"]`` (``target_value``, ``target_name``, ``method``, ``layer``).
         source: Non-identifying facts about the input (Modality and UIDs when it was DICOM).
+        uncertainty: Segmentation with ``uncertainty=True``: ``{"entropy": Volume}`` and, with more than one pass
+            (test-time flips or ensemble members), ``"disagreement"``: float32 in [0, 1] on the input grid (exact
+            input geometry). None otherwise (classification uncertainty is in the tables and ``scan``).
+        explanation: The :class:`~MedAnalysisLib.inference.explain.Explanation` of a classifier with
+            ``explain=True``, else None.
+        pass_stats: Classification with ``uncertainty=True``: the per-pass sums (``"slices"``, ``"scan"``:
+            :class:`~MedAnalysisLib.inference.uncertainty.PassStats`) from which the columns were computed, kept so
+            that an ensemble merges its members' passes exactly.
     """
 
     task: str
@@ -73,6 +89,9 @@ class Prediction:
     bundle_sha256: str
     details: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    uncertainty: dict[str, Volume] | None = None
+    explanation: Any | None = None
+    pass_stats: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def label_volume_table(label_volume: Volume, labels: Sequence[Any] | dict[int, str]) -> list[dict[str, Any]]:
@@ -95,73 +114,10 @@ def label_volume_table(label_volume: Volume, labels: Sequence[Any] | dict[int, s
     return rows
 
 
-def _as_volumes(images: Volume | Sequence[Volume]) -> list[Volume]:
-    if isinstance(images, Volume):
-        return [images]
-    if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
-        raise InputError(
-            f"expected a Volume or a list of Volumes (one per channel), got {type(images).__name__}; wrap arrays "
-            "with MedAnalysisLib.Volume(array, spacing, origin, direction) so the result keeps their geometry"
-        )
-    volumes = list(images)
-    if not volumes or not all(isinstance(v, Volume) for v in volumes):
-        raise InputError(f"expected one Volume per channel, got {[type(v).__name__ for v in volumes]}")
-    return volumes
-
-
-def _validate(volumes: list[Volume], family: str, plan: Any) -> None:
-    channels = sum(v.n_components for v in volumes)
-    if channels != plan.n_channels:
-        raise InputError(
-            f"expected {plan.n_channels} image channel(s) {list(plan.channel_names)} for this model, got {channels}"
-        )
-    for volume in volumes:
-        bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
-        if bad:
-            raise ImageValidationError(f"expected finite voxel values, got {bad} NaN/Inf voxels in the input image")
-        _check_resampled_size(volume, plan, volume.n_components)
-        if family in SLIDING_3D | VOLUME_CLASSIFIERS and min(volume.shape) < 2:
-            raise ImageValidationError(
-                f"expected a 3D volume for the 3D model {family!r}, got a 2D image of shape (k, j, i) {volume.shape}; "
-                "use a 2D model (unet2d, slice_cnn) for single slices"
-            )
-
-
-#: Largest axis a resampled grid may have (ITK sizes are unsigned 32-bit; far larger than any scan).
-MAX_RESAMPLED_AXIS = 2**31 - 1
-
-
-def _check_resampled_size(volume: Volume, plan: Any, channels: int) -> None:
-    """Refuse an input whose grid, resampled to the plan's voxel size, would not fit in memory: a header claiming
-    1e30 mm voxels (or 1000 mm ones) asks the resampler for an absurd grid, which would overflow it or exhaust the
-    machine. Judged from the header alone (shape and spacing), before anything is allocated.
-
-    Raises:
-        MemoryBudgetError: The resampled image (float32, every channel) needs more than half the physical memory,
-            or an axis longer than :data:`MAX_RESAMPLED_AXIS`.
-    """
-    if plan.target_spacing is None:
-        return
-    from MedAnalysisLib.io.validate import default_memory_budget, format_bytes
-
-    size_ijk = np.array(volume.shape[:3][::-1], dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        ratio = np.asarray(volume.spacing, np.float64) / np.asarray(plan.target_spacing, np.float64)
-        new_size = np.where(size_ijk == 1, 1.0, np.maximum(1.0, np.round(size_ijk * ratio)))
-        needed = float(np.prod(new_size)) * channels * 4.0
-    limit = default_memory_budget()
-    if (np.all(np.isfinite(new_size)) and new_size.max() <= MAX_RESAMPLED_AXIS
-            and (limit is None or needed <= limit)):
-        return
-    spacing = ", ".join(f"{s:g}" for s in volume.spacing)
-    target = ", ".join(f"{s:g}" for s in plan.target_spacing)
-    grid = " x ".join(f"{s:g}" for s in new_size)
-    raise MemoryBudgetError(
-        f"expected an image whose grid, resampled to the plan's ({target}) mm voxels, fits in memory"
-        f"{f' ({format_bytes(limit)})' if limit is not None else ''}, got voxels of ({spacing}) mm over "
-        f"{volume.shape[:3][::-1]} (i, j, k), which would resample to {grid} voxels; check the spacing in the "
-        "file's header"
-    )
+#: The input checks every inference path shares (kept here under their former names).
+_as_volumes = as_volumes
+_validate = validate_input
+_class_values = class_values
 
 
 def _load(bundle: Any) -> Any:
@@ -172,16 +128,6 @@ def _load(bundle: Any) -> Any:
     if isinstance(bundle, (str, os.PathLike)):
         return load_bundle(Path(bundle))
     raise InputError(f"expected a LoadedBundle or a bundle path, got {type(bundle).__name__}")
-
-
-def _class_values(config: Any) -> np.ndarray:
-    """Label value of each model output channel: for segmentation the plan's label_values order, as in training; a
-    classifier's outputs are its own classes (a slice classifier trained on label maps with values 0 and 3 still
-    answers 0 or 1, "absent" or "present")."""
-    values = list(config.plan.label_values) if config.task == "segmentation" else []
-    if len(values) != config.n_classes:
-        values = sorted(label.value for label in config.labels)
-    return np.asarray(values, dtype=np.int64)
 
 
 def _label_dtype(values: np.ndarray) -> type:
@@ -226,20 +172,23 @@ def _settings(config: Any, overlap: float | None, tta: bool | None,
 _SLICE_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
 
 
-def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = True) -> np.ndarray:
-    """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta``.
+def _flip_passes_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = True) -> list[np.ndarray]:
+    """The model's output on a batch of slices ``(B, H, W, C)``, one array per H/W flip (just one without ``tta``).
 
-    ``maps``: the output is a map on the slice grid, flipped back before averaging; otherwise (class scores) the
-    outputs of the flipped slices are averaged as they are.
+    ``maps``: the output is a map on the slice grid, flipped back; otherwise (class scores) it is kept as it is.
     """
     flips = _SLICE_FLIPS if tta else _SLICE_FLIPS[:1]
-    total = None
+    runs = []
     for axes in flips:
         y = np.asarray(predict_fn(np.ascontiguousarray(np.flip(x, axes)) if axes else x), np.float32)
-        y = np.flip(y, axes) if axes and maps else y
-        total = y if total is None else total + y
-    assert total is not None
-    return total / len(flips)
+        runs.append(np.flip(y, axes) if axes and maps else y)
+    return runs
+
+
+def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = True) -> np.ndarray:
+    """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta`` (see
+    :func:`_flip_passes_2d`)."""
+    return np.mean(_flip_passes_2d(predict_fn, x, tta, maps=maps), axis=0).astype(np.float32)
 
 
 def _class_probabilities(raw: np.ndarray, n_classes: int) -> np.ndarray:
@@ -265,6 +214,9 @@ def predict(
     return_probabilities: bool = False,
     reporter: Any = None,
     stop_flag: Any = None,
+    uncertainty: bool = False,
+    explain: bool = False,
+    explain_target: int | str | None = None,
 ) -> Prediction:
     """Run ``bundle`` on one case.
 
@@ -283,6 +235,11 @@ def predict(
         reporter: A :class:`~MedAnalysisLib.progress.Reporter` for progress lines, or None.
         stop_flag: A :class:`~MedAnalysisLib.progress.StopFlag`; when set, :class:`CancelledError` is raised at the
             next model call.
+        uncertainty: Also measure how sure the prediction is (:attr:`Prediction.uncertainty` maps for segmentation,
+            ``entropy``/``spread``/``disagreement`` columns; the maps count in ``memory_budget_mb``).
+        explain: Also explain a classifier's answer (:attr:`Prediction.explanation`, a heatmap on the input grid).
+        explain_target: The class to explain, by label value or name (default: the second class of a
+            two-class model, else the predicted class).
 
     Returns:
         A :class:`Prediction`.
@@ -290,16 +247,80 @@ def predict(
     Raises:
         InputError: Wrong channel count, non-Volume input, a 2D image for a 3D model (ImageValidationError), NaN/Inf;
             an input whose grid resampled to the plan's spacing would not fit in memory, as a header with an absurd
-            spacing asks (MemoryBudgetError, before anything is allocated).
+            spacing asks (MemoryBudgetError, before anything is allocated); ``explain`` for a segmentation bundle or
+            an ``explain_target`` that is not one of its classes (before the model runs).
         BundleError: The bundle fails its checks.
     """
     started = time.perf_counter()
     loaded = _load(bundle)
+    if explain:
+        explain_target = check_explain_target(loaded.config, explain_target)
     options = {"overlap": overlap, "tta": tta, "postprocess": postprocess, "batch_size": batch_size,
                "precision": precision, "memory_budget_mb": memory_budget_mb,
-               "return_probabilities": return_probabilities, "reporter": reporter, "stop_flag": stop_flag}
+               "return_probabilities": return_probabilities, "reporter": reporter, "stop_flag": stop_flag,
+               "uncertainty": bool(uncertainty)}
     if len(loaded.members) > 1:  # an ensemble: every member runs, and their probabilities are averaged
-        return _predict_ensemble(loaded, images, **options)
+        result = _predict_ensemble(loaded, images, **options)
+    else:
+        result = _predict_single(loaded, images, started, options)
+    if explain:
+        result = _explained(result, loaded, images, explain_target, batch_size, reporter, stop_flag)
+    return result
+
+
+def check_explain_target(config: Any, target: int | str | None) -> str | None:
+    """The name of the class ``target`` names (a label name, or a label value as a number or its digits), or None
+    for the explainer's default class; checked against ``bundle.json`` alone, before any work.
+
+    Raises:
+        InputError: A segmentation bundle (explanations are for classifiers), or a target that names no class.
+    """
+    if config.task != "classification":
+        raise InputError(f"expected a classification bundle for explanations, got a {config.task} bundle "
+                         f"({config.family}); use uncertainty maps to judge a segmentation")
+    if target is None:
+        return None
+    names = {int(label.value): str(label.name) for label in config.labels}
+    if isinstance(target, str) and target in names.values():
+        return target
+    text = str(target).strip()
+    if not isinstance(target, bool) and re.fullmatch(r"-?[0-9]{1,9}", text):  # ASCII digits only: int() would
+        value = int(text)  # also read other scripts' digits, and True is not the value 1
+        if value in names:
+            return names[value]
+    from MedAnalysisLib.sanitize import terminal_field
+
+    raise InputError(f"expected a class to explain among {sorted(names.values())} (name or value "
+                     f"{sorted(names)}), got {terminal_field(text, 60)}")
+
+
+def _explained(result: Prediction, loaded: Any, images: Volume | Sequence[Volume], target: str | None,
+               batch_size: int | None, reporter: Any, stop_flag: Any) -> Prediction:
+    """``result`` with its explanation (:mod:`MedAnalysisLib.inference.explain`), recorded in ``details`` and, for
+    sequence models, as a ``contribution`` column of the per-slice rows."""
+    from MedAnalysisLib.inference.explain import explain as run_explain
+
+    t0 = time.perf_counter()
+    explanation = run_explain(loaded, _as_volumes(images), target=target, batch_size=batch_size,
+                              stop_flag=stop_flag, reporter=reporter)
+    timings = {**result.timings, "explain": time.perf_counter() - t0}
+    timings["total"] = timings.get("total", 0.0) + timings["explain"]
+    details = {**result.details, "explanation": {
+        "target_value": int(explanation.target_value), "target_name": str(explanation.target_name),
+        "method": str(explanation.method), "layer": explanation.layer}}
+    per_slice = result.per_slice
+    contributions = getattr(explanation, "slice_contributions", None)
+    if per_slice and contributions:
+        by_slice = {int(item["slice"]): float(item["contribution"]) for item in contributions}
+        per_slice = [{**row, "contribution": by_slice.get(int(row["slice"]))} for row in per_slice]
+    table = per_slice if result.table is result.per_slice and per_slice is not None else result.table
+    return dataclasses.replace(result, explanation=explanation, details=details, timings=timings,
+                               per_slice=per_slice, table=table)
+
+
+def _predict_single(loaded: Any, images: Volume | Sequence[Volume], started: float,
+                    options: dict[str, Any]) -> Prediction:
+    """:func:`predict` for one bundle (not an ensemble)."""
     job = _Job.start(loaded, images, started, **options)
     config, family = job.config, job.family
     if config.task == "classification":
@@ -331,9 +352,14 @@ class _Job:
     reporter: Any
     stop_flag: Any
     started: float
+    uncertainty: bool = False
     values: np.ndarray = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    #: Uncertainty maps on the input grid (``entropy``, ``mean_entropy``), filled by the segmentation steps.
+    maps: dict[str, Volume] = field(default_factory=dict)
+    #: Per-pass sums of a classification (``slices``, ``scan``), filled by the classification steps.
+    pass_stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.values = _class_values(self.config)
@@ -388,11 +414,28 @@ class _Job:
 
             raise CancelledError("prediction stopped on request")
 
+    @property
+    def passes(self) -> int:
+        """Passes one prediction averages: the test-time flips (8 for 3D windows, 4 for slices, 4 for cnn3d)."""
+        if not self.tta:
+            return 1
+        return 8 if self.family in SLIDING_3D else 4
+
+    def invert_maps(self, maps: dict[str, np.ndarray], inverse: Any) -> None:
+        """Put uncertainty maps from the prepared grid on the input grid (linear, like probabilities; 0 outside the
+        crop, where the prediction is a certain background)."""
+        from MedAnalysisLib.preprocessing.transforms import invert_plan
+
+        for name, array in maps.items():
+            self.maps[name] = invert_plan(self.plan, array, inverse, kind="probability")
+
     def prediction(self, label: Volume | None, probabilities: Volume | None, table: list[dict[str, Any]],
-                   per_slice: list[dict[str, Any]] | None = None, scan: dict[str, Any] | None = None) -> Prediction:
+                   per_slice: list[dict[str, Any]] | None = None, scan: dict[str, Any] | None = None,
+                   uncertainty: dict[str, Volume] | None = None) -> Prediction:
         self.timings["total"] = time.perf_counter() - self.started
         return Prediction(self.config.task, label, probabilities, table, per_slice, scan, self.timings,
-                          self.config.name, self.loaded.weights_sha256, self.details, self.source)
+                          self.config.name, self.loaded.weights_sha256, self.details, self.source,
+                          uncertainty=uncertainty, pass_stats=self.pass_stats or None)
 
 
 def _segment_windows(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
@@ -417,7 +460,7 @@ def _segment_windows(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
     window_options = {"n_classes": job.config.n_classes, "overlap": job.overlap,
                       "batch_size": int(job.batch_size or plan.batch_size), "tta_flips": job.tta,
                       "memory_budget_mb": job.memory_budget_mb, "progress": job.progress,
-                      "should_stop": job.should_stop}
+                      "should_stop": job.should_stop, "uncertainty": job.uncertainty}
     try:
         result = sliding_window_predict(predict_fn, prepared.image, patch, **window_options)
     except MemoryBudgetError:
@@ -428,6 +471,9 @@ def _segment_windows(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
     job.timings["model"] = time.perf_counter() - t0
     job.details["output"] = output
     t0 = time.perf_counter()
+    if job.uncertainty:
+        result, maps = result
+        job.invert_maps(maps, prepared.inverse)
     probabilities = None
     if output == "probabilities":
         restored = invert_plan(plan, result, prepared.inverse, kind="probability")
@@ -441,6 +487,7 @@ def _segment_windows(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
 
 def _segment_slices(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
     """2D segmentation slice by slice (batches of slices); as :func:`_segment_windows`."""
+    from MedAnalysisLib.inference.uncertainty import normalised_entropy
     from MedAnalysisLib.preprocessing.transforms import invert_plan, prepare_slices
 
     values = job.values
@@ -451,15 +498,23 @@ def _segment_slices(job: _Job) -> tuple[np.ndarray, Volume | None, float]:
     job.details.update(precision=predict_fn.precision, slices=int(slices.shape[0]))
     batch = int(job.batch_size or 16)
     t0 = time.perf_counter()
-    outputs = []
+    outputs, mean_entropy = [], []
     for start in range(0, len(slices), batch):
         job.check_stop()
-        raw = _flip_tta_2d(predict_fn, slices[start : start + batch], job.tta)
-        outputs.append(_class_probabilities(raw, job.config.n_classes))
+        runs = [_class_probabilities(raw, job.config.n_classes)
+                for raw in _flip_passes_2d(predict_fn, slices[start : start + batch], job.tta)]
+        outputs.append(np.mean(runs, axis=0).astype(np.float32))
+        if job.uncertainty and len(runs) > 1:
+            mean_entropy.append(np.mean([normalised_entropy(run) for run in runs], axis=0))
         job.progress(min(start + batch, len(slices)), len(slices))
     result = np.concatenate(outputs, axis=0)
     job.timings["model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if job.uncertainty:
+        maps = {"entropy": normalised_entropy(result)}
+        if mean_entropy:
+            maps["mean_entropy"] = np.concatenate(mean_entropy, axis=0)
+        job.invert_maps(maps, inverse)
     restored = invert_plan(job.plan, result, inverse, kind="probability")
     job.details["output"] = "probabilities"
     label_array = values[np.argmax(restored.array, axis=-1)].astype(_label_dtype(values))
@@ -476,8 +531,53 @@ def _finish_segmentation(job: _Job, label_array: np.ndarray, probabilities: Volu
     label = Volume(label.array, label.spacing, label.origin, label.direction,
                    metadata={"bundle": job.config.name, "kind": "label"})
     table = label_volume_table(label, job.names)
+    uncertainty = None
+    if job.uncertainty:
+        entropy = job.maps["entropy"]
+        mean_entropy = job.maps.get("mean_entropy")
+        uncertainty = segmentation_uncertainty(label, table, entropy.array,
+                                               None if mean_entropy is None else mean_entropy.array,
+                                               job.passes, job.details)
     job.timings["postprocess"] = time.perf_counter() - inverted_at
-    return job.prediction(label, probabilities, table)
+    return job.prediction(label, probabilities, table, uncertainty=uncertainty)
+
+
+#: Why a one-pass prediction has no disagreement map (recorded in the sidecar instead of a map of zeros).
+NO_DISAGREEMENT_NOTE = ("one pass (no test-time augmentation, one model): only the entropy is measured; turn test-time "
+                 "augmentation on or use an ensemble for the disagreement")
+
+
+def segmentation_uncertainty(label: Volume, table: list[dict[str, Any]], entropy: np.ndarray,
+                             mean_entropy: np.ndarray | None, passes: int,
+                             details: dict[str, Any]) -> dict[str, Volume]:
+    """The uncertainty volumes of a segmentation (float32, the label map's exact geometry), the table's
+    ``mean_entropy``/``mean_disagreement`` columns (added in place, after the existing ones) and
+    ``details["uncertainty"]``.
+
+    Args:
+        label: The final label map (its values decide which voxels each row averages).
+        table: The per-label rows of :func:`label_volume_table`.
+        entropy: Normalised entropy of the mean probabilities on the label's grid.
+        mean_entropy: Normalised mean per-pass entropy on the same grid, or None with one pass.
+        passes: Number of passes (flips x members).
+        details: The prediction's details.
+    """
+    from MedAnalysisLib.inference.uncertainty import disagreement, foreground_entropy, label_means
+
+    maps = {"entropy": np.asarray(entropy, np.float32)}
+    if mean_entropy is not None and passes > 1:
+        maps["disagreement"] = disagreement(maps["entropy"], mean_entropy)
+    means = label_means(label.array, maps, [int(row["value"]) for row in table])
+    for row in table:
+        row.update(means[int(row["value"])])
+    record: dict[str, Any] = {"passes": int(passes), "measures": list(maps),
+                              "foreground_entropy": foreground_entropy(label.array, maps["entropy"])}
+    if "disagreement" not in maps:
+        record["note"] = NO_DISAGREEMENT_NOTE
+    details["uncertainty"] = record
+    return {name: Volume(array, label.spacing, label.origin, label.direction,
+                         metadata={"bundle": label.metadata.get("bundle"), "kind": f"uncertainty_{name}"})
+            for name, array in maps.items()}
 
 
 def _scan_result(probs: np.ndarray, class_names: Sequence[str], values: np.ndarray) -> dict[str, Any]:
@@ -505,11 +605,50 @@ def _classify(job: _Job) -> Prediction:
     if scan is not None and family in SEQUENCE_CLASSIFIERS:
         table = [{"value": int(v), "name": n, "probability": scan["probabilities"][n]}
                  for v, n in zip(values, class_names, strict=True)]
+    if job.uncertainty:
+        table = classification_uncertainty(job.pass_stats, per_slice, scan, table, job.details)
     return job.prediction(None, None, table, per_slice, scan)
+
+
+def classification_uncertainty(stats: dict[str, Any], per_slice: list[dict[str, Any]] | None,
+                               scan: dict[str, Any] | None, table: list[dict[str, Any]],
+                               details: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add the uncertainty columns (``entropy``, and with P > 1 ``spread`` and ``disagreement``, after the existing
+    ones) to the per-slice rows, the scan result and the whole-scan rows (in place), and ``details["uncertainty"]``.
+
+    The whole-scan rows (one per class) carry the scan's entropy and disagreement and the spread of their own
+    class; per-slice rows the spread of their predicted class. Returns the table (the same list).
+    """
+    from MedAnalysisLib.inference.uncertainty import classification_columns
+
+    passes = 1
+    if per_slice is not None and "slices" in stats:
+        passes = stats["slices"].passes
+        for row, columns in zip(per_slice, classification_columns(stats["slices"]), strict=True):
+            row.update(columns)
+    case_entropy = float(np.mean([row["entropy"] for row in per_slice])) if per_slice else 0.0
+    if scan is not None and "scan" in stats:
+        passes = stats["scan"].passes
+        columns = classification_columns(stats["scan"])[0]
+        scan.update(columns)
+        case_entropy = columns["entropy"]
+        spreads = np.atleast_1d(stats["scan"].spread())
+        if table is not per_slice:
+            for index, row in enumerate(table):
+                row.update({key: (round(float(spreads[index]), 6) if key == "spread" else value)
+                            for key, value in columns.items()})
+    record: dict[str, Any] = {"passes": int(passes), "measures": ["entropy", *(["spread", "disagreement"]
+                                                                              if passes > 1 else [])],
+                              "entropy": round(case_entropy, 6)}
+    if passes == 1:
+        record["note"] = NO_DISAGREEMENT_NOTE
+    details["uncertainty"] = record
+    return table
 
 
 def _classify_slices(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Per-slice probabilities (and, for sequence models, the whole-scan result) with each slice's position."""
+    from MedAnalysisLib.inference.uncertainty import PassStats
     from MedAnalysisLib.preprocessing.transforms import prepare_slices
 
     n_classes, class_names = job.config.n_classes, job.class_names
@@ -525,21 +664,27 @@ def _classify_slices(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any] | 
         flips = _SLICE_FLIPS if job.tta else _SLICE_FLIPS[:1]  # shifted by one: H, W of (1, S, H, W, C)
         runs = [sequence_fn({"slices": np.ascontiguousarray(np.flip(slices[None], tuple(a + 1 for a in axes))),
                              "mask": mask}) for axes in flips]
-        slice_probs = np.mean([_class_probabilities(np.asarray(o["slices"])[0], n_classes) for o in runs], axis=0)
-        scan = _scan_result(np.mean([_class_probabilities(np.asarray(o["scan"]), n_classes)[0] for o in runs],
-                                    axis=0), class_names, job.values)
+        slice_runs = [_class_probabilities(np.asarray(o["slices"])[0], n_classes) for o in runs]
+        scan_runs = [_class_probabilities(np.asarray(o["scan"]), n_classes)[0] for o in runs]
+        slice_probs = np.mean(slice_runs, axis=0)
+        scan = _scan_result(np.mean(scan_runs, axis=0), class_names, job.values)
         job.details.update(precision="float32")
+        if job.uncertainty:
+            job.pass_stats.update(slices=PassStats.of(slice_runs), scan=PassStats.of(scan_runs))
     else:
         predict_fn = _Runner.get(job.loaded.model, job.precision)
         job.details.update(precision=predict_fn.precision)
         batch = int(job.batch_size or 32)
-        chunks = []
+        chunks: list[list[np.ndarray]] = []  # per batch, one (B, C) array per flip
         for start in range(0, len(slices), batch):
             job.check_stop()
-            chunks.append(_class_probabilities(_flip_tta_2d(predict_fn, slices[start : start + batch], job.tta,
-                                                            maps=False), n_classes))
+            chunks.append([_class_probabilities(run, n_classes) for run in
+                           _flip_passes_2d(predict_fn, slices[start : start + batch], job.tta, maps=False)])
             job.progress(min(start + batch, len(slices)), len(slices))
-        slice_probs = np.concatenate(chunks, axis=0)
+        slice_runs = [np.concatenate([chunk[f] for chunk in chunks], axis=0) for f in range(len(chunks[0]))]
+        slice_probs = np.mean(slice_runs, axis=0)
+        if job.uncertainty:
+            job.pass_stats["slices"] = PassStats.of(slice_runs)
     job.timings["model"] = time.perf_counter() - t0
     per_slice = []
     original = job.volumes[0]
@@ -574,26 +719,34 @@ def _classify_volume(job: _Job) -> np.ndarray:
     t0 = time.perf_counter()
     predict_fn = _Runner.get(job.loaded.model, job.precision)
     job.details.update(precision=predict_fn.precision)
-    probs = _class_probabilities(predict_fn(image[None]), n_classes)[0]
+    runs = [_class_probabilities(predict_fn(image[None]), n_classes)[0]]
     if job.tta:
         for axes in ((1,), (2,), (3,)):
             flipped = np.ascontiguousarray(np.flip(image[None], axes))
-            probs = probs + _class_probabilities(predict_fn(flipped), n_classes)[0]
-        probs = probs / 4
+            runs.append(_class_probabilities(predict_fn(flipped), n_classes)[0])
+    if job.uncertainty:
+        from MedAnalysisLib.inference.uncertainty import PassStats
+
+        job.pass_stats["scan"] = PassStats.of(runs)
     job.timings["model"] = time.perf_counter() - t0
-    return probs
+    return np.mean(runs, axis=0)
 
 
 def _predict_ensemble(
     ensemble: Any, images: Volume | Sequence[Volume], *, overlap: float | None, tta: bool | None,
     postprocess: str | Sequence[str] | None, batch_size: int | None, precision: str, memory_budget_mb: float | None,
-    return_probabilities: bool, reporter: Any, stop_flag: Any,
+    return_probabilities: bool, reporter: Any, stop_flag: Any, uncertainty: bool = False,
 ) -> Prediction:
     """Run every member of an ensemble with the ensemble's settings and average their probabilities on the input grid.
 
     Segmentation: the members' probability maps (each member's own plan inverted) are summed as they come, so memory
     holds the running sum and one member's map whatever the number of members; the arg-max and the post-processing
     run once on the mean. Classification: per-slice and whole-scan probabilities are averaged.
+
+    Uncertainty: the passes are every member's flips. Segmentation sums each member's mean per-pass entropy map
+    (its entropy minus its disagreement; its entropy with one flip) beside the probabilities, one more running
+    volume; the entropy of the mean probabilities and the disagreement are computed once on the mean.
+    Classification merges the members' per-pass sums.
     """
     started = time.perf_counter()
     config = ensemble.config
@@ -601,8 +754,8 @@ def _predict_ensemble(
     values = _class_values(config)
     member_options = {"overlap": overlap, "tta": tta, "postprocess": "none", "batch_size": batch_size,
                       "precision": precision, "memory_budget_mb": memory_budget_mb, "reporter": reporter,
-                      "stop_flag": stop_flag}
-    results, summed = _run_members(ensemble, images, values, member_options)
+                      "stop_flag": stop_flag, "uncertainty": uncertainty}
+    results, summed, summed_entropy = _run_members(ensemble, images, values, member_options)
     timings: dict[str, float] = {}
     for result in results:
         for stage, seconds in result.timings.items():
@@ -617,8 +770,12 @@ def _predict_ensemble(
     t0 = time.perf_counter()
     if summed is not None:
         combined = _mean_segmentation(config, summed, len(results), values, steps, return_probabilities)
+        if summed_entropy is not None:
+            combined = _ensemble_segmentation_uncertainty(combined, summed, summed_entropy, results, details)
     else:
         combined = _mean_classification(config, results, values, details)
+        if uncertainty:
+            combined = _ensemble_classification_uncertainty(combined, results, details)
     timings["combine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
     return dataclasses.replace(combined, timings=timings, bundle_sha256=ensemble.weights_sha256, details=details,
@@ -626,15 +783,16 @@ def _predict_ensemble(
 
 
 def _run_members(ensemble: Any, images: Volume | Sequence[Volume], values: np.ndarray,
-                 options: dict[str, Any]) -> tuple[list[Prediction], Volume | None]:
+                 options: dict[str, Any]) -> tuple[list[Prediction], Volume | None, Volume | None]:
     """Each member's prediction (without its probability map) and, for segmentation, the sum of the members'
-    probability maps on the input grid."""
+    probability maps on the input grid and, with uncertainty, the sum of their mean per-pass entropy maps."""
     from MedAnalysisLib.errors import BundleError
 
     segmentation = ensemble.config.task == "segmentation"
     reporter = options["reporter"]
     results: list[Prediction] = []
     summed: Volume | None = None
+    summed_entropy: Volume | None = None
     for number, member in enumerate(ensemble.members):
         if not np.array_equal(_class_values(member.config), values):
             raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
@@ -652,9 +810,46 @@ def _run_members(ensemble: Any, images: Volume | Sequence[Volume], values: np.nd
                 summed = result.probabilities.with_array(np.asarray(result.probabilities.array, dtype=np.float32))
             else:
                 summed.array[...] += result.probabilities.array
-            result = dataclasses.replace(result, probabilities=None)
+            if result.uncertainty is not None:
+                summed_entropy = _add_mean_entropy(summed_entropy, result.uncertainty)
+            result = dataclasses.replace(result, probabilities=None, uncertainty=None)
         results.append(result)
-    return results, summed
+    return results, summed, summed_entropy
+
+
+def _add_mean_entropy(total: Volume | None, maps: dict[str, Volume]) -> Volume:
+    """``total`` plus a member's mean per-pass entropy (entropy minus disagreement; the entropy with one pass)."""
+    mean_entropy = np.asarray(maps["entropy"].array, np.float32)
+    if "disagreement" in maps:
+        mean_entropy = mean_entropy - maps["disagreement"].array
+    if total is None:
+        return maps["entropy"].with_array(np.array(mean_entropy, dtype=np.float32))
+    total.array[...] += mean_entropy
+    return total
+
+
+def _ensemble_segmentation_uncertainty(combined: Prediction, mean: Volume, summed_entropy: Volume,
+                                       results: Sequence[Prediction], details: dict[str, Any]) -> Prediction:
+    """The ensemble's uncertainty maps from the mean probabilities and the summed member mean entropies."""
+    from MedAnalysisLib.inference.uncertainty import normalised_entropy
+
+    assert combined.label is not None
+    summed_entropy.array[...] /= len(results)
+    passes = sum(int(r.details.get("uncertainty", {}).get("passes", 1)) for r in results)
+    maps = segmentation_uncertainty(combined.label, combined.table, normalised_entropy(mean.array),
+                                    summed_entropy.array, passes, details)
+    return dataclasses.replace(combined, uncertainty=maps)
+
+
+def _ensemble_classification_uncertainty(combined: Prediction, results: Sequence[Prediction],
+                                         details: dict[str, Any]) -> Prediction:
+    """The ensemble's classification columns from every member's passes together."""
+    merged: dict[str, Any] = {}
+    for result in results:
+        for key, stats in (result.pass_stats or {}).items():
+            merged[key] = stats if key not in merged else merged[key].merged(stats)
+    table = classification_uncertainty(merged, combined.per_slice, combined.scan, combined.table, details)
+    return dataclasses.replace(combined, table=table, pass_stats=merged or None)
 
 
 def _mean_segmentation(config: Any, summed: Volume, n_members: int, values: np.ndarray, steps: tuple[str, ...],

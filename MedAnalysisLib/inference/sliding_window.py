@@ -14,6 +14,11 @@ How the work is kept small:
   later window reaches are normalised and written out at once, so the extra memory beyond the output is one slab.
   With ``output="labels"`` the output itself is the arg-max label map (one byte a voxel), which is how a volume
   whose probabilities would not fit the memory budget is still segmented.
+* Uncertainty (``uncertainty=True``, see :mod:`MedAnalysisLib.inference.uncertainty`) rides in the same buffer: with
+  more than one test-time flip, each window's mean over its flips of the per-flip entropy is one extra channel,
+  weighted and blended exactly as the probabilities are; the entropy of the blended probabilities and the blended
+  mean entropy are computed slab by slab as rows are written out, so the maps cost one float32 volume each and the
+  probabilities never have to be kept whole.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -133,6 +138,7 @@ def estimate_memory_bytes(
     batch_size: int,
     output: Literal["probabilities", "labels"] = "probabilities",
     window_activation_bytes: int = 0,
+    uncertainty_maps: int = 0,
 ) -> dict[str, int]:
     """Bytes the sliding window needs, by item, before it runs.
 
@@ -144,6 +150,8 @@ def estimate_memory_bytes(
         batch_size: Windows per model call.
         output: What is returned (float32 probabilities or a uint8/uint16 label map).
         window_activation_bytes: The model's working memory for one window (0 when unknown).
+        uncertainty_maps: float32 uncertainty maps returned besides the output (0, 1 for the entropy, 2 with the
+            mean per-pass entropy, whose extra channel is also accumulated in the buffer and the batch).
 
     Returns:
         A dict with ``padded_input``, ``output``, ``rolling_buffer``, ``batch`` and ``total`` (bytes).
@@ -152,11 +160,13 @@ def estimate_memory_bytes(
     voxels = int(np.prod(padded))
     patch_voxels = int(np.prod(patch_size))
     slab = int(patch_size[0]) * padded[1] * padded[2]
+    accumulated = n_classes + (1 if uncertainty_maps > 1 else 0)  # the mean per-pass entropy is one more channel
     items = {
         "padded_input": voxels * n_channels * 4 if list(padded) != [int(s) for s in shape] else 0,
         "output": voxels * n_classes * 4 if output == "probabilities" else voxels * (1 if n_classes <= 256 else 2),
-        "rolling_buffer": slab * n_classes * 4,
-        "batch": batch_size * patch_voxels * (n_channels + 2 * n_classes) * 4 + batch_size * window_activation_bytes,
+        "uncertainty_maps": int(np.prod([int(s) for s in shape])) * int(uncertainty_maps) * 4,
+        "rolling_buffer": slab * accumulated * 4,
+        "batch": batch_size * patch_voxels * (n_channels + 2 * accumulated) * 4 + batch_size * window_activation_bytes,
     }
     items["total"] = sum(items.values())
     return items
@@ -177,7 +187,8 @@ def sliding_window_predict(
     pad_value: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
+    uncertainty: bool = False,
+) -> Any:
     """Run ``predict_fn`` over overlapping windows of ``image`` and blend the results.
 
     Args:
@@ -201,9 +212,13 @@ def sliding_window_predict(
         progress: Called as ``progress(windows_done, windows_total)`` after each model call.
         should_stop: Polled between model calls; when it returns True, :class:`~MedAnalysisLib.errors.CancelledError`
             is raised.
+        uncertainty: Also return uncertainty maps (see the module docstring); they count in the memory estimate.
 
     Returns:
-        The blended probabilities or labels on the input's ``(k, j, i)`` grid.
+        The blended probabilities or labels on the input's ``(k, j, i)`` grid; with ``uncertainty`` a pair
+        ``(that, maps)`` where ``maps`` holds ``(k, j, i)`` float32 maps in [0, 1]: ``"entropy"`` (of the blended
+        probabilities) and, with more than one flip, ``"mean_entropy"`` (the weighted mean over windows and flips of
+        each pass's entropy; entropy minus it is the disagreement).
 
     Raises:
         ImageValidationError: The image is not 3D (+channels), or holds NaN/Inf.
@@ -220,16 +235,17 @@ def sliding_window_predict(
     grid = make_grid(padded_shape, patch, overlap)
     flips = tta_flip_sets(tta_flips)
     check_window_passes(len(grid), len(flips), overlap, patch)
+    maps = (2 if len(flips) > 1 else 1) if uncertainty else 0
     activation = int(getattr(predict_fn, "window_activation_bytes", 0) or 0)
     if memory_budget_mb is None:  # without a budget, the buffers alone must fit the machine (the per-window
         memory_budget_mb, activation = _physical_memory_mb(), 0  # activation estimate is far too pessimistic for it)
     batch_size = _batch_within_budget(shape, patch, image.shape[3], int(n_classes), int(batch_size), output,
-                                      activation, memory_budget_mb)
+                                      activation, memory_budget_mb, maps)
     # Pad axes shorter than the patch (at the end, so indices of the original voxels do not move).
     if padded_shape != shape:
         padding = [(0, ps - s) for ps, s in zip(padded_shape, shape, strict=True)] + [(0, 0)]
         image = np.pad(image, padding, mode="constant", constant_values=pad_value)
-    blend = _RollingBlend(shape, padded_shape, patch, grid, int(n_classes), gaussian, output)
+    blend = _RollingBlend(shape, padded_shape, patch, grid, int(n_classes), gaussian, output, maps)
     corners = list(grid.corners())
     done_windows = 0
     for first in range(0, len(corners), batch_size):
@@ -237,13 +253,14 @@ def sliding_window_predict(
             raise CancelledError("sliding-window inference stopped on request")
         chunk = corners[first : first + batch_size]
         batch = np.stack([image[k : k + patch[0], j : j + patch[1], i : i + patch[2]] for k, j, i in chunk])
-        for corner, prediction in zip(chunk, _predict_with_flips(predict_fn, batch, flips, patch, n_classes),
-                                      strict=True):
+        predictions = _predict_with_flips(predict_fn, batch, flips, patch, n_classes, pass_entropy=maps > 1)
+        for corner, prediction in zip(chunk, predictions, strict=True):
             blend.add(corner, prediction)
         done_windows += len(chunk)
         if progress is not None:
             progress(done_windows, len(corners))
-    return blend.finish()
+    result = blend.finish()
+    return (result, blend.maps) if uncertainty else result
 
 
 def check_window_passes(windows: int, passes: int, overlap: float, patch: Sequence[int]) -> None:
@@ -313,7 +330,8 @@ def _checked_input(image: np.ndarray, patch_size: Sequence[int], n_classes: int,
 
 
 def _batch_within_budget(shape: tuple[int, ...], patch: tuple[int, ...], n_channels: int, n_classes: int,
-                         batch_size: int, output: str, activation: int, memory_budget_mb: float | None) -> int:
+                         batch_size: int, output: str, activation: int, memory_budget_mb: float | None,
+                         uncertainty_maps: int = 0) -> int:
     """The batch size, halved until the memory estimate fits the budget (:class:`MemoryBudgetError` if 1 does not)."""
     if memory_budget_mb is None:
         return batch_size
@@ -321,7 +339,7 @@ def _batch_within_budget(shape: tuple[int, ...], patch: tuple[int, ...], n_chann
     while True:
         estimate = estimate_memory_bytes(shape, patch, n_channels=n_channels, n_classes=n_classes,
                                          batch_size=batch_size, output=output,  # type: ignore[arg-type]
-                                         window_activation_bytes=activation)
+                                         window_activation_bytes=activation, uncertainty_maps=uncertainty_maps)
         if estimate["total"] <= budget or batch_size == 1:
             break
         batch_size = max(1, batch_size // 2)
@@ -337,9 +355,15 @@ def _batch_within_budget(shape: tuple[int, ...], patch: tuple[int, ...], n_chann
 
 
 def _predict_with_flips(predict_fn: PredictFn, batch: np.ndarray, flips: list[tuple[int, ...]],
-                        patch: tuple[int, ...], n_classes: int) -> np.ndarray:
-    """``predict_fn`` on a batch of windows, averaged over the flips (each flipped back), checked for its shape."""
+                        patch: tuple[int, ...], n_classes: int, *, pass_entropy: bool = False) -> np.ndarray:
+    """``predict_fn`` on a batch of windows, averaged over the flips (each flipped back), checked for its shape.
+
+    With ``pass_entropy`` one channel is appended: the mean over the flips of each flip's entropy (nats).
+    """
+    from MedAnalysisLib.inference.uncertainty import entropy_nats
+
     predictions = None
+    entropies = None
     for axes in flips:
         spatial = tuple(a + 1 for a in axes)
         x = np.ascontiguousarray(np.flip(batch, spatial)) if axes else batch
@@ -353,9 +377,14 @@ def _predict_with_flips(predict_fn: PredictFn, batch: np.ndarray, flips: list[tu
         if axes:
             y = np.flip(y, spatial)
         predictions = y if predictions is None else predictions + y
+        if pass_entropy:
+            h = entropy_nats(y)[..., None]
+            entropies = h if entropies is None else entropies + h
     assert predictions is not None
     if len(flips) > 1:
         predictions /= len(flips)
+    if entropies is not None:
+        predictions = np.concatenate([predictions, entropies / len(flips)], axis=-1)
     return predictions
 
 
@@ -363,12 +392,15 @@ class _RollingBlend:
     """Weighted windows summed into a buffer one patch deep along k; rows no later window reaches are normalised
     by the summed weights and written out, so memory holds one slab of probabilities, not the whole volume.
 
-    Windows must arrive in grid order (k ascending), as :meth:`WindowGrid.corners` gives them.
+    Windows must arrive in grid order (k ascending), as :meth:`WindowGrid.corners` gives them. ``uncertainty_maps``
+    (0, 1 or 2) asks for the entropy map and, with 2, the mean per-pass entropy, accumulated as one more channel.
     """
 
     def __init__(self, shape: tuple[int, ...], padded_shape: tuple[int, ...], patch: tuple[int, ...],
-                 grid: WindowGrid, n_classes: int, gaussian: bool, output: str) -> None:
-        self.shape, self.patch, self.output = shape, patch, output
+                 grid: WindowGrid, n_classes: int, gaussian: bool, output: str, uncertainty_maps: int = 0) -> None:
+        self.shape, self.patch, self.output, self.n_classes = shape, patch, output, n_classes
+        names = ("entropy", "mean_entropy")[:uncertainty_maps]
+        self.maps = {name: np.empty(shape, np.float32) for name in names}
         weights_1d = [gaussian_weights_1d(p) if gaussian else np.ones(p, np.float32) for p in patch]
         self.window_weight = importance_map(patch, gaussian)[..., None]
         # Sum of weights at each voxel, per axis (the grid is a Cartesian product, the weights a product of axes).
@@ -383,7 +415,8 @@ class _RollingBlend:
         self.result = (np.empty((*shape, n_classes), np.float32) if output == "probabilities"
                        else np.empty(shape, self.label_dtype))
         self.padded_k = padded_shape[0]
-        self.buffer = np.zeros((patch[0], padded_shape[1], padded_shape[2], n_classes), np.float32)
+        accumulated = n_classes + (1 if "mean_entropy" in self.maps else 0)
+        self.buffer = np.zeros((patch[0], padded_shape[1], padded_shape[2], accumulated), np.float32)
         self.buffer_start = 0  # padded k index of buffer row 0
 
     def add(self, corner: tuple[int, int, int], prediction: np.ndarray) -> None:
@@ -406,6 +439,8 @@ class _RollingBlend:
         if keep > 0:
             block = done[:keep, : shape[1], : shape[2]]
             target = slice(start, start + keep)
+            self._write_maps(target, block)
+            block = block[..., : self.n_classes]
             if self.output == "probabilities":
                 self.result[target] = block
             else:
@@ -414,6 +449,17 @@ class _RollingBlend:
         self.buffer[:remaining] = self.buffer[rows:].copy()
         self.buffer[remaining:] = 0.0
         self.buffer_start = until
+
+    def _write_maps(self, target: slice, block: np.ndarray) -> None:
+        """The uncertainty maps of finished rows: entropy of the blended probabilities, blended mean entropy."""
+        if not self.maps:
+            return
+        from MedAnalysisLib.inference.uncertainty import log_classes, normalised_entropy
+
+        self.maps["entropy"][target] = normalised_entropy(block[..., : self.n_classes])
+        if "mean_entropy" in self.maps:
+            self.maps["mean_entropy"][target] = np.clip(block[..., self.n_classes] / log_classes(self.n_classes),
+                                                        0.0, 1.0)
 
     def finish(self) -> np.ndarray:
         self.flush(self.padded_k)

@@ -20,7 +20,9 @@ What each format needs is checked before any work (:func:`check_formats` for the
 :func:`write_prediction` writes every output it can and records in the sidecar (``not_written``) what it could not
 write and why. Probability maps are written as one scalar float32 file per foreground class, named after the class
 (``<case>_probability_<value>_<name>.nii.gz``), which Slicer, ITK and every NIfTI reader open as an ordinary volume
-(see ``docs/outputs.md``).
+(see ``docs/outputs.md``). Uncertainty maps (``<case>_uncertainty.nii.gz``, ``<case>_disagreement.nii.gz``) and a
+classifier's explanation heatmap (``<case>_explanation.nii.gz``) are scalar float32 volumes on the input grid,
+written the same way.
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ SIDECAR_SUFFIX = ".json"
 PROBABILITY_INFIX = "_probability_"
 #: Tables of a case: ``<case>`` + this, as CSV and (same name, ``.json``) JSON; ``slices`` only for slice models.
 TABLE_SUFFIXES = {"table": "_table.csv", "slices": "_slices.csv"}
+#: Uncertainty map of a case: ``<case>`` + this (float32 in [0, 1]); ``disagreement`` only with several passes.
+UNCERTAINTY_SUFFIXES = {"entropy": "_uncertainty.nii.gz", "disagreement": "_disagreement.nii.gz"}
+#: A classifier's explanation heatmap: ``<case>`` + this (float32 in [0, 1]).
+EXPLANATION_SUFFIX = "_explanation.nii.gz"
+
+
+def uncertainty_file_name(case_id: str, measure: str) -> str:
+    """The file name of a case's ``measure`` map (:data:`UNCERTAINTY_SUFFIXES`); its sidecar key is
+    ``uncertainty_<measure>``."""
+    return f"{case_id}{UNCERTAINTY_SUFFIXES[measure]}"
+
+
+def explanation_file_name(case_id: str) -> str:
+    """The file name of a case's explanation heatmap; its sidecar key is ``explanation``."""
+    return f"{case_id}{EXPLANATION_SUFFIX}"
 
 
 def table_file_names(case_id: str, kind: str) -> tuple[str, str]:
@@ -528,22 +545,31 @@ def describe_input(volume: Volume) -> dict[str, Any]:
     }
 
 
+#: Parts of a prediction's details that the sidecar records at its top level, beside ``inference``.
+_TOP_LEVEL_DETAILS = ("uncertainty", "explanation")
+
+
 def sidecar(prediction: Any, *, case_id: str, input_volume: Volume, outputs: dict[str, str],
             not_written: dict[str, str] | None = None) -> dict[str, Any]:
-    """The provenance record of one case (see the module docstring for what it holds and leaves out)."""
+    """The provenance record of one case (see the module docstring for what it holds and leaves out); with
+    uncertainty or an explanation, ``uncertainty`` (passes, measures, the case's entropy, why a measure is absent)
+    and ``explanation`` (target value and name, method, layer) beside ``inference``."""
     import datetime
 
+    details = dict(prediction.details)
+    top = {key: details.pop(key) for key in _TOP_LEVEL_DETAILS if key in details}
     record = {
         "case_id": case_id,
         "task": prediction.task,
         "bundle": {"name": prediction.bundle_name, "weights_sha256": prediction.bundle_sha256},
-        "inference": prediction.details,
+        "inference": details,
         "timings_s": {k: round(v, 4) for k, v in prediction.timings.items()},
         "input": describe_input(input_volume),
         "outputs": outputs,
         "versions": library_versions(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    record.update(top)
     if not_written:
         record["not_written"] = dict(not_written)
     if prediction.scan is not None:
@@ -551,6 +577,34 @@ def sidecar(prediction: Any, *, case_id: str, input_volume: Volume, outputs: dic
     if prediction.task == "segmentation":
         record["volumes"] = prediction.table
     return _json_safe(record)
+
+
+def _float_maps(prediction: Any, case_id: str) -> list[tuple[str, Volume, str]]:
+    """``(sidecar key, volume, file name)`` of a prediction's uncertainty maps and explanation heatmap."""
+    maps = [(f"uncertainty_{measure}", volume, uncertainty_file_name(case_id, measure))
+            for measure, volume in (getattr(prediction, "uncertainty", None) or {}).items()]
+    explanation = getattr(prediction, "explanation", None)
+    if explanation is not None:
+        maps.append(("explanation", explanation.heatmap, explanation_file_name(case_id)))
+    return maps
+
+
+def write_float_map(volume: Volume, path: Path, input_volume: Volume) -> Path:
+    """Write a scalar map (uncertainty, heatmap) as float32 with the input's exact grid, atomically and read back.
+
+    Raises:
+        GeometryError: The map is not on the input's grid (shape, spacing, origin or direction differ).
+    """
+    from MedAnalysisLib.io import write_volume
+
+    same = (volume.shape[:3] == input_volume.shape[:3]
+            and np.allclose(volume.spacing, input_volume.spacing, rtol=0, atol=1e-6)
+            and np.allclose(volume.origin, input_volume.origin, rtol=0, atol=1e-5)
+            and np.allclose(volume.direction, input_volume.direction, rtol=0, atol=1e-6))
+    if not same or np.ndim(volume.array) != 3:
+        raise GeometryError(f"expected a scalar map on the input grid {tuple(input_volume.shape[:3])} (k, j, i) to "
+                            f"write {Path(path).name}, got shape {tuple(np.shape(volume.array))} on another grid")
+    return write_volume(volume.with_array(np.ascontiguousarray(volume.array, dtype=np.float32)), path)
 
 
 def write_prediction(
@@ -574,7 +628,8 @@ def write_prediction(
 
     Returns:
         ``{kind: file name}`` of what was written (file names relative to ``out_dir``); ``probability_<value>`` for
-        the per-class probability maps.
+        the per-class probability maps, ``uncertainty_<measure>`` for the uncertainty maps, ``explanation`` for a
+        classifier's heatmap.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -607,6 +662,12 @@ def write_prediction(
                 outputs[f"probability_{value}"] = name
     except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
         errors.append(error)
+    for key, volume, name in _float_maps(prediction, case_id):
+        try:
+            write_float_map(volume, out_dir / name, input_volume)
+            outputs[key] = name
+        except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
+            errors.append(error)
     if prediction.table:
         csv_path, json_path = write_table(prediction.table, out_dir / table_file_names(case_id, "table")[0])
         outputs["table_csv"], outputs["table_json"] = csv_path.name, json_path.name
