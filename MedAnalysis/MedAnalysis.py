@@ -10,6 +10,7 @@ Console use::
     logic = slicer.util.getModuleLogic("MedAnalysis")
     segmentation = logic.segment(volumeNode, "/path/to/model.zip")     # returns the segmentation node
     table = logic.classify(volumeNode, "/path/to/classifier.zip")      # returns the table node
+    logic.listModels(offline=True); job = logic.pullModel("model-id"); logic.modelPath("model-id")  # catalogs
 
 This file must stay importable by every Slicer that might load it (Slicer 5.8 ships Python 3.9): it checks the
 Slicer and Python versions first and, on an older Slicer, shows why in the panel instead of failing with a
@@ -83,6 +84,7 @@ if UNSUPPORTED_REASON is None:
     from MedAnalysisSlicerLib.jobs import MedAnalysisJob
     from MedAnalysisSlicerLib.logic import SceneLogic, pathText
     from MedAnalysisSlicerLib.messages import displayText, errorText, pipErrorText, repairStoredParameters
+    from MedAnalysisSlicerLib.models import RECENT_BUNDLES_LIMIT, checkCatalogSource
 else:  # an older Slicer: the module loads and its panel says why it cannot run; nothing else is imported
     MedAnalysisError = Exception
 
@@ -122,6 +124,9 @@ class MedAnalysisParameterNode:
 
     Paths are ``pathlib.Path`` (what ctkPathLineEdit binds to); an unset path reads as "" through ``pathText``.
     bundlePath: model bundle (.zip, folder, or its bundle.json/ensemble.json). inputVolume0-2: input channels.
+    matchModality: the model picker lists only models for the input volume's modality (when it has one).
+    uncertainty: also create uncertainty maps/columns. explain: also create the explanation heatmap (classification).
+    showOverlay: show the new heatmap (or uncertainty map) as the slice views' foreground over the input.
     outputType: "segmentation" or "labelmap". outputSegmentation/outputLabelmap/outputTable: nodes to overwrite
     (None: create new ones). createProbabilities: also create one probability volume per class.
     showPerSlicePlot: plot per-slice probabilities of classification models.
@@ -134,6 +139,7 @@ class MedAnalysisParameterNode:
     """
 
     bundlePath: pathlib.Path
+    matchModality: bool = False
     inputVolume0: vtkMRMLScalarVolumeNode
     inputVolume1: vtkMRMLScalarVolumeNode
     inputVolume2: vtkMRMLScalarVolumeNode
@@ -143,6 +149,9 @@ class MedAnalysisParameterNode:
     outputTable: vtkMRMLTableNode
     createProbabilities: bool = False
     showPerSlicePlot: bool = True
+    uncertainty: bool = False
+    explain: bool = False
+    showOverlay: bool = True
     overrideOverlap: bool = False
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
     testTimeAugmentation: Annotated[str, Choice(["bundle default", "on", "off"])] = "bundle default"
@@ -177,9 +186,33 @@ class MedAnalysisLogic(SceneLogic, ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         SceneLogic.__init__(self, scene if scene is not None else slicer.mrmlScene, python=python,
                             installer=installer)
+        self.extraCatalogs = settingsList(CATALOGS_SETTING)  # the panel's catalogs, for console calls too
 
     def getParameterNode(self):
         return MedAnalysisParameterNode(super().getParameterNode())
+
+
+# =================================================================================================== settings
+#: Per-user settings (Slicer's QSettings): the user's extra model catalogs and the local bundles used recently.
+CATALOGS_SETTING = "MedAnalysis/ModelCatalogs"
+RECENT_BUNDLES_SETTING = "MedAnalysis/RecentBundles"
+#: Opacity of a heatmap or uncertainty map shown over the scan.
+OVERLAY_OPACITY = 0.4
+
+
+def settingsList(key):
+    """A list of texts kept in the user's settings (a single text or nothing reads as a list too)."""
+    value = qt.QSettings().value(key)
+    if value is None or value == "":
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v) for v in values if isinstance(v, str) and v]
+
+
+def setSettingsList(key, values):
+    settings = qt.QSettings()
+    settings.setValue(key, list(values))
+    settings.sync()
 
 
 # =================================================================================================== widget
@@ -207,6 +240,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._trainingCurves = None
         self._starting = False  # a run is being started (guards against a second click while Qt processes events)
         self._orphans = []  # jobs dropped with a closed scene: stopped, their scratch removed once they end
+        self._pickerEntries = []  # the model picker's rows after its first ("choose") item
+        self._pickedEntry = None  # the picker row chosen last (a catalog entry may need a download)
+        self._fillingPicker = False  # the picker is being refilled: its index changes are not the user's
+        self._pickerModality = ""  # the modality the picker was filtered by
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self):
@@ -227,7 +264,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic = MedAnalysisLogic()
         for label in (self.ui.statusLabel, self.ui.trainingStatusLabel, self.ui.evaluationStatusLabel,
                       self.ui.inputWarningLabel, self.ui.inputChannelLabel0, self.ui.inputChannelLabel1,
-                      self.ui.inputChannelLabel2):
+                      self.ui.inputChannelLabel2, self.ui.modelStatusLabel, self.ui.catalogStatusLabel):
             label.setTextFormat(qt.Qt.PlainText)  # names from bundles, files and workers are text, never markup
 
         self._pollTimer = qt.QTimer()
@@ -261,8 +298,19 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addTrainingCaseButton.connect("clicked(bool)", self.onAddTrainingCase)
         self.ui.removeTrainingCaseButton.connect("clicked(bool)", self.onRemoveTrainingCase)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelPicked)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
+        self.ui.downloadButton.connect("clicked(bool)", self.onDownloadButton)
+        self.ui.matchModalityCheckBox.connect("toggled(bool)", lambda checked: self.refreshModelList())
+        self.ui.inputVolumeSelector0.connect("currentNodeChanged(vtkMRMLNode*)", self._onInputChanged)
+        self.ui.addCatalogButton.connect("clicked(bool)", self.onAddCatalog)
+        self.ui.removeCatalogButton.connect("clicked(bool)", self.onRemoveCatalog)
+        self.ui.downloadProgressBar.setVisible(False)
+        self.logic.extraCatalogs = settingsList(CATALOGS_SETTING)
+        self._showCatalogs()
 
         self.initializeParameterNode()
+        self.refreshModelList()
 
     def cleanup(self):
         """The module is closing: stop a running job (its checkpoint is saved) and remove its scratch files."""
@@ -338,7 +386,11 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelCardPath = path
         self._modelCard = None
         self.ui.labelsTableWidget.setRowCount(0)
-        if not path:
+        picked = self._pickedEntry
+        if not path and picked is not None and picked.needsDownload:  # a catalog entry: its catalog fields
+            self.ui.modelCardLabel.setTextFormat(qt.Qt.RichText)
+            self.ui.modelCardLabel.setText(self.logic.catalogCardHtml(picked.listing.entry))  # escapes every value
+        elif not path:
             self.ui.modelCardLabel.setTextFormat(qt.Qt.PlainText)
             self.ui.modelCardLabel.setText(_("No model selected."))
         else:
@@ -355,6 +407,147 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._modelCard = card
                 self.ui.modelCardLabel.setTextFormat(qt.Qt.RichText)
                 self.ui.modelCardLabel.setText(html)
+                self._rememberLocalBundle(path)
+        self._syncPicker(path)
+
+    # ------------------------------------------------------------------ model picker
+    def refreshModelList(self, offline=True):
+        """Fill the picker: catalog entries (cached catalogs only unless ``offline`` is False) and the recent local
+        bundles, filtered by the input's modality when asked; the chosen row stays chosen when it is still listed.
+        Catalogs that cannot be read are named in the model status line."""
+        if self.ui is None:
+            return
+        modality = self._inputModality() if self.ui.matchModalityCheckBox.isChecked() else ""
+        self._pickerModality = modality
+        recent = settingsList(RECENT_BUNDLES_SETTING)[:RECENT_BUNDLES_LIMIT]
+        entries, problems = self.logic.pickerEntries(recent, offline=offline,
+                                                     modality=modality or None)
+        previous = self._pickedEntry.key if self._pickedEntry is not None else None
+        self._pickerEntries = entries
+        self._fillingPicker = True
+        try:
+            self.ui.modelComboBox.clear()
+            self.ui.modelComboBox.addItem(_("Choose a model ({count} listed)").format(count=len(entries)))
+            for index, entry in enumerate(entries, start=1):
+                self.ui.modelComboBox.addItem(entry.text)
+                self.ui.modelComboBox.setItemData(index, entry.toolTip, qt.Qt.ToolTipRole)
+            keys = [entry.key for entry in entries]
+            self._pickedEntry = entries[keys.index(previous)] if previous in keys else None
+            self.ui.modelComboBox.setCurrentIndex(keys.index(previous) + 1 if previous in keys else 0)
+        finally:
+            self._fillingPicker = False
+        if self._jobKind() != "pull":
+            self._showStatus(self.ui.modelStatusLabel, "\n".join(
+                _("Catalog not read: {problem}").format(problem=problem) for problem in problems))
+        self._modelCardPath = None  # a listed entry may have changed (downloaded, now cached)
+        self.updateGUI()
+
+    def onRefreshModels(self):
+        """Refresh: ask the catalogs' servers (each with a short timeout) instead of the cached catalogs."""
+        with slicer.util.WaitCursor():
+            self.refreshModelList(offline=False)
+
+    def onModelPicked(self, index):
+        if self._fillingPicker or self._parameterNode is None:
+            return
+        entry = self._pickerEntries[index - 1] if 0 < index <= len(self._pickerEntries) else None
+        self._pickedEntry = entry
+        if entry is None:
+            return
+        self._modelCardPath = None  # show the new row's card even when the bundle path stays empty
+        if entry.path:
+            self._parameterNode.bundlePath = pathlib.Path(entry.path)
+        else:
+            self._parameterNode.bundlePath = pathlib.Path()
+        self.updateGUI()
+
+    def _syncPicker(self, path):
+        """Show in the picker the row of the bundle the card was read from (a path typed or set from the console)."""
+        if not path or self.ui is None:
+            return
+        keys = [entry.path for entry in self._pickerEntries]
+        index = keys.index(path) + 1 if path in keys else 0
+        if self.ui.modelComboBox.property("currentIndex") != index:
+            self._fillingPicker = True
+            try:
+                self.ui.modelComboBox.setCurrentIndex(index)
+            finally:
+                self._fillingPicker = False
+        self._pickedEntry = self._pickerEntries[index - 1] if index else None
+
+    def _rememberLocalBundle(self, path):
+        """A local bundle whose card was read is offered in the picker from now on (catalog downloads are listed
+        from their catalog instead)."""
+        recent = settingsList(RECENT_BUNDLES_SETTING)
+        if path in recent or self.logic.isCachedBundle(path):
+            return
+        setSettingsList(RECENT_BUNDLES_SETTING, self.logic.rememberBundle(recent, path))
+        self._pickerEntries.append(self.logic.localEntry(path))
+        self._fillingPicker = True
+        try:
+            self.ui.modelComboBox.addItem(self._pickerEntries[-1].text)
+            self.ui.modelComboBox.setItemData(len(self._pickerEntries), self._pickerEntries[-1].toolTip,
+                                              qt.Qt.ToolTipRole)
+        finally:
+            self._fillingPicker = False
+
+    def _inputModality(self):
+        node = self._input(0) if self._parameterNode is not None else None
+        return self.logic.volumeModality(node) if node is not None else ""
+
+    def _onInputChanged(self, node):
+        if self.ui.matchModalityCheckBox.isChecked() and self._inputModality() != self._pickerModality:
+            self.refreshModelList()
+
+    def onDownloadButton(self):
+        self._stopOrStart(self._download)
+
+    def _download(self):
+        entry = self._pickedEntry
+        if entry is None or not entry.needsDownload:
+            return
+        try:
+            job = self.logic.pullModel(entry.listing.entry.id, entry.listing.entry.version)
+        except Exception as error:  # noqa: BLE001 - every failure is shown in the panel
+            self._showError(self.ui.modelStatusLabel, error)
+            return
+        self._startPolling(job, self.ui.downloadProgressBar, self.ui.modelStatusLabel)
+
+    # ------------------------------------------------------------------ catalog settings
+    def _showCatalogs(self):
+        self.ui.catalogsListWidget.clear()
+        for source in self.logic.extraCatalogs:
+            self.ui.catalogsListWidget.addItem(displayText(source))
+
+    def onAddCatalog(self):
+        try:
+            source = checkCatalogSource(self.ui.catalogLineEdit.property("text"))
+        except Exception as error:  # noqa: BLE001 - shown beside the field
+            self._showError(self.ui.catalogStatusLabel, error)
+            return
+        catalogs = settingsList(CATALOGS_SETTING)
+        if source in catalogs:
+            self._showError(self.ui.catalogStatusLabel, _("This catalog is already listed."))
+            return
+        self._setCatalogs([*catalogs, source])
+        self.ui.catalogLineEdit.clear()
+        self._showStatus(self.ui.catalogStatusLabel, _("Added. Press Refresh to read it from its server."))
+
+    def onRemoveCatalog(self):
+        row = self.ui.catalogsListWidget.property("currentRow")
+        catalogs = settingsList(CATALOGS_SETTING)
+        if not 0 <= row < len(catalogs):
+            self._showStatus(self.ui.catalogStatusLabel, _("Select a catalog to remove."))
+            return
+        del catalogs[row]
+        self._setCatalogs(catalogs)
+        self._showStatus(self.ui.catalogStatusLabel, _("Removed."))
+
+    def _setCatalogs(self, catalogs):
+        setSettingsList(CATALOGS_SETTING, catalogs)
+        self.logic.extraCatalogs = list(catalogs)
+        self._showCatalogs()
+        self.refreshModelList()
 
     def _showLabels(self, card):
         labels = self.logic.displayedLabels(card)
@@ -401,6 +594,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.outputTypeComboBox, self.ui.probabilitiesCheckBox):
             widget.setEnabled(card is None or isSegmentation)
         self.ui.perSlicePlotCheckBox.setEnabled(card is None or not isSegmentation)
+        self.ui.explainCheckBox.setEnabled(card is None or not isSegmentation)
+        self.ui.showOverlayCheckBox.setEnabled(params.uncertainty or (params.explain and not isSegmentation))
         self.ui.overlapSpinBox.setEnabled(params.overrideOverlap)
 
         inputs = [self._input(i) for i in range(channels)]
@@ -410,6 +605,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         kind = self._jobKind()
         stopping = kind is not None and self._job.stopRequested
+        self._updatePickerGUI(kind, stopping)
         ready = card is not None and all(inputs) and not self._starting
         predicting = kind in ("segment", "classify")
         self.ui.applyButton.setEnabled(((ready and kind is None) or predicting) and not stopping)
@@ -439,6 +635,23 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.setEnabled(((canEvaluate and kind is None) or kind == "evaluate") and not stopping)
         self.ui.evaluateButton.setText(_("Stopping...") if kind == "evaluate" and stopping else
                                        _("Cancel") if kind == "evaluate" else _("Evaluate"))
+
+    def _updatePickerGUI(self, kind, stopping):
+        """The Download button (Cancel while downloading) and the modality filter, which needs a volume that
+        carries its modality."""
+        modality = self._inputModality()
+        self.ui.matchModalityCheckBox.setEnabled(bool(modality))
+        self.ui.matchModalityCheckBox.setText(
+            _("Only models for the input's modality ({modality})").format(modality=displayText(modality))
+            if modality else _("Only models for the input's modality (the input has none)"))
+        picked = self._pickedEntry
+        needsDownload = picked is not None and picked.needsDownload and not pathText(self._parameterNode.bundlePath)
+        self.ui.downloadButton.setVisible(needsDownload or kind == "pull")
+        self.ui.downloadButton.setEnabled(((needsDownload and kind is None and not self._starting)
+                                           or kind == "pull") and not stopping)
+        self.ui.downloadButton.setText(_("Stopping...") if kind == "pull" and stopping else
+                                       _("Cancel") if kind == "pull" else _("Download"))
+        self.ui.refreshModelsButton.setEnabled(kind != "pull")
 
     def _showTrainingCases(self):
         params = self._parameterNode
@@ -526,9 +739,10 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 outputNode=params.outputSegmentation if params.outputType == "segmentation" else params.outputLabelmap,
                 tableNode=params.outputTable, probabilities=params.createProbabilities,
                 overlap=params.overlap if params.overrideOverlap else None, tta=tta,
-                background=params.runInBackground)
+                background=params.runInBackground, uncertainty=params.uncertainty)
         return self.logic.classify(inputs, bundlePath, tableNode=params.outputTable,
-                                   plot=params.showPerSlicePlot, background=params.runInBackground)
+                                   plot=params.showPerSlicePlot, background=params.runInBackground,
+                                   explain=params.explain, uncertainty=params.uncertainty)
 
     def onTrainButton(self):
         self._stopOrStart(self._train)
@@ -696,10 +910,12 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:  # noqa: BLE001 - the worker's message goes to the panel
             self._showError(self._jobStatusLabel, error)
         else:
-            self._showStatus(self._jobStatusLabel, self.logic.describeOutcome(job))
-            if job.kind == "train" and self._parameterNode is not None:  # offer the new model right away
+            if job.kind in ("train", "pull") and self._parameterNode is not None:  # offer the new model right away
+                if job.kind == "pull":
+                    self.refreshModelList()  # the entry is cached now
                 self._modelCardPath = None  # read the card again even when the path is the same
                 self._parameterNode.bundlePath = pathlib.Path(outputs["bundlePath"])
+            self._showStatus(self._jobStatusLabel, self.logic.describeOutcome(job))
             self._showOutputs(outputs)
         self.updateGUI()
 
@@ -723,8 +939,14 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showOutputs(self, outputs):
         """Show the new nodes in the views. The output selectors are left as they are: a result is overwritten by a
         later run only when the user picks it as the output."""
+        layers = {}
         if outputs.get("labelmap"):
-            slicer.util.setSliceViewerLayers(label=outputs["labelmap"], labelOpacity=0.5)
+            layers.update(label=outputs["labelmap"], labelOpacity=0.5)
+        overlay = outputs.get("heatmap") or next(iter((outputs.get("uncertainty") or {}).values()), None)
+        if overlay is not None and self._parameterNode is not None and self._parameterNode.showOverlay:
+            layers.update(foreground=overlay, foregroundOpacity=OVERLAY_OPACITY)
+        if layers:
+            slicer.util.setSliceViewerLayers(**layers)
         table, chart = outputs.get("table"), outputs.get("chart")
         layoutManager = slicer.app.layoutManager()
         if (table or chart) and layoutManager is not None:

@@ -10,6 +10,12 @@ Usage::
 
     QT_QPA_PLATFORM=offscreen python Testing/render_panel.py [--out Resources/Screenshots/panel.png] [--width 440]
     QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --training   # Resources/Screenshots/training.png
+    QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --picker --out picker.png      # a catalog model chosen
+    QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --uncertainty --out result.png  # after a run with maps
+
+``--picker`` shows the model picker on a catalog entry not downloaded yet (its catalog card, Download running with
+its progress); ``--uncertainty`` a finished run with the uncertainty and heatmap options ticked. The picker rows
+and cards come from the logic's own functions, for entries built here.
 """
 
 from __future__ import annotations
@@ -170,6 +176,8 @@ def example_card():
              "type": {"scheme": "SCT", "code": "108369006", "meaning": "Neoplasm"}}
     return BundleConfig(
         name="Liver and tumour (CT)", task="segmentation", family="unet3d",
+        card={"clinical_use": "not for clinical use", "intended_use": "Research on contrast-enhanced abdominal CT.",
+              "license": "CC-BY-4.0", "authors": ["MedAnalysis contributors"], "version": "1.2.0"},
         hparams={"n_classes": 3, "in_channels": 1},
         plan=Plan(task="segmentation", modality="CT", label_values=(0, 1, 2), target_spacing=(0.8, 0.8, 2.5)),
         labels=(LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "liver", (221, 130, 101), liver),
@@ -215,6 +223,70 @@ def fill(panel: QtWidgets.QWidget) -> None:
     find("statusLabel").setText("")
 
 
+def example_entries():
+    """Picker rows as the logic builds them: a cached catalog model, one that needs a download, a local bundle."""
+    sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
+    from MedAnalysisLib.catalog import CatalogEntry, ModelListing
+    from MedAnalysisSlicerLib.models import ModelCatalogLogic, PickerEntry
+
+    def listing(model_id, title, modality, cached):
+        entry = CatalogEntry(
+            id=model_id, version="1.0.0", title=title, task="segmentation", modality=modality, body_part="abdomen",
+            labels=[{"value": 0, "name": "background"}, {"value": 1, "name": "spleen"}],
+            description="3D U-Net trained on the Medical Segmentation Decathlon spleen task.",
+            license="CC-BY-SA-4.0", citation="Simpson et al., 2019", intended_use="Research on portal-venous CT.",
+            size=23_456_789, sha256="0" * 64, urls=["https://models.example/spleen.zip"],
+            catalog="https://models.example/catalog.json")
+        return ModelListing(entry, cached, "/cache/x/bundle.zip" if cached else None,
+                            "cached" if cached else "needs a download")
+
+    rows = [ModelCatalogLogic._catalogRow(listing("liver-ct", "Liver and tumour", "CT", True)),
+            ModelCatalogLogic._catalogRow(listing("spleen-ct", "Spleen", "CT", False)),
+            PickerEntry("local", "/data/models/my-liver-model.zip", "My liver model", "CT", "segmentation", "local",
+                        "/data/models/my-liver-model.zip")]
+    return rows
+
+
+def show_picker(panel: QtWidgets.QWidget, chosen: int) -> None:
+    """Fill the picker; ``chosen`` 2 shows the catalog card of an entry not downloaded yet, downloading."""
+    sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
+    from MedAnalysisSlicerLib.logic import SceneLogic
+
+    rows = example_entries()
+    combo = panel.findChild(QtWidgets.QComboBox, "modelComboBox")
+    combo.addItem(f"Choose a model ({len(rows)} listed)")
+    for row in rows:
+        combo.addItem(row.text)
+    combo.setCurrentIndex(chosen)
+    check = panel.findChild(QtWidgets.QCheckBox, "matchModalityCheckBox")
+    check.setText("Only models for the input's modality (CT)")
+    check.setChecked(True)
+    downloading = rows[chosen - 1].needsDownload
+    for name in ("downloadButton", "downloadProgressBar"):
+        panel.findChild(QtWidgets.QWidget, name).setVisible(downloading)
+    status = panel.findChild(QtWidgets.QLabel, "modelStatusLabel")
+    status.setVisible(downloading)
+    if downloading:
+        panel.findChild(QtWidgets.QPushButton, "downloadButton").setText("Cancel")
+        panel.findChild(QtWidgets.QProgressBar, "downloadProgressBar").setValue(42)
+        status.setText(SceneLogic.describeProgress({"stage": "download", "fraction": 0.42, "eta_s": 14,
+                                                    "message": "9.9 of 23.5 MB"}))
+        panel.findChild(QtWidgets.QWidget, "bundlePathLineEdit").setCurrentPath("")
+        panel.findChild(QtWidgets.QLabel, "modelCardLabel").setText(
+            SceneLogic.catalogCardHtml(rows[chosen - 1].listing.entry))
+        for name in ("labelsTableWidget", "labelsTitleLabel"):
+            panel.findChild(QtWidgets.QWidget, name).setVisible(False)
+        panel.findChild(QtWidgets.QWidget, "applyButton").setEnabled(False)
+
+
+def show_uncertainty(panel: QtWidgets.QWidget) -> None:
+    """A finished run with the uncertainty and overlay options ticked."""
+    for name in ("uncertaintyCheckBox", "showOverlayCheckBox"):
+        panel.findChild(QtWidgets.QCheckBox, name).setChecked(True)
+    panel.findChild(QtWidgets.QCheckBox, "explainCheckBox").setEnabled(False)  # segmentation bundle
+    panel.findChild(QtWidgets.QLabel, "statusLabel").setText("Done in 9 s.")
+
+
 def _quiet_designer_messages(kind: QtCore.QtMsgType, context: QtCore.QMessageLogContext, message: str) -> None:
     # QUiLoader cannot read the CTK enum sets (ctkPathLineEdit::Dirs|Files) into a look-alike: expected, not news.
     if not message.startswith("Designer: The set-type property"):
@@ -241,7 +313,7 @@ def show_training(panel: QtWidgets.QWidget) -> None:
     panel.findChild(QtWidgets.QWidget, "trainButton").setEnabled(True)
 
 
-def render(out: Path, width: int, training: bool = False) -> Path:
+def render(out: Path, width: int, training: bool = False, picker: bool = False, uncertainty: bool = False) -> Path:
     QtCore.qInstallMessageHandler(_quiet_designer_messages)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     app.setStyle("Fusion")
@@ -263,6 +335,9 @@ def render(out: Path, width: int, training: bool = False) -> Path:
     for collapsible in panel.findChildren(CollapsibleButton):
         collapsible.setCollapsed(collapsible.getCollapsed())
     fill(panel)
+    show_picker(panel, 2 if picker else 1)
+    if uncertainty:
+        show_uncertainty(panel)
     if training:
         show_training(panel)
     panel.setFixedWidth(width)
@@ -270,6 +345,16 @@ def render(out: Path, width: int, training: bool = False) -> Path:
     panel.resize(width, panel.sizeHint().height())
     layout = panel.layout()
     layout.activate()
+    # The collapsible look-alike's size hint ignores height-for-width: give each wrapped label the height its final
+    # width needs, then lay out again.
+    panel.show()  # offscreen: gives every label its real width
+    QtWidgets.QApplication.processEvents()
+    for label in panel.findChildren(QtWidgets.QLabel):
+        if label.wordWrap() and label.isVisible():
+            label.setMinimumHeight(max(0, label.heightForWidth(label.width())))
+    panel.resize(width, panel.sizeHint().height())
+    layout.activate()
+    QtWidgets.QApplication.processEvents()
     image = panel.grab()
     out.parent.mkdir(parents=True, exist_ok=True)
     if not image.save(str(out)):
@@ -283,9 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=440)
     parser.add_argument("--training", action="store_true",
                         help="show the Training section expanded (default output Resources/Screenshots/training.png)")
+    parser.add_argument("--picker", action="store_true", help="a catalog model not downloaded yet, downloading")
+    parser.add_argument("--uncertainty", action="store_true", help="a finished run with uncertainty maps")
     args = parser.parse_args(argv)
     out = args.out if args.out != DEFAULT_OUT or not args.training else DEFAULT_OUT.with_name("training.png")
-    print(render(out, args.width, args.training))
+    print(render(out, args.width, args.training, args.picker, args.uncertainty))
     return 0
 
 

@@ -56,7 +56,7 @@ SUFFIX_CLASSES = [
     ("CollapsibleButton", {"ctkCollapsibleButton"}), ("Button", {"QPushButton"}), ("Selector", {"qMRMLNodeComboBox"}),
     ("PathLineEdit", {"ctkPathLineEdit"}), ("LineEdit", {"QLineEdit"}), ("ComboBox", {"QComboBox"}), ("CheckBox", {"QCheckBox"}),
     ("ProgressBar", {"QProgressBar"}), ("TableWidget", {"QTableWidget"}), ("SpinBox", {"QSpinBox", "QDoubleSpinBox"}),
-    ("PlotWidget", {"qMRMLPlotWidget"}), ("Label", {"QLabel"}),
+    ("PlotWidget", {"qMRMLPlotWidget"}), ("ListWidget", {"QListWidget"}), ("Label", {"QLabel"}),
 ]
 
 

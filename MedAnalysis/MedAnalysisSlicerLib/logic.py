@@ -9,6 +9,8 @@ Console use::
     logic = slicer.util.getModuleLogic("MedAnalysis")
     segmentation = logic.segment(volumeNode, "/path/to/model.zip")     # returns the segmentation node
     table = logic.classify(volumeNode, "/path/to/classifier.zip")      # returns the table node
+    logic.segment(volumeNode, path, uncertainty=True); logic.lastOutputs["uncertainty"]   # 0..1 map volume nodes
+    logic.classify(volumeNode, path, explain=True); logic.lastOutputs["heatmap"]           # class-activation map
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ from MedAnalysisLib.worker import WorkerJob
 from .installer import PackageInstaller
 from .jobs import MedAnalysisJob
 from .messages import displayText
+from .models import ModelCatalogLogic
+from .results import (
+    addUncertaintyColumns,
+    lighter,
+    mapNode,
+    mergeContributions,
+    requireOnGrid,
+    sidecarMapFiles,
+    spreadBands,
+)
 
 try:  # Slicer's translation function where it exists; the text as it is elsewhere
     from slicer.i18n import tr as _
@@ -43,13 +55,16 @@ except ImportError:
         return text
 
 
-class SceneLogic:
+class SceneLogic(ModelCatalogLogic):
     """Scene <-> library glue; usable from the Python console and scripts. Never opens dialogs.
 
     Args:
         scene: The MRML scene the nodes live in (``slicer.mrmlScene`` in Slicer).
         python: Interpreter for background jobs (default: ``PythonSlicer`` next to Slicer, else this Python).
         installer: The :class:`PackageInstaller` that checks and installs MedAnalysis's Python packages.
+
+    The model catalog calls (``listModels``, ``pullModel``, ``modelPath``) come from
+    :class:`~MedAnalysisSlicerLib.models.ModelCatalogLogic`.
     """
 
     def __init__(self, scene, python: str | None = None, installer: PackageInstaller | None = None) -> None:
@@ -60,6 +75,10 @@ class SceneLogic:
         self.installer = installer if installer is not None else PackageInstaller()
         #: Nodes created by the last synchronous run or finished job: segmentation/labelmap/table/chart/...
         self.lastOutputs: dict[str, Any] = {}
+        #: The user's model catalogs (URLs or paths), read after the built-in ones.
+        self.extraCatalogs: list[str] = []
+        #: The model cache folder; None: the library's per-user folder.
+        self.modelCacheDir: str | None = None
 
     # ------------------------------------------------------------------ model card
     @staticmethod
@@ -81,10 +100,23 @@ class SceneLogic:
 
     @staticmethod
     def modelCardHtml(card) -> str:
-        """A short rich-text model card: name, task, family, inputs, expected spacing, training summary.
+        """The rich-text model card: the clinical-use statement first and prominent, then name, task, family,
+        inputs, expected spacing, training summary, and the full card (use, model, training data, evaluation,
+        limitations, references: :func:`MedAnalysisLib.bundles.card.card_sections`).
 
         Every value comes from the bundle and is escaped with :func:`~MedAnalysisLib.sanitize.html_text` (markup
         shown as text, control characters as escapes); only the table around them is markup."""
+        from MedAnalysisLib.bundles.card import card_sections
+
+        sections = card_sections(card)
+        clinical = next((value for heading, rows in sections for label, value in rows
+                         if label == "Clinical use"), None)
+        return (useStatementHtml(_("Clinical use"), clinical) + SceneLogic._summaryHtml(card)
+                + sectionsHtml(sections, skip=("Clinical use",)))
+
+    @staticmethod
+    def _summaryHtml(card) -> str:
+        """Name, task, inputs, spacing, validation figures and description as a small table (escaped values)."""
 
         def escape(value) -> str:
             return html_text(value, 200)
@@ -163,7 +195,7 @@ class SceneLogic:
 
     def segment(self, volumeNodes, bundlePath: str, *, outputType: str = "segmentation", outputNode=None,
                 tableNode=None, probabilities: bool = False, overlap: float | None = None, tta: bool | None = None,
-                background: bool = False):
+                background: bool = False, uncertainty: bool = False):
         """Segment the volume(s) with a segmentation bundle.
 
         Args:
@@ -174,6 +206,9 @@ class SceneLogic:
             tableNode: Existing table node for per-label volumes (mm3, mL, voxels); ``None`` creates one.
             probabilities: Also create one probability volume (0-1) per foreground class.
             overlap, tta: Override the bundle's sliding-window overlap and flip averaging.
+            uncertainty: Also create the per-voxel uncertainty map(s) (0..1 scalar volumes: "entropy", and
+                "disagreement" with test-time augmentation or an ensemble) in ``lastOutputs["uncertainty"]``, and
+                ``mean_entropy``/``mean_disagreement`` columns in the table.
             background: ``False`` runs in this process and returns the output node; ``True`` starts a
                 ``medanalysis predict`` child process and returns a :class:`MedAnalysisJob` (call :meth:`finishJob`
                 when it has ended, as the panel does).
@@ -189,40 +224,54 @@ class SceneLogic:
         if card.task != "segmentation":
             raise InputError(f"expected a segmentation bundle, got a {card.task} bundle; use classify()")
         context = {"nodes": nodes, "card": card, "outputType": outputType, "outputNode": outputNode,
-                   "tableNode": tableNode, "probabilities": probabilities}
+                   "tableNode": tableNode, "probabilities": probabilities, "uncertainty": bool(uncertainty)}
         if background:
             return self._startPredictJob("segment", bundlePath, context, overlap, tta)
-        prediction = self._predictInProcess(bundlePath, nodes, overlap, tta, probabilities)
+        prediction = self._predictInProcess(bundlePath, nodes, overlap, tta, probabilities, context)
         maps = probabilityMaps(prediction.probabilities, card.labels) if prediction.probabilities is not None else {}
-        self.lastOutputs = self._importSegmentation(context, prediction.label, maps)
+        self.lastOutputs = self._importSegmentation(context, prediction.label, maps,
+                                                    getattr(prediction, "uncertainty", None), prediction.table)
         return self.lastOutputs[outputType]
 
     def classify(self, volumeNodes, bundlePath: str, *, tableNode=None, plot: bool = True,
-                 background: bool = False):
+                 background: bool = False, explain: bool = False, uncertainty: bool = False):
         """Classify the volume(s) with a classification bundle.
 
         Returns the table node (one row per slice when the model scores slices, then one whole-scan row; columns:
         the predicted label name and one probability column per class), or a :class:`MedAnalysisJob` when
         ``background`` is True. With ``plot``, a plot chart of the per-slice probabilities is created too.
+
+        ``uncertainty`` adds the spread of the member/augmentation probabilities (``entropy``, ``spread``,
+        ``disagreement`` columns; a mean +- spread band in the plot). ``explain`` adds a class-activation heatmap
+        (0..1 volume on the input grid, ``lastOutputs["heatmap"]``, ready to show as the foreground layer) and, for
+        CNN+RNN models, each slice's ``contribution`` to the scan score (a column and a plot series).
         """
         nodes = self._inputNodes(volumeNodes)
         bundlePath = bundleLocation(bundlePath)
         card = self.readModelCard(bundlePath)
         if card.task != "classification":
             raise InputError(f"expected a classification bundle, got a {card.task} bundle; use segment()")
-        context = {"nodes": nodes, "card": card, "tableNode": tableNode, "plot": plot}
+        context = {"nodes": nodes, "card": card, "tableNode": tableNode, "plot": plot,
+                   "uncertainty": bool(uncertainty), "explain": bool(explain)}
         if background:
             return self._startPredictJob("classify", bundlePath, context, None, None)
-        prediction = self._predictInProcess(bundlePath, nodes, None, None, False)
-        self.lastOutputs = self._importClassification(context, prediction.per_slice, prediction.scan)
+        prediction = self._predictInProcess(bundlePath, nodes, None, None, False, context)
+        explanation = getattr(prediction, "explanation", None)
+        self.lastOutputs = self._importClassification(
+            context, prediction.per_slice, prediction.scan,
+            explanationHeatmap=explanation.heatmap if explanation is not None else None,
+            explanationTarget=getattr(explanation, "target_name", None),
+            contributions=getattr(explanation, "slice_contributions", None),
+            uncertaintyMaps=getattr(prediction, "uncertainty", None))
         return self.lastOutputs["table"]
 
-    def _predictInProcess(self, bundlePath, nodes, overlap, tta, probabilities):
+    def _predictInProcess(self, bundlePath, nodes, overlap, tta, probabilities, context=None):
         from MedAnalysisLib.inference.predict import predict
 
         volumes = [slicer_adapter.volume_from_node(node) for node in nodes]
+        extra = {key: True for key in ("uncertainty", "explain") if (context or {}).get(key)}
         return predict(bundlePath, volumes if len(volumes) > 1 else volumes[0], overlap=overlap, tta=tta,
-                       return_probabilities=probabilities)
+                       return_probabilities=probabilities, **extra)
 
     def _scratchFolder(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"MedAnalysis-{prefix}-"))
@@ -246,6 +295,9 @@ class SceneLogic:
         argv = ["predict", str(bundlePath), str(source), "--out", str(scratch / "output"), "--format", "nrrd"]
         if context.get("probabilities"):
             argv.append("--probabilities")
+        for option in ("uncertainty", "explain"):
+            if context.get(option):
+                argv.append(f"--{option}")
         if overlap is not None:
             argv += ["--overlap", str(overlap)]
         if tta is not None:
@@ -447,15 +499,20 @@ class SceneLogic:
         return self.lastOutputs["table"]
 
     # ------------------------------------------------------------------ bringing results into the scene
-    def _importSegmentation(self, context: dict, labelVolume, probabilityMaps: dict | None = None) -> dict:
+    def _importSegmentation(self, context: dict, labelVolume, probabilityMaps: dict | None = None,
+                            uncertaintyMaps: dict | None = None, libraryTable: list | None = None) -> dict:
         """Segmentation or labelmap, volume table and (when asked) one probability volume per foreground label
-        (``probabilityMaps``: label value -> scalar Volume on the input grid)."""
+        (``probabilityMaps``: label value -> scalar Volume on the input grid) and the uncertainty maps
+        (``uncertaintyMaps``: "entropy"/"disagreement" -> 0..1 Volume on the input grid)."""
         from MedAnalysisLib.inference.predict import label_volume_table
 
         card = context["card"]
         reference = context["nodes"][0]
         scene = slicer_adapter.require_scene(reference)
         baseName = f"{reference.GetName()} {card.name}"
+        maps = {kind: volume for kind, volume in (uncertaintyMaps or {}).items() if volume is not None}
+        if context.get("uncertainty"):
+            requireOnGrid(reference, maps)
         outputs: dict[str, Any] = {}
         if context["outputType"] == "segmentation":
             outputs["segmentation"] = slicer_adapter.segmentation_node_from_volume(
@@ -464,6 +521,10 @@ class SceneLogic:
             outputs["labelmap"] = slicer_adapter.labelmap_node_from_volume(
                 scene, labelVolume, card.labels, name=baseName, reference_node=reference, node=context["outputNode"])
         rows = label_volume_table(labelVolume, card.labels)
+        if context.get("uncertainty") and maps:
+            addUncertaintyColumns(rows, labelVolume, maps, libraryTable)
+            outputs["uncertainty"] = {kind: mapNode(scene, volume, f"{baseName} uncertainty ({kind})", kind, reference)
+                                      for kind, volume in maps.items()}
         outputs["table"] = slicer_adapter.table_node_from_rows(
             scene, rows, f"{baseName} volumes", units=_volumeUnits(rows), reference_node=reference,
             node=context["tableNode"])
@@ -474,11 +535,18 @@ class SceneLogic:
                 for label in card.labels if label.value != 0 and label.value in probabilityMaps]
         return outputs
 
-    def _importClassification(self, context: dict, perSlice, scan) -> dict:
+    def _importClassification(self, context: dict, perSlice, scan, *, explanationHeatmap=None,
+                              explanationTarget=None, contributions=None, uncertaintyMaps=None) -> dict:
+        """Table (per-slice rows, whole-scan row), per-slice plot (probabilities, mean +- spread bands, slice
+        contributions) and, when asked, the explanation heatmap and uncertainty map volume nodes."""
         card = context["card"]
         reference = context["nodes"][0]
         scene = slicer_adapter.require_scene(reference)
         baseName = f"{reference.GetName()} {card.name}"
+        requireOnGrid(reference, {"explanation": explanationHeatmap if context.get("explain") else None,
+                                  **((uncertaintyMaps or {}) if context.get("uncertainty") else {})})
+        if context.get("explain"):
+            perSlice = mergeContributions(perSlice, contributions)
         perSlice = [_sliceRow(row) for row in (perSlice or [])]
         rows = [{"scope": "slice", **row} for row in perSlice]
         if scan:
@@ -489,17 +557,39 @@ class SceneLogic:
         outputs: dict[str, Any] = {"table": slicer_adapter.table_node_from_rows(
             scene, rows, f"{baseName} classification", columns=columns, reference_node=reference,
             node=context["tableNode"])}
-        probabilityColumns = [c for c in columns if c.startswith("p_")]
-        if context.get("plot") and perSlice and probabilityColumns and "slice" in columns:
-            sliceTable = slicer_adapter.table_node_from_rows(
-                scene, [{k: row.get(k) for k in ["slice", *probabilityColumns]} for row in perSlice],
-                f"{baseName} per-slice probabilities", reference_node=reference)
-            colors = {f"p_{label.name}": label.color for label in card.labels}
-            outputs["chart"] = slicer_adapter.plot_chart_from_table(
-                scene, sliceTable, "slice", probabilityColumns, title=f"{baseName} per slice",
-                x_title=_("slice index (k)"), y_title=_("probability"), colors=colors, reference_node=reference)
-            outputs["sliceTable"] = sliceTable
+        probabilityColumns = [c for c in columns if c.startswith("p_") and not c.endswith("spread")]
+        if context.get("plot") and perSlice and "slice" in columns and (probabilityColumns or "contribution" in columns):
+            outputs.update(self._perSlicePlot(context, perSlice, probabilityColumns, baseName))
+        if context.get("explain") and explanationHeatmap is not None:
+            target = f" ({explanationTarget})" if explanationTarget else ""
+            outputs["heatmap"] = mapNode(scene, explanationHeatmap, f"{baseName} explanation{target}", "explanation",
+                                         reference)
+        maps = {kind: volume for kind, volume in (uncertaintyMaps or {}).items() if volume is not None}
+        if context.get("uncertainty") and maps:
+            outputs["uncertainty"] = {kind: mapNode(scene, volume, f"{baseName} uncertainty ({kind})", kind, reference)
+                                      for kind, volume in maps.items()}
         return outputs
+
+    def _perSlicePlot(self, context: dict, perSlice: list, probabilityColumns: list, baseName: str) -> dict:
+        """The per-slice table and chart: one series per class, a lighter mean - spread / mean + spread pair per
+        class that has a spread (uncertainty), and the slices' contribution to the scan score (CNN+RNN)."""
+        card, reference = context["card"], context["nodes"][0]
+        scene = slicer_adapter.require_scene(reference)
+        rows = [{k: row.get(k) for k in ["slice", *probabilityColumns, *(
+            k for k in ("spread", "contribution") if k in row), *(k for k in row if k.startswith("spread_"))]}
+            for row in perSlice]
+        bands = spreadBands(rows, probabilityColumns) if context.get("uncertainty") else {}
+        series = [*probabilityColumns, *bands, *(["contribution"] if any("contribution" in r for r in rows) else [])]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        sliceTable = slicer_adapter.table_node_from_rows(scene, rows, f"{baseName} per-slice probabilities",
+                                                         columns=columns, reference_node=reference)
+        colors = {f"p_{label.name}": label.color for label in card.labels}
+        colors.update({band: lighter(colors[column]) for band, column in bands.items() if column in colors})
+        chart = slicer_adapter.plot_chart_from_table(
+            scene, sliceTable, "slice", series, title=f"{baseName} per slice", x_title=_("slice index (k)"),
+            y_title=_("probability") if "contribution" not in series else _("probability / contribution"),
+            colors=colors, reference_node=reference)
+        return {"chart": chart, "sliceTable": sliceTable}
 
     def finishJob(self, job: MedAnalysisJob) -> dict:
         """Bring a finished job's outputs into the scene; raises with the worker's message when it failed."""
@@ -523,6 +613,8 @@ class SceneLogic:
                 outputs = self._importPredictOutputs(job)
             elif job.kind == "evaluate":
                 outputs = self.importEvaluationSummary(job.context["outputFolder"])
+            elif job.kind == "pull":
+                outputs = {"bundlePath": self.pulledBundlePath(worker.result)}
             else:
                 outputs = {"bundlePath": job.context["bundlePath"]}
         finally:
@@ -560,10 +652,36 @@ class SceneLogic:
                 require_same_geometry(grid, volume, what="prediction")
                 onGrid[key] = grid.with_array(volume.array)
             label = onGrid.pop("label")
-            return self._importSegmentation(job.context, label, onGrid)
-        rows = json.loads(files["table_json"].read_text(encoding="utf-8")) if "table_json" in files else []
-        perSlice = [row for row in rows if "slice" in row] or None
-        return self._importClassification(job.context, perSlice, record.get("scan"))
+            return self._importSegmentation(job.context, label, onGrid, self._sidecarMaps(job, record, grid),
+                                            record.get("volumes") if isinstance(record.get("volumes"), list) else None)
+        tableFile = files.get("slices_json") or files.get("table_json")
+        rows = json.loads(tableFile.read_text(encoding="utf-8")) if tableFile is not None else []
+        perSlice = [row for row in rows if isinstance(row, dict) and "slice" in row] or None
+        maps = self._sidecarMaps(job, record, slicer_adapter.node_grid(job.context["nodes"][0]))
+        return self._importClassification(job.context, perSlice, record.get("scan"),
+                                          explanationHeatmap=maps.pop("explanation", None),
+                                          explanationTarget=(record.get("explanation") or {}).get("target_name")
+                                          if isinstance(record.get("explanation"), dict) else None,
+                                          contributions=(record.get("explanation") or {}).get("slice_contributions")
+                                          if isinstance(record.get("explanation"), dict) else None,
+                                          uncertaintyMaps=maps)
+
+    def _sidecarMaps(self, job: MedAnalysisJob, record: dict, grid) -> dict:
+        """The uncertainty/explanation maps a predict job wrote (as its sidecar lists them), read and put on the
+        input node's exact grid after checking they are on that grid; only the kinds the job was asked for."""
+        from MedAnalysisLib.io import read_volume
+        from MedAnalysisLib.volume import require_same_geometry
+
+        wanted = {"entropy", "disagreement"} if job.context.get("uncertainty") else set()
+        if job.context.get("explain"):
+            wanted.add("explanation")
+        maps = {}
+        for kind, path in sidecarMapFiles(record, job.context["scratch"] / "output").items():
+            if kind in wanted:
+                volume = read_volume(path, kind="image")
+                require_same_geometry(grid, volume, what=f"{kind} map")
+                maps[kind] = grid.with_array(np.asarray(volume.array, np.float32))
+        return maps
 
     def importEvaluationSummary(self, outputFolder) -> dict:
         """summary.json of an evaluation as a table node: one row per metric (mean, 95% CI, median, ...)."""
@@ -641,6 +759,8 @@ class SceneLogic:
         if job.kind == "train":
             return _("Training finished in {seconds}; bundle written to {path}.").format(
                 seconds=seconds, path=displayText(job.context["bundlePath"]))
+        if job.kind == "pull":
+            return _("Downloaded and verified in {seconds}.").format(seconds=seconds)
         return _("Done in {seconds}.").format(seconds=seconds)
 
     def createTrainingCurves(self):
@@ -680,6 +800,9 @@ def _scanRow(scan: dict) -> dict:
     """The whole-scan result ``{"predicted", "value", "probabilities": {name: p}}`` as one flat table row."""
     row = {"scope": "scan", "predicted": scan.get("predicted"), "value": scan.get("value")}
     row.update({f"p_{name}": float(p) for name, p in (scan.get("probabilities") or {}).items()})
+    row.update({key: float(value) for key, value in scan.items()  # uncertainty of the scan score, when given
+                if key in ("entropy", "spread", "disagreement") and isinstance(value, (int, float))
+                and not isinstance(value, bool)})
     return row
 
 
@@ -709,6 +832,35 @@ TRAINING_PLOT_TAG = "MedAnalysisTrainingCurves"
 #: Files inside a bundle or dataset folder that users pick in a file dialog; the folder is what they mean.
 BUNDLE_FILES = ("bundle.json", "ensemble.json")
 DATASET_FILES = ("dataset.json",)
+
+
+def multilineHtml(value, limit: int = 2000) -> str:
+    """A value that may hold line breaks, escaped line by line and joined with ``<br>`` (at most 20 lines)."""
+    return "<br>".join(html_text(line, limit) for line in str(value).splitlines()[:20]) or html_text("")
+
+
+def useStatementHtml(label: str, text) -> str:
+    """A use statement (the clinical use of a bundle, the intended use of a catalog entry) as a prominent block at
+    the top of a card, escaped; a missing statement says the model is for research use only."""
+    statement = multilineHtml(text) if text else html_text(_("not stated: research use only"))
+    return f"<p style=\"color:#8e2c00;\"><b>{html_text(label)}: {statement}</b></p>"
+
+
+def sectionsHtml(sections, skip: tuple[str, ...] = ()) -> str:
+    """Card sections ``[(heading, [(label, value)])]`` as headed tables; rows labelled as in ``skip`` left out, and
+    outside the "Use" section rows whose value is not stated (so a sparse card stays short; the Use section always
+    shows every row, stated or not)."""
+    from MedAnalysisLib.bundles.card import NOT_STATED
+
+    parts = []
+    for heading, rows in sections:
+        shown = [(label, value) for label, value in rows
+                 if label not in skip and (heading == "Use" or value != NOT_STATED)]
+        if not shown:
+            continue
+        parts.append(f"<b>{html_text(heading, 200)}</b><br>" + "<br>".join(
+            (f"{html_text(label, 200)}: " if label else "\u2003") + multilineHtml(value) for label, value in shown))
+    return "".join(f"<p>{part}</p>" for part in parts)
 
 
 def pathText(path) -> str:

@@ -23,6 +23,10 @@ uses) in ``../shared/slicer-api/manifest.json`` for Slicer 5.10.0, 5.12.0 and ma
 does not declare fails that test. ``Testing/test_slicer_gui_layer.py`` checks the behaviour on the real scene.
 Exceptions raised in slots and VTK observers (which Qt and VTK only print) are collected and fail the test.
 
+Per-user state is kept out of the user's own: ``qt.QSettings()`` (Slicer's per-user settings) reads and writes an
+INI file in a fresh temporary folder for each install, and ``MEDANALYSIS_MODEL_CACHE`` (the model cache) points
+into that folder unless the test set it; both are undone by :func:`uninstall`.
+
 PySide6 6.12.0 releases True one time too often for each signal it delivers to Python, which aborts Python 3.11
 after a few hundred signals; pyproject.toml keeps it out on Python < 3.12 and
 ``Testing/test_slicer_gui_layer.py::test_the_qt_binding_keeps_reference_counts`` checks the installed binding.
@@ -31,7 +35,10 @@ after a few hundred signals; pyproject.toml keeps it out on Python < 3.12 and
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +46,7 @@ from typing import Any
 
 import slicer
 import slicer.util
-from PySide6 import QtWidgets
+from PySide6 import QtCore, QtWidgets
 
 from . import app, ctk, mrml, pnw, qt, scripted
 
@@ -63,6 +70,8 @@ class Installed:
     dialogs: app.DialogScript
     calls: app.Calls
     errors: list[BaseException] = field(default_factory=list)
+    #: The temporary folder holding this install's settings file and model cache.
+    user_folder: str = ""
     widgets: list[Any] = field(default_factory=list)
     _saved: list[tuple[Any, str, Any]] = field(default_factory=list)
     _module_snapshots: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -147,13 +156,41 @@ def install(scene_bundle: Any) -> Installed:
         installed.errors.append(error)
 
     installed._set(sys, "excepthook", collect)
+    _isolate_user_state(installed)
     return installed
+
+
+#: Environment variables :func:`_isolate_user_state` sets, with the value each had (None: unset).
+_saved_environment: dict[str, str | None] = {}
+
+
+def _isolate_user_state(installed: Installed) -> None:
+    """Settings and the model cache in a fresh temporary folder (see the module docstring)."""
+    installed.user_folder = tempfile.mkdtemp(prefix="slicer_gui-user-")
+    QtCore.QSettings.setDefaultFormat(QtCore.QSettings.Format.IniFormat)
+    QtCore.QSettings.setPath(QtCore.QSettings.Format.IniFormat, QtCore.QSettings.Scope.UserScope,
+                             installed.user_folder)
+    if "MEDANALYSIS_MODEL_CACHE" not in os.environ:
+        _saved_environment["MEDANALYSIS_MODEL_CACHE"] = None
+        os.environ["MEDANALYSIS_MODEL_CACHE"] = os.path.join(installed.user_folder, "models")
+
+
+def _restore_user_state(installed: Installed) -> None:
+    for name, value in _saved_environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved_environment.clear()
+    if installed.user_folder:
+        shutil.rmtree(installed.user_folder, ignore_errors=True)
 
 
 def uninstall() -> list[str]:
     """Undo :func:`install`; returns the problems seen (exceptions in slots/observers, dialog mismatches)."""
     installed = _installed.pop()
     mrml.detach_all()
+    _restore_user_state(installed)
     for stem, prefix, before in reversed(installed._module_snapshots):
         for name in [n for n in sys.modules if n == stem or n.startswith(prefix)]:
             del sys.modules[name]
