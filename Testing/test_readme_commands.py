@@ -105,6 +105,11 @@ _not_run(_TENSORFLOW,
          "--out eval-classifier",
          "medanalysis predict demo-output/bundles/segmentation demo-output/data/dicom/phantom_000 --out out/ "
          "--format nifti --format seg.nrrd --format dicom-seg --probabilities")
+_not_run(_TENSORFLOW,
+         "medanalysis predict demo-output/bundles/segmentation demo-output/data/test --out uncertainty --uncertainty "
+         "--tta on",
+         "medanalysis predict demo-output/bundles/classification demo-output/data/test/classification.csv "
+         "--out explained --explain --uncertainty --tta on")
 _not_run(_SHARED,
          "medanalysis evaluate demo-output/bundles/segmentation ../shared/data/hippocampus --out eval-hippocampus",
          "medanalysis evaluate demo-output/bundles/segmentation ../shared/data/hippocampus --out eval-hippocampus "
@@ -186,6 +191,7 @@ _not_run(_BENCH_ENV,
          "bench/.venv-monai/bin/pip install --no-deps -e .")
 _not_run(_BENCH,
          "nice bench/accuracy_hippocampus",
+         ".venv/bin/python bench/bench_explain.py --data ../shared/data/ct_contrast --epochs 15",
          "nice bench/accuracy_ct_contrast",
          "nice bench/accuracy_ct_contrast --only preset --out bench/output/ct_contrast-split0-last",
          "nice bench/accuracy_ct_contrast --seed 1 --only preset --out bench/output/ct_contrast-split1-last",
