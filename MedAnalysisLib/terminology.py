@@ -352,8 +352,11 @@ def _label_entry(raw: Any, where: str, fallback_color: tuple[int, int, int]) -> 
     return LabelInfo(value, name.strip(), chosen, terminology)  # type: ignore[arg-type]
 
 
-def parse_labels(data: Any, where: str = "the labels") -> tuple[LabelInfo, ...]:
-    """Labels from the JSON forms :func:`read_labels_file` reads (already parsed), sorted by value."""
+def parse_labels(data: Any, where: str = "the labels", *, classification: bool = False) -> tuple[LabelInfo, ...]:
+    """Labels from the JSON forms :func:`read_labels_file` reads (already parsed), sorted by value.
+
+    ``classification``: the values are classes, not label-map values, so class 0 may have its own name ("no
+    contrast"); for a label map value 0 is always named ``background``."""
     if isinstance(data, Mapping) and set(data) == {"labels"}:
         data = data["labels"]
     if isinstance(data, Mapping):  # {"1": "liver"} or {"1": {"name": ..., "color": ...}}
@@ -379,13 +382,13 @@ def parse_labels(data: Any, where: str = "the labels") -> tuple[LabelInfo, ...]:
         raise InputError(f"expected each label value once in {where}, got {duplicates} more than once")
     ordered = tuple(sorted(labels, key=lambda label: label.value))
     try:
-        check_user_labels(ordered, where)
+        check_user_labels(ordered, where, named_background=not classification)
     except BundleError as error:
         raise InputError(str(error)) from None
     return ordered
 
 
-def read_labels_file(path: str | os.PathLike[str]) -> tuple[LabelInfo, ...]:
+def read_labels_file(path: str | os.PathLike[str], *, classification: bool = False) -> tuple[LabelInfo, ...]:
     """Read a labels file: names, colours and codes per label value.
 
     The file is JSON: a list (or ``{"labels": [...]}``) of ``{"value": 1, "name": "liver", "color": [r, g, b],
@@ -393,7 +396,8 @@ def read_labels_file(path: str | os.PathLike[str]) -> tuple[LabelInfo, ...]:
     ``terminology`` is optional: left out (or ``"auto"``), the name is looked up in the built-in table; a string
     looks that name up instead (``"terminology": "neoplasm"`` for a label named ``"lesion A"``); ``null`` records
     no code; a dict gives the codes (see the module docstring). ``color`` left out: the table's recommended colour,
-    else the default palette. Unknown keys are refused.
+    else the default palette. Unknown keys are refused. With ``classification`` the values are classes and class 0
+    may carry any name (see :func:`parse_labels`).
 
     Raises:
         InputError: Unreadable JSON, or any entry that breaks the rules above (the message names the entry).
@@ -402,4 +406,4 @@ def read_labels_file(path: str | os.PathLike[str]) -> tuple[LabelInfo, ...]:
 
     path = Path(path)
     data = read_json_file(path, "a readable JSON labels file")
-    return parse_labels(data, path.name)
+    return parse_labels(data, path.name, classification=classification)

@@ -177,3 +177,17 @@ def test_a_bundle_trained_from_dataset_json_writes_a_seg_with_its_codes_and_colo
         assert description.segmented_property_category.value == label.terminology["category"]["code"]
         lab = tuple(int(v) for v in seg.SegmentSequence[number - 1].RecommendedDisplayCIELabValue)
         assert np.abs(np.subtract(hd.color.CIELabColor.from_dicom_value(lab).to_rgb(), label.color)).max() <= 2
+
+
+def test_a_classifier_may_name_class_0_but_a_label_map_may_not() -> None:
+    """Class 0 of a classifier is a class like the others ("no contrast"); value 0 of a label map is the background,
+    so a labels file calling it anything else is refused there."""
+    from MedAnalysisLib.errors import InputError
+    from MedAnalysisLib.terminology import parse_labels
+
+    classes = parse_labels({"0": "no contrast", "1": "contrast"}, "labels.json", classification=True)
+    assert [(label.value, label.name) for label in classes] == [(0, "no contrast"), (1, "contrast")]
+    with pytest.raises(InputError, match="expected value 0 in labels.json to be named 'background'"):
+        parse_labels({"0": "no contrast", "1": "contrast"}, "labels.json")
+    with pytest.raises(InputError, match="only for value 0"):
+        parse_labels({"0": "none", "1": "background"}, "labels.json", classification=True)

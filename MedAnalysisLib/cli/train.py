@@ -295,7 +295,7 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
     if args.labels:
         from MedAnalysisLib.terminology import read_labels_file
 
-        labels = read_labels_file(args.labels)
+        labels = read_labels_file(args.labels, classification=args.task == "classification")
     plan = None
     if args.plan:
         from MedAnalysisLib.io.small_files import read_small_text
