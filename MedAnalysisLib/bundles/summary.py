@@ -90,8 +90,11 @@ def bundle_summary(config: BundleConfig) -> str:
         lines.append(f"Intensities:  {_f(json.dumps(normalization, sort_keys=True))}")
     metrics = training.get("final_metrics") or {}
     if metrics:
-        lines.append("Metrics:      " + ", ".join(f"{_f(k)}={v:.4g}" if isinstance(v, (int, float)) else f"{_f(k)}={_f(v)}"
-                                                  for k, v in metrics.items()))
+        # The last epoch's figures: on the training batches (val_...: on the validation cases); a held-out
+        # evaluation with intervals is the card's evaluation, below.
+        lines.append("Last epoch:   " + ", ".join(f"{_f(k)}={v:.4g}" if isinstance(v, (int, float)) else f"{_f(k)}={_f(v)}"
+                                                  for k, v in metrics.items())
+                     + " (training batches; val_: validation cases)")
     how = []
     for key in ("epochs", "epochs_completed", "n_train", "n_val", "seed", "intra_op_threads", "deterministic",
                 "strategy", "device", "trained_at"):
