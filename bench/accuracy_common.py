@@ -80,21 +80,27 @@ def run_cli(args: Sequence[str], log_path: Path, *, echo: bool = True) -> tuple[
 
 
 def write_msd_subset(source: Path, case_ids: Sequence[str], out_dir: Path, *, description: str) -> Path:
-    """Write ``out_dir/dataset.json``: the MSD dataset at ``source`` restricted to ``case_ids``.
+    """Write an MSD folder at ``out_dir`` holding copies of the ``case_ids`` images and labels of ``source``.
 
-    Entries point at the original files by relative paths (no image is copied), and the label names of the
-    original ``dataset.json`` are kept, so ``medanalysis`` reads the subset as it reads the full dataset.
+    ``medanalysis`` reads a ``dataset.json`` only when its entries stay inside its own folder (links included: a
+    downloaded description must not name files elsewhere), so the subset copies the files (16 MB for all 208
+    hippocampus cases) and keeps the label names, modality and description fields of the original. Files already
+    there are kept, so a re-run copies nothing.
     """
+    import shutil
+
     meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
     wanted = set(case_ids)
     entries = []
     for entry in meta["training"]:
-        stem = Path(entry["image"]).name.split(".nii")[0]
-        if stem in wanted:
-            entries.append({
-                "image": os.path.relpath((source / entry["image"]).resolve(), out_dir),
-                "label": os.path.relpath((source / entry["label"]).resolve(), out_dir),
-            })
+        if Path(entry["image"]).name.split(".nii")[0] not in wanted:
+            continue
+        for key in ("image", "label"):
+            target = out_dir / entry[key]
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / entry[key], target)
+        entries.append({"image": entry["image"], "label": entry["label"]})
     if len(entries) != len(wanted):
         raise ValueError(f"expected {len(wanted)} cases in {source}, found {len(entries)}")
     subset = {k: v for k, v in meta.items() if k not in ("training", "test", "numTraining", "numTest")}
