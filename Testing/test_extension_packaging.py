@@ -285,3 +285,21 @@ def test_the_module_cmake_lists_every_file_of_the_module_library():
     listed = set(re.findall(r"\$\{MODULE_NAME\}SlicerLib/(\w+\.py)", cmake))
     present = {path.name for path in (PROJECT_ROOT / "MedAnalysis" / "MedAnalysisSlicerLib").glob("*.py")}
     assert listed == present, f"MedAnalysis/CMakeLists.txt lists {sorted(listed)}, the folder has {sorted(present)}"
+
+
+def test_every_data_file_of_the_library_is_installed_by_pip_and_by_the_extension():
+    """The library reads files beside its code (the default model catalog, its reference models, JSON tables): pip's
+    package data and the extension's resource globs must both carry every one, or an installed copy lacks them."""
+    package = PROJECT_ROOT / "MedAnalysisLib"
+    data_files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*")
+                        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
+    assert "catalog/default_catalog.json" in data_files
+    patterns = load_pyproject()["tool"]["setuptools"]["package-data"]["MedAnalysisLib"]
+    globs = re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/MedAnalysisLib/(\S+)",
+                       CMAKELISTS.read_text(encoding="utf-8"))
+    for name in data_files:
+        assert any(Path(name).match(p) or Path(name).match(p.removeprefix("**/")) for p in patterns), \
+            f"{name} is not in pyproject.toml's package-data {patterns}"
+        # GLOB_RECURSE: a pattern's folder part is fixed, its file part matches at any depth below it
+        assert any(name.startswith(g.rpartition("/")[0]) and Path(name).match(g.rpartition("/")[2]) for g in globs
+                   if not g.endswith(".py")), f"{name} is not installed by the CMakeLists.txt resource globs {globs}"
