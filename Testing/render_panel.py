@@ -224,26 +224,24 @@ def fill(panel: QtWidgets.QWidget) -> None:
 
 
 def example_entries():
-    """Picker rows as the logic builds them: a cached catalog model, one that needs a download, a local bundle."""
+    """Picker rows as the logic builds them, from the shipped catalog: its first model pulled into a scratch cache (so
+    it reads "cached"), the others as they are on a fresh installation, and a local bundle."""
+    import tempfile
+
     sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
-    from MedAnalysisLib.catalog import CatalogEntry, ModelListing
+    from MedAnalysisLib.catalog import list_models, pull
+    from MedAnalysisLib.catalog.sources import default_catalogs
     from MedAnalysisSlicerLib.models import ModelCatalogLogic, PickerEntry
 
-    def listing(model_id, title, modality, cached):
-        entry = CatalogEntry(
-            id=model_id, version="1.0.0", title=title, task="segmentation", modality=modality, body_part="abdomen",
-            labels=[{"value": 0, "name": "background"}, {"value": 1, "name": "spleen"}],
-            description="3D U-Net trained on the Medical Segmentation Decathlon spleen task.",
-            license="CC-BY-SA-4.0", citation="Simpson et al., 2019", intended_use="Research on portal-venous CT.",
-            size=23_456_789, sha256="0" * 64, urls=["https://models.example/spleen.zip"],
-            catalog="https://models.example/catalog.json")
-        return ModelListing(entry, cached, "/cache/x/bundle.zip" if cached else None,
-                            "cached" if cached else "needs a download")
-
-    rows = [ModelCatalogLogic._catalogRow(listing("liver-ct", "Liver and tumour", "CT", True)),
-            ModelCatalogLogic._catalogRow(listing("spleen-ct", "Spleen", "CT", False)),
-            PickerEntry("local", "/data/models/my-liver-model.zip", "My liver model", "CT", "segmentation", "local",
-                        "/data/models/my-liver-model.zip")]
+    shipped = default_catalogs()[:1]  # the catalog in the package, whatever MEDANALYSIS_CATALOGS holds
+    cache = Path(tempfile.mkdtemp(prefix="render-cache-"))
+    listed = list_models(shipped, cache_dir=cache, offline=True).models
+    if listed:
+        pull(listed[0].entry.key, catalogs=shipped, cache_dir=cache)
+        listed = list_models(shipped, cache_dir=cache, offline=True).models
+    rows = [ModelCatalogLogic._catalogRow(listing) for listing in listed]
+    rows.append(PickerEntry("local", "/data/models/my-liver-model.zip", "My liver model", "CT", "segmentation",
+                            "local", "/data/models/my-liver-model.zip"))
     return rows
 
 
@@ -260,7 +258,7 @@ def show_picker(panel: QtWidgets.QWidget, chosen: int) -> None:
     combo.setCurrentIndex(chosen)
     check = panel.findChild(QtWidgets.QCheckBox, "matchModalityCheckBox")
     check.setText("Only models for the input's modality (CT)")
-    check.setChecked(True)
+    check.setChecked(False)  # both shipped models listed (one MR, one CT)
     downloading = rows[chosen - 1].needsDownload
     for name in ("downloadButton", "downloadProgressBar"):
         panel.findChild(QtWidgets.QWidget, name).setVisible(downloading)
@@ -269,8 +267,9 @@ def show_picker(panel: QtWidgets.QWidget, chosen: int) -> None:
     if downloading:
         panel.findChild(QtWidgets.QPushButton, "downloadButton").setText("Cancel")
         panel.findChild(QtWidgets.QProgressBar, "downloadProgressBar").setValue(42)
-        status.setText(SceneLogic.describeProgress({"stage": "download", "fraction": 0.42, "eta_s": 14,
-                                                    "message": "9.9 of 23.5 MB"}))
+        size = rows[chosen - 1].listing.entry.size / 1e6
+        status.setText(SceneLogic.describeProgress({"stage": "download", "fraction": 0.42, "eta_s": 3,
+                                                    "message": f"{0.42 * size:.1f} of {size:.1f} MB"}))
         panel.findChild(QtWidgets.QWidget, "bundlePathLineEdit").setCurrentPath("")
         panel.findChild(QtWidgets.QLabel, "modelCardLabel").setText(
             SceneLogic.catalogCardHtml(rows[chosen - 1].listing.entry))

@@ -148,7 +148,9 @@ _not_run(_OWN_DATA,
          "medanalysis models list --catalog my-registry/catalog.json",
          "medanalysis models pull organ-ct --catalog my-registry/catalog.json",
          "medanalysis models list --catalog my-registry/catalog.json --modality ct --offline",
-         "medanalysis models path organ-ct --catalog my-registry/catalog.json")
+         "medanalysis models path organ-ct --catalog my-registry/catalog.json",
+         'medanalysis predict "$(medanalysis models path hippocampus-unet-small)" scans/ --out results/ '
+         '--uncertainty --tta on')
 _not_run(_REGISTRY, "MEDANALYSIS_CATALOGS=https://models.example-hospital.org/catalog.json medanalysis models list")
 _not_run(_OWN_DATA,
          "medanalysis configure hippocampus.zip --out hippocampus-1.1.zip --evaluation report/summary.json "
@@ -192,6 +194,7 @@ _not_run(_BENCH_ENV,
 _not_run(_BENCH,
          "nice bench/accuracy_hippocampus",
          ".venv/bin/python bench/bench_explain.py --data ../shared/data/ct_contrast --epochs 15",
+         "nice -n 10 .venv/bin/python bench/reference_models.py --data-root ../shared/data --install",
          "nice bench/accuracy_ct_contrast",
          "nice bench/accuracy_ct_contrast --only preset --out bench/output/ct_contrast-split0-last",
          "nice bench/accuracy_ct_contrast --seed 1 --only preset --out bench/output/ct_contrast-split1-last",
@@ -489,10 +492,13 @@ def test_documented_command_runs(command: str, tmp_path: Path, tmp_path_factory:
     assert run.returncode == 0, f"the quick demo failed:\n{run.stderr[-4000:]}"
     (tmp_path / "demo-output").symlink_to(run.out, target_is_directory=True)
     arguments = shlex.split(command)
+    env = command_environment()  # models pulled by a documented command go to a cache of this test run's own
+    env["MEDANALYSIS_MODEL_CACHE"] = str(tmp_path_factory.getbasetemp() / "model-cache")
+    env.pop("MEDANALYSIS_CATALOGS", None)  # the shipped catalog only, as on a fresh installation
     completed = subprocess.run(
         [sys.executable, "-m", "MedAnalysisLib", *arguments[1:]],
         cwd=tmp_path,
-        env=command_environment(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
