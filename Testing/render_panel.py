@@ -12,6 +12,7 @@ Usage::
     QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --training   # Resources/Screenshots/training.png
     QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --picker --out picker.png      # a catalog model chosen
     QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --uncertainty --out result.png  # after a run with maps
+    QT_QPA_PLATFORM=offscreen python Testing/render_panel.py --uncertainty --bundle B.zip --out card.png  # B's own card
 
 ``--picker`` shows the model picker on a catalog entry not downloaded yet (its catalog card, Download running with
 its progress); ``--uncertainty`` a finished run with the uncertainty and heatmap options ticked. The picker rows
@@ -186,17 +187,32 @@ def example_card():
     )
 
 
-def fill(panel: QtWidgets.QWidget) -> None:
+def _shown_path(bundle: Path) -> str:
+    """A cached model's path as it reads on Linux with the default cache folder (the picture should not show where
+    this machine keeps its cache); any other path as it is."""
+    from MedAnalysisLib.catalog import model_cache_dir
+
+    try:
+        inside = Path(bundle).resolve().relative_to(model_cache_dir().resolve())
+    except ValueError:
+        return str(bundle)
+    return f"~/.cache/medanalysis/models/{inside.as_posix()}"
+
+
+def fill(panel: QtWidgets.QWidget, bundle: Path | None = None) -> None:
+    """Fill the panel as the module does once a bundle is chosen: ``bundle``'s own model card (read by the logic, as
+    the panel reads it), or the example configuration."""
     sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
     from MedAnalysisSlicerLib.logic import SceneLogic as logic_class
-    card = example_card()
+    card = logic_class.readModelCard(str(bundle)) if bundle is not None else example_card()
 
     def find(name: str):
         widget = panel.findChild(QtWidgets.QWidget, name)
         assert widget is not None, f"no widget {name} in the panel"
         return widget
 
-    find("bundlePathLineEdit").setCurrentPath("/data/models/liver-tumour-ct.zip")
+    find("bundlePathLineEdit").setCurrentPath(_shown_path(bundle) if bundle is not None
+                                              else "/data/models/liver-tumour-ct.zip")
     find("modelCardLabel").setText(logic_class.modelCardHtml(card))
     table = find("labelsTableWidget")
     labels = logic_class.displayedLabels(card)
@@ -212,7 +228,7 @@ def fill(panel: QtWidgets.QWidget) -> None:
     table.setFixedHeight(table.horizontalHeader().height() + sum(table.rowHeight(r) for r in range(len(labels))) + 4)
 
     find("inputChannelLabel0").setText(logic_class.channelLabelText(card, 0))
-    find("inputVolumeSelector0").setCurrentNodeName("Abdomen CT")
+    find("inputVolumeSelector0").setCurrentNodeName("Abdomen CT" if bundle is None else "Scan")
     for hidden in ("inputVolumeSelector1", "inputVolumeSelector2", "inputChannelLabel1", "inputChannelLabel2",
                    "inputWarningLabel", "outputLabelmapSelector", "outputLabelmapLabel", "progressBar"):
         find(hidden).setVisible(False)
@@ -223,9 +239,12 @@ def fill(panel: QtWidgets.QWidget) -> None:
     find("statusLabel").setText("")
 
 
-def example_entries():
-    """Picker rows as the logic builds them, from the shipped catalog: its first model pulled into a scratch cache (so
-    it reads "cached"), the others as they are on a fresh installation, and a local bundle."""
+def example_entries(bundle: Path | None = None):
+    """Picker rows as the logic builds them, from the shipped catalog: the model of ``bundle`` (else the first one)
+    pulled into a scratch cache, removed at exit (so it reads "cached"), the others as they are on a fresh
+    installation, and a local bundle."""
+    import atexit
+    import shutil
     import tempfile
 
     sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
@@ -235,9 +254,12 @@ def example_entries():
 
     shipped = default_catalogs()[:1]  # the catalog in the package, whatever MEDANALYSIS_CATALOGS holds
     cache = Path(tempfile.mkdtemp(prefix="render-cache-"))
+    atexit.register(shutil.rmtree, cache, True)
     listed = list_models(shipped, cache_dir=cache, offline=True).models
-    if listed:
-        pull(listed[0].entry.key, catalogs=shipped, cache_dir=cache)
+    wanted = [listing for listing in listed if bundle is not None and listing.entry.id in str(bundle)] or listed[:1]
+    for listing in wanted:
+        pull(listing.entry.key, catalogs=shipped, cache_dir=cache)
+    if wanted:
         listed = list_models(shipped, cache_dir=cache, offline=True).models
     rows = [ModelCatalogLogic._catalogRow(listing) for listing in listed]
     rows.append(PickerEntry("local", "/data/models/my-liver-model.zip", "My liver model", "CT", "segmentation",
@@ -245,19 +267,24 @@ def example_entries():
     return rows
 
 
-def show_picker(panel: QtWidgets.QWidget, chosen: int) -> None:
-    """Fill the picker; ``chosen`` 2 shows the catalog card of an entry not downloaded yet, downloading."""
+def show_picker(panel: QtWidgets.QWidget, chosen: int, bundle: Path | None = None) -> None:
+    """Fill the picker; ``chosen`` 2 shows the catalog card of an entry not downloaded yet, downloading; with
+    ``bundle``, the row of the cached catalog model at that path is the chosen one."""
     sys.path.insert(0, str(PROJECT_ROOT / "MedAnalysis"))
     from MedAnalysisSlicerLib.logic import SceneLogic
 
-    rows = example_entries()
+    rows = example_entries(bundle)
+    if bundle is not None:
+        models = [getattr(row.listing, "entry", None) for row in rows]
+        ids = [getattr(entry, "id", None) for entry in models]
+        chosen = next((n + 1 for n, model_id in enumerate(ids) if model_id and model_id in str(bundle)), chosen)
     combo = panel.findChild(QtWidgets.QComboBox, "modelComboBox")
     combo.addItem(f"Choose a model ({len(rows)} listed)")
     for row in rows:
         combo.addItem(row.text)
     combo.setCurrentIndex(chosen)
     check = panel.findChild(QtWidgets.QCheckBox, "matchModalityCheckBox")
-    check.setText("Only models for the input's modality (CT)")
+    check.setText("Only models for the input's modality" + (" (CT)" if bundle is None else ""))
     check.setChecked(False)  # both shipped models listed (one MR, one CT)
     downloading = rows[chosen - 1].needsDownload
     for name in ("downloadButton", "downloadProgressBar"):
@@ -312,7 +339,8 @@ def show_training(panel: QtWidgets.QWidget) -> None:
     panel.findChild(QtWidgets.QWidget, "trainButton").setEnabled(True)
 
 
-def render(out: Path, width: int, training: bool = False, picker: bool = False, uncertainty: bool = False) -> Path:
+def render(out: Path, width: int, training: bool = False, picker: bool = False, uncertainty: bool = False,
+           bundle: Path | None = None) -> Path:
     QtCore.qInstallMessageHandler(_quiet_designer_messages)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     app.setStyle("Fusion")
@@ -333,8 +361,8 @@ def render(out: Path, width: int, training: bool = False, picker: bool = False, 
         raise RuntimeError(f"QUiLoader could not load {UI_FILE}: {loader.errorString()}")
     for collapsible in panel.findChildren(CollapsibleButton):
         collapsible.setCollapsed(collapsible.getCollapsed())
-    fill(panel)
-    show_picker(panel, 2 if picker else 1)
+    fill(panel, bundle)
+    show_picker(panel, 2 if picker else 1, None if picker else bundle)
     if uncertainty:
         show_uncertainty(panel)
     if training:
@@ -369,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="show the Training section expanded (default output Resources/Screenshots/training.png)")
     parser.add_argument("--picker", action="store_true", help="a catalog model not downloaded yet, downloading")
     parser.add_argument("--uncertainty", action="store_true", help="a finished run with uncertainty maps")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="show this bundle's own model card (default: an example configuration)")
     args = parser.parse_args(argv)
     out = args.out if args.out != DEFAULT_OUT or not args.training else DEFAULT_OUT.with_name("training.png")
-    print(render(out, args.width, args.training, args.picker, args.uncertainty))
+    print(render(out, args.width, args.training, args.picker, args.uncertainty, args.bundle))
     return 0
 
 

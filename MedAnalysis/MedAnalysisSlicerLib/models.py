@@ -291,13 +291,25 @@ class ModelCatalogLogic:
             (_("License"), entry.license),
             (_("Citation"), entry.citation),
             (_("Download"), _("{size}, needs a download").format(size=byteText(entry.size))),
-            (_("Catalog"), entry.catalog),
+            (_("Catalog"), catalogText(entry.catalog)),
         ]
         from .logic import useStatementHtml
 
         return (useStatementHtml(_("Intended use"), entry.intended_use)
                 + "<table>" + "".join(f"<tr><td><b>{k}:</b>&nbsp;</td><td>{html_text(v, 2000)}</td></tr>"
                                       for k, v in rows if v not in (None, "")) + "</table>")
+
+
+def catalogText(source: Any) -> str:
+    """Where an entry comes from, for people: "shipped with MedAnalysis" for the catalog inside the library (its
+    installed path says nothing to a reader), else the catalog's URL or path."""
+    try:
+        from MedAnalysisLib.catalog.sources import DEFAULT_CATALOG
+    except ImportError:  # the library is not installed yet: show the source as it is
+        return str(source or "")
+    if source and str(source) == str(DEFAULT_CATALOG):
+        return _("shipped with MedAnalysis")
+    return str(source or "")
 
 
 def byteText(size: Any) -> str:
