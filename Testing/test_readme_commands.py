@@ -57,7 +57,11 @@ _HELP = re.compile(r"^medanalysis [a-z]+( [a-z]+)? (--help|-h)$")
 
 _README_FOLLOW_UP = "the README's follow-up command after `make demo`, what a new user types first"
 #: Commands that import TensorFlow (about 8 s each on 2 cores) and are run all the same, with the reason.
+_CATALOG_TOUR = ("the README's catalog commands on the shipped catalog: no TensorFlow, the pull copies a 1.3 MB model "
+                 "into this test's own cache")
 RUN_ALTHOUGH_SLOW: dict[str, str] = {
+    "medanalysis models list": _CATALOG_TOUR,
+    "medanalysis models pull hippocampus-unet-small": _CATALOG_TOUR,
     "medanalysis predict demo-output/bundles/segmentation demo-output/data/dicom/phantom_000 --out my-prediction "
     "--format seg.nrrd": _README_FOLLOW_UP,
     "medanalysis evaluate demo-output/bundles/classification demo-output/data/test/classification.csv "
@@ -80,6 +84,8 @@ _CLUSTER = "needs a Slurm cluster"
 _GPU = "needs JAX and a GPU (the JAX measurements ran on an NVIDIA H100)"
 _TESTS = "runs the test suite or part of it, which this test belongs to"
 _REGISTRY = "needs a hospital's own catalog server"
+_SHELL = ("names the cached model with the shell's command substitution $(...), which this test's runner (no shell) "
+          "does not do; the commands inside it are run")
 _READS_PREVIOUS = "reads what the command before it in the same block wrote, from the reader's own data"
 
 #: Every documented command that is not run, with the reason. Keys are the commands as the parser gives them.
@@ -175,6 +181,18 @@ _not_run(_READS_PREVIOUS,
          "d = s.get_segment_description(1); print(d.segment_label, d.segmented_property_type, "
          "hd.color.CIELabColor.from_dicom_value(s.SegmentSequence[0].RecommendedDisplayCIELabValue).to_rgb())\"",
          "cat out/batch_summary.json")
+_not_run(_SHELL,
+         'medanalysis info "$(medanalysis models path hippocampus-unet-small)"',
+         'medanalysis predict "$(medanalysis models path hippocampus-unet-small)" '
+         '../shared/data/hippocampus/imagesTr/hippocampus_001.nii.gz --out hippocampus-001 --uncertainty --tta on',
+         'medanalysis predict "$(medanalysis models path hippocampus-unet-small)" '
+         'bench/output/reference_models/hippocampus/test --out unc40 --uncertainty --tta on',
+         'medanalysis evaluate "$(medanalysis models path hippocampus-unet-small)" '
+         'bench/output/reference_models/hippocampus/test --out eval40 --tta on --no-figures',
+         'medanalysis predict "$(medanalysis models path ct-contrast-slice-cnn)" '
+         '../shared/data/ct_contrast/dicom/ID_0000_AGE_0060_CONTRAST_1_CT.dcm --out ct --explain --uncertainty --tta on')
+_not_run(_READS_PREVIOUS,
+         ".venv/bin/python bench/docs_figures.py review unc40 eval40 --out review.png")
 _not_run(_SLICER_BUILD,
          "cmake -S . -B build -DSlicer_DIR=/path/to/Slicer-SuperBuild/Slicer-build",
          "cmake --build build && (cd build && ctest -R MedAnalysis && cpack)")
