@@ -153,9 +153,12 @@ class Reporter:
             print(f"[{terminal_field(stage)}] epoch {epoch}: {text}", file=sys.stderr, flush=True)
 
     def log(self, message: str, level: str = "info") -> None:
+        """A message at ``level``; ``none`` turns off progress and information only: warnings and errors (a failed
+        case, an output left out) are still printed, so that an exit code other than 0 never comes without a
+        reason on stderr."""
         if self.mode == "jsonl":
             self._emit({"type": "log", "level": level, "message": message})
-        elif self.mode != "none":
+        elif self.mode != "none" or level in ("warning", "error"):
             message = terminal_message(redact(message))
             level = terminal_field(level)
             self._end_bar()

@@ -171,7 +171,7 @@ def test_predict_resumes_only_what_the_same_bundle_and_options_made(tmp_path: Pa
         k: v for k, v in made.items() if "batch_summary" not in k}
     code, result = run("--tta", "on")  # other options: refused before any case, the outputs stay as they were
     assert code == 2 and result["type"] == "error"
-    assert "case00: made with tta False (now True)" in result["message"] and "--overwrite" in result["message"]
+    assert "case00: made with TTA off, now with TTA on" in result["message"] and "--overwrite" in result["message"]
     assert (out / "case00.json").read_bytes() == made["case00.json"]
     assert (out / "case01_label.nii.gz").read_bytes() == made["case01_label.nii.gz"]
     code, result = run("--tta", "on", "--overwrite")

@@ -209,7 +209,11 @@ def test_a_rerun_resumes_only_what_the_same_bundle_and_options_made(tmp_path: Pa
         "probabilities": BatchOptions(write_probabilities=True),
     }
     for changed, options in refusals.items():
-        with pytest.raises(InputError, match=f"got 2 made otherwise: a: made with {changed} "):
+        words = {"formats": "with --format nifti, now with --format nifti --format seg.nrrd",
+                 "tta": "with TTA off, now with TTA on", "overlap": "with overlap 0.5, now with overlap 0.25",
+                 "postprocess": "with post-processing none, now with post-processing largest",
+                 "probabilities": "without --probabilities, now with --probabilities"}
+        with pytest.raises(InputError, match=f"got 2 made otherwise: a: made {words[changed]}"):
             run_batch(bundle, [cases], out, options)
         assert stamps(out) == before, changed
     again = run_batch(bundle, [cases], out, BatchOptions(formats=("nifti", "seg.nrrd"), overwrite=True))

@@ -18,7 +18,11 @@ Outputs of a case that has no sidecar yet (a run stopped in the middle of it) ar
 output name that MedAnalysis did not write (no sidecar or record of a stopped run lists it, or a batch_summary.json
 of someone else's) is refused before any work unless --overwrite; a link or folder there, an --out that is, holds or
 lies inside an input (the bundle, an input file or folder, a file a dataset.json or manifest lists), and output
-names longer than the file system allows (255 bytes) are refused even then. Nothing else in the folder is touched.
+names longer than the file system allows (255 bytes) are refused even then. A finished case's sidecar whose values
+the summary takes (its uncertainty, its explanation, the outputs it lists) are damaged is refused too, unless
+--overwrite. With --overwrite and other options, the files a case's earlier sidecar listed that this run does not
+write again (maps, probability maps, label maps of other formats) are removed once its new outputs are in place;
+nothing else in the folder is touched.
 
 Uncertainty and explanations: --uncertainty adds, per segmented case, <case>_uncertainty.nii.gz (entropy of the
 mean probabilities) and, with test-time augmentation or an ensemble, <case>_disagreement.nii.gz (how much the
@@ -29,7 +33,8 @@ heatmap of what drove a classifier's answer (refused for segmentation bundles).
 
 Bad cases: whatever goes wrong with one case (an unreadable or truncated file, a geometry that cannot be resampled,
 a FIFO or folder named like an image, an error of the model) is that case's failure, listed with its type and
-message in batch_summary.json; the other cases run, and the exit code is 1.
+message in batch_summary.json and on stderr (also with --progress none, which turns off progress only); the other
+cases run, a closing line says how many failed, and the exit code is 1.
 
 Modality: a bundle is made for the modality its plan was measured on. An input whose DICOM Modality or MSD
 dataset.json states another one (CT against MR, ...) is refused (exit code 2, before any case runs) unless
@@ -43,6 +48,7 @@ import argparse
 from typing import Any
 
 from MedAnalysisLib.errors import InputError
+from MedAnalysisLib.sanitize import terminal_field
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -51,9 +57,10 @@ def parse_shard(text: str) -> tuple[int, int]:
         index_text, count_text = text.split("/")
         index, count = int(index_text), int(count_text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shard as i/n with integers, e.g. 2/8, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a shard as i/n with integers, e.g. 2/8, got "
+                                         f"'{terminal_field(text, 60)}'") from None
     if count < 1 or not 1 <= index <= count:
-        raise argparse.ArgumentTypeError(f"expected 1 <= i <= n in shard i/n, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected 1 <= i <= n in shard i/n, got '{terminal_field(text, 60)}'")
     return index, count
 
 
@@ -63,7 +70,7 @@ def overlap_fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got '{terminal_field(text, 60)}'") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected an overlap in [0, 1), got {value}")
     return value
@@ -193,5 +200,22 @@ def run(args: argparse.Namespace, reporter: Any) -> int:
     if args.uncertainty_threshold is not None:
         options.uncertainty_threshold = args.uncertainty_threshold
     summary = run_batch(args.bundle, args.inputs, args.out, options, reporter=reporter, stop_flag=StopFlag().install())
-    reporter.result(**summary.to_dict())
-    return 0 if not summary.failed and not summary.not_written else 1
+    code = _final_line(summary, reporter)
+    reporter.result(**summary.to_dict())  # the last message of the JSON lines protocol
+    return code
+
+
+def _final_line(summary: Any, reporter: Any) -> int:
+    """The exit code (1 when a case failed or lacks a requested output, else 0), with one closing line on stderr
+    that says so whatever --progress is (``none`` included): each case's reason was logged as it happened."""
+    from MedAnalysisLib.inference.batch import summary_name
+
+    cases = len(summary.done) + len(summary.skipped) + len(summary.failed)
+    where = summary_name(tuple(summary.shard))
+    lacking = sorted({entry["case_id"] for entry in summary.not_written})
+    if summary.failed:
+        reporter.log(f"{len(summary.failed)} of {cases} case{'' if cases == 1 else 's'} failed, see {where}", "error")
+    if lacking:
+        reporter.log(f"{len(lacking)} of {cases} case(s) lack an output they were asked for, see not_written in "
+                     f"{where}", "warning")
+    return 1 if summary.failed or lacking else 0

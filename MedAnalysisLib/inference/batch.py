@@ -27,11 +27,15 @@ exists when every output of the case is complete). It is skipped when the sideca
 sha256 and :func:`bundle_identity`, the digest of the bundle.json settings that shape outputs), the same MedAnalysis
 version and the same options (:func:`requested_options`, recorded in the sidecar as ``inference.requested``), and
 every output it lists is still there (otherwise the case is done again). A case made by another bundle, with other
-options or by another version, and a sidecar that is corrupt, truncated, oversized or of another shape, is refused,
+options or by another version, a sidecar that is corrupt, truncated, oversized or of another shape, and one whose
+values a skipped case gives the run are unsound (:func:`summary_record_problem`), is refused,
 with the reason, before any case runs, unless ``overwrite`` recomputes every case: the overwrite policy of every
 command (:mod:`MedAnalysisLib.cli._validate`), which never replaces an output it cannot show it made. A case without a
 sidecar is (re)computed: while its outputs are written a hidden pending record (``.<case>.pending.json``) lists their
-names, so a re-run after a stop replaces what the stopped run left as its own.
+names, so a re-run after a stop replaces what the stopped run left as its own. Once a (re)computed case's new
+outputs are in place, the files its earlier sidecar or pending record listed that this run did not write again are
+removed (:func:`_remove_earlier_outputs`: only names of that case's outputs, never a link, another case's file or an
+input), so that no output of other options stays beside the new ones.
 
 Outputs of others (:func:`check_output_names`, before any work): every output name of every case (label maps,
 probability maps, tables, sidecar, pending record) must fit the file system's name limit and belong to one case.
@@ -84,6 +88,7 @@ from MedAnalysisLib.inference.writers import (
     check_formats,
     explanation_file_name,
     format_problems,
+    is_case_output_name,
     probability_file_name,
     table_file_names,
     uncertainty_file_name,
@@ -177,9 +182,10 @@ def _dicom_cases(folder: Path, series: str | None) -> list[CaseInput]:
     if series is not None:
         found = [s for s in found if s.series_instance_uid == series or str(s.index) == str(series)]
         if not found:
-            raise InputError(f"expected series {series!r} in the DICOM folder {folder.name!r}, found none")
+            raise InputError(f"expected series {_short(series, 80)} in the DICOM folder {_short(folder.name, 80)}, "
+                             "found none")
     if not found:
-        raise InputError(f"expected DICOM image series in {folder.name!r}, found none")
+        raise InputError(f"expected DICOM image series in {_short(folder.name, 80)}, found none")
     by_folder: dict[Path, list[Any]] = {}
     for info in found:
         parent = Path(info.files[0]).parent if info.files else folder
@@ -243,7 +249,7 @@ def discover_cases(inputs: Sequence[str | Path], *, series: str | None = None) -
             raise
         except Exception as error:  # noqa: BLE001 - a reader's surprise is a refusal of this input, not a traceback
             detail = failure_record("", error)["message"] if not isinstance(error, OSError) else error.strerror
-            raise UnreadableFileError(f"expected a readable input at {Path(raw).name!r}, got "
+            raise UnreadableFileError(f"expected a readable input at {_short(Path(raw).name, 80)}, got "
                                       f"{type(error).__name__}: {detail or 'no details'}") from None
     names = [c.case_id for c in cases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -328,9 +334,9 @@ def _check_case_paths(case: CaseInput) -> None:
         special = special_file_kind(path)
         if special is not None:
             raise UnreadableFileError(f"expected a regular image file or a DICOM folder, got {special} named "
-                                      f"{path.name!r} (it is not opened)")
+                                      f"{_short(path.name, 80)} (it is not opened)")
         if path.is_dir() and path.name.lower().endswith(IMAGE_SUFFIXES):
-            raise UnreadableFileError(f"expected an image file, got a folder named {path.name!r}")
+            raise UnreadableFileError(f"expected an image file, got a folder named {_short(path.name, 80)}")
 
 
 def load_case(case: CaseInput) -> list[Any]:
@@ -402,8 +408,25 @@ def check_batch_options(config: Any, options: BatchOptions) -> None:
         raise InputError(f"expected an uncertainty threshold in [0, 1], got {_short(threshold)}")
     if options.explain_class is not None and not options.explain:
         raise InputError(f"expected --explain with --explain-class, got --explain-class "
-                         f"{terminal_field(str(options.explain_class), 60)} alone")
+                         f"{_short(str(options.explain_class), 60)} alone")
+    _check_explain_class(config, options)
     explain_request(config, options)
+
+
+def _check_explain_class(config: Any, options: BatchOptions) -> None:
+    """Refuse an ``explain_class`` that names no class of a classifier, quoting it as typed (a leading or trailing
+    space, a control character shown as one escape), so that the user sees why it did not match."""
+    target = options.explain_class
+    if not options.explain or not isinstance(target, str) or getattr(config, "task", None) != "classification":
+        return  # a segmentation bundle and the default class are judged by explain_request
+    names = {int(label.value): str(label.name) for label in config.labels}
+    if target in names.values():
+        return
+    if re.fullmatch(r"-?[0-9]{1,9}", target.strip()) and int(target.strip()) in names:
+        return
+    listed = ", ".join(_short(name, 60) for name in sorted(names.values()))
+    raise InputError(f"expected a class to explain among [{listed}] (name or value {sorted(names)}), got "
+                     f"--explain-class {_short(target, 60)}")
 
 
 def multi_pass(config: Any, options: BatchOptions) -> bool:
@@ -426,22 +449,64 @@ def _read_sidecar(path: Path) -> dict[str, Any] | str:
     return record if isinstance(record, dict) else "its sidecar is not a JSON object"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _short(value: Any, limit: int = 40) -> str:
+    """A value from a file or an option, quoted once for a message: text as ``'...'`` with each control character
+    shown as one escape (never ``repr``, whose backslashes a terminal filter would show doubled), other values as
+    JSON; long values are cut."""
+    if isinstance(value, str):
+        return "'" + terminal_field(value, limit) + "'"
+    try:
+        text = json.dumps(value, allow_nan=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return terminal_field(text, limit)
+
+
+def _option_words(key: str, value: Any) -> str:
+    """How the command line says option ``key`` had ``value`` (``with --explain-class 'lesion'``, ``with TTA on``,
+    ``without --uncertainty``), for a resume refusal; values from a sidecar are escaped and quoted once."""
+    flags = {"uncertainty": "--uncertainty", "probabilities": "--probabilities"}
+    if key in flags:
+        return f"{'with' if value else 'without'} {flags[key]}"
+    if key == "tta" and isinstance(value, bool):
+        return f"with TTA {'on' if value else 'off'}"
+    if key == "explain":
+        if value is None:
+            return "without --explain"
+        return "with --explain (its default class)" if value == "default" else f"with --explain-class {_short(value)}"
+    if key == "formats" and isinstance(value, list):
+        shown = " ".join(f"--format {terminal_field(v, 20)}" for v in value)
+        return f"with {shown}" if value else "without a label map"
+    if key == "postprocess" and isinstance(value, list):
+        return "with post-processing " + (" + ".join(terminal_field(v, 30) for v in value) if value else "none")
+    if key == "series":
+        return "with every series" if value is None else f"with --series {_short(value)}"
+    if key == "overlap" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"with overlap {value:g}"
+    return f"with {key} {_short(value)}"
+
+
+def _changed_options(before: dict[str, Any], requested: dict[str, Any]) -> str | None:
+    """``made with X, now with Y; ...`` for each option that differs, in command-line words; None when none
+    does."""
+    changed = [f"made {_option_words(key, before.get(key))}, now {_option_words(key, value)}"
+               for key, value in requested.items() if key not in ("bundle", "version") and before.get(key) != value]
+    return "; ".join(changed) if changed else None
 
 
 def resume_problem(sidecar_path: Path, weights_sha256: str, requested: dict[str, Any]) -> str | None:
     """Why the outputs a sidecar describes cannot stand for this run (None when this version, the same bundle and the
-    same options made them). A sidecar that is corrupt, truncated, of another shape or from another version is
-    never trusted."""
+    same options made them, and the sidecar holds sound values for what a skipped case gives the summary; see
+    :func:`summary_record_problem`). A sidecar that is corrupt, truncated, of another shape or from another version
+    is never trusted."""
     record = _read_sidecar(sidecar_path)
     if isinstance(record, str):
         return record
     bundle = record.get("bundle")
     made_by = bundle.get("weights_sha256") if isinstance(bundle, dict) else None
     if not isinstance(made_by, str) or made_by != weights_sha256:
-        return f"made by another bundle (weights sha256 {str(made_by)[:12]}..., this one {weights_sha256[:12]}...)"
+        return (f"made by another bundle (weights sha256 {terminal_field(str(made_by)[:12])}..., this one "
+                f"{weights_sha256[:12]}...)")
     inference = record.get("inference")
     before = inference.get("requested") if isinstance(inference, dict) else None
     if not isinstance(before, dict):
@@ -452,9 +517,79 @@ def resume_problem(sidecar_path: Path, weights_sha256: str, requested: dict[str,
         return f"made by MedAnalysis {_short(before['version'])} (this is {requested['version']})"
     if before.get("bundle") != requested["bundle"]:
         return "made by a bundle with the same weights but other settings in bundle.json (plan, labels or defaults)"
-    changed = [f"{key} {_short(before.get(key))} (now {_short(value)})" for key, value in requested.items()
-               if before.get(key) != value]
-    return f"made with {', '.join(changed)}" if changed else None
+    return _changed_options(before, requested) or summary_record_problem(record, sidecar_path, requested)
+
+
+def summary_record_problem(record: dict[str, Any], sidecar_path: Path, requested: dict[str, Any]) -> str | None:
+    """Why a finished case's sidecar cannot give what a skipped case contributes to this run: its task, its
+    uncertainty record (with ``uncertainty``), its explanation record (with ``explain``) and the names of the
+    outputs these options make (label maps, maps, tables); None when all are sound. A hand-edited or damaged value
+    would otherwise drop the case from the summary (``uncertainty``, ``review_first``) without a word."""
+    name = terminal_field(sidecar_path.name, 80)
+    task = record.get("task")
+    if task not in _CASE_MEASURE:
+        return f"its sidecar {name} holds task {_short(task)}, expected 'segmentation' or 'classification'"
+    if requested.get("uncertainty"):
+        problem = _uncertainty_problem(record.get("uncertainty"), _CASE_MEASURE[task])
+        if problem:
+            return f"its sidecar {name} {problem}"
+    if requested.get("explain") is not None:
+        problem = _explanation_problem(record.get("explanation"), requested["explain"])
+        if problem:
+            return f"its sidecar {name} {problem}"
+    return _listed_outputs_problem(record, sidecar_path, requested)
+
+
+def _uncertainty_problem(uncertainty: Any, key: str) -> str | None:
+    if not isinstance(uncertainty, dict):
+        return f"holds uncertainty {_short(uncertainty)}, expected a record with {key} in [0, 1]"
+    if key not in uncertainty:
+        return f"has no uncertainty.{key}, expected a number in [0, 1]"
+    value = uncertainty[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        return f"holds uncertainty.{key} {_short(value)}, expected a number in [0, 1]"
+    return None
+
+
+def _explanation_problem(explanation: Any, wanted: str) -> str | None:
+    if not isinstance(explanation, dict):
+        return f"holds explanation {_short(explanation)}, expected a record with target_value and target_name"
+    value, target = explanation.get("target_value"), explanation.get("target_name")
+    if not isinstance(value, int) or isinstance(value, bool) or not isinstance(target, str):
+        return (f"holds explanation target_value {_short(value)} and target_name {_short(target)}, expected an "
+                "integer and a class name")
+    if wanted != "default" and target != wanted:
+        return f"holds explanation.target_name {_short(target)}, expected {_short(wanted)} (--explain-class)"
+    return None
+
+
+def _listed_outputs_problem(record: dict[str, Any], sidecar_path: Path, requested: dict[str, Any]) -> str | None:
+    """The outputs a sidecar lists against those these options make: every name one of this case's (see
+    :func:`~MedAnalysisLib.inference.writers.is_case_output_name`), and the tables, the label maps (but those its
+    ``not_written`` explains) and the maps these options ask for each listed under their own name."""
+    case_id = sidecar_path.name[: -len(SIDECAR_SUFFIX)]
+    name = terminal_field(sidecar_path.name, 80)
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict):
+        return f"its sidecar {name} holds outputs {_short(outputs)}, expected a record of file names"
+    for key, listed in outputs.items():
+        if not isinstance(listed, str) or not is_case_output_name(case_id, listed):
+            return (f"its sidecar {name} lists {_short(key)}: {_short(listed)}, expected a file name of case "
+                    f"{terminal_field(case_id, 80)}")
+    table_csv, table_json = table_file_names(case_id, "table")
+    expected = {"table_csv": table_csv, "table_json": table_json}
+    skipped = record.get("not_written") if isinstance(record.get("not_written"), dict) else {}
+    for fmt in requested.get("formats") or ():
+        if f"label_{fmt}" not in skipped and fmt in LABEL_SUFFIXES:
+            expected[f"label_{fmt}"] = f"{case_id}{LABEL_SUFFIXES[fmt]}"
+    if requested.get("uncertainty") and record.get("task") == "segmentation":
+        expected["uncertainty_entropy"] = uncertainty_file_name(case_id, "entropy")
+    if requested.get("explain") is not None:
+        expected["explanation"] = explanation_file_name(case_id)
+    for key, wanted in expected.items():
+        if outputs.get(key) != wanted:
+            return f"its sidecar {name} lists {key} {_short(outputs.get(key))}, expected {_short(wanted)}"
+    return None
 
 
 def outputs_present(sidecar_path: Path) -> bool:
@@ -563,9 +698,9 @@ def _refuse_stale(out: Path, problems: dict[str, str]) -> None:
         return
     listed = "; ".join(f"{case}: {reason}" for case, reason in list(problems.items())[:3])
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    raise InputError(f"expected the finished cases in {out} to come from this bundle with these options (a re-run "
-                     f"skips those), got {len(problems)} made otherwise: {listed}{more}; pass --overwrite to "
-                     "recompute them, or choose another --out")
+    raise InputError(f"expected the finished cases in {out} to come from this bundle with these options, with "
+                     f"sound sidecars (a re-run skips those), got {len(problems)} made otherwise: {listed}{more}; "
+                     "pass --overwrite to recompute them, or choose another --out")
 
 
 #: The longest file name, in bytes, of the common file systems (ext4, XFS, btrfs, APFS).
@@ -759,8 +894,8 @@ def run_batch(
     options = options or BatchOptions()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise InputError(f"expected --out to name a folder, got the file {out.name!r} (a file is never replaced by a "
-                         "folder)")
+        raise InputError(f"expected --out to name a folder, got the file {_short(out.name, 80)} (a file is never "
+                         "replaced by a folder)")
     # What bundle.json, the inputs and their headers can tell is checked before the model (and TensorFlow) loads.
     config = bundle.config if isinstance(bundle, LoadedBundle) else read_bundle_config(Path(bundle))
     check_formats(options.formats, config.task, config.labels)
@@ -794,7 +929,8 @@ def run_batch(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"expected to create the output folder {out.name!r}, got {type(error).__name__}: "
+        raise OutputError(f"expected to create the output folder {_short(out.name, 80)}, got "
+                          f"{type(error).__name__}: "
                           f"{error.strerror or 'no details'}") from None
     for number, case in enumerate(cases):
         if stop_flag is not None and stop_flag.is_set():
@@ -808,10 +944,11 @@ def run_batch(
             log(f"{case.case_id}: made by this bundle with these options, skipped")
             continue
         pending = out / pending_name(case.case_id)
+        earlier = _own_names(out, case.case_id)  # before the pending record is replaced by this run's
         write_text_atomic(pending, json.dumps({"case_id": case.case_id, "outputs": output_names[case.case_id]}) + "\n")
         try:
-            seconds = _run_case(loaded, case, out, options, requested, unavailable[case.case_id], summary, log,
-                                stop_flag)
+            seconds, written = _run_case(loaded, case, out, options, requested, unavailable[case.case_id], summary,
+                                         log, stop_flag)
         except (CancelledError, KeyboardInterrupt):
             _drop_pending(pending, out, output_names[case.case_id])
             raise
@@ -821,6 +958,7 @@ def run_batch(
             summary.failed.append(record)
             log(f"{case.case_id}: failed ({record['error_type']}: {record['message']}); continuing", "warning")
             continue
+        _remove_earlier_outputs(out, case.case_id, earlier, written, all_cases, log)
         pending.unlink(missing_ok=True)
         summary.done.append(case.case_id)
         log(f"{case.case_id}: done in {seconds:.1f} s")
@@ -862,8 +1000,10 @@ def _drop_pending(pending: Path, out: Path, names: Sequence[str]) -> None:
 
 
 def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, requested: dict[str, Any],
-              unavailable: dict[str, str], summary: BatchSummary, log: Any, stop_flag: Any) -> float:
-    """Load, predict and write one case; returns its seconds. Raises whatever goes wrong (the caller records it)."""
+              unavailable: dict[str, str], summary: BatchSummary, log: Any,
+              stop_flag: Any) -> tuple[float, dict[str, str]]:
+    """Load, predict and write one case; returns its seconds and what was written (``{kind: file name}``). Raises
+    whatever goes wrong (the caller records it)."""
     from MedAnalysisLib.inference.predict import predict
 
     volumes = load_case(case)
@@ -880,10 +1020,38 @@ def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, re
         explain=options.explain, explain_target=options.explain_class,
     )
     prediction.details["requested"] = requested  # the sidecar records it; a re-run compares it
-    write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
+    written = write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
                      formats=options.formats if prediction.label is not None else (),
                      write_probability_map=options.write_probabilities, unavailable=problems)
     summary.not_written.extend({"case_id": case.case_id, "output": f"label_{fmt}", "reason": reason}
                                for fmt, reason in problems.items())
     _record_uncertainty(summary, case.case_id, {"task": prediction.task, **prediction.details}, options)
-    return float(prediction.timings.get("total", 0.0))
+    return float(prediction.timings.get("total", 0.0)), written
+
+
+def _remove_earlier_outputs(out: Path, case_id: str, earlier: set[str], written: dict[str, str],
+                            all_cases: Sequence[CaseInput], log: Any) -> None:
+    """After a case's new outputs are in place, remove what its earlier sidecar or pending record listed that this
+    run did not write again (a map of another option, a label map of another --format), so that nobody takes
+    them for current. Only names MedAnalysis writes for this case
+    (:func:`~MedAnalysisLib.inference.writers.is_case_output_name`), never another case's output, a link, or anything
+    but a regular file directly in ``out``, never an input of the run."""
+    others = [c.case_id for c in all_cases if c.case_id != case_id]
+    inputs = {Path(image.rsplit("#", 1)[0] if not Path(image).exists() else image).resolve()
+              for case in all_cases for image in case.images}
+    removed = []
+    for name in sorted(earlier - set(written.values())):
+        path = out / name
+        if (not is_case_output_name(case_id, name) or any(is_case_output_name(other, name) for other in others)
+                or path.is_symlink() or not path.is_file() or path.resolve() in inputs):
+            continue
+        try:
+            path.unlink()
+        except OSError as error:
+            log(f"{case_id}: could not remove the earlier output {terminal_field(name, 80)} "
+                f"({error.strerror or type(error).__name__}); it is not part of this run", "warning")
+            continue
+        removed.append(name)
+    if removed:
+        log(f"{case_id}: removed {len(removed)} earlier output(s) this run does not make: "
+            f"{', '.join(terminal_field(n, 80) for n in removed)}")

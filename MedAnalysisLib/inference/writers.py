@@ -72,6 +72,22 @@ def table_file_names(case_id: str, kind: str) -> tuple[str, str]:
     return csv_name, str(Path(csv_name).with_suffix(".json"))
 
 
+def is_case_output_name(case_id: str, name: str) -> bool:
+    """True when ``name`` is a file name :func:`write_prediction` writes for ``case_id`` under some options: a label
+    map of any format, a probability map, an uncertainty map, the explanation heatmap, a table (CSV or JSON). A
+    re-run removes only such names, so a hand-edited sidecar cannot make it delete any other file."""
+    import re
+
+    if not name.startswith(case_id) or name != Path(name).name:
+        return False
+    tables = {n for kind in TABLE_SUFFIXES for n in table_file_names(case_id, kind)}
+    fixed = {*(case_id + s for s in LABEL_SUFFIXES.values()), *(case_id + s for s in UNCERTAINTY_SUFFIXES.values()),
+             explanation_file_name(case_id), *tables}
+    rest = name[len(case_id):]
+    return name in fixed or re.fullmatch(re.escape(PROBABILITY_INFIX) + r"-?[0-9]{1,9}_[A-Za-z0-9._-]+\.nii\.gz",
+                                         rest) is not None
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a result (those already imported, plus ours)."""
     import importlib.metadata as metadata
