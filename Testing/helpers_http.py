@@ -7,6 +7,7 @@ Use::
         server.redirect("old.zip", server.url("b.zip"))
         server.slow("big.zip", chunk=512, delay=0.2)
         server.unannounced("c.zip")                 # no Content-Length: the body ends when the connection closes
+        server.trickle("c.json", delay=0.3)         # the whole answer, status line included, a byte at a time
         fetch(server.url("b.zip"))
         assert server.requests == ["/b.zip"]        # every path asked for, in order
 
@@ -28,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 @dataclass(frozen=True)
 class Behaviour:
     """How one path is answered: ``kind`` is ``normal``, ``truncated`` (``send`` bytes), ``redirect`` (to
-    ``location`` with ``status``), ``slow`` (``chunk`` bytes every ``delay`` seconds) or ``unannounced``."""
+    ``location`` with ``status``), ``slow`` (``chunk`` bytes every ``delay`` seconds), ``trickle`` (the whole
+    answer, status line and headers too, one byte every ``delay`` seconds) or ``unannounced``."""
 
     kind: str = "normal"
     send: int = 0
@@ -55,6 +57,10 @@ class _Handler(BaseHTTPRequestHandler):
         data = self.server.owner.file_bytes(path)
         if data is None:
             self._head(404, {"Content-Length": "0"})
+            return
+        if behaviour.kind == "trickle":
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            self._trickle(head + data, Behaviour("trickle", chunk=1, delay=behaviour.delay))
             return
         if behaviour.kind == "unannounced":
             self._head(200, {"Connection": "close"})
@@ -136,6 +142,11 @@ class LoopbackServer:
     def slow(self, path: str, chunk: int = 1024, delay: float = 0.2) -> None:
         """Send ``chunk`` bytes every ``delay`` seconds (a cancel can land in between)."""
         self.behaviours[path] = Behaviour("slow", chunk=chunk, delay=delay)
+
+    def trickle(self, path: str, delay: float = 0.5) -> None:
+        """Send the whole answer (status line, headers, body) one byte every ``delay`` seconds: every single wait
+        is short, the whole answer takes for ever."""
+        self.behaviours[path] = Behaviour("trickle", chunk=1, delay=delay)
 
     def unannounced(self, path: str) -> None:
         """Send the file without Content-Length; the connection's end ends the body."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,7 +109,13 @@ HOSTILE = [
     ("undecodable", lambda e: b'{"name": "\xff"}', "undecodable bytes at offset 10"),
 ]
 BAD_IDS = ["../x", "A", "", ".hidden", "a/b", "x" * 65, "a b", "-a", 5]
-BAD_VERSIONS = ["../1", "1.0/..", "latest", "1.2.3.4.5", "", "1..0", "v1", "1.0-", "1.0-../x", 1]
+BAD_VERSIONS = ["../1", "1.0/..", "latest", "1.2.3.4.5", "", "1..0", "v1", "1.0-", "1.0-../x", 1,
+                "1.0.0-RC1", "1.0-Beta"]
+#: Ids Windows cannot create as folders: device names (with any extension) and a trailing dot.
+DEVICE = "that is not a Windows device name"
+WINDOWS_IDS = {"con": DEVICE, "nul": DEVICE, "aux": DEVICE, "prn": DEVICE, "com1": DEVICE, "lpt9": DEVICE,
+               "com0": DEVICE, "nul.tar.gz": DEVICE, "con.x": DEVICE, "model.": "not ending in '.'",
+               "a..": "not ending in '.'"}
 
 
 @pytest.mark.parametrize(("what", "change", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
@@ -120,6 +128,27 @@ def test_hostile_catalogs_are_refused(tmp_path: Path, what: str, change, message
 def test_bad_ids_are_refused(tmp_path: Path, bad: object) -> None:
     with pytest.raises(InputError, match="expected a model id of 1 to 64 characters"):
         parse_catalog(catalog_text(good_entry(id=bad)), str(tmp_path / "c.json"))
+
+
+@pytest.mark.parametrize(("bad", "message"), WINDOWS_IDS.items())
+def test_ids_windows_cannot_create_are_refused(tmp_path: Path, bad: str, message: str) -> None:
+    with pytest.raises(InputError, match=f"expected a model id {message}"):
+        parse_catalog(catalog_text(good_entry(id=bad)), str(tmp_path / "c.json"))
+    with pytest.raises(InputError, match=message):
+        cached_path(bad, catalogs=[], cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_ids_near_windows_device_names_are_allowed(tmp_path: Path) -> None:
+    ids = ["console", "com10", "nuls", "lpt", "a.con", "x.y"]
+    entries = parse_catalog(catalog_text(*(good_entry(id=i) for i in ids)), str(tmp_path / "c.json"))
+    assert [e.id for e in entries] == ids
+
+
+def test_versions_windows_cannot_create_are_refused(tmp_path: Path) -> None:
+    for bad in ("1.0-rc.", "2-a.b."):
+        with pytest.raises(InputError, match=f"version of model liver-ct not ending in '.' .*got '{bad}'"):
+            parse_catalog(catalog_text(good_entry(version=bad)), str(tmp_path / "c.json"))
 
 
 @pytest.mark.parametrize("bad", BAD_VERSIONS)
@@ -164,10 +193,11 @@ def test_https_catalog_on_another_host_than_its_entries_is_refused() -> None:
 
 
 LOCAL_REFUSED = {
-    "../m.zip": "relative to the catalog's folder", "a/../../m.zip": "relative to the catalog's folder",
-    "/etc/passwd": "relative to the catalog's folder", "~/m.zip": "relative to the catalog's folder",
-    "C:/m.zip": "relative to the catalog's folder", "c:\\m.zip": "relative to the catalog's folder",
-    "a\\b.zip": "relative to the catalog's folder", "file:///etc/passwd": "got a file: URL",
+    "../m.zip": "relative to the catalog's folder, got a path with '..'", "a/../../m.zip": "got a path with '..'",
+    "/etc/passwd": "got an absolute path: /etc/passwd", "~/m.zip": "got a path from the home folder",
+    "~user/m.zip": "got a path from the home folder", "C:/m.zip": "got an absolute path",
+    "c:\\m.zip": "got an absolute path", "a\\b.zip": "got a path with backslashes",
+    "..\\m.zip": "got a path with backslashes", "file:///etc/passwd": "got a file: URL",
     "http://models.invalid/m.zip": "to use https", "ftp://x/m": "got a ftp: URL", "data:,x": "got a data: URL",
 }
 
@@ -195,9 +225,19 @@ def test_a_link_leading_out_of_a_local_catalogs_folder_is_refused(tmp_path: Path
 
 
 def test_versions_compare_numerically() -> None:
-    ordered = ["0.9", "1.2", "1.9-rc1", "1.9", "1.10", "2.0-alpha", "2.0.0.1"]
+    ordered = ["0.9", "1.2", "1.9-rc1", "1.9", "1.10", "2.0-alpha", "2.0-rc2", "2.0-rc10", "2.0-rc10.2", "2.0",
+               "2.0.0.1"]
     assert sorted(reversed(ordered), key=version_key) == ordered
     assert version_key("1.0") == version_key("1.0.0")
+    assert version_key("1.0-b9") < version_key("1.0-b10") < version_key("1.0-beta")
+    assert version_key("1.0-1") < version_key("1.0-rc")  # a number before text, as in semantic versions
+
+
+def test_tag_versions_pick_the_highest_release_candidate(tmp_path: Path) -> None:
+    catalog = tmp_path / "c.json"
+    catalog.write_text(catalog_text(*(good_entry(version=v) for v in ("2.0-rc2", "2.0-rc10", "2.0-rc9"))))
+    listed = list_models([str(catalog)], cache_dir=tmp_path / "cache", offline=True)
+    assert [m.entry.version for m in listed.models] == ["2.0-rc10", "2.0-rc9", "2.0-rc2"]
 
 
 def test_catalog_lists_split_without_breaking_urls() -> None:
@@ -206,6 +246,29 @@ def test_catalog_lists_split_without_breaking_urls() -> None:
                                              "rel.json", "https://h.example/a"]
     assert split_catalog_list("C:\\a.json;https://h.example:8443/c.json", ";") == [
         "C:\\a.json", "https://h.example:8443/c.json"]
+
+
+def test_file_urls_in_catalog_lists_stay_whole() -> None:
+    text = ("https://h.org/c.json:file:///srv/c.json:FILE://localhost/a/b.json:file:/x.json:/plain.json:"
+            "file:rel.json:file:///last.json")
+    assert split_catalog_list(text, ":") == ["https://h.org/c.json", "file:///srv/c.json",
+                                             "FILE://localhost/a/b.json", "file:/x.json", "/plain.json",
+                                             "file:rel.json", "file:///last.json"]
+    windows = "file:///C:/m/c.json;C:\\m\\d.json;https://h.example:1/e.json;d:relative.json;file://server/share/f.json"
+    assert split_catalog_list(windows, ";") == ["file:///C:/m/c.json", "C:\\m\\d.json", "https://h.example:1/e.json",
+                                                "d:relative.json", "file://server/share/f.json"]
+
+
+def test_a_file_url_in_the_environment_is_read(monkeypatch, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(catalog_text(good_entry()))
+    monkeypatch.setenv("MEDANALYSIS_CATALOGS", os.pathsep.join(["https://h.example/c.json", good.as_uri()]))
+    found = list_models(cache_dir=tmp_path / "cache", offline=True)
+    assert [m.entry.catalog for m in found.models if m.entry.id == "liver-ct"] == [str(good)]
+    assert len(found.problems) == 1 and "h.example" in found.problems[0]
+    for bad in ("file:", "file://", "file:///", "FILE://localhost/"):
+        [problem] = list_models([bad], cache_dir=tmp_path / "cache").problems
+        assert problem == f"catalog {bad}: expected a file: URL naming a catalog file (file:///path), got {bad}"
 
 
 def test_cache_folder_follows_the_platform(monkeypatch, tmp_path: Path) -> None:
@@ -233,8 +296,9 @@ def test_default_catalogs_are_the_shipped_one_then_the_environment(monkeypatch, 
     assert default_catalogs() == [str(DEFAULT_CATALOG), "https://h.example:8443/c.json", "/srv/c.json"]
     monkeypatch.delenv("MEDANALYSIS_CATALOGS")
     assert default_catalogs() == [str(DEFAULT_CATALOG)]
-    assert parse_catalog(DEFAULT_CATALOG.read_bytes(), str(DEFAULT_CATALOG)) == []
-    assert list_models(cache_dir=tmp_path) .models == [] and list_models(cache_dir=tmp_path).problems == []
+    shipped = parse_catalog(DEFAULT_CATALOG.read_bytes(), str(DEFAULT_CATALOG))
+    listed = list_models(cache_dir=tmp_path)
+    assert [m.entry for m in listed.models] == sorted(shipped, key=lambda e: e.id) and listed.problems == []
 
 
 # ------------------------------------------------------------------------------------------------ the cache
@@ -265,7 +329,8 @@ def test_local_catalog_pull_list_offline_and_versions(local_catalog) -> None:
     assert [(m.entry.key, m.status) for m in found.models] == [
         ("brain@1.0.0", "needs a download"), ("tiny@1.10.0", "needs a download"), ("tiny@1.2.0", "needs a download")]
     path = pull("tiny", catalogs=[str(catalog)], cache_dir=cache)
-    assert path == cache / "tiny" / "1.10.0" / "bundle.zip" and path.read_bytes() == data
+    sha = hashlib.sha256(data).hexdigest()
+    assert path == cache / "tiny" / "1.10.0" / sha[:16] / "bundle.zip" and path.read_bytes() == data
     assert cached_path("tiny", catalogs=[str(catalog)], cache_dir=cache) == path
     assert cached_path("tiny@1.10", catalogs=[], cache_dir=cache) == path  # no catalog: the cache record
     with pytest.raises(InputError, match=r"expected model tiny@1.2.0 in the cache, got none: it needs a "
@@ -279,7 +344,7 @@ def test_local_catalog_pull_list_offline_and_versions(local_catalog) -> None:
     assert list_models([str(catalog)], cache_dir=cache, modality="XYZ").models == []
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "link", "folder link"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "link", "folder link", "version folder link"])
 def test_a_corrupt_cached_file_is_reported_never_used_and_replaced_by_pull(local_catalog, damage: str) -> None:
     catalog, cache, data = local_catalog
     path = pull("tiny@1.2.0", catalogs=[str(catalog)], cache_dir=cache)
@@ -293,10 +358,11 @@ def test_a_corrupt_cached_file_is_reported_never_used_and_replaced_by_pull(local
         path.unlink()
         path.symlink_to(catalog.parent / "models" / "tiny.zip")
         reason = "the cached bundle is not a regular file"
-    else:  # the version folder is a link to a good copy elsewhere: still not used
+    else:  # the file's (or the version's) folder is a link to a good copy elsewhere: still not used
+        linked = path.parent if damage == "folder link" else path.parent.parent
         elsewhere = catalog.parent / "elsewhere"
-        path.parent.rename(elsewhere)
-        path.parent.symlink_to(elsewhere, target_is_directory=True)
+        linked.rename(elsewhere)
+        linked.symlink_to(elsewhere, target_is_directory=True)
         reason = "the cached version folder is a link"
     [listing] = [m for m in list_models([str(catalog)], cache_dir=cache).models if m.entry.key == "tiny@1.2.0"]
     assert (listing.cached, listing.path) == (False, None)
@@ -344,8 +410,9 @@ def run_models(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
                           text=True, env=environment, timeout=60, check=False)
 
 
-def test_cli_list_with_the_empty_shipped_catalog_says_how_to_add_one(tmp_path: Path) -> None:
-    done = run_models(tmp_path, "list")
+def test_cli_list_with_an_empty_catalog_says_how_to_add_one(tmp_path: Path) -> None:
+    (tmp_path / "empty.json").write_text(catalog_text())
+    done = run_models(tmp_path, "list", "--catalog", str(tmp_path / "empty.json"))
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith("No catalog models. Add a catalog with --catalog PATH_OR_URL")
     assert "MEDANALYSIS_CATALOGS" in done.stdout
@@ -363,3 +430,136 @@ def test_cli_list_json_is_ascii_and_a_refused_catalog_exits_2(tmp_path: Path) ->
     assert listed["models"][0]["status"] == "needs a download" and len(listed["problems"]) == 1
     assert done.stderr.startswith("warning: catalog ") and "expected a model id" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------ probe findings
+def commented_copy(data: bytes, folder: Path, comment: bytes) -> bytes:
+    """The same bundle with a zip comment: another file (another sha256) with the same content."""
+    import zipfile
+
+    path = folder / "copy.zip"
+    path.write_bytes(data)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.comment = comment
+    changed = path.read_bytes()
+    path.unlink()
+    return changed
+
+
+def test_two_catalogs_with_other_files_for_one_version_keep_both_copies(local_catalog) -> None:
+    catalog, cache, data = local_catalog
+    other = catalog.parent / "other"
+    (other / "models").mkdir(parents=True)
+    changed = commented_copy(data, other, b"republished")
+    (other / "models" / "tiny.zip").write_bytes(changed)
+    (other / "catalog.json").write_text(catalog_text(good_entry(
+        id="tiny", version="1.2.0", task="segmentation", modality="CT", size=len(changed), urls=["models/tiny.zip"],
+        sha256=hashlib.sha256(changed).hexdigest(), labels=[{"value": 0, "name": "background"},
+                                                             {"value": 1, "name": "organ"}])))
+    first = pull("tiny@1.2.0", catalogs=[str(catalog)], cache_dir=cache)
+    [waiting] = [m for m in list_models([str(other / "catalog.json")], cache_dir=cache).models]
+    assert waiting.status.startswith("needs a download (the cache holds another file for this version")
+    assert "corrupt" not in waiting.status
+    second = pull("tiny@1.2.0", catalogs=[str(other / "catalog.json")], cache_dir=cache)
+    assert first != second and first.read_bytes() == data and second.read_bytes() == changed
+    for source, path in ((catalog, first), (other / "catalog.json", second)):
+        [listing] = [m for m in list_models([str(source)], cache_dir=cache).models if m.entry.key == "tiny@1.2.0"]
+        assert (listing.cached, listing.path, listing.status) == (True, str(path), "cached")
+        assert cached_path("tiny@1.2.0", catalogs=[str(source)], cache_dir=cache) == path
+    both = list_models([str(catalog), str(other / "catalog.json")], cache_dir=cache)
+    assert [p.split(": ", 1)[1] for p in both.problems] == [
+        f"model tiny@1.2.0 is listed by {catalog} too, with another file; the first one is used"]
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set the modification times of ``path`` and what lies in it ``seconds`` into the past."""
+    when = time.time() - seconds
+    for item in [path, *path.iterdir()]:
+        os.utime(item, (when, when), follow_symlinks=False)
+
+
+def test_staging_folders_of_killed_pulls_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    from MedAnalysisLib.catalog.cache import lock_staging, new_staging, unlock_staging
+
+    cache = tmp_path / "cache"
+    dead, fresh, live = (new_staging(cache, "tiny") for _ in range(3))
+    (dead / "bundle.zip.part").write_bytes(b"x" * 100)
+    (fresh / "bundle.zip.part").write_bytes(b"x")
+    lock = lock_staging(live)  # a pull of this process, stalled for long on a slow server
+    (live / "bundle.zip.part").write_bytes(b"x")
+    aside = cache / "other" / ".staging-corrupt-1-2"  # a corrupt copy moved aside by a pull that died
+    aside.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    (cache / "tiny" / ".staging-link").symlink_to(outside, target_is_directory=True)
+    for folder in (dead, live, aside, outside):
+        age(folder, 601)
+    assert list_models([], cache_dir=cache).models == []
+    assert (dead.exists(), fresh.exists(), live.exists(), aside.exists()) == (False, True, True, False)
+    assert not (cache / "other").exists() and (outside / "keep").exists()
+    unlock_staging(live, lock)
+    age(live, 601)
+    pull_refused = pytest.raises(InputError, match="expected a model tiny listed in the catalogs")
+    with pull_refused:
+        pull("tiny", catalogs=[], cache_dir=cache)  # a pull sweeps too, before it reads the catalogs
+    assert not live.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_modality_or_catalog_is_refused(tmp_path: Path, value: str) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(catalog_text(good_entry()))
+    with pytest.raises(InputError, match=f"expected a modality to keep .*got an empty value '{value}'"):
+        list_models([str(good)], cache_dir=tmp_path / "cache", modality=value)
+    found = list_models([value, str(good)], cache_dir=tmp_path / "cache")
+    assert [m.entry.key for m in found.models] == ["liver-ct@1.0.0"]
+    assert found.problems == [f"catalog {value}: expected a catalog path or URL, got an empty value '{value}'"]
+    for argv in (["list", "--catalog", str(good), "--modality", value], ["list", "--catalog", value],
+                 ["pull", "liver-ct", "--catalog", value], ["path", "liver-ct", "--catalog", value]):
+        done = run_models(tmp_path, *argv)
+        assert (done.returncode, done.stdout) == (2, ""), argv
+        assert done.stderr.startswith("error: expected ") and "got an empty value" in done.stderr, argv
+        assert done.stderr.count("\n") == 1, argv
+    assert not (tmp_path / "cache").exists()
+
+
+def test_local_entry_files_missing_or_not_files_are_named_with_their_catalog(tmp_path: Path) -> None:
+    (tmp_path / "models" / "folder.zip").mkdir(parents=True)
+    os.mkfifo(tmp_path / "models" / "fifo.zip")
+    catalog = tmp_path / "hospital.json"
+    catalog.write_text(catalog_text(good_entry(id="gone", urls=["models/t.zip"]),
+                                    good_entry(id="folder", urls=["models/folder.zip"]),
+                                    good_entry(id="fifo", urls=["models/fifo.zip"])))
+    expected = {"gone": "expected the model file models/t.zip (beside catalog hospital.json), got: No such file",
+                "folder": "expected the model file models/folder.zip (beside catalog hospital.json) to be a "
+                          "regular file, got a folder",
+                "fifo": "expected the model file models/fifo.zip (beside catalog hospital.json) to be a regular "
+                        "file, got a FIFO"}
+    for model_id, message in expected.items():
+        with pytest.raises(InputError, match=re.escape(message)):
+            pull(model_id, catalogs=[str(catalog)], cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*/*"))
+
+
+def test_cli_list_aligns_wide_titles_and_prints_long_statuses_in_full(local_catalog, tmp_path: Path) -> None:
+    catalog, cache, data = local_catalog
+    text = json.loads(catalog.read_text())
+    text["models"][0]["title"] = "\u809d\u81d3\u30bb\u30b0\u30e1\u30f3\u30c6\u30fc\u30b7\u30e7\u30f3 (CT)"
+    catalog.write_text(json.dumps(text))
+    path = pull("tiny@1.2.0", catalogs=[str(catalog)], cache_dir=cache)
+    path.write_bytes(data[:100])
+    done = run_models(tmp_path, "list", "--catalog", str(catalog))
+    assert done.returncode == 0, done.stderr
+    from MedAnalysisLib.cli.models import display_width
+
+    lines = done.stdout.splitlines()
+    rows = [line for line in lines if line.startswith(("id ", "tiny ", "brain "))]
+    assert len(rows) == 4
+    words = ("task", "segmentation", "segmentation", "segmentation")
+    starts = {display_width(row[:row.index(word)]) for row, word in zip(rows, words, strict=True)}
+    assert len(starts) == 1, done.stdout
+    assert any(row.startswith("tiny ") and row.endswith("needs a download *") for row in rows)
+    reason = f"the cached file is corrupt: expected {len(data)} bytes, got 100"
+    assert f"* tiny@1.2.0: needs a download ({reason})" in lines
+    assert "more characters" not in done.stdout

@@ -66,6 +66,11 @@ def served(tmp_path: Path, bundle_bytes: bytes):
         yield server, www, tmp_path / "cache"
 
 
+def sha16(data: bytes) -> str:
+    """The name of the cache folder holding ``data``: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def cache_state(cache: Path) -> list[str]:
     """Every path in the cache except the saved catalog copies (what a failed pull must leave unchanged)."""
     if not cache.exists():
@@ -80,7 +85,7 @@ def test_good_pull_reuses_cache_and_lists_offline(served, bundle_bytes: bytes) -
     url = server.url(catalog.name)
     recorder = Recorder()
     path = pull("good", catalogs=[url], cache_dir=cache, reporter=recorder)
-    assert path == cache / "good" / "1.0.0" / "bundle.zip" and path.read_bytes() == bundle_bytes
+    assert path == cache / "good" / "1.0.0" / sha16(bundle_bytes) / "bundle.zip" and path.read_bytes() == bundle_bytes
     record = json.loads((path.parent / "entry.json").read_text())
     assert record["sha256"] == hashlib.sha256(bundle_bytes).hexdigest() and record["url"] == server.url("good.zip")
     assert recorder.calls[0][1] == 0 and recorder.calls[-1][1:3] == (len(bundle_bytes), len(bundle_bytes))
@@ -171,7 +176,8 @@ def test_same_origin_redirects_are_followed_and_others_refused(served, bundle_by
             pull("loop", catalogs=[url], cache_dir=cache)
         assert other.requests == []
     assert "/loop5.zip" in server.requests and "/loop6.zip" not in server.requests
-    assert cache_state(cache) == ["moved", "moved/1.0.0", "moved/1.0.0/bundle.zip", "moved/1.0.0/entry.json"]
+    kept = f"moved/1.0.0/{sha16(bundle_bytes)}"
+    assert cache_state(cache) == ["moved", "moved/1.0.0", kept, f"{kept}/bundle.zip", f"{kept}/entry.json"]
 
 
 def test_slow_download_cancels_within_two_seconds(served, bundle_bytes: bytes) -> None:
@@ -285,7 +291,7 @@ def test_two_pulls_at_once_leave_one_good_copy(served, bundle_bytes: bytes) -> N
         thread.start()
     for thread in threads:
         thread.join(30)
-    path = cache / "both" / "1.0.0" / "bundle.zip"
+    path = cache / "both" / "1.0.0" / sha16(bundle_bytes) / "bundle.zip"
     assert results == [path, path, path] and path.read_bytes() == bundle_bytes
     assert sorted(p.name for p in (cache / "both").iterdir()) == ["1.0.0"]
 
@@ -312,7 +318,7 @@ def test_cli_pull_path_list_and_refusals(served, bundle_bytes: bytes) -> None:
                                         "jsonl"))
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0, err
-    assert lines[-1]["type"] == "result" and lines[-1]["path"] == str(cache / "good" / "1.0.0" / "bundle.zip")
+    assert lines[-1]["type"] == "result" and lines[-1]["path"] == str(cache / "good" / "1.0.0" / sha16(bundle_bytes) / "bundle.zip")
     assert [line["stage"] for line in lines[:-1]] == ["download"] * (len(lines) - 1)
     assert lines[-2]["fraction"] == 1.0 and lines[-2]["bytes_per_s"] > 0
     code, out, err = finish(medanalysis(cache, "models", "pull", "bad", "--catalog", url))
@@ -324,7 +330,7 @@ def test_cli_pull_path_list_and_refusals(served, bundle_bytes: bytes) -> None:
                                        "download (medanalysis models pull bad@1.0.0)\n")
     server.stop()
     code, out, err = finish(medanalysis(cache, "models", "path", "good", "--catalog", url))
-    assert (code, out.strip(), err) == (0, str(cache / "good" / "1.0.0" / "bundle.zip"), "")
+    assert (code, out.strip(), err) == (0, str(cache / "good" / "1.0.0" / sha16(bundle_bytes) / "bundle.zip"), "")
     code, out, err = finish(medanalysis(cache, "models", "list", "--offline", "--catalog", url))
     assert code == 0 and err == ""
     rows = [line.split() for line in out.splitlines()]
@@ -353,3 +359,101 @@ def test_cli_pull_cancelled_by_sigterm_exits_3(served, bundle_bytes: bytes) -> N
     assert code == 3 and time.monotonic() - start < 2.0
     assert json.loads(out.splitlines()[-1])["error_type"] == "CancelledError"
     assert not (cache / "slow").exists()
+
+
+# ------------------------------------------------------------------------------------------------ probe findings
+@pytest.mark.parametrize(("how", "where"), [("whole answer", ""), ("body", " while reading the body")])
+def test_a_trickling_catalog_server_is_given_up_within_its_timeout(served, bundle_bytes: bytes, how: str,
+                                                                   where: str) -> None:
+    server, www, cache = served
+    catalog = write_catalog(www, entry("t", bundle_bytes, "good.zip"))
+    if how == "whole answer":
+        server.trickle(catalog.name, delay=0.3)
+    else:
+        server.slow(catalog.name, chunk=1, delay=0.3)
+    start = time.monotonic()
+    found = list_models([server.url(catalog.name)], cache_dir=cache, timeout=1.0)
+    assert time.monotonic() - start < 2.0
+    assert found.models == [] and len(found.problems) == 1
+    assert found.problems[0].endswith(f"got no complete answer within the time limit (timed out){where}; no saved "
+                                      "copy of this catalog")
+
+
+def test_a_listing_deadline_lists_unreached_catalogs_from_their_saved_copies(served, bundle_bytes: bytes) -> None:
+    from MedAnalysisLib.catalog.listing import NOT_REACHED, STALE_NOTE
+
+    server, www, cache = served
+    first = write_catalog(www, entry("first", bundle_bytes, "good.zip"), name="first.json")
+    later = write_catalog(www, entry("later", bundle_bytes, "good.zip"), name="later.json")
+    urls = [server.url(later.name), server.url(first.name), *(server.url(f"stalled{n}.json") for n in range(3))]
+    assert [m.entry.id for m in list_models(urls[:2], cache_dir=cache).models] == ["first", "later"]  # copies saved
+    for n in range(3):
+        write_catalog(www, entry(f"s{n}", bundle_bytes, "good.zip"), name=f"stalled{n}.json")
+    for name in (first.name, *(f"stalled{n}.json" for n in range(3))):
+        server.trickle(name, delay=0.5)
+    start = time.monotonic()
+    found = list_models(urls, cache_dir=cache, timeout=10.0, deadline=time.monotonic() + 1.5)
+    assert time.monotonic() - start < 2.5
+    assert [(m.entry.id, m.status) for m in found.models] == [
+        ("first", "needs a download (catalog not reached or refused: listed from its saved copy)"),
+        ("later", "needs a download")]
+    assert "no complete answer within the time limit (timed out)" + STALE_NOTE in found.problems[0]
+    assert [p.endswith(f"got none: {NOT_REACHED}; no saved copy of this catalog") for p in found.problems[1:]] == [
+        True, True, True]
+    assert server.requests[2:] == ["/later.json", "/first.json"]  # the stalled ones were never asked
+
+
+def test_a_bundle_download_fails_when_no_byte_arrives_for_the_timeout(served, bundle_bytes: bytes) -> None:
+    server, www, cache = served
+    catalog = write_catalog(www, entry("stalled", bundle_bytes, "good.zip"))
+    url = server.url(catalog.name)
+    server.slow("good.zip", chunk=4096, delay=0.3)  # slower in all than the timeout, but never silent for as long
+    start = time.monotonic()
+    assert pull("stalled", catalogs=[url], cache_dir=cache, timeout=1.0).read_bytes() == bundle_bytes
+    assert time.monotonic() - start > 1.0
+    (www / "other.zip").write_bytes(bundle_bytes)
+    catalog = write_catalog(www, entry("silent", bundle_bytes, "other.zip"))
+    server.slow("other.zip", chunk=4096, delay=5.0)  # one chunk, then silence
+    start = time.monotonic()
+    with pytest.raises(InputError, match="got no answer in time \\(timed out\\) while reading the body"):
+        pull("silent", catalogs=[url], cache_dir=cache, timeout=1.0)
+    assert time.monotonic() - start < 3.0
+    assert not (cache / "silent").exists()
+
+
+def test_relative_entry_urls_resolve_against_where_a_redirect_led(served, bundle_bytes: bytes) -> None:
+    server, www, cache = served
+    (www / "v2").mkdir()
+    (www / "v2" / "model.zip").write_bytes(bundle_bytes)
+    write_catalog(www / "v2", entry("rel", bundle_bytes, "model.zip"))
+    server.redirect("catalog.json", "/v2/catalog.json", status=301)
+    url = server.url("catalog.json")
+    [listed] = list_models([url], cache_dir=cache).models
+    assert (listed.entry.catalog, listed.entry.urls) == (url, (server.url("v2/model.zip"),))
+    assert pull("rel", catalogs=[url], cache_dir=cache).read_bytes() == bundle_bytes
+    assert "/v2/model.zip" in server.requests and "/model.zip" not in server.requests
+    [offline] = list_models([url], cache_dir=cache, offline=True).models  # the saved copy keeps where it was read
+    assert (offline.entry.urls, offline.cached) == ((server.url("v2/model.zip"),), True)
+    server.redirect("catalog.json", f"http://localhost:{server.port}/v2/catalog.json")
+    found = list_models([url], cache_dir=cache)
+    assert "got a redirect to http://localhost" in found.problems[0]
+    assert [m.entry.urls for m in found.models] == [(server.url("v2/model.zip"),)]  # from the saved copy
+
+
+def test_a_killed_pull_leaves_a_staging_folder_the_next_sweep_removes(served, bundle_bytes: bytes) -> None:
+    from MedAnalysisLib.catalog.cache import sweep_staging
+
+    server, www, cache = served
+    catalog = write_catalog(www, entry("killed", bundle_bytes, "good.zip"))
+    server.slow("good.zip", chunk=256, delay=0.3)
+    process = medanalysis(cache, "models", "pull", "killed", "--catalog", server.url(catalog.name))
+    deadline = time.monotonic() + 30
+    while not list((cache / "killed").glob(".staging-*/bundle.zip.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [staging] = list((cache / "killed").glob(".staging-*"))
+    assert sweep_staging(cache, max_age_s=0) == [] and staging.exists()  # a live pull holds its lock
+    process.kill()
+    process.communicate(timeout=30)
+    assert staging.exists()  # SIGKILL: nothing of the pull ran to clean up
+    assert sweep_staging(cache, max_age_s=0) == [staging]
+    assert cache_state(cache) == []

@@ -2,16 +2,27 @@
 
 Layout (under :func:`model_cache_dir`)::
 
-    <id>/<version>/bundle.zip      the bundle, exactly the bytes whose sha256 the catalog states
-    <id>/<version>/entry.json      the record: the catalog entry, sha256, size, when and from which URL
-    <id>/.staging-*/               a download in progress (removed when it fails or is cancelled)
-    .catalogs/<hash>.json          the last good copy of each remote catalog (for offline listing)
+    <id>/<version>/<sha>/bundle.zip   the bundle, exactly the bytes whose sha256 the catalog states (<sha>: the
+                                      first 16 hex digits of that sha256)
+    <id>/<version>/<sha>/entry.json   the record: the catalog entry, sha256, size, when and from which URL
+    <id>/.staging-*/                  a download in progress (removed when it fails or is cancelled)
+    .catalogs/<hash>.json             the last good copy of each remote catalog (for offline listing)
+    .catalogs/<hash>.url              where that copy was finally read from after redirects (when elsewhere)
 
 Names starting with ``.`` can never be model ids, so the cache's own folders never collide with a model.
 
-A version folder appears by one ``rename`` of a complete staging folder: a reader sees no folder or a complete
-one. Two pulls of the same model at once each download into their own staging folder; the first to rename wins,
-and the other verifies the winner's file and discards its own copy ("rename wins", no lock file to go stale).
+Files are kept by their sha256: two catalogs listing the same id and version with different files (or a catalog
+that publishes a version again with another file) each get their own verified copy, and a pull for one never
+replaces the copy another catalog lists.
+
+A file's folder appears by one ``rename`` of a complete staging folder: a reader sees no folder or a complete one.
+Two pulls of the same model at once each download into their own staging folder; the first to rename wins, and the
+other verifies the winner's file and discards its own copy ("rename wins").
+
+A download that was killed (SIGKILL, a crash, power loss) leaves its staging folder behind. Each pull holds an
+advisory lock (``flock``) on the ``.lock`` file in its staging folder, which the system drops when the process dies;
+every pull and listing removes staging folders whose lock is free and in which nothing changed for
+:data:`STALE_STAGING_S` seconds (where ``flock`` is missing, the age alone decides).
 
 Cached files are verified again (size, then sha256) each time they are listed or used; a file that differs is
 reported and never used. Hashes are remembered per process by the file's identity (device, inode, size,
@@ -20,6 +31,7 @@ modification time), so listing many models does not hash them all again and agai
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -42,6 +54,11 @@ BUNDLE_FILE = "bundle.zip"
 RECORD_FILE = "entry.json"
 CATALOG_COPIES = ".catalogs"
 STAGING_PREFIX = ".staging-"
+LOCK_FILE = ".lock"
+#: A staging folder in which nothing changed for this long, and whose lock is free, was left by a killed pull.
+STALE_STAGING_S = 600.0
+#: Hex digits of the sha256 naming a file's folder.
+SHA_FOLDER_DIGITS = 16
 
 _HASHES: dict[tuple[int, int, int, int], str] = {}
 
@@ -68,6 +85,32 @@ def version_folder(cache: Path, model_id: str, version: str) -> Path:
     return cache / check_id(model_id) / check_version(version)
 
 
+def bundle_folder(cache: Path, model_id: str, version: str, sha256: str) -> Path:
+    """``<cache>/<id>/<version>/<first 16 hex digits of sha256>``: the folder of one verified file."""
+    if not isinstance(sha256, str) or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise InputError(f"expected a sha256 of 64 lowercase hex digits, got {len(str(sha256))} characters")
+    return version_folder(cache, model_id, version) / sha256[:SHA_FOLDER_DIGITS]
+
+
+def file_folders(cache: Path, model_id: str, version: str) -> list[Path]:
+    """The file folders under ``<cache>/<id>/<version>`` (unverified), newest record first."""
+    folder = version_folder(cache, model_id, version)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [folder / name for name in names if len(name) == SHA_FOLDER_DIGITS
+             and all(c in "0123456789abcdef" for c in name)]
+    return sorted(found, key=_record_time, reverse=True)
+
+
+def _record_time(folder: Path) -> float:
+    try:
+        return os.lstat(folder / RECORD_FILE).st_mtime
+    except OSError:
+        return 0.0
+
+
 def sha256_of(path: Path) -> str:
     """The sha256 of the regular file ``path`` (not a link), remembered by file identity."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -89,7 +132,7 @@ def sha256_of(path: Path) -> str:
 def cached_problem(folder: Path, size: int, sha256: str) -> str | None:
     """Why ``folder/bundle.zip`` is not the file of that size and sha256 (None when it is). Never raises."""
     path = folder / BUNDLE_FILE
-    if os.path.islink(folder):
+    if os.path.islink(folder) or os.path.islink(folder.parent):
         return "the cached version folder is a link"
     try:
         info = os.lstat(path)
@@ -152,6 +195,78 @@ def new_staging(cache: Path, model_id: str) -> Path:
                      "that kept disappearing")
 
 
+def lock_staging(staging: Path) -> int | None:
+    """Hold the lock of a staging folder (a descriptor to pass to :func:`unlock_staging`), so that no sweep
+    removes it while this process lives; None where the system has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a file being written cannot be removed there anyway
+        return None
+    fd = os.open(staging / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def unlock_staging(staging: Path, fd: int | None) -> None:
+    """Remove the lock file (it must not travel into the cache) and drop the lock."""
+    with contextlib.suppress(OSError):
+        (staging / LOCK_FILE).unlink()
+    if fd is not None:
+        os.close(fd)
+
+
+def _lock_is_held(staging: Path) -> bool:
+    """Whether a live process holds the lock of ``staging`` (False where there is no lock file or no flock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(staging / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock just taken
+    return False
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time of ``folder`` and of what lies directly in it."""
+    times = [os.lstat(folder).st_mtime]
+    with contextlib.suppress(OSError), os.scandir(folder) as found:
+        for item in found:
+            with contextlib.suppress(OSError):
+                times.append(item.stat(follow_symlinks=False).st_mtime)
+    return max(times)
+
+
+def sweep_staging(cache: Path, max_age_s: float = STALE_STAGING_S) -> list[Path]:
+    """Remove the staging folders killed pulls left behind (lock free, nothing changed for ``max_age_s``
+    seconds) and return them; never raises, never touches a folder a live pull holds."""
+    removed: list[Path] = []
+    now = time.time()
+    with contextlib.suppress(OSError):
+        models = [cache / name for name in os.listdir(cache)
+                  if not name.startswith(".") and not os.path.islink(cache / name)]  # never sweep through a link
+        for model in models:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(model):
+                    folder = model / name
+                    if not name.startswith(STAGING_PREFIX) or folder.is_symlink() or not folder.is_dir():
+                        continue
+                    with contextlib.suppress(OSError):
+                        if now - _last_change(folder) >= max_age_s and not _lock_is_held(folder):
+                            shutil.rmtree(folder)
+                            removed.append(folder)
+                with contextlib.suppress(OSError):
+                    model.rmdir()  # only when now empty
+    return removed
+
+
 def remove_staging(staging: Path) -> None:
     """Remove a staging folder, and its model folder when nothing else is in it (the cache is as it was)."""
     shutil.rmtree(staging, ignore_errors=True)
@@ -168,13 +283,16 @@ def write_record(staging: Path, entry: CatalogEntry, url: str) -> None:
 
 
 def install(staging: Path, entry: CatalogEntry, cache: Path) -> Path:
-    """Rename the verified ``staging`` folder to ``<cache>/<id>/<version>`` and return the bundle's path.
+    """Rename the verified ``staging`` folder to ``<cache>/<id>/<version>/<sha>`` and return the bundle's path.
 
     When the version folder already exists (another pull finished first), the existing file is kept if it
     verifies and the staging copy discarded; a corrupt existing folder is moved aside and replaced.
     """
-    target = version_folder(cache, entry.id, entry.version)
+    target = bundle_folder(cache, entry.id, entry.version, entry.sha256)
     for _attempt in range(3):
+        if target.parent.is_symlink():  # a link planted at the version's name: never written through
+            _discard(target.parent, staging.parent)
+        target.parent.mkdir(exist_ok=True)
         try:
             os.rename(staging, target)
             return target / BUNDLE_FILE
@@ -185,13 +303,14 @@ def install(staging: Path, entry: CatalogEntry, cache: Path) -> Path:
         if cached_problem(target, entry.size, entry.sha256) is None:
             shutil.rmtree(staging, ignore_errors=True)
             return target / BUNDLE_FILE
-        _discard(target)
+        _discard(target, staging.parent)
     raise InputError(f"expected to install model {entry.key} in the cache, got a folder that kept coming back")
 
 
-def _discard(target: Path) -> None:
-    """Move a corrupt version folder (or a file or link at its name) aside, then remove it."""
-    aside = target.with_name(f"{STAGING_PREFIX}{target.name}-corrupt-{os.getpid()}-{time.monotonic_ns()}")
+def _discard(target: Path, staging_parent: Path) -> None:
+    """Move a corrupt folder (or a file or link at its name) aside into ``staging_parent`` (the model's folder,
+    where a sweep finds it should this process die now), then remove it."""
+    aside = staging_parent / f"{STAGING_PREFIX}corrupt-{os.getpid()}-{time.monotonic_ns()}"
     try:
         os.rename(target, aside)
     except FileNotFoundError:
@@ -206,16 +325,23 @@ def catalog_copy_path(cache: Path, url: str) -> Path:
     return cache / CATALOG_COPIES / f"{hashlib.sha256(url.encode('utf-8')).hexdigest()[:32]}.json"
 
 
-def save_catalog_copy(cache: Path, url: str, data: bytes) -> None:
-    """Keep ``data`` as the last good copy of the remote catalog ``url`` (written atomically)."""
+def save_catalog_copy(cache: Path, url: str, data: bytes, base: str | None = None) -> None:
+    """Keep ``data`` as the last good copy of the remote catalog ``url`` (written atomically), with ``base``, the
+    URL it was finally read from, when a redirect led elsewhere."""
     path = catalog_copy_path(cache, url)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, data)
+    moved = path.with_suffix(".url")
+    if base and base != url:
+        write_bytes_atomic(moved, base.encode("utf-8"))
+    else:
+        moved.unlink(missing_ok=True)
 
 
-def catalog_copy(cache: Path, url: str) -> tuple[bytes, float] | None:
-    """The last good copy of a remote catalog and when it was saved, or None."""
-    from MedAnalysisLib.catalog.schema import MAX_CATALOG_BYTES
+def catalog_copy(cache: Path, url: str) -> tuple[bytes, float, str | None] | None:
+    """The last good copy of a remote catalog, when it was saved and the URL it was read from (None when the
+    same), or None."""
+    from MedAnalysisLib.catalog.schema import MAX_CATALOG_BYTES, MAX_URL_LENGTH
     from MedAnalysisLib.io.small_files import read_small_text
 
     path = catalog_copy_path(cache, url)
@@ -223,11 +349,16 @@ def catalog_copy(cache: Path, url: str) -> tuple[bytes, float] | None:
         return None
     try:
         text = read_small_text(path, "a saved catalog copy", MAX_CATALOG_BYTES)
-        return text.encode("utf-8"), path.stat().st_mtime
+        saved = path.stat().st_mtime
     except (InputError, OSError):
         return None
+    try:
+        base = read_small_text(path.with_suffix(".url"), "a saved catalog URL", MAX_URL_LENGTH).strip() or None
+    except (InputError, OSError):
+        base = None
+    return text.encode("utf-8"), saved, base
 
 
-__all__ = ["BUNDLE_FILE", "CACHE_ENV", "RECORD_FILE", "cached_problem", "cached_versions", "catalog_copy",
-           "install", "model_cache_dir", "new_staging", "read_record", "remove_staging", "save_catalog_copy", "version_folder",
-           "write_record"]
+__all__ = ["BUNDLE_FILE", "CACHE_ENV", "RECORD_FILE", "bundle_folder", "cached_problem", "cached_versions",
+           "catalog_copy", "file_folders", "install", "lock_staging", "model_cache_dir", "new_staging", "read_record",
+           "remove_staging", "save_catalog_copy", "sweep_staging", "unlock_staging", "version_folder", "write_record"]

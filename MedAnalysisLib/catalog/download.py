@@ -3,7 +3,10 @@
 The request runs in a daemon thread that hands chunks over a small queue, so the caller checks its stop flag at
 least every :data:`POLL_S` seconds however slowly the server sends (a slow or stalled server never holds up a
 Cancel); on Cancel the socket is shut down, which ends the thread's blocked read. ``timeout`` is the socket timeout:
-how long connecting, or waiting for the next bytes, may take.
+how long connecting, or waiting for the next bytes, may take (a bundle download, long and cancellable, fails when
+no byte arrives for that long). A ``deadline`` (a :func:`time.monotonic` instant) bounds the whole exchange
+(connect, redirects, headers and body): :func:`fetch_document` sets one ``timeout`` after it starts, so a server
+trickling a byte at a time cannot hold a catalog read for longer than that.
 
 Every URL passes :func:`~MedAnalysisLib.catalog.sources.check_web_url` before anything connects; a redirect is
 followed only to the same origin (scheme, host, port) as the first URL, at most :data:`MAX_REDIRECTS` hops.
@@ -18,6 +21,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -42,7 +46,13 @@ def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, s
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout), target
 
 
+class DeadlineError(TimeoutError):
+    """The whole exchange did not finish by its deadline."""
+
+
 def _describe(error: BaseException) -> str:
+    if isinstance(error, DeadlineError):
+        return "no complete answer within the time limit (timed out)"
     if isinstance(error, (TimeoutError, socket.timeout)):
         return "no answer in time (timed out)"
     if isinstance(error, http.client.IncompleteRead):
@@ -89,15 +99,22 @@ class _Request:
             if not self._cancelled.is_set():
                 self._put(("error", error))
 
-    def next_event(self, stop_flag: Any, stall_s: float) -> tuple:
-        """The next event; checks ``stop_flag`` every :data:`POLL_S` seconds (CancelledError when set)."""
+    def next_event(self, stop_flag: Any, stall_s: float, deadline: float | None = None) -> tuple:
+        """The next event; checks ``stop_flag`` every :data:`POLL_S` seconds (CancelledError when set); an
+        ``("error", DeadlineError())`` once ``deadline`` has passed."""
         waited = 0.0
         while True:
             if stop_flag is not None and stop_flag.is_set():
                 self.close()
                 raise CancelledError(getattr(stop_flag, "reason", "") or "download cancelled")
+            wait = POLL_S
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    self.close()
+                    return ("error", DeadlineError())
             try:
-                return self.events.get(timeout=POLL_S)
+                return self.events.get(timeout=wait)
             except queue.Empty:
                 waited += POLL_S
                 if waited > stall_s + 5 * POLL_S:  # the socket timeout should have fired: never wait for ever
@@ -120,8 +137,9 @@ class Download:
     """An open GET of a web URL after its redirects: :attr:`url` (the final URL), :attr:`length` (the
     Content-Length, or None) and :meth:`chunks`. Use as a context manager; leaving it closes the connection."""
 
-    def __init__(self, url: str, *, what: str, timeout: float, stop_flag: Any = None) -> None:
-        self.what, self.timeout, self.stop_flag = what, timeout, stop_flag
+    def __init__(self, url: str, *, what: str, timeout: float, stop_flag: Any = None,
+                 deadline: float | None = None) -> None:
+        self.what, self.timeout, self.stop_flag, self.deadline = what, timeout, stop_flag, deadline
         self.origin: Origin = check_web_url(url, what)
         self.url = url
         self.length: int | None = None
@@ -149,8 +167,8 @@ class Download:
     def _open(self) -> None:
         for _hop in range(MAX_REDIRECTS + 1):
             self.close()
-            self._request = _Request(self.url, self.timeout)
-            event = self._request.next_event(self.stop_flag, self.timeout)
+            self._request = _Request(self.url, self._socket_timeout())
+            event = self._request.next_event(self.stop_flag, self.timeout, self.deadline)
             if event[0] == "error":
                 raise self._fail(_describe(event[1]))
             _kind, status, reason, headers = event
@@ -161,6 +179,12 @@ class Download:
                 raise self._fail(f"HTTP {status} {terminal_field(reason, 100)}")
             self._follow(headers.get("Location"))
         raise InputError(f"expected {self.what} after at most {MAX_REDIRECTS} redirects, got more (a loop?)")
+
+    def _socket_timeout(self) -> float:
+        """The socket timeout: ``timeout``, or less when the deadline is nearer."""
+        if self.deadline is None:
+            return self.timeout
+        return max(min(self.timeout, self.deadline - time.monotonic()), 0.01)
 
     def _follow(self, location: str | None) -> None:
         if not location:
@@ -184,7 +208,7 @@ class Download:
         """The body, chunk by chunk; a failure in the middle is an InputError, Cancel a CancelledError."""
         assert self._request is not None
         while True:
-            event = self._request.next_event(self.stop_flag, self.timeout)
+            event = self._request.next_event(self.stop_flag, self.timeout, self.deadline)
             if event[0] == "data":
                 yield event[1]
             elif event[0] == "end":
@@ -193,10 +217,15 @@ class Download:
                 raise self._fail(f"{_describe(event[1])} while reading the body")
 
 
-def fetch_bytes(url: str, *, what: str, max_bytes: int, timeout: float, stop_flag: Any = None) -> bytes:
-    """The whole body of ``url`` (at most ``max_bytes``; more is refused as soon as it arrives)."""
+def fetch_document(url: str, *, what: str, max_bytes: int, timeout: float, stop_flag: Any = None,
+                   deadline: float | None = None) -> tuple[bytes, str]:
+    """The whole body of ``url`` (at most ``max_bytes``; more is refused as soon as it arrives) and the URL it was
+    finally read from after redirects. Everything must arrive within ``timeout`` seconds in total (and by
+    ``deadline`` when one is given)."""
+    limit = time.monotonic() + timeout
+    deadline = limit if deadline is None else min(deadline, limit)
     data = bytearray()
-    with Download(url, what=what, timeout=timeout, stop_flag=stop_flag) as download:
+    with Download(url, what=what, timeout=timeout, stop_flag=stop_flag, deadline=deadline) as download:
         if download.length is not None and download.length > max_bytes:
             raise InputError(f"expected {what} of at most {max_bytes} bytes, the server announced "
                              f"{download.length}")
@@ -207,7 +236,12 @@ def fetch_bytes(url: str, *, what: str, max_bytes: int, timeout: float, stop_fla
         if download.length is not None and len(data) != download.length:
             raise InputError(f"expected {what} of {download.length} bytes as announced, got {len(data)} before "
                              "the connection closed (truncated)")
-    return bytes(data)
+        return bytes(data), download.url
 
 
-__all__ = ["Download", "MAX_REDIRECTS", "fetch_bytes"]
+def fetch_bytes(url: str, *, what: str, max_bytes: int, timeout: float, stop_flag: Any = None) -> bytes:
+    """The body of :func:`fetch_document` alone."""
+    return fetch_document(url, what=what, max_bytes=max_bytes, timeout=timeout, stop_flag=stop_flag)[0]
+
+
+__all__ = ["DeadlineError", "Download", "MAX_REDIRECTS", "fetch_bytes", "fetch_document"]

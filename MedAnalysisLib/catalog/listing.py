@@ -4,6 +4,10 @@ Catalogs are read in order; one that cannot be read or reached becomes one line 
 the others still list. A remote catalog's last good copy (kept in the cache) stands in when it cannot be reached,
 or is refused, and is all that ``offline`` reads. When two catalogs list the same id and version, the first one
 wins; a later one that states another file (sha256) is reported as a problem.
+
+Each remote catalog must arrive within ``timeout`` seconds in all; a ``deadline`` (a :func:`time.monotonic`
+instant) bounds the whole listing: catalogs not read by then are listed from their saved copies, with the problem
+line :data:`NOT_REACHED`.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from pathlib import Path
 
 from MedAnalysisLib.catalog.cache import (
     BUNDLE_FILE,
+    bundle_folder,
     cached_problem,
     cached_versions,
     catalog_copy,
+    file_folders,
     model_cache_dir,
     read_record,
     save_catalog_copy,
-    version_folder,
+    sweep_staging,
 )
 from MedAnalysisLib.catalog.schema import MAX_CATALOG_BYTES, CatalogEntry, check_id, check_version, version_key
 from MedAnalysisLib.catalog.sources import check_web_url, default_catalogs, is_remote, local_catalog_path, parse_catalog
@@ -33,6 +39,8 @@ from MedAnalysisLib.sanitize import terminal_field
 NEEDS_DOWNLOAD = "needs a download"
 #: In a problem line: the catalog could not be reached or was refused, and its saved copy was listed instead.
 STALE_NOTE = "; listed from its copy of "
+#: Why a remote catalog was not asked: the listing's deadline had passed.
+NOT_REACHED = "not reached within the time limit"
 
 
 @dataclass(frozen=True)
@@ -67,17 +75,21 @@ def _shown(source: str) -> str:
     return terminal_field(source, 200)
 
 
-def _read_remote(url: str, cache: Path, offline: bool, timeout: float, found: _Catalogs) -> list[CatalogEntry]:
-    from MedAnalysisLib.catalog.download import fetch_bytes
+def _read_remote(url: str, cache: Path, offline: bool, timeout: float, found: _Catalogs,
+                 deadline: float | None = None) -> list[CatalogEntry]:
+    from MedAnalysisLib.catalog.download import fetch_document
 
     check_web_url(url, "a model catalog")  # a URL the policy refuses has no saved copy either
     reason = "offline"
-    if not offline:
+    if not offline and deadline is not None and time.monotonic() >= deadline:
+        reason = f"expected a model catalog from {_shown(url)}, got none: {NOT_REACHED}"
+    elif not offline:
         try:
-            data = fetch_bytes(url, what="a model catalog", max_bytes=MAX_CATALOG_BYTES, timeout=timeout)
-            entries = parse_catalog(data, url)
+            data, final = fetch_document(url, what="a model catalog", max_bytes=MAX_CATALOG_BYTES, timeout=timeout,
+                                         deadline=deadline)
+            entries = parse_catalog(data, url, final)
             with contextlib.suppress(OSError):  # a cache that cannot be written only loses the offline copy
-                save_catalog_copy(cache, url, data)
+                save_catalog_copy(cache, url, data, final)
             return entries
         except InputError as error:
             reason = str(error)
@@ -86,7 +98,7 @@ def _read_remote(url: str, cache: Path, offline: bool, timeout: float, found: _C
         raise InputError(f"{reason}; no saved copy of this catalog" if not offline else
                          "expected a saved copy of this remote catalog for offline use, got none (list it once "
                          "online)")
-    entries = parse_catalog(copy[0], url)
+    entries = _parse_copy(copy, url)
     saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(copy[1]))
     if not offline:
         found.problems.append(f"catalog {_shown(url)}: {reason}{STALE_NOTE}{saved}")
@@ -94,22 +106,37 @@ def _read_remote(url: str, cache: Path, offline: bool, timeout: float, found: _C
     return entries
 
 
-def _read_one(source: str, cache: Path, offline: bool, timeout: float, found: _Catalogs) -> list[CatalogEntry]:
+def _parse_copy(copy: tuple[bytes, float, str | None], url: str) -> list[CatalogEntry]:
+    """The entries of a saved copy, resolved against where it was read from (its own URL when that is refused)."""
+    try:
+        return parse_catalog(copy[0], url, copy[2])
+    except InputError:
+        if copy[2] is None:
+            raise
+        return parse_catalog(copy[0], url)
+
+
+def _read_one(source: str, cache: Path, offline: bool, timeout: float, found: _Catalogs,
+              deadline: float | None = None) -> list[CatalogEntry]:
+    if not isinstance(source, str) or not source.strip():
+        raise InputError(f"expected a catalog path or URL, got an empty value {source!r}")
     if is_remote(source):
-        return _read_remote(source, cache, offline, timeout, found)
+        return _read_remote(source, cache, offline, timeout, found, deadline)
     path = local_catalog_path(source)
     return parse_catalog(read_small_text(path, "a model catalog", MAX_CATALOG_BYTES), path)
 
 
-def read_catalogs(catalogs: list[str] | None, cache: Path, *, offline: bool, timeout: float) -> _Catalogs:
-    """Every entry of ``catalogs`` (default: :func:`default_catalogs`), first listing of an id@version first."""
+def read_catalogs(catalogs: list[str] | None, cache: Path, *, offline: bool, timeout: float,
+                  deadline: float | None = None) -> _Catalogs:
+    """Every entry of ``catalogs`` (default: :func:`default_catalogs`), first listing of an id@version first.
+    Remote catalogs not read by ``deadline`` come from their saved copies (see the module docstring)."""
     found = _Catalogs()
     seen: dict[tuple, CatalogEntry] = {}
     if isinstance(catalogs, (str, os.PathLike)):  # one source given on its own, not its characters
         catalogs = [os.fspath(catalogs)]
     for source in default_catalogs() if catalogs is None else list(catalogs):
         try:
-            entries = _read_one(str(source), cache, offline, timeout, found)
+            entries = _read_one(str(source), cache, offline, timeout, found, deadline)
         except InputError as error:
             found.problems.append(f"catalog {_shown(str(source))}: {error}")
             continue
@@ -135,27 +162,43 @@ def _modality_matches(stated: str, wanted: str) -> bool:
 
 
 def _listing(entry: CatalogEntry, cache: Path, stale: str | None) -> ModelListing:
-    folder = version_folder(cache, entry.id, entry.version)
+    folder = bundle_folder(cache, entry.id, entry.version, entry.sha256)
     problem = cached_problem(folder, entry.size, entry.sha256)
     if problem is None:
         return ModelListing(entry, True, str(folder / BUNDLE_FILE), "cached")
+    if problem == "not downloaded" and file_folders(cache, entry.id, entry.version):
+        problem = (f"the cache holds another file for this version (from another catalog or an earlier "
+                   f"publication); this catalog lists sha256 {entry.sha256[:16]}...: pull to add it")
     reasons = [r for r in (problem if problem != "not downloaded" else None, stale) if r]
     return ModelListing(entry, False, None, NEEDS_DOWNLOAD + (f" ({'; '.join(reasons)})" if reasons else ""))
 
 
+def check_modality(modality: str | None) -> str | None:
+    """``modality`` unchanged, or InputError for an empty or blank one (it would match nothing)."""
+    if modality is not None and (not isinstance(modality, str) or not modality.strip()):
+        raise InputError(f"expected a modality to keep (CT, MR, ...) or none, got an empty value {modality!r}")
+    return modality
+
+
 def list_models(catalogs: list[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
-                offline: bool = False, modality: str | None = None, timeout: float = 10.0) -> ModelList:
+                offline: bool = False, modality: str | None = None, timeout: float = 10.0,
+                deadline: float | None = None) -> ModelList:
     """Every model version the catalogs list, sorted by id then newest version first, with its cache status.
 
     Args:
         catalogs: Paths or URLs; None means :func:`default_catalogs` (a list replaces it).
         cache_dir: The model cache (default :func:`model_cache_dir`).
         offline: Read remote catalogs only from their saved copies; nothing connects.
-        modality: Keep only models of this modality (case-insensitive; MR, MRI, T1... are one family).
-        timeout: Seconds to connect or wait for bytes from a catalog server.
+        modality: Keep only models of this modality (case-insensitive; MR, MRI, T1... are one family); an empty
+            value is refused (InputError).
+        timeout: Seconds each remote catalog may take in all (connect, headers and body).
+        deadline: A :func:`time.monotonic` instant for the whole listing: remote catalogs not read by then are
+            listed from their saved copies with the problem line "... not reached within the time limit".
     """
+    check_modality(modality)
     cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
-    found = read_catalogs(catalogs, cache, offline=offline, timeout=timeout)
+    sweep_staging(cache)
+    found = read_catalogs(catalogs, cache, offline=offline, timeout=timeout, deadline=deadline)
     entries = [e for e in found.entries if modality is None or _modality_matches(e.modality, modality)]
     entries.sort(key=lambda e: version_key(e.version), reverse=True)
     entries.sort(key=lambda e: e.id)  # stable: each id's newest version first
@@ -189,6 +232,17 @@ def choose_entry(entries: list[CatalogEntry], model_id: str, version: str | None
     return max(matches, key=lambda e: version_key(e.version))
 
 
+def _recorded_file(cache: Path, model_id: str, version: str) -> tuple[Path | None, CatalogEntry | None]:
+    """The newest file of ``model_id@version`` in the cache whose record names it (no catalog lists it any more),
+    with the entry its record holds; ``(None, None)`` when there is none."""
+    for folder in file_folders(cache, model_id, version):
+        record = read_record(folder)
+        if record is not None and record["entry"].key == f"{model_id}@{version}" \
+                and record["entry"].sha256.startswith(folder.name):
+            return folder, record["entry"]
+    return None, None
+
+
 def cached_path(model_id: str, *, version: str | None = None, catalogs: list[str] | None = None,
                 cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The verified cached bundle of ``model_id`` (``id@version`` accepted), without any network.
@@ -214,11 +268,13 @@ def cached_path(model_id: str, *, version: str | None = None, catalogs: list[str
     if entry is None:  # no catalog lists it: the cached folder of an equal version (1.10 is 1.10.0)
         version = next((v for v in cached_versions(cache, model_id) if version_key(v) == version_key(version)),
                        version)
-    folder = version_folder(cache, model_id, entry.version if entry else version)
-    record = read_record(folder)
-    if entry is None and record is not None and record["entry"].key == f"{model_id}@{folder.name}":
-        entry = record["entry"]
-    problem = "not downloaded" if entry is None else cached_problem(folder, entry.size, entry.sha256)
+    folder: Path | None = None
+    if entry is not None:
+        folder = bundle_folder(cache, model_id, entry.version, entry.sha256)
+    else:
+        folder, entry = _recorded_file(cache, model_id, version)
+    problem = "not downloaded" if entry is None or folder is None else \
+        cached_problem(folder, entry.size, entry.sha256)
     if problem is not None:
         key = f"{model_id}@{version}"
         found = "none" if problem == "not downloaded" else f"none usable ({problem})"

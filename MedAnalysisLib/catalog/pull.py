@@ -10,8 +10,9 @@ The order is what makes a hostile server harmless:
 3. the sha256 is compared before anything reads the file;
 4. only then is the bundle's configuration read (:func:`MedAnalysisLib.bundles.read_bundle_config`, which
    validates it; no weights are loaded, TensorFlow is not imported), and its task and labels must be the entry's;
-5. the staging folder, with its record, is renamed to ``<cache>/<id>/<version>`` (see
-   :mod:`MedAnalysisLib.catalog.cache` for two pulls at once).
+5. the staging folder, with its record, is renamed to ``<cache>/<id>/<version>/<sha>`` (see
+   :mod:`MedAnalysisLib.catalog.cache` for two pulls at once, and for the lock that keeps a live download's staging
+   folder from the sweep that removes those killed pulls left behind).
 
 Any failure or Cancel removes the staging folder, so the cache is as it was. Progress goes to
 ``reporter.progress("download", bytes_done, bytes_total, message, bytes_per_s=...)``; ``stop_flag`` is checked
@@ -31,12 +32,15 @@ from typing import Any
 
 from MedAnalysisLib.catalog.cache import (
     BUNDLE_FILE,
+    bundle_folder,
     cached_problem,
     install,
+    lock_staging,
     model_cache_dir,
     new_staging,
     remove_staging,
-    version_folder,
+    sweep_staging,
+    unlock_staging,
     write_record,
 )
 from MedAnalysisLib.catalog.listing import choose_entry, read_catalogs, split_reference
@@ -82,19 +86,30 @@ def _stopped(stop_flag: Any) -> None:
         raise CancelledError(getattr(stop_flag, "reason", "") or "download cancelled")
 
 
-def _file_chunks(path: Path, stop_flag: Any) -> Iterator[bytes]:
+def _file_chunks(path: Path, entry: CatalogEntry, stop_flag: Any) -> Iterator[bytes]:
     from MedAnalysisLib.io.small_files import file_kind, open_regular_descriptor
 
+    shown = _local_name(path, entry)
     try:
         fd, mode = open_regular_descriptor(path)
     except OSError as error:
-        raise InputError(f"expected the model file {path.name}, got: {error.strerror or error}") from None
+        raise InputError(f"expected the model file {shown}, got: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InputError(f"expected the model file {shown} to be a regular file, got {file_kind(mode)}")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(mode):
-            raise InputError(f"expected the model file {path.name} to be a regular file, got {file_kind(mode)}")
         while chunk := handle.read(FILE_CHUNK):
             _stopped(stop_flag)
             yield chunk
+
+
+def _local_name(path: Path, entry: CatalogEntry) -> str:
+    """``path`` relative to the entry's catalog folder, and the catalog's file name, for a message."""
+    from MedAnalysisLib.catalog.sources import catalog_folder
+
+    folder = catalog_folder(entry.catalog)
+    shown = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
+    return f"{terminal_field(shown, 200)} (beside catalog {terminal_field(os.path.basename(entry.catalog), 100)})"
 
 
 def _web_chunks(location: Location, entry: CatalogEntry, stop_flag: Any, timeout: float) -> Iterator[bytes]:
@@ -113,7 +128,7 @@ def _stream(location: Location, part: Path, entry: CatalogEntry, reporter: Any, 
     """Write the entry's bytes from ``location`` to ``part``; return their sha256."""
     digest, done, meter = hashlib.sha256(), 0, _Meter(reporter, entry)
     meter.update(0)
-    chunks = _file_chunks(location.path, stop_flag) if location.path is not None else \
+    chunks = _file_chunks(location.path, entry, stop_flag) if location.path is not None else \
         _web_chunks(location, entry, stop_flag, timeout)
     with contextlib.closing(chunks), open(part, "xb") as sink:  # closing: the connection ends with a refusal
         for chunk in chunks:
@@ -159,7 +174,9 @@ def fetch_entry(entry: CatalogEntry, url: str, cache: Path, *, reporter: Any = N
     """Download ``entry`` from one of its ``url`` into ``cache`` (the steps of the module docstring)."""
     location = resolve_entry_url(url, entry.catalog)
     staging = new_staging(cache, entry.id)
+    lock = None
     try:
+        lock = lock_staging(staging)
         part = staging / (BUNDLE_FILE + ".part")
         found = _stream(location, part, entry, reporter, stop_flag, timeout)
         if found != entry.sha256:
@@ -168,8 +185,12 @@ def fetch_entry(entry: CatalogEntry, url: str, cache: Path, *, reporter: Any = N
         os.rename(part, staging / BUNDLE_FILE)
         check_bundle(staging / BUNDLE_FILE, entry)
         write_record(staging, entry, str(location))
+        unlock_staging(staging, lock)  # the lock file must not travel into the cache; fresh files keep it
+        lock = None
         return install(staging, entry, cache)
     finally:
+        if lock is not None:
+            unlock_staging(staging, lock)
         if staging.exists():
             remove_staging(staging)
 
@@ -189,9 +210,10 @@ def pull(model_id: str, *, version: str | None = None, catalogs: list[str] | Non
     """
     model_id, version = split_reference(model_id, version)
     cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
+    sweep_staging(cache)
     found = read_catalogs(catalogs, cache, offline=False, timeout=min(timeout, 30.0))
     entry = choose_entry(found.entries, model_id, version, found.problems)
-    folder = version_folder(cache, entry.id, entry.version)
+    folder = bundle_folder(cache, entry.id, entry.version, entry.sha256)
     if cached_problem(folder, entry.size, entry.sha256) is None:
         if reporter is not None:
             reporter.progress(STAGE, entry.size, entry.size, f"{entry.key}: already in the cache")

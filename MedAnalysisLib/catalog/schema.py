@@ -41,7 +41,11 @@ MAX_LABEL_VALUE = 65535
 
 TASKS = ("segmentation", "classification")
 ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-VERSION_RE = re.compile(r"(\d{1,9})(\.\d{1,9}){0,3}(-[0-9A-Za-z][0-9A-Za-z.]{0,31})?")
+#: Tags are lower case only: ``1.0-RC1`` and ``1.0-rc1`` would share a folder on a case-insensitive file system.
+VERSION_RE = re.compile(r"(\d{1,9})(\.\d{1,9}){0,3}(-[0-9a-z][0-9a-z.]{0,31})?")
+#: Names Windows reserves for devices, with or without an extension (``nul``, ``con.txt``, ``com1.x``).
+WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{n}" for n in range(10)),
+                             *(f"lpt{n}" for n in range(10))})
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 #: Text fields of an entry: the longest each may be, and whether it may hold line breaks.
@@ -86,32 +90,53 @@ def check_int(where: str, value: Any, low: int, high: int) -> int:
 
 
 def check_id(value: Any, where: str = "a model id") -> str:
-    """A model id: 1 to 64 of ``a-z 0-9 . _ -``, starting with a letter or digit (safe as a folder name)."""
+    """A model id: 1 to 64 of ``a-z 0-9 . _ -``, starting with a letter or digit, not ending in ``.`` and not a
+    Windows device name (``con``, ``nul``, ``lpt1``...), so that it is a folder name on every system."""
     if not isinstance(value, str) or not ID_RE.fullmatch(value):
         raise InputError(f"expected {where} of 1 to 64 characters a-z, 0-9, '.', '_', '-' starting with a letter "
                          f"or digit, got {_shown(value)}")
+    _check_folder_name(value, where)
     return value
+
+
+def _check_folder_name(value: str, where: str) -> None:
+    """Refuse names Windows cannot create as folders: a trailing ``.`` (silently dropped) or a device name."""
+    if value.endswith("."):
+        raise InputError(f"expected {where} not ending in '.' (Windows drops it from folder names), got "
+                         f"{_shown(value)}")
+    if value.split(".", 1)[0] in WINDOWS_DEVICES:
+        raise InputError(f"expected {where} that is not a Windows device name (con, prn, aux, nul, com0-9, "
+                         f"lpt0-9), got {_shown(value)}")
 
 
 def check_version(value: Any, where: str = "a model version") -> str:
-    """A plain version: up to four dot-separated numbers, optionally ``-`` and a tag (``1.0.0``, ``2.1-rc1``)."""
+    """A plain version: up to four dot-separated numbers, optionally ``-`` and a lower-case tag (``1.0.0``,
+    ``2.1-rc1``), not ending in ``.``."""
     if not isinstance(value, str) or not VERSION_RE.fullmatch(value):
-        raise InputError(f"expected {where} like 1.0.0 (numbers and dots, optionally -tag), got {_shown(value)}")
+        raise InputError(f"expected {where} like 1.0.0 (numbers and dots, optionally - and a tag of a-z, 0-9 and "
+                         f"dots), got {_shown(value)}")
+    _check_folder_name(value, where)
     return value
 
 
-def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
-    """Sort key comparing versions numerically (``1.10`` after ``1.9``; ``1.0`` equals ``1.0.0``); a tagged version
-    (``2.0-rc1``) comes before the same version without a tag."""
+def _tag_key(tag: str) -> tuple[tuple[int, int, str], ...]:
+    """A tag compared part by part, its numbers as numbers (``rc2`` before ``rc10``; a number before text)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.findall(r"\d+|[^\d.]+", tag.casefold()))
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]:
+    """Sort key comparing versions numerically (``1.10`` after ``1.9``; ``1.0`` equals ``1.0.0``; ``2.0-rc2``
+    before ``2.0-rc10``); a tagged version (``2.0-rc1``) comes before the same version without a tag."""
     numbers, _, tag = version.partition("-")
     parts = [int(part) for part in numbers.split(".")]
     while len(parts) > 1 and parts[-1] == 0:
         parts.pop()
-    return tuple(parts), 0 if tag else 1, tag
+    return tuple(parts), 0 if tag else 1, _tag_key(tag)
 
 
 def _check_labels(where: str, value: Any) -> tuple[dict, ...]:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LABELS:
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_LABELS:
         raise InputError(f"expected {where} to be a list of 1 to {MAX_LABELS} labels, got {_shown(value)}")
     labels = []
     for label in value:

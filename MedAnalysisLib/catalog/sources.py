@@ -10,7 +10,8 @@ The URL policy, which every catalog and entry URL and every redirect passes:
 * plain ``http`` only to a loopback host (``localhost``, ``127.0.0.0/8``, ``::1``), decided from the URL's text
   before anything connects: anything leaving the machine must use ``https``;
 * an entry of a *remote* catalog must have the catalog's own origin (scheme, host, port); relative URLs resolve
-  against the catalog's URL;
+  against the URL the catalog was finally read from after its same-origin redirects (as a browser does), and the
+  entries returned hold them resolved;
 * an entry of a *local* catalog is either an absolute ``http(s)`` URL or a relative path that stays inside the
   catalog's folder: no absolute path, no drive letter, no backslash, no ``..``, and no link leading out.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
@@ -38,13 +39,16 @@ CATALOGS_ENV = "MEDANALYSIS_CATALOGS"
 WEB_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-#: One URL inside a ``:``-separated list: the colons of its scheme and port do not separate items.
-_LISTED_URL = re.compile(r"https?://(\[[^\]/]*\]|[^/:\[]*)(:\d*)?(/[^:]*)?", re.IGNORECASE)
+#: One URL inside a ``:``-separated list: the colons of its scheme and port do not separate items; a ``file:`` URL
+#: (``file:///p``, ``file://localhost/p``, ``file:/p``) runs to the next colon after its scheme.
+_LISTED_URL = re.compile(r"https?://(\[[^\]/]*\]|[^/:\[]*)(:\d*)?(/[^:]*)?|file:[^:]*", re.IGNORECASE)
 
 
 def split_catalog_list(text: str, separator: str = os.pathsep) -> list[str]:
-    """The sources in a ``MEDANALYSIS_CATALOGS`` value; with ``:`` as the separator (POSIX), a URL's scheme and port
-    colons stay inside the URL (``http://127.0.0.1:8000/c.json:/srv/c.json`` is two sources)."""
+    """The sources in a ``MEDANALYSIS_CATALOGS`` value; with ``:`` as the separator (POSIX), the colons of an
+    http(s) URL's scheme and port and of a ``file:`` URL's scheme stay inside the URL
+    (``http://127.0.0.1:8000/c.json:file:///srv/c.json`` is two sources). With ``;`` (Windows) nothing else is
+    special, so drive letters (``C:\\m\\c.json``) and ``file:///C:/m/c.json`` stay whole."""
     if separator != ":":
         return [item.strip() for item in text.split(separator) if item.strip()]
     items, position = [], 0
@@ -86,6 +90,8 @@ def local_catalog_path(source: str) -> str:
     parts = urlsplit(source)
     if parts.netloc not in ("", "localhost"):
         raise InputError(f"expected a file: URL of this machine (file:///path), got {terminal_field(source, 200)}")
+    if not parts.path.strip("/"):
+        raise InputError(f"expected a file: URL naming a catalog file (file:///path), got {terminal_field(source, 200)}")
     return os.path.abspath(url2pathname(parts.path))
 
 
@@ -153,14 +159,30 @@ def catalog_folder(source: str) -> Path:
     return Path(source).resolve().parent
 
 
+def _relative_path_problem(text: str) -> str | None:
+    """Why ``text`` is not a plain relative path below a catalog's folder (None when it is one)."""
+    if not text:
+        return "an empty path"
+    if text.startswith("~"):
+        return "a path from the home folder ('~' is not expanded)"
+    if text.startswith("/") or re.match(r"[A-Za-z]:", text):
+        return "an absolute path"
+    if "\\" in text:
+        return "a path with backslashes (use '/')"
+    if ".." in PurePosixPath(text).parts:
+        return "a path with '..'"
+    if _scheme(text):
+        return f"a {terminal_field(_scheme(text))}: URL"
+    return None
+
+
 def _confined_path(text: str, source: str) -> Path:
     """The file a relative path in a local catalog names, confined to the catalog's folder."""
     shown = terminal_field(text, 200)
-    parts = PurePosixPath(text).parts
-    if (not text or text.startswith(("/", "~")) or "\\" in text or ".." in parts or _scheme(text)
-            or re.match(r"[A-Za-z]:", text)):
-        raise InputError(f"expected an entry path of a local catalog to be relative to the catalog's folder, "
-                         f"without '..' or backslashes, got {shown}")
+    problem = _relative_path_problem(text)
+    if problem is not None:
+        raise InputError(f"expected an entry path of a local catalog relative to the catalog's folder, got "
+                         f"{problem}: {shown}")
     folder = catalog_folder(source)
     target = (folder / text).resolve()
     if not target.is_relative_to(folder):
@@ -169,8 +191,11 @@ def _confined_path(text: str, source: str) -> Path:
     return target
 
 
-def resolve_entry_url(url: str, source: str) -> Location:
+def resolve_entry_url(url: str, source: str, base: str | None = None) -> Location:
     """Where ``url`` (from the catalog at ``source``) points, after the policy of the module docstring.
+
+    ``base`` is where the remote catalog was finally read after its redirects (as a browser resolves relative
+    links); it must have the catalog's own origin, which every entry URL must keep.
 
     Raises:
         InputError: A forbidden scheme, credentials, plain http off this machine, another origin than a remote
@@ -182,7 +207,10 @@ def resolve_entry_url(url: str, source: str) -> Location:
         if scheme and scheme not in WEB_SCHEMES:
             raise InputError(f"expected entry URLs of a remote catalog to use http(s), got a "
                              f"{terminal_field(scheme)}: URL")
-        absolute = urljoin(source, url)
+        if base is not None and check_web_url(base, "a catalog URL") != catalog_origin:
+            raise InputError(f"expected a catalog read on its own origin {catalog_origin}, got it from "
+                             f"{terminal_field(base, 200)}")
+        absolute = urljoin(base or source, url)
         origin = check_web_url(absolute, "an entry URL")
         if origin != catalog_origin:
             raise InputError(f"expected entry URLs on the catalog's own origin {catalog_origin}, got one on "
@@ -196,21 +224,30 @@ def resolve_entry_url(url: str, source: str) -> Location:
     return Location(path=_confined_path(url, source))
 
 
-def parse_catalog(text: bytes | str, source: str) -> list[CatalogEntry]:
+def parse_catalog(text: bytes | str, source: str, base: str | None = None) -> list[CatalogEntry]:
     """The entries of the catalog text read from ``source`` (its URL, or its path), validated: the schema, and
     every entry URL against the policy for that source. A catalog with one bad entry is refused as a whole.
+
+    A remote catalog's entry URLs are returned resolved (absolute), against ``base`` (the URL the catalog was
+    finally read from after same-origin redirects) or else ``source``.
 
     Raises:
         InputError: What was expected and what was found.
     """
     _name, entries = parse_catalog_document(text, source)
+    remote = is_remote(source)
+    resolved = []
     for entry in entries:
+        urls = []
         for url in entry.urls:
             try:
-                resolve_entry_url(url, source)
+                urls.append(resolve_entry_url(url, source, base))
             except InputError as error:
                 raise InputError(f"model {entry.key} in the catalog: {error}") from None
-    return entries
+        if remote:
+            entry = replace(entry, urls=tuple(str(location) for location in urls))
+        resolved.append(entry)
+    return resolved
 
 
 __all__ = ["CATALOGS_ENV", "DEFAULT_CATALOG", "Location", "Origin", "check_web_url", "default_catalogs",

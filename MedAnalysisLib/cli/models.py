@@ -8,7 +8,9 @@ replaces the default list of catalogs (the shipped one and ``MEDANALYSIS_CATALOG
 moves the cache.
 
 Every value from a catalog is text someone else wrote: the table shows each through
-:func:`~MedAnalysisLib.sanitize.terminal_field`, and ``--json`` is printed as ASCII with JSON escapes.
+:func:`~MedAnalysisLib.sanitize.terminal_field`, and ``--json`` is printed as ASCII with JSON escapes. Columns are
+padded by display width (a CJK character takes two terminal cells); the status column shows the short status and the
+reason of a model that needs a download is printed in full below the table.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from typing import Any
 
+from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.progress import Reporter
 from MedAnalysisLib.sanitize import terminal_field
 
@@ -43,7 +47,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     listing.add_argument("--offline", action="store_true",
                          help="do not connect: remote catalogs are read from their saved copies")
     listing.add_argument("--json", action="store_true", help="print the models and problems as JSON")
-    listing.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for a catalog server")
+    listing.add_argument("--timeout", type=_seconds, default=10.0, help="seconds each catalog server may take in all (connect, headers and body)")
     listing.set_defaults(func=run_list)
     pull = actions.add_parser("pull", parents=parents, help="download a model into the cache and print its path")
     pull.add_argument("model", help="model id, optionally @VERSION (default: the highest version listed)")
@@ -77,13 +81,34 @@ def _row(listing: Any) -> list[str]:
     from MedAnalysisLib.catalog.pull import human_bytes
 
     entry = listing.entry
-    values = (entry.id, entry.version, entry.title, entry.modality, entry.task, human_bytes(entry.size), listing.status)
+    status = listing.status.split(" (", 1)[0] + (" *" if " (" in listing.status else "")
+    values = (entry.id, entry.version, entry.title, entry.modality, entry.task, human_bytes(entry.size), status)
     return [terminal_field(value, FIELD_LIMIT) for value in values]
 
 
+def display_width(text: str) -> int:
+    """Terminal cells ``text`` takes: wide and full-width characters (CJK) two, combining marks none."""
+    return sum(0 if unicodedata.combining(char) else
+               2 if unicodedata.east_asian_width(char) in ("W", "F") else 1 for char in text)
+
+
 def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[n]) for row in rows) for n in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
+    widths = [max(display_width(row[n]) for row in rows) for n in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell + " " * (width - display_width(cell))
+                               for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _notes(models: list[Any]) -> list[str]:
+    """The full status of each model whose status cell was shortened (marked ``*``), one line each."""
+    return [f"* {terminal_field(m.entry.key, 100)}: {terminal_field(m.status, 600)}" for m in models
+            if " (" in m.status]
+
+
+def _check_sources(catalogs: list[str] | None) -> None:
+    """Refuse an empty ``--catalog`` value (it would name the current folder)."""
+    for source in catalogs or []:
+        if not source.strip():
+            raise InputError(f"expected --catalog PATH_OR_URL, got an empty value {source!r}")
 
 
 def _listing_dict(listing: Any) -> dict[str, Any]:
@@ -94,6 +119,7 @@ def run_list(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.catalog import list_models
     from MedAnalysisLib.catalog.listing import NEEDS_DOWNLOAD, STALE_NOTE
 
+    _check_sources(args.catalog)
     found = list_models(args.catalog, offline=args.offline, modality=args.modality, timeout=args.timeout)
     if reporter.mode == "jsonl":
         reporter.result(models=[_listing_dict(m) for m in found.models], problems=found.problems)
@@ -102,6 +128,8 @@ def run_list(args: argparse.Namespace, reporter: Reporter) -> int:
                          indent=2, ensure_ascii=True, allow_nan=False))
     elif found.models:
         print(_table([list(COLUMNS), *(_row(m) for m in found.models)]))
+        for note in _notes(found.models):
+            print(note)
         waiting = sum(m.status.startswith(NEEDS_DOWNLOAD) for m in found.models)
         if waiting:
             print(f"{waiting} model(s) need a download: medanalysis models pull ID")
@@ -119,10 +147,11 @@ def run_pull(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.catalog import pull
     from MedAnalysisLib.progress import StopFlag
 
+    _check_sources(args.catalog)
     path = pull(args.model, catalogs=args.catalog, reporter=reporter, stop_flag=StopFlag().install(),
                 timeout=args.timeout)
     if reporter.mode == "jsonl":
-        reporter.result(path=str(path), model=path.parent.parent.name, version=path.parent.name)
+        reporter.result(path=str(path), model=path.parents[2].name, version=path.parents[1].name)
     else:
         print(path)
     return 0
@@ -131,9 +160,10 @@ def run_pull(args: argparse.Namespace, reporter: Reporter) -> int:
 def run_path(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.catalog import cached_path
 
+    _check_sources(args.catalog)
     path = cached_path(args.model, catalogs=args.catalog)
     if reporter.mode == "jsonl":
-        reporter.result(path=str(path), model=path.parent.parent.name, version=path.parent.name)
+        reporter.result(path=str(path), model=path.parents[2].name, version=path.parents[1].name)
     else:
         print(path)
     return 0
