@@ -443,7 +443,9 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onRefreshModels(self):
-        """Refresh: ask the catalogs' servers (each with a short timeout) instead of the cached catalogs."""
+        """Refresh: ask the catalogs' servers instead of the cached catalogs, for a few seconds in all (the logic's
+        ``refreshBudgetS``, 6 s); catalogs not reached by then are listed from their saved copies and named in the
+        model status line, so a slow or stalled server never holds Slicer longer."""
         with slicer.util.WaitCursor():
             self.refreshModelList(offline=False)
 
@@ -732,8 +734,8 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _runModel(self, inputs):
         params = self._parameterNode
         bundlePath = pathText(params.bundlePath)
+        tta = {"on": True, "off": False}.get(params.testTimeAugmentation)  # None: the bundle's own setting
         if self._modelCard.task == "segmentation":
-            tta = {"on": True, "off": False}.get(params.testTimeAugmentation)  # None: the bundle's own setting
             return self.logic.segment(
                 inputs, bundlePath, outputType=params.outputType,
                 outputNode=params.outputSegmentation if params.outputType == "segmentation" else params.outputLabelmap,
@@ -742,7 +744,7 @@ class MedAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 background=params.runInBackground, uncertainty=params.uncertainty)
         return self.logic.classify(inputs, bundlePath, tableNode=params.outputTable,
                                    plot=params.showPerSlicePlot, background=params.runInBackground,
-                                   explain=params.explain, uncertainty=params.uncertainty)
+                                   explain=params.explain, uncertainty=params.uncertainty, tta=tta)
 
     def onTrainButton(self):
         self._stopOrStart(self._train)

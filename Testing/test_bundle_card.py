@@ -136,6 +136,33 @@ HOSTILE_CARDS: dict[str, tuple[Any, str]] = {
     "bad changelog date": ({"changelog": [{"version": "1", "date": "yesterday", "changes": "x"}]},
                            "date as YYYY-MM-DD, got 'yesterday'"),
     "changelog entry missing keys": ({"changelog": [{"version": "1"}]}, "to have the keys ['changes', 'date']"),
+    # values that contradict each other or the calendar
+    "value below its interval": (_metric(value=0.9, ci_low=0.95, ci_high=0.99),
+                                 "expected card.evaluation.metrics[0].value within its interval [0.95, 0.99], got 0.9"),
+    "value above its interval": (_metric(value=1.5), "value within its interval [0.8, 0.95], got 1.5"),
+    "negative value under a positive interval": (_metric(value=-0.9), "within its interval [0.8, 0.95], got -0.9"),
+    "february 30": ({"changelog": [{"version": "1", "date": "2026-02-30", "changes": "x"}]},
+                    "expected card.changelog[0].date to be a real calendar date (YYYY-MM-DD), got '2026-02-30'"),
+    "month 13": ({"changelog": [{"version": "1", "date": "2026-13-01", "changes": "x"}]}, "real calendar date"),
+    "day 00": ({"changelog": [{"version": "1", "date": "2026-01-00", "changes": "x"}]}, "real calendar date"),
+    "february 29 of a common year": ({"changelog": [{"version": "1", "date": "2025-02-29", "changes": "x"}]},
+                                     "got '2025-02-29'"),
+    "non-ASCII digits in a date": ({"changelog": [{"version": "1", "date": "2026-0\u0661-01", "changes": "x"}]},
+                                   "date as YYYY-MM-DD"),
+    "changelog out of order": ({"changelog": [{"version": "2", "date": "2026-03-01", "changes": "b"},
+                                              {"version": "1", "date": "2026-01-01", "changes": "a"}]},
+                               "expected the changelog oldest first (card.changelog[1].date on or after 2026-03-01), "
+                               "got 2026-01-01"),
+    "three metrics of one name": ({"evaluation": {"metrics": [{"name": "dice", "value": 0.9}] * 3}},
+                                  "expected unique metric names in card.evaluation, got 'dice' at metrics[0] and "
+                                  "metrics[1]"),
+    "metric names differing in case and spaces": (
+        {"evaluation": {"metrics": [{"name": "Dice", "value": 0.9}, {"name": " dice ", "value": 0.5}]}},
+        "expected unique metric names"),
+    "empty author": ({"authors": [""]}, "expected card.authors[0] to be a non-empty text, got ''"),
+    "blank author after a real one": ({"authors": ["A. Author", "   "]}, "expected card.authors[1] to be a non-empty"),
+    "empty limitation": ({"limitations": [""]}, "expected card.limitations[0] to be a non-empty text"),
+    "line breaks only as a reference": ({"references": ["\n\n"]}, "expected card.references[0] to be a non-empty"),
 }
 
 
@@ -350,6 +377,32 @@ HOSTILE_FILES: dict[str, tuple[bytes, str]] = {
     "escape sequence": (b'{"license": "MIT\\u001b[2J"}', "printable text on one line"),
     "file of 17 MiB": (b" " * (17 * 1024**2) + b"{}", "of at most 16 MiB"),
 }
+
+
+def test_consistent_edge_values_are_kept() -> None:
+    """What the new checks must not refuse: a value on an interval's end, a leap day, entries of one day, the
+    same metric name in training data and evaluation, an interval a rounding step from its mean."""
+    card = check_card({"changelog": [{"version": "1", "date": "2024-02-29", "changes": "a"},
+                                     {"version": "", "date": "2024-02-29", "changes": "b"}],
+                       "evaluation": {"metrics": [{"name": "dice", "value": 0.8, "ci_low": 0.8, "ci_high": 0.95,
+                                                   "level": 0.95},
+                                                  {"name": "hd95", "value": 0.1 + 0.2, "ci_low": 0.3,
+                                                   "ci_high": 0.3, "level": 0.95}]}})
+    assert [e["date"] for e in card["changelog"]] == ["2024-02-29"] * 2
+    assert [m["name"] for m in card["evaluation"]["metrics"]] == ["dice", "hd95"]
+
+
+@pytest.mark.parametrize("author", ["", "   "], ids=["empty", "spaces"])
+def test_an_empty_author_option_ends_in_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               author: str) -> None:
+    folder = _bundle_json(tmp_path / "b", json.loads(_config().to_json()))
+    before = _snapshot(folder)
+    capsys.readouterr()
+    assert main(["configure", str(folder), "--out", str(tmp_path / "new"), "--author", "A. Author",
+                 "--author", author]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: expected card.authors[1] to be a non-empty text, got ") and len(err.splitlines()) == 1
+    assert not (tmp_path / "new").exists() and _snapshot(folder) == before
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_FILES), ids=lambda name: name.replace(" ", "-"))

@@ -128,7 +128,7 @@ def test_picker_lists_catalog_and_local_models_filters_by_modality_and_downloads
     params.inputVolume0 = add_volume(slicer_gui.scene, "CT scan", "CT")
     assert ui.matchModalityCheckBox.isEnabled()
     ui.matchModalityCheckBox.setChecked(True)
-    assert rows(widget) and all(t.endswith(" CT segmentation") for t in rows(widget)), rows(widget)
+    assert rows(widget) and all(t.split(" \u2014 ")[-1].startswith("CT ") for t in rows(widget)), rows(widget)
     assert not [t for t in rows(widget) if t.startswith("Brain MR")]
 
     pick(widget, "Organ <b>CT</b>")
@@ -258,7 +258,7 @@ def test_hand_edited_settings_leave_the_panel_usable_and_say_what_is_wrong(slice
     status = widget.ui.modelStatusLabel.text().splitlines()
     assert status[0].startswith("Catalog not read: expected an https, http or file catalog URL or a path, got ftp:")
     assert any("broken.json" in line for line in status[1:]), status
-    listed = rows(widget)
+    listed = [entry.text for entry in widget._pickerEntries if entry.kind == "local"]  # after the shipped catalog's
     assert len(listed) == 10 and listed[0].startswith("moved.zip (cannot be read: expected a "), listed
     assert widget.logic.catalogSources()[-1] == str(broken)  # the readable-looking one is still tried
     assert widget.ui.modelCardLabel.text() == "No model selected."
@@ -280,5 +280,83 @@ def test_a_pull_result_outside_the_cache_is_not_opened(tmp_path, result):
         with pytest.raises(InputError, match="expected the downloaded bundle"):
             logic.pulledBundlePath(result)
         assert logic.pulledBundlePath({"path": f"{logic.modelCacheDir}/m/1.0.0/bundle.zip"}).endswith("bundle.zip")
+    finally:
+        bundle.close()
+
+
+@pytest.mark.parametrize(("chunk", "delay"), [(16, 0.3), (1, 5.0)], ids=["trickling", "stalled"])
+def test_refresh_returns_within_its_budget_from_a_slow_catalog_and_keeps_the_saved_list(panel, served, chunk, delay):
+    """A catalog server that trickles bytes (each read well inside any per-read timeout) or stalls cannot hold the
+    panel: Refresh returns within its budget plus a margin, names the catalog as not reached, and still lists the
+    models of the catalog's saved copy (from an earlier Refresh)."""
+    _module, widget = panel
+    ui = widget.ui
+    add_catalog(widget, served.url("catalog.json"))
+    ui.refreshModelsButton.click()  # a fast read first: it leaves a saved copy
+    assert [t for t in rows(widget) if t.startswith("Brain MR")], (rows(widget), ui.modelStatusLabel.text())
+    served.slow("catalog.json", chunk=chunk, delay=delay)
+    widget.logic.refreshBudgetS = 1.0
+    started = time.monotonic()
+    ui.refreshModelsButton.click()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + 1.5, f"Refresh held the panel {elapsed:.1f} s"
+    status = ui.modelStatusLabel.text()
+    # the line names the catalog and the time limit (the catalog library's words, or the panel's own when the
+    # library overruns: see the next test)
+    assert status.startswith(f"Catalog not read: catalog {served.url('catalog.json')}: ") and " within " in status, \
+        status
+    assert [t for t in rows(widget) if t.startswith("Brain MR")]  # the saved copy's models are still offered
+    assert ui.refreshModelsButton.isEnabled()
+
+
+def test_refresh_is_bounded_even_when_the_catalog_library_overruns_its_deadline(tmp_path, monkeypatch):
+    """The panel's own bound does not rely on the library keeping its deadline: a listing that blocks (a name
+    lookup that hangs, a library without a deadline) is abandoned at the budget, and the saved copies are listed
+    with each remote catalog named as not reached."""
+    import threading
+
+    from slicer_scene import make_scene
+
+    import MedAnalysisLib.catalog as catalog
+    from MedAnalysisSlicerLib.logic import SceneLogic
+
+    real = catalog.list_models
+    release = threading.Event()
+
+    def hanging(*args, **kwargs):
+        if not kwargs.get("offline"):
+            release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "list_models", hanging)
+    bundle = make_scene()
+    try:
+        logic = SceneLogic(bundle.scene)
+        logic.modelCacheDir = str(tmp_path / "cache")
+        logic.extraCatalogs = ["https://models.example/a.json", "http://127.0.0.1:9/b.json", str(tmp_path / "c.json")]
+        started = time.monotonic()
+        listing = logic.refreshModels(budget=0.5)
+        assert time.monotonic() - started < 0.5 + 0.5
+        assert listing.problems[:2] == [
+            f"catalog {source}: not reached within 0.5 s; listed from its saved copy"
+            for source in ("https://models.example/a.json", "http://127.0.0.1:9/b.json")]
+    finally:
+        release.set()
+        bundle.close()
+
+
+@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "5"])
+def test_a_refresh_budget_that_cannot_bound_is_refused(tmp_path, budget):
+    from slicer_scene import make_scene
+
+    from MedAnalysisLib.errors import InputError
+    from MedAnalysisSlicerLib.logic import SceneLogic
+
+    bundle = make_scene()
+    try:
+        logic = SceneLogic(bundle.scene)
+        logic.modelCacheDir = str(tmp_path / "cache")
+        with pytest.raises(InputError, match="expected a refresh budget from 0 to 600 seconds, got "):
+            logic.refreshModels(budget=budget)
     finally:
         bundle.close()

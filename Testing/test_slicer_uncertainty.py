@@ -270,3 +270,120 @@ def test_the_panel_overlays_a_new_heatmap_when_asked(slicer_gui, load_module_fil
         assert layers == [{"foreground": heatmap, "foregroundOpacity": module.OVERLAY_OPACITY}]
     else:
         assert layers == []
+
+
+def chart_series(scene, chart) -> list[str]:
+    return [scene.GetNodeByID(chart.GetNthPlotSeriesNodeID(n)).GetYColumnName()
+            for n in range(chart.GetNumberOfPlotSeriesNodes())]
+
+
+@pytest.mark.parametrize("background", [False, pytest.param(True, marks=pytest.mark.nightly)],
+                         ids=["in-process", "background"])
+def test_classify_chooses_tta_and_the_explained_class(scene, slice_classifier, background):
+    """``tta=True`` gives a single classifier the flips whose spread the plot shows as a band (``tta=False``: one
+    pass, no band); ``explainClass`` picks the class the heatmap explains, by name or by value."""
+    logic = logic_for(scene)
+    ct = add_ct(scene)
+    names = [label.name for label in logic.readModelCard(slice_classifier).labels]
+    last = f"p_{names[-1]}"
+    flipped = run(logic, "classify", ct, slice_classifier, background=background, uncertainty=True, tta=True,
+                  explain=True, explainClass=names[0])
+    assert f"{last} - spread" in chart_series(scene, flipped["chart"])
+    assert flipped["heatmap"].GetName().endswith(f"explanation ({names[0]})")
+    single = run(logic, "classify", ct, slice_classifier, background=background, uncertainty=True, tta=False,
+                 explain=True, explainClass=1)
+    assert f"{last} - spread" not in chart_series(scene, single["chart"])
+    assert single["heatmap"].GetName().endswith(f"explanation ({names[1]})")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"explain": True, "explainClass": "no-such-class"}, "expected a class to explain among"),
+    ({"explain": True, "explainClass": 7}, "got 7"),
+    ({"explain": True, "explainClass": True}, "got True"),
+    ({"explainClass": 0}, "expected explain=True with explainClass, got explainClass=0 alone"),
+    ({"tta": "off"}, "expected tta True, False or None (the bundle's setting), got 'off'"),
+    ({"tta": 1}, "expected tta True, False or None"),
+], ids=["unknown-name", "unknown-value", "bool", "without-explain", "text-tta", "int-tta"])
+@pytest.mark.parametrize("background", [False, True], ids=["in-process", "background"])
+def test_bad_tta_or_explained_class_is_refused_before_anything_runs(scene, slice_classifier, options, message,
+                                                                     background):
+    from MedAnalysisLib.errors import InputError
+
+    logic = logic_for(scene)
+    ct = add_ct(scene)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(InputError) as caught:
+        logic.classify(ct, slice_classifier, background=background, **options)
+    assert message in str(caught.value)
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_segment_refuses_a_tta_that_is_not_a_bool(scene, bundles):
+    from MedAnalysisLib.errors import InputError
+
+    logic = logic_for(scene)
+    ct = add_ct(scene)
+    for value in ("on", 0, "False"):
+        with pytest.raises(InputError, match="expected tta True, False or None"):
+            logic.segment(ct, bundles[0], tta=value)
+
+
+def test_background_classify_passes_tta_and_the_explained_class_to_the_real_parser(scene, slice_classifier):
+    from MedAnalysisLib.cli import build_parser
+
+    logic = logic_for(scene)
+    ct = add_ct(scene)
+    names = [label.name for label in logic.readModelCard(slice_classifier).labels]
+    parser = build_parser()
+    cases = [({"tta": True, "explain": True, "explainClass": "1"}, ("on", names[1])),
+             ({"tta": False, "explain": True, "explainClass": names[0]}, ("off", names[0])),
+             ({}, (None, None))]
+    for options, (tta, explained) in cases:
+        job = logic.classify(ct, slice_classifier, background=True, **options)
+        job.cancel(grace_s=0.0)  # only the command line matters here
+        args = parser.parse_args(job.worker.argv[3:])
+        assert (args.tta, args.explain_class) == (tta, explained)
+        assert args.explain == bool(options.get("explain"))
+
+
+def test_the_panel_warns_of_a_modality_mismatch_alike_with_and_without_explain(slicer_gui, load_module_file,  # noqa: F811
+                                                                              slice_classifier):
+    """A CT volume for an MR classifier: the panel names the mismatch under the inputs whether Explain is ticked or
+    not (the library's ``explain`` has no modality check of its own, and the background job's NRRD carries none);
+    the warning does not block Apply, as for prediction."""
+    module = load_module_file()
+    widget = slicer_gui.make_module_widget(module.MedAnalysisWidget)
+    params = widget._parameterNode
+    ct = add_ct(slicer_gui.scene)
+    ct.SetAttribute("DICOM.Modality", "CT")
+    params.bundlePath = slice_classifier
+    params.inputVolume0 = ct
+    expected = str(widget.logic.readModelCard(str(slice_classifier)).input["channels"][0]["modality"]).upper()
+    assert expected == "MR"
+    shown = {}
+    for explain in (False, True):
+        params.explain = explain
+        widget.updateGUI()
+        shown[explain] = widget.ui.inputWarningLabel.text()
+        assert widget.ui.inputWarningLabel.isVisibleTo(widget.parent)
+        assert widget.ui.applyButton.isEnabled() and widget.ui.explainCheckBox.isEnabled()
+    assert shown[True] == shown[False]
+    assert "the model expects MR, this volume is CT." in shown[True], shown
+
+
+@pytest.mark.parametrize(("choice", "tta"), [("bundle default", None), ("on", True), ("off", False)])
+def test_the_panels_tta_choice_reaches_classify(slicer_gui, load_module_file, slice_classifier, choice, tta):  # noqa: F811
+    """The Test-time augmentation choice (advanced section) applies to classifiers too, so Uncertainty can show a
+    spread band for a single model."""
+    module = load_module_file()
+    widget = slicer_gui.make_module_widget(module.MedAnalysisWidget)
+    params = widget._parameterNode
+    params.bundlePath = slice_classifier
+    params.inputVolume0 = add_ct(slicer_gui.scene)
+    params.testTimeAugmentation = choice
+    params.uncertainty = True
+    widget.updateGUI()
+    calls = []
+    widget.logic.classify = lambda *args, **kwargs: calls.append(kwargs)
+    widget._runModel([params.inputVolume0])
+    assert calls[0]["tta"] is tta and calls[0]["uncertainty"] is True

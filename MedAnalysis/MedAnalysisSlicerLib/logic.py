@@ -218,6 +218,7 @@ class SceneLogic(ModelCatalogLogic):
         """
         if outputType not in ("segmentation", "labelmap"):
             raise InputError(f"expected outputType 'segmentation' or 'labelmap', got {outputType!r}")
+        tta = _ttaChoice(tta)
         nodes = self._inputNodes(volumeNodes)
         bundlePath = bundleLocation(bundlePath)
         card = self.readModelCard(bundlePath)
@@ -234,7 +235,8 @@ class SceneLogic(ModelCatalogLogic):
         return self.lastOutputs[outputType]
 
     def classify(self, volumeNodes, bundlePath: str, *, tableNode=None, plot: bool = True,
-                 background: bool = False, explain: bool = False, uncertainty: bool = False):
+                 background: bool = False, explain: bool = False, uncertainty: bool = False,
+                 tta: bool | None = None, explainClass: int | str | None = None):
         """Classify the volume(s) with a classification bundle.
 
         Returns the table node (one row per slice when the model scores slices, then one whole-scan row; columns:
@@ -245,17 +247,30 @@ class SceneLogic(ModelCatalogLogic):
         ``disagreement`` columns; a mean +- spread band in the plot). ``explain`` adds a class-activation heatmap
         (0..1 volume on the input grid, ``lastOutputs["heatmap"]``, ready to show as the foreground layer) and, for
         CNN+RNN models, each slice's ``contribution`` to the scan score (a column and a plot series).
+
+        ``tta`` (True/False; None: the bundle's own setting) averages over flipped slices; with ``uncertainty`` the
+        flips are what the spread band measures for a single model. ``explainClass`` names the class the heatmap
+        explains, by label name or value (None: the second class of a two-class model, else the predicted one), as
+        ``medanalysis predict --explain-class`` does; it needs ``explain``. Both are checked before anything runs.
         """
+        tta = _ttaChoice(tta)
+        if explainClass is not None and not explain:
+            raise InputError(f"expected explain=True with explainClass, got explainClass={displayText(explainClass)} "
+                             "alone")
         nodes = self._inputNodes(volumeNodes)
         bundlePath = bundleLocation(bundlePath)
         card = self.readModelCard(bundlePath)
         if card.task != "classification":
             raise InputError(f"expected a classification bundle, got a {card.task} bundle; use segment()")
+        if explain:
+            from MedAnalysisLib.inference.predict import check_explain_target
+
+            explainClass = check_explain_target(card, explainClass)  # a class of this model, before it runs
         context = {"nodes": nodes, "card": card, "tableNode": tableNode, "plot": plot,
-                   "uncertainty": bool(uncertainty), "explain": bool(explain)}
+                   "uncertainty": bool(uncertainty), "explain": bool(explain), "explainClass": explainClass}
         if background:
-            return self._startPredictJob("classify", bundlePath, context, None, None)
-        prediction = self._predictInProcess(bundlePath, nodes, None, None, False, context)
+            return self._startPredictJob("classify", bundlePath, context, None, tta)
+        prediction = self._predictInProcess(bundlePath, nodes, None, tta, False, context)
         explanation = getattr(prediction, "explanation", None)
         self.lastOutputs = self._importClassification(
             context, prediction.per_slice, prediction.scan,
@@ -269,7 +284,9 @@ class SceneLogic(ModelCatalogLogic):
         from MedAnalysisLib.inference.predict import predict
 
         volumes = [slicer_adapter.volume_from_node(node) for node in nodes]
-        extra = {key: True for key in ("uncertainty", "explain") if (context or {}).get(key)}
+        extra: dict = {key: True for key in ("uncertainty", "explain") if (context or {}).get(key)}
+        if (context or {}).get("explainClass") is not None:
+            extra["explain_target"] = context["explainClass"]
         return predict(bundlePath, volumes if len(volumes) > 1 else volumes[0], overlap=overlap, tta=tta,
                        return_probabilities=probabilities, **extra)
 
@@ -298,6 +315,8 @@ class SceneLogic(ModelCatalogLogic):
         for option in ("uncertainty", "explain"):
             if context.get(option):
                 argv.append(f"--{option}")
+        if context.get("explainClass") is not None:  # "--explain-class=<name>": a name starting "-" stays a value
+            argv.append(f"--explain-class={context['explainClass']}")
         if overlap is not None:
             argv += ["--overlap", str(overlap)]
         if tta is not None:
@@ -785,6 +804,14 @@ class SceneLogic(ModelCatalogLogic):
             slicer_adapter.plot_chart_from_table(self.scene, tableNode, "epoch", columns[1:],
                                                  title=chartNode.GetTitle() or _("Training"), x_title=_("epoch"),
                                                  y_title=_("value"), chart_node=chartNode)
+
+
+def _ttaChoice(tta) -> bool | None:
+    """``tta`` as predict takes it: True, False or None (the bundle's own setting); anything else is refused rather
+    than read as true ("off" is a non-empty text)."""
+    if tta is None or isinstance(tta, bool):
+        return tta
+    raise InputError(f"expected tta True, False or None (the bundle's setting), got {displayText(repr(tta))}")
 
 
 def _sliceRow(row: dict) -> dict:

@@ -15,6 +15,9 @@ starts ``medanalysis models pull`` as a background job so that the panel shows p
 
 from __future__ import annotations
 
+import inspect
+import threading
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,9 @@ RECENT_BUNDLES_LIMIT = 10
 CATALOG_SOURCE_LIMIT = 2000
 #: Seconds one catalog may take to answer when the panel's Refresh lists with the network.
 REFRESH_TIMEOUT_S = 5.0
+#: Seconds the panel's Refresh waits for every catalog together; then it lists the saved copies (a trickling or
+#: stalled server, or many catalogs, never holds Slicer longer).
+REFRESH_BUDGET_S = 6.0
 #: URL schemes a catalog may use; anything else with ``://`` is refused (a plain path is a local file).
 CATALOG_SCHEMES = ("https://", "http://", "file://")
 
@@ -124,6 +130,8 @@ class ModelCatalogLogic:
     extraCatalogs: list[str]
     modelCacheDir: str | None
     python: str
+    #: Seconds the panel's Refresh waits for all catalogs together (:meth:`refreshModels`).
+    refreshBudgetS: float = REFRESH_BUDGET_S
 
     @staticmethod
     def volumeModality(node) -> str:
@@ -153,19 +161,64 @@ class ModelCatalogLogic:
                 checked.append(("", str(error)))
         return checked
 
-    def listModels(self, offline: bool = True, modality: str | None = None, timeout: float = REFRESH_TIMEOUT_S):
+    def listModels(self, offline: bool = True, modality: str | None = None, timeout: float = REFRESH_TIMEOUT_S,
+                   deadline: float | None = None):
         """The catalog entries of every catalog (:class:`~MedAnalysisLib.catalog.ModelList`: ``models`` and one
         ``problems`` line per catalog that could not be read).
 
         Args:
             offline: True reads only what is cached (no network, instant); False asks each catalog's server.
             modality: Only entries for this modality ("CT", "MR", ...); None lists all.
+            timeout: Seconds one catalog server may take.
+            deadline: A ``time.monotonic()`` instant after which catalogs not read yet are listed from their saved
+                copies (passed on where the catalog library accepts it).
         """
         from MedAnalysisLib.catalog import list_models
 
+        options: dict[str, Any] = {"timeout": timeout}
+        if deadline is not None and "deadline" in inspect.signature(list_models).parameters:
+            options["deadline"] = deadline
         listing = list_models(self.catalogSources(), cache_dir=self.modelCacheDir, offline=offline,
-                              modality=_normalModality(modality) or None, timeout=timeout)
+                              modality=_normalModality(modality) or None, **options)
         listing.problems[:0] = self.catalogProblems()
+        return listing
+
+    def refreshModels(self, modality: str | None = None, budget: float | None = None):
+        """The catalogs' listing asked of their servers, within ``budget`` seconds for all of them together.
+
+        The servers are read in a helper thread; when they have not all answered in time, the saved copies are
+        listed instead, with one problem line per remote catalog saying it was not reached (the helper thread is
+        left to finish or time out on its own; it holds nothing of the scene). This is what the panel's Refresh
+        calls, so a trickling or stalled server costs at most ``budget`` seconds (default :attr:`refreshBudgetS`),
+        never minutes.
+        """
+        budget = self.refreshBudgetS if budget is None else budget
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 600:
+            raise InputError(f"expected a refresh budget from 0 to 600 seconds, got {budget!r}")
+        deadline = time.monotonic() + budget
+        # the library's own deadline comes a little earlier, so that its answer (saved copies for the catalogs it
+        # could not read) normally arrives in time; waiting here only bounds a library that overruns it
+        libraryDeadline = deadline - min(0.5, budget / 4)
+        found: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                found["listing"] = self.listModels(offline=False, modality=modality,
+                                                   timeout=min(REFRESH_TIMEOUT_S, budget), deadline=libraryDeadline)
+            except Exception as error:  # noqa: BLE001 - handed to the caller's thread
+                found["error"] = error
+
+        worker = threading.Thread(target=read, name="MedAnalysis catalog refresh", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if "error" in found:
+            raise found["error"]
+        if "listing" in found:
+            return found["listing"]
+        listing = self.listModels(offline=True, modality=modality)
+        remote = [source for source in self.catalogSources() if source.lower().startswith(("https://", "http://"))]
+        listing.problems[:0] = [_("catalog {source}: not reached within {budget:g} s; listed from its saved copy")
+                                .format(source=displayText(source), budget=budget) for source in remote]
         return listing
 
     def modelPath(self, modelId: str, version: str | None = None) -> str:
@@ -210,8 +263,11 @@ class ModelCatalogLogic:
 
     # ------------------------------------------------------------------ picker rows
     def pickerEntries(self, recentBundles: list[str], *, offline: bool = True, modality: str | None = None,
-                      timeout: float = REFRESH_TIMEOUT_S) -> tuple[list[PickerEntry], list[str]]:
+                      budget: float | None = None) -> tuple[list[PickerEntry], list[str]]:
         """Catalog entries then local bundles, as picker rows, and the problems met (one line each).
+
+        ``offline=False`` asks the servers within ``budget`` seconds in all (default :attr:`refreshBudgetS`; see
+        :meth:`refreshModels`).
 
         A catalog that cannot be read does not hide the others or the local bundles: it becomes a problem line.
         ``modality`` keeps only rows for that modality (local bundles: their first input channel's).
@@ -219,7 +275,8 @@ class ModelCatalogLogic:
         problems: list[str] = []
         rows: list[PickerEntry] = []
         try:
-            listing = self.listModels(offline=offline, modality=modality, timeout=timeout)
+            listing = (self.listModels(offline=True, modality=modality) if offline
+                       else self.refreshModels(modality=modality, budget=budget))
         except Exception as error:  # noqa: BLE001 - one line in the panel, the local bundles still listed
             from .messages import errorText
 

@@ -20,6 +20,7 @@ Nothing here imports TensorFlow, Keras or Qt.
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import re
 import time
@@ -106,9 +107,13 @@ class _Checker:
         return value
 
     def texts(self, where: str, value: Any, limit: int) -> list[str]:
+        """A list of texts, none empty or only spaces (it would show as a blank author, limitation or reference)."""
         self.expect(isinstance(value, list), f"expected {where} to be a list of texts, got {_kind(value)}")
         self.expect(len(value) <= MAX_ITEMS, f"expected at most {MAX_ITEMS} items in {where}, got {len(value)}")
-        return [self.text(f"{where}[{n}]", item, limit) for n, item in enumerate(value)]
+        items = [self.text(f"{where}[{n}]", item, limit) for n, item in enumerate(value)]
+        for n, item in enumerate(items):
+            self.expect(item.strip() != "", f"expected {where}[{n}] to be a non-empty text, got {_shown(item)}")
+        return items
 
     def count(self, where: str, value: Any) -> int | None:
         """A number of cases: an integer from 0 to :data:`MAX_CASES`, or null (unknown)."""
@@ -128,15 +133,27 @@ class _Checker:
     def changelog(self, value: Any) -> list[dict[str, str]]:
         self.expect(isinstance(value, list), f"expected card.changelog to be a list, got {_kind(value)}")
         self.expect(len(value) <= MAX_ITEMS, f"expected at most {MAX_ITEMS} changelog entries, got {len(value)}")
-        entries = []
+        entries: list[dict[str, str]] = []
         for n, entry in enumerate(value):
             where = f"card.changelog[{n}]"
             self.keys(where, entry, CHANGELOG_KEYS, CHANGELOG_KEYS)
-            date = self.text(f"{where}.date", entry["date"], SHORT)
-            self.expect(bool(_DATE.match(date)), f"expected {where}.date as YYYY-MM-DD, got {_shown(date)}")
+            date = self.date(f"{where}.date", entry["date"])
+            self.expect(not entries or entries[-1]["date"] <= date,
+                        f"expected the changelog oldest first ({where}.date on or after "
+                        f"{entries[-1]['date'] if entries else ''}), got {date}")
             entries.append({"version": self.text(f"{where}.version", entry["version"], SHORT), "date": date,
                             "changes": self.text(f"{where}.changes", entry["changes"], LONG)})
         return entries
+
+    def date(self, where: str, value: Any) -> str:
+        """A real calendar date written ``YYYY-MM-DD`` (not 2026-02-30 or 2026-13-01)."""
+        date = self.text(where, value, SHORT)
+        self.expect(bool(_DATE.match(date)), f"expected {where} as YYYY-MM-DD, got {_shown(date)}")
+        try:
+            datetime.date.fromisoformat(date)
+        except ValueError:
+            self.expect(False, f"expected {where} to be a real calendar date (YYYY-MM-DD), got {_shown(date)}")
+        return date
 
     def training_data(self, value: Any) -> dict[str, Any]:
         """The training-data fields ``value`` gives, checked (a part may give some: they are merged key by key)."""
@@ -161,17 +178,29 @@ class _Checker:
         self.expect(level is None or 0 < level < 1, f"expected {where}.level in (0, 1) or null, got {level}")
         self.expect(low is None or level is not None, f"expected {where}.level (e.g. 0.95) with its interval, "
                                                       "got none")
-        return {"name": name, "value": self.number(f"{where}.value", value["value"], optional=False),
-                "ci_low": low, "ci_high": high, "level": level, "n": self.count(f"{where}.n", value.get("n"))}
+        number = self.number(f"{where}.value", value["value"], optional=False)
+        slack = 0.0 if low is None else 1e-9 * max(1.0, abs(low), abs(high))  # type: ignore[arg-type]
+        # a rounding step apart is the same number (a mean and a bootstrap bound summed in another order)
+        self.expect(low is None or low - slack <= number <= high + slack,  # type: ignore[operator]
+                    f"expected {where}.value within its interval [{low}, {high}], got {number}")
+        return {"name": name, "value": number, "ci_low": low, "ci_high": high, "level": level,
+                "n": self.count(f"{where}.n", value.get("n"))}
 
     def evaluation(self, value: Any) -> dict[str, Any]:
         self.keys("card.evaluation", value, ("data", "n_cases", "metrics"))
         metrics = value.get("metrics", [])
         self.expect(isinstance(metrics, list), f"expected card.evaluation.metrics to be a list, got {_kind(metrics)}")
         self.expect(len(metrics) <= MAX_ITEMS, f"expected at most {MAX_ITEMS} metrics, got {len(metrics)}")
+        checked = [self.metric(f"card.evaluation.metrics[{n}]", m) for n, m in enumerate(metrics)]
+        seen: dict[str, int] = {}
+        for n, metric in enumerate(checked):  # "Dice" and "dice " read as one metric with two values
+            key = " ".join(metric["name"].split()).casefold()
+            self.expect(key not in seen, f"expected unique metric names in card.evaluation, got "
+                                         f"{_shown(metric['name'])} at metrics[{seen.get(key)}] and metrics[{n}]")
+            seen[key] = n
         return {"data": self.text("card.evaluation.data", value.get("data", ""), LONG),
                 "n_cases": self.count("card.evaluation.n_cases", value.get("n_cases")),
-                "metrics": [self.metric(f"card.evaluation.metrics[{n}]", m) for n, m in enumerate(metrics)]}
+                "metrics": checked}
 
 
 def _kind(value: Any) -> str:
@@ -211,7 +240,10 @@ def check_card(data: Any, error: type[MedAnalysisError] = BundleError) -> dict[s
 
     Raises:
         BundleError: (or ``error``) An unknown key, a wrong type, a text too long or not printable, a number that is
-            not finite, a count that is not a non-negative integer, an interval with one end or reversed ends.
+            not finite, a count that is not a non-negative integer, an interval with one end or reversed ends, a
+            metric value outside its own interval, two metrics of one name in the evaluation, an empty author,
+            limitation or reference, a changelog date that is not a real calendar date or is older than the entry
+            before it.
     """
     return merge_cards(default_card(), check_card_part(data, error))
 
