@@ -102,3 +102,18 @@ def scene():
     yield built
     built.close()
 
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The Slicer tests' bundles: the module self-test's tiny ones (:func:`MedAnalysisSlicerLib.selftest.buildTinyBundles`)."""
+    from MedAnalysisSlicerLib.selftest import buildTinyBundles
+
+    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="module")
+def slice_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained per-slice classifier (slice_cnn): per-slice rows, a whole-scan row and a per-slice plot."""
+    from helpers_inference import train_classifier_bundle
+
+    return train_classifier_bundle(tmp_path_factory.mktemp("slice") / "slice_cnn", "slice_cnn", steps=0)

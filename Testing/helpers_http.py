@@ -18,6 +18,7 @@ no file in the folder (or leaves it) is a 404. The server runs in a daemon threa
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -181,3 +182,13 @@ def real_bundle_zip() -> Path:
         folder = Path(tempfile.mkdtemp(prefix="medanalysis-test-catalog-"))
         _BUNDLES["zip"] = zip_directory(make_tiny_bundle(folder / "tiny"), folder / "tiny.zip")
     return _BUNDLES["zip"]
+
+
+def catalog_entry(model_id: str, data: bytes, url: str, **overrides: object) -> dict:
+    """A catalog entry for ``data`` (the tiny bundle of :func:`real_bundle_zip`: CT segmentation, background +
+    organ) served at ``url``; ``overrides`` replace fields."""
+    return {"id": model_id, "version": "1.0.0", "title": f"Model {model_id}", "task": "segmentation",
+            "modality": "CT", "body_part": "abdomen", "labels": [{"value": 0, "name": "background"},
+                                                               {"value": 1, "name": "organ"}],
+            "description": "A tiny test model.", "license": "CC-BY-4.0", "intended_use": "Tests only.",
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "urls": [url], **overrides}

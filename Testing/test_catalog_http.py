@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from helpers_cli import ROOT
 from helpers_http import LoopbackServer, real_bundle_zip
+from helpers_http import catalog_entry as entry
 
 from MedAnalysisLib.catalog import cached_path, list_models, pull
 from MedAnalysisLib.errors import BundleError, CancelledError, InputError
@@ -29,15 +30,6 @@ from MedAnalysisLib.progress import StopFlag
 @pytest.fixture(scope="module")
 def bundle_bytes() -> bytes:
     return real_bundle_zip().read_bytes()
-
-
-def entry(model_id: str, data: bytes, url: str, **overrides: object) -> dict:
-    """A catalog entry for ``data`` (the tiny bundle: segmentation, background + organ)."""
-    return {"id": model_id, "version": "1.0.0", "title": f"Model {model_id}", "task": "segmentation",
-            "modality": "CT", "body_part": "abdomen", "labels": [{"value": 0, "name": "background"},
-                                                               {"value": 1, "name": "organ"}],
-            "description": "A tiny test model.", "license": "CC-BY-4.0", "intended_use": "Tests only.",
-            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "urls": [url], **overrides}
 
 
 def write_catalog(folder: Path, *entries: dict, name: str = "catalog.json") -> Path:

@@ -26,21 +26,6 @@ JOB_TIMEOUT_S = 240
 TINY_TRAINING = "--steps-per-epoch 2 --workers 1 --set patch_size=16,16,16 --set batch_size=2 --hparam filters=[4,8]"
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    from MedAnalysisSlicerLib.selftest import buildTinyBundles
-
-    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
-
-
-@pytest.fixture(scope="module")
-def slice_classifier(tmp_path_factory):
-    """An untrained per-slice classifier (slice_cnn): per-slice rows, a whole-scan row and a per-slice plot."""
-    from helpers_inference import train_classifier_bundle
-
-    return train_classifier_bundle(tmp_path_factory.mktemp("slice") / "slice_cnn", "slice_cnn", steps=0)
-
-
 @pytest.fixture
 def panel(slicer_gui, load_module_file):  # noqa: F811 - pytest fixture
     """The module file imported under the layer, and its widget as Slicer shows it (setup, enter)."""

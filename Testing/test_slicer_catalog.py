@@ -8,7 +8,6 @@ Downloads are real ``medanalysis models pull`` child processes; the tests wait o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -17,6 +16,7 @@ import time
 import numpy as np
 import pytest
 from helpers_http import LoopbackServer, real_bundle_zip
+from helpers_http import catalog_entry as entry
 from PySide6 import QtCore, QtWidgets
 from slicer_gui.fixtures import load_module_file, slicer_gui  # noqa: F401 - pytest fixtures
 
@@ -29,15 +29,6 @@ JOB_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def bundle_bytes() -> bytes:
     return real_bundle_zip().read_bytes()
-
-
-def entry(model_id: str, data: bytes, url: str, **overrides: object) -> dict:
-    """A catalog entry for ``data`` (the tiny bundle: CT segmentation, background + organ)."""
-    return {"id": model_id, "version": "1.0.0", "title": f"Model {model_id}", "task": "segmentation",
-            "modality": "CT", "body_part": "abdomen", "labels": [{"value": 0, "name": "background"},
-                                                               {"value": 1, "name": "organ"}],
-            "description": "A tiny test model.", "license": "CC-BY-4.0", "intended_use": "Tests only.",
-            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "urls": [url], **overrides}
 
 
 @pytest.fixture

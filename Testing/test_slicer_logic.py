@@ -17,12 +17,7 @@ from MedAnalysisLib import slicer_adapter as adapter  # noqa: E402
 from MedAnalysisLib.errors import InputError, MedAnalysisError  # noqa: E402
 from MedAnalysisLib.volume import Volume  # noqa: E402
 from MedAnalysisSlicerLib.logic import SceneLogic, pathText  # noqa: E402
-from MedAnalysisSlicerLib.selftest import buildTinyBundles, runSelfTest  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
+from MedAnalysisSlicerLib.selftest import runSelfTest  # noqa: E402
 
 
 def ct_with_liver(scene):

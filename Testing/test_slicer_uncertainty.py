@@ -24,20 +24,6 @@ JOB_TIMEOUT_S = 240
 PATIENT = "Doe^Jane"
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    from MedAnalysisSlicerLib.selftest import buildTinyBundles
-
-    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
-
-
-@pytest.fixture(scope="module")
-def slice_classifier(tmp_path_factory):
-    from helpers_inference import train_classifier_bundle
-
-    return train_classifier_bundle(tmp_path_factory.mktemp("slice") / "slice_cnn", "slice_cnn", steps=0)
-
-
 @pytest.fixture
 def scene():
     bundle = make_scene()

@@ -20,14 +20,8 @@ from MedAnalysisLib.volume import Volume, rotation_about_axis  # noqa: E402
 from MedAnalysisLib.worker import WorkerJob  # noqa: E402
 from MedAnalysisSlicerLib.jobs import MedAnalysisJob  # noqa: E402
 from MedAnalysisSlicerLib.logic import SceneLogic  # noqa: E402
-from MedAnalysisSlicerLib.selftest import buildTinyBundles  # noqa: E402
 
 TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return buildTinyBundles(tmp_path_factory.mktemp("bundles"))
 
 
 def oblique_volume(seed: int = 0, shape=(10, 16, 18)) -> Volume:
