@@ -284,8 +284,8 @@ def test_classify_chooses_tta_and_the_explained_class(scene, slice_classifier, b
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"explain": True, "explainClass": "no-such-class"}, "expected a class to explain among"),
-    ({"explain": True, "explainClass": 7}, "got 7"),
-    ({"explain": True, "explainClass": True}, "got True"),
+    ({"explain": True, "explainClass": 7}, "got '7'"),
+    ({"explain": True, "explainClass": True}, "got 'True'"),
     ({"explainClass": 0}, "expected explain=True with explainClass, got explainClass=0 alone"),
     ({"tta": "off"}, "expected tta True, False or None (the bundle's setting), got 'off'"),
     ({"tta": 1}, "expected tta True, False or None"),

@@ -283,15 +283,16 @@ def check_explain_target(config: Any, target: int | str | None) -> str | None:
     names = {int(label.value): str(label.name) for label in config.labels}
     if isinstance(target, str) and target in names.values():
         return target
-    text = str(target).strip()
+    text = str(target)  # as given: " 1" or "box " name no class, as the explainer itself says
     if not isinstance(target, bool) and re.fullmatch(r"-?[0-9]{1,9}", text):  # ASCII digits only: int() would
         value = int(text)  # also read other scripts' digits, and True is not the value 1
         if value in names:
             return names[value]
     from MedAnalysisLib.sanitize import terminal_field
 
-    raise InputError(f"expected a class to explain among {sorted(names.values())} (name or value "
-                     f"{sorted(names)}), got {terminal_field(text, 60)}")
+    shown = ", ".join(f"'{terminal_field(name, 60)}'" for name in sorted(names.values()))
+    raise InputError(f"expected a class to explain among [{shown}] (name or value {sorted(names)}), got "
+                     f"'{terminal_field(text, 60)}'")
 
 
 def _explained(result: Prediction, loaded: Any, images: Volume | Sequence[Volume], target: str | None,
