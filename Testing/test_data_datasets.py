@@ -166,3 +166,16 @@ def test_regression_like_or_missing_targets_fall_back_to_the_grouped_split():
     assert len(val) == 4 and len(train) == 16
     one_class = [Case(f"c{n}", (f"{n}.nii",), target=1) for n in range(10)]
     assert len(split_cases(one_class, 0.3, seed=0)[1]) == 3
+
+
+@pytest.mark.parametrize(("name", "family"), [
+    ("MR", "MR"), ("mri", "MR"), ("MRA", "MR"), ("MR T1", "MR"), ("t2-weighted", "MR"), ("MR-T2 FLAIR", "MR"),
+    ("CT", "CT"), ("CT abdomen", "CT"), ("cect", "CT"), ("PET", "PT"),
+    ("PET/CT", None), ("CT/MR", None), ("", None), (None, None), ("unknown", None), ("Doe^Jane", None),
+])
+def test_modality_names_of_several_words_have_the_family_their_known_words_agree_on(name, family):
+    """A modality as catalogs, dataset.json files and plans write it: one family when the known words agree, none
+    when they name two (a PET/CT must not pass as either) or none."""
+    from MedAnalysisLib.data.datasets import modality_family
+
+    assert modality_family(name) == family

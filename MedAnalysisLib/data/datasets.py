@@ -48,8 +48,8 @@ DICOM_MODALITY_CODES = frozenset({
 #: intensities they hold: a model's intensity plan only means something on images of its own family.
 MODALITY_FAMILIES = {
     "CT": {"CT", "CTA", "CECT", "NCCT", "CBCT"},
-    "MR": {"MR", "MRI", "MPMRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD", "PDW",
-           "SWI", "MPRAGE", "DCE"},
+    "MR": {"MR", "MRI", "MRA", "MPMRI", "FMRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "T2STAR", "FLAIR",
+           "ADC", "DWI", "DTI", "BOLD", "PD", "PDW", "SWI", "STIR", "MPRAGE", "DCE"},
     "PT": {"PT", "PET"},
     "US": {"US", "ULTRASOUND"},
     "NM": {"NM", "SPECT"},
@@ -67,9 +67,16 @@ def modality_code(value: object) -> str | None:
 def modality_family(value: object) -> str | None:
     """The intensity family (``"CT"``, ``"MR"``, ``"PT"``, ...) of a modality name as DICOM, MSD ``dataset.json``
     or a bundle's plan states it (``"MRI"``, ``"T2"``, ``"FLAIR"`` are MR); None when it is unknown or unstated, so
-    that only two known, different families count as a mismatch."""
-    key = re.sub(r"[^A-Z0-9]", "", str(value or "").upper())
-    return next((family for family, names in MODALITY_FAMILIES.items() if key in names), None)
+    that only two known, different families count as a mismatch. A name of several words (``"MR T1"``, ``"CT
+    abdomen"``) has the family its known words agree on; words of two families (``"PET/CT"``) give None."""
+    text = str(value or "").upper()
+    key = re.sub(r"[^A-Z0-9]", "", text)
+    whole = next((family for family, names in MODALITY_FAMILIES.items() if key in names), None)
+    if whole is not None:
+        return whole
+    found = {family for word in re.split(r"[^A-Z0-9]+", text) for family, names in MODALITY_FAMILIES.items()
+             if word in names}
+    return found.pop() if len(found) == 1 else None
 
 
 def dataset_modality_family(channel_names: Sequence[str], modality: str) -> str | None:
