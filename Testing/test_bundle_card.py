@@ -20,6 +20,7 @@ from helpers_inference import cube_volume, train_classifier_bundle, write_cube_m
 
 from MedAnalysisLib.bundles import (
     NOT_FOR_CLINICAL_USE,
+    NOT_STATED,
     BundleConfig,
     LabelInfo,
     card_sections,
@@ -163,6 +164,17 @@ HOSTILE_CARDS: dict[str, tuple[Any, str]] = {
     "blank author after a real one": ({"authors": ["A. Author", "   "]}, "expected card.authors[1] to be a non-empty"),
     "empty limitation": ({"limitations": [""]}, "expected card.limitations[0] to be a non-empty text"),
     "line breaks only as a reference": ({"references": ["\n\n"]}, "expected card.references[0] to be a non-empty"),
+    "a Dice above 1": (_metric(value=1.7, ci_low=1.6, ci_high=1.8), "('dice', a fraction) and its interval within"),
+    "an AUC interval reaching past 1": ({"evaluation": {"metrics": [{"name": "AUC", "value": 0.9, "ci_low": 0.8,
+                                                                     "ci_high": 1.2, "level": 0.95}]}},
+                                        "within [0, 1], got 0.9 [0.8, 1.2]"),
+    "a negative sensitivity": ({"evaluation": {"metrics": [{"name": "sensitivity_lesion", "value": -0.1}]}},
+                               "a fraction) and its interval within [0, 1]"),
+    "a metric on more cases than the evaluation had": (
+        {"evaluation": {"n_cases": 40, "metrics": [{"name": "dice", "value": 0.9, "n": 4000}]}},
+        "expected each metric's n at most card.evaluation.n_cases (40), got n=4000 for 'dice'"),
+    "metrics on no cases": ({"evaluation": {"n_cases": 0, "metrics": [{"name": "hd95", "value": 1.5}]}},
+                            "expected card.evaluation.n_cases above 0 with metrics, got 0 and 1 metric(s)"),
 }
 
 
@@ -390,6 +402,17 @@ def test_consistent_edge_values_are_kept() -> None:
                                                    "ci_high": 0.3, "level": 0.95}]}})
     assert [e["date"] for e in card["changelog"]] == ["2024-02-29"] * 2
     assert [m["name"] for m in card["evaluation"]["metrics"]] == ["dice", "hd95"]
+    # unbounded metrics may exceed 1, a fraction may sit on 0 or 1, and n may equal the cases
+    kept = check_card({"evaluation": {"n_cases": 3, "metrics": [{"name": "hd95_mm", "value": 12.5, "n": 3},
+                                                                {"name": "dice_liver", "value": 1.0, "n": 3},
+                                                                {"name": "loss", "value": -2.0}]}})
+    assert [m["value"] for m in kept["evaluation"]["metrics"]] == [12.5, 1.0, -2.0]
+
+
+def test_a_blank_text_reads_as_not_stated() -> None:
+    """A licence of spaces shows as "not stated", as an empty one does, never as a blank line."""
+    sections = dict(card_sections({**check_card({}), "license": "   "}))  # as a hand-edited bundle.json holds it
+    assert ("License", NOT_STATED) in sections["Model"]
 
 
 @pytest.mark.parametrize("author", ["", "   "], ids=["empty", "spaces"])

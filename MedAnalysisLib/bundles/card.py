@@ -183,6 +183,10 @@ class _Checker:
         # a rounding step apart is the same number (a mean and a bootstrap bound summed in another order)
         self.expect(low is None or low - slack <= number <= high + slack,  # type: ignore[operator]
                     f"expected {where}.value within its interval [{low}, {high}], got {number}")
+        if _is_fraction_metric(name):  # Dice 1.7 or an AUC interval reaching 1.2 is a mistake, whoever wrote it
+            self.expect(all(v is None or 0 <= v <= 1 for v in (number, low, high)),
+                        f"expected {where} ({_shown(name)}, a fraction) and its interval within [0, 1], got "
+                        f"{number} [{low}, {high}]")
         return {"name": name, "value": number, "ci_low": low, "ci_high": high, "level": level,
                 "n": self.count(f"{where}.n", value.get("n"))}
 
@@ -198,9 +202,26 @@ class _Checker:
             self.expect(key not in seen, f"expected unique metric names in card.evaluation, got "
                                          f"{_shown(metric['name'])} at metrics[{seen.get(key)}] and metrics[{n}]")
             seen[key] = n
-        return {"data": self.text("card.evaluation.data", value.get("data", ""), LONG),
-                "n_cases": self.count("card.evaluation.n_cases", value.get("n_cases")),
+        cases = self.count("card.evaluation.n_cases", value.get("n_cases"))
+        if cases is not None:  # a metric cannot rest on more cases than the evaluation had, nor metrics on none
+            self.expect(cases > 0 or not checked, f"expected card.evaluation.n_cases above 0 with metrics, got "
+                                                  f"{cases} and {len(checked)} metric(s)")
+            over = next((m for m in checked if m["n"] is not None and m["n"] > cases), None)
+            self.expect(over is None, f"expected each metric's n at most card.evaluation.n_cases ({cases}), got "
+                                      f"n={over['n'] if over else ''} for {_shown(over['name'] if over else '')}")
+        return {"data": self.text("card.evaluation.data", value.get("data", ""), LONG), "n_cases": cases,
                 "metrics": checked}
+
+
+#: Metrics that are fractions by definition (the first word of a metric's name, case-insensitive): Dice 0.9, not 90.
+FRACTION_METRICS = frozenset({"dice", "auc", "accuracy", "sensitivity", "specificity", "precision", "recall", "f1",
+                              "iou", "jaccard", "ppv", "npv", "balanced_accuracy"})
+
+
+def _is_fraction_metric(name: str) -> bool:
+    words = re.split(r"[^a-z0-9]+", name.casefold())
+    first = next((word for word in words if word), "")
+    return first in FRACTION_METRICS or name.casefold().startswith("balanced_accuracy")
 
 
 def _kind(value: Any) -> str:
@@ -373,7 +394,7 @@ def evaluation_from_run(metrics: Mapping[str, Any], n_val: int, best_epoch: int 
 
 # ---------------------------------------------------------------------------------------------- showing a card
 def _or_not_stated(value: Any) -> str:
-    if value is None or value == "" or value == []:
+    if value is None or value == [] or (isinstance(value, str) and not value.strip()):  # "  " reads as nothing
         return NOT_STATED
     return str(value)
 
