@@ -117,6 +117,7 @@ _not_run(_TENSORFLOW,
          "medanalysis predict demo-output/bundles/classification demo-output/data/test/classification.csv "
          "--out explained --explain --uncertainty --tta on")
 _not_run(_SHARED,
+         ".venv/bin/python bench/reference_models.py --data-root ../shared/data --only split",
          "medanalysis evaluate demo-output/bundles/segmentation ../shared/data/hippocampus --out eval-hippocampus",
          "medanalysis evaluate demo-output/bundles/segmentation ../shared/data/hippocampus --out eval-hippocampus "
          "--label-map organ=anterior,vessel=posterior,lesion=none --max-cases 4")

@@ -182,6 +182,8 @@ def build_hippocampus(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     write_msd_subset(source, train_ids, out / "train", description=f"Task04 hippocampus, training cases (seed {args.seed})")
     write_msd_subset(source, test_ids, out / "test", description=f"Task04 hippocampus, test cases (seed {args.seed})")
     write_json(out / "split.json", {"seed": args.seed, "train": train_ids, "test": test_ids})
+    if args.only == "split":  # the held-out cases alone, for checking the shipped model on them
+        return {}
     trained = out / "trained"
     train_command = hippocampus_train_args(args, out)
     if not (trained / "bundle.json").is_file():
@@ -526,8 +528,9 @@ def main() -> int:
     parser.add_argument("--max-zip-mb", type=float, default=2.5, help="largest zip --install copies")
     parser.add_argument("--install", action="store_true",
                         help="copy the zips into MedAnalysisLib/catalog/models/ when each is small enough")
-    parser.add_argument("--only", choices=("hippocampus", "ct", "ct-final"), default=None,
-                        help="one part only, so that separate processes can build the parts at once: a model "
+    parser.add_argument("--only", choices=("split", "hippocampus", "ct", "ct-final"), default=None,
+                        help="one part only, so that separate processes can build the parts at once: split (the "
+                        "hippocampus train/test folders, nothing trained), a model "
                         "(training and evaluation), or ct-final, the shipped CT model without its cross-validation; "
                         "a run without --only reuses what they wrote and packages both")
     parser.add_argument("--fresh", action="store_true", help="delete earlier outputs and start over")
@@ -540,7 +543,7 @@ def main() -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     started = time.monotonic()
-    if args.only == "hippocampus":
+    if args.only in ("split", "hippocampus"):
         build_hippocampus(args, out / "hippocampus")
         return 0
     if args.only in ("ct", "ct-final"):
