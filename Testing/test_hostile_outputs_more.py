@@ -177,6 +177,7 @@ def test_predict_replaces_what_a_stopped_run_left_and_foreign_files_only_with_ov
 
     def stopped(loaded: object, case: batch.CaseInput, folder: Path, *args: object) -> float:
         (folder / f"{case.case_id}_label.nii.gz").write_bytes(b"half written")
+        batch.note_written(folder, case.case_id, f"{case.case_id}_label.nii.gz")  # as the writer records it
         raise CancelledError("stopped")
 
     real = batch._run_case

@@ -5,6 +5,7 @@ damaged sidecar values refused before any case runs, outputs of an earlier run w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -262,3 +263,150 @@ def test_an_explain_class_is_quoted_as_typed(tmp_path: Path, classifier: Path, t
     assert err == (f"error: expected a class to explain among ['box', 'no box'] (name or value [0, 1]), got "
                    f"--explain-class '{shown}'\n")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ pending records
+MANUAL = b"MY MANUAL SEGMENTATION"
+
+
+def _one_case(tmp_path: Path, readable: bool = True) -> Path:
+    """A folder with one case, ``case00``: a real scan, or a file that is not an image."""
+    cases = write_cases(tmp_path / "cases", 1)
+    if not readable:
+        (cases / "case00.nii.gz").write_bytes(b"not an image")
+    return cases
+
+
+def _with_manual_file(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case00_label.nii.gz").write_bytes(MANUAL)  # the user's own file, under a name predict writes
+    return out
+
+
+def _refused_but_kept(cases: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with the same options and no --overwrite is refused (exit 2, naming the file); the file is untouched."""
+    capsys.readouterr()
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "error: expected --out without files MedAnalysis did not write" in err and "case00_label.nii.gz" in err
+    assert (out / "case00_label.nii.gz").read_bytes() == MANUAL
+
+
+def test_a_failed_case_never_claims_the_users_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _with_manual_file(tmp_path)
+    bad = _one_case(tmp_path / "bad", readable=False)
+    assert predict(shared_cube_bundle(), str(bad), "--out", str(out), "--overwrite") == 1
+    assert not (out / ".case00.pending.json").exists() and (out / "case00_label.nii.gz").read_bytes() == MANUAL
+    cases = _one_case(tmp_path)
+    _refused_but_kept(cases, out, capsys)
+    capsys.readouterr()
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out), "--format", "seg.nrrd") == 0
+    assert (out / "case00_label.nii.gz").read_bytes() == MANUAL and "removed" not in capsys.readouterr().err
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out), "--format", "nrrd", "--overwrite") == 0
+    assert (out / "case00_label.nii.gz").read_bytes() == MANUAL  # never listed as ours: kept even with --overwrite
+
+
+def test_a_stop_before_the_first_output_never_claims_the_users_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import MedAnalysisLib.inference.batch as batch
+    from MedAnalysisLib.errors import CancelledError
+
+    out = _with_manual_file(tmp_path)
+    cases = _one_case(tmp_path)
+
+    def stopped(*args: object) -> None:
+        raise CancelledError("stopped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batch, "_run_case", stopped)
+        with pytest.raises(CancelledError):
+            batch.run_batch(shared_cube_bundle(), [cases], out, batch.BatchOptions(overwrite=True))
+    assert not (out / ".case00.pending.json").exists()
+    _refused_but_kept(cases, out, capsys)
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out), "--format", "seg.nrrd") == 0
+    assert (out / "case00_label.nii.gz").read_bytes() == MANUAL
+
+
+def _stamp_of_other_file(out: Path) -> dict[str, object]:
+    """A record whose stamp was true for a file MedAnalysis wrote, since replaced by the user (same size)."""
+    from MedAnalysisLib.inference.batch import note_written
+
+    (out / "case00_label.nii.gz").write_bytes(b"x" * len(MANUAL))
+    note_written(out, "case00", "case00_label.nii.gz")
+    record = json.loads((out / ".case00.pending.json").read_text())
+    (out / "case00_label.nii.gz").unlink()
+    (out / "case00_label.nii.gz").write_bytes(MANUAL)
+    os.utime(out / "case00_label.nii.gz", ns=(record["written"]["case00_label.nii.gz"]["mtime_ns"] - 10**12,) * 2)
+    return record
+
+
+FORGED_RECORDS = {
+    "earlier layout, names only": lambda out: {"case_id": "case00", "outputs": ["case00_label.nii.gz"]},
+    "stamp of a replaced file": _stamp_of_other_file,
+    "stamp of wrong types": lambda out: {"case_id": "case00", "written": {"case00_label.nii.gz": {
+        "size": str(len(MANUAL)), "mtime_ns": "0", "inode": "0"}}},
+    "stamp as a list": lambda out: {"case_id": "case00", "written": {"case00_label.nii.gz": [len(MANUAL)]}},
+    "another case's record": lambda out: {"case_id": "case01", "written": {}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORGED_RECORDS))
+def test_a_pending_record_that_does_not_match_its_files_claims_nothing(
+        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _with_manual_file(tmp_path)
+    cases = _one_case(tmp_path)
+    record = FORGED_RECORDS[kind](out)
+    (out / ".case00.pending.json").write_text(json.dumps(record))
+    if record.get("case_id") == "case00":  # a record of ours: its file may be replaced, never its claims trusted
+        _refused_but_kept(cases, out, capsys)
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out), "--format", "seg.nrrd",
+                   "--overwrite") == 0
+    assert (out / "case00_label.nii.gz").read_bytes() == MANUAL
+    assert not (out / ".case00.pending.json").exists()
+
+
+def _stopped_after_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, bytes]:
+    """A genuine run stopped right after its label map landed (and was recorded): returns cases, out, its bytes."""
+    import MedAnalysisLib.inference.batch as batch
+    from MedAnalysisLib.errors import CancelledError
+
+    cases = _one_case(tmp_path)
+    out = tmp_path / "out"
+    real = batch.note_written
+
+    def stop_after_label(folder: Path, case_id: str, name: str) -> None:
+        real(folder, case_id, name)
+        if name.endswith("_label.nii.gz"):
+            raise CancelledError("stopped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batch, "note_written", stop_after_label)
+        with pytest.raises(CancelledError):
+            batch.run_batch(shared_cube_bundle(), [cases], out, batch.BatchOptions())
+    assert (out / ".case00.pending.json").is_file() and not (out / "case00.json").exists()
+    return cases, out, (out / "case00_label.nii.gz").read_bytes()
+
+
+def test_a_stopped_runs_own_files_are_replaced_by_a_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cases, out, _ = _stopped_after_label(tmp_path, monkeypatch)
+    inode = (out / "case00_label.nii.gz").stat().st_ino
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out)) == 0
+    assert (out / "case00_label.nii.gz").stat().st_ino != inode  # written anew, no --overwrite needed
+    assert not (out / ".case00.pending.json").exists()
+
+
+def test_a_stopped_runs_files_are_kept_without_overwrite_and_removed_with_it_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    cases, out, label = _stopped_after_label(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out), "--format", "seg.nrrd") == 0
+    err = capsys.readouterr().err
+    assert (out / "case00_label.nii.gz").read_bytes() == label  # without --overwrite nothing is removed
+    assert "warning: case00: kept 1 file(s) an earlier stopped run wrote" in err
+    assert "case00_label.nii.gz" in json.loads((out / ".case00.pending.json").read_text())["written"]
+    assert predict(shared_cube_bundle(), str(cases), "--out", str(out), "--format", "seg.nrrd",
+                   "--overwrite") == 0
+    err = capsys.readouterr().err
+    assert not (out / "case00_label.nii.gz").exists() and not (out / ".case00.pending.json").exists()
+    assert "warning: case00: removed 1 earlier output(s) this run does not make: case00_label.nii.gz" in err

@@ -358,7 +358,7 @@ def test_cli_classification_tables_carry_the_uncertainty_columns(tmp_path: Path)
 # ------------------------------------------------------------------------------------------------ hostile
 def test_a_stopped_run_leaves_uncertainty_files_that_the_next_run_replaces_as_its_own(tmp_path: Path) -> None:
     from MedAnalysisLib.bundles import read_bundle_config
-    from MedAnalysisLib.inference.batch import BatchOptions, case_output_names, pending_name
+    from MedAnalysisLib.inference.batch import BatchOptions, case_output_names, note_written, pending_name
 
     write_cases(tmp_path / "cases", 1)
     out = tmp_path / "out"
@@ -366,8 +366,8 @@ def test_a_stopped_run_leaves_uncertainty_files_that_the_next_run_replaces_as_it
     names = case_output_names(read_bundle_config(shared_cube_bundle()), "case00",
                               BatchOptions(uncertainty=True, tta=True))
     assert "case00_uncertainty.nii.gz" in names and "case00_disagreement.nii.gz" in names
-    (out / pending_name("case00")).write_text(json.dumps({"case_id": "case00", "outputs": names}))
     (out / "case00_disagreement.nii.gz").write_bytes(b"half-written by the stopped run")
+    note_written(out, "case00", "case00_disagreement.nii.gz")  # what the stopped run recorded as it landed
     assert predict_cli(str(tmp_path / "cases"), "--out", str(out), "--uncertainty", "--tta", "on") == 0
     assert read_volume(out / "case00_disagreement.nii.gz").array.dtype == np.float32
     assert not (out / pending_name("case00")).exists()

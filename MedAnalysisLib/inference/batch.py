@@ -31,16 +31,20 @@ options or by another version, a sidecar that is corrupt, truncated, oversized o
 values a skipped case gives the run are unsound (:func:`summary_record_problem`), is refused,
 with the reason, before any case runs, unless ``overwrite`` recomputes every case: the overwrite policy of every
 command (:mod:`MedAnalysisLib.cli._validate`), which never replaces an output it cannot show it made. A case without a
-sidecar is (re)computed: while its outputs are written a hidden pending record (``.<case>.pending.json``) lists their
-names, so a re-run after a stop replaces what the stopped run left as its own. Once a (re)computed case's new
-outputs are in place, the files its earlier sidecar or pending record listed that this run did not write again are
-removed (:func:`_remove_earlier_outputs`: only names of that case's outputs, never a link, another case's file or an
-input), so that no output of other options stays beside the new ones.
+sidecar is (re)computed: while its outputs are written a hidden pending record (``.<case>.pending.json``) lists each
+output right after it landed, with its size, mtime_ns and inode (:func:`note_written`), so a re-run after a stop
+replaces what the stopped run left as its own; a listed file that no longer matches what was recorded (another file
+put there since, a record from elsewhere or of the earlier layout, which listed names only) is not ours. With
+``overwrite``, once a (re)computed case's new outputs are in place, the files its earlier sidecar or pending record
+listed that this run did not write again are removed (:func:`_remove_earlier_outputs`: only names of that case's
+outputs, never a link, another case's file or an input), each removal reported as a warning, so that no output of
+other options stays beside the new ones; without it nothing is removed, and a stopped run's files this run does not
+make stay recorded as ours.
 
 Outputs of others (:func:`check_output_names`, before any work): every output name of every case (label maps,
 probability maps, tables, sidecar, pending record) must fit the file system's name limit and belong to one case.
-An existing file under one of them that no sidecar or pending record of its case lists, or a batch summary this
-version did not write, is refused unless ``overwrite``; a link, a folder or a special file there, and an input of
+An existing file under one of them that no sidecar of its case lists, nor its pending record as it was written
+(size, mtime_ns and inode), or a batch summary this version did not write, is refused unless ``overwrite``; a link, a folder or a special file there, and an input of
 the run, are refused even then.
 
 Uncertainty (``uncertainty``): each case also gets its uncertainty maps (segmentation) and columns, and the summary
@@ -70,6 +74,7 @@ file and folder names (:func:`safe_case_id`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -715,9 +720,76 @@ def summary_name(shard: tuple[int, int]) -> str:
 
 
 def pending_name(case_id: str) -> str:
-    """The hidden record of a case whose outputs are being written: it lists their names, is written before the
-    first of them and removed once the sidecar is, so that a re-run after a stop knows them for its own."""
+    """The hidden record of a case whose outputs are being written: it lists each output after it was written, with
+    what identifies that file (:func:`note_written`), and is removed once the sidecar is written, so that a re-run
+    after a stop knows those files, and only those, for its own."""
     return f".{case_id}.pending.json"
+
+
+#: What a pending record keeps of each file it lists: a file under that name that differs in one of them is not ours.
+_STAMP_KEYS = ("size", "mtime_ns", "inode")
+
+
+def _file_stamp(path: Path) -> dict[str, int] | None:
+    """Size, mtime_ns and inode of the regular file at ``path`` (not followed if a link); None for anything else."""
+    import stat
+
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino}
+
+
+def _pending_entries(out: Path, case_id: str) -> dict[str, Any] | None:
+    """The files a case's pending record claims (``{name: stamp}``, unchecked), ``{}`` for a record of the earlier
+    layout (names only: never trusted), None when no pending record of ours is there."""
+    path = out / pending_name(case_id)
+    if path.is_symlink() or not path.is_file():
+        return None
+    record = _read_sidecar(path)
+    if not isinstance(record, dict) or record.get("case_id") != case_id:
+        return None
+    written = record.get("written")
+    if written is None and isinstance(record.get("outputs"), list):
+        return {}
+    return dict(written) if isinstance(written, dict) else None
+
+
+def _verified_pending(out: Path, case_id: str) -> dict[str, dict[str, int]]:
+    """The files of a case's pending record that are still exactly what MedAnalysis wrote: an output name of that
+    case, a regular file directly in ``out`` whose size, mtime_ns and inode match the record."""
+    verified: dict[str, dict[str, int]] = {}
+    for name, stamp in (_pending_entries(out, case_id) or {}).items():
+        if not (isinstance(name, str) and isinstance(stamp, dict) and is_case_output_name(case_id, name)):
+            continue
+        current = _file_stamp(out / name)
+        if current is not None and all(type(stamp.get(k)) is int and stamp[k] == current[k] for k in _STAMP_KEYS):
+            verified[name] = current
+    return verified
+
+
+def _write_pending(out: Path, case_id: str, entries: dict[str, dict[str, int]]) -> None:
+    """Replace a case's pending record, atomically, by one listing ``entries``; remove it when they are empty."""
+    path = out / pending_name(case_id)
+    if entries:
+        write_text_atomic(path, json.dumps({"case_id": case_id, "written": entries}, sort_keys=True) + "\n")
+    elif path.is_file() and not path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def note_written(out: Path, case_id: str, name: str) -> None:
+    """Record that MedAnalysis has just written the output ``name`` of a case: its pending record gets the file's
+    size, mtime_ns and inode (the record is replaced atomically, so a stop leaves the old or the new one). Called
+    only once the file is in place, so the record never claims a file before it is ours."""
+    stamp = _file_stamp(out / name)
+    if stamp is None:
+        return
+    entries = _verified_pending(out, case_id)
+    entries[name] = stamp
+    _write_pending(out, case_id, entries)
 
 
 def case_output_names(config: Any, case_id: str, options: BatchOptions) -> list[str]:
@@ -755,16 +827,15 @@ def _name_limit(out: Path) -> int:
 
 
 def _own_names(out: Path, case_id: str) -> set[str]:
-    """The names MedAnalysis wrote for a case: those its sidecar lists and those its pending record lists."""
+    """The names MedAnalysis wrote for a case: those its sidecar lists, the files its pending record lists that
+    still match what was recorded (:func:`_verified_pending`), and the pending record itself."""
     own: set[str] = set()
-    for record_name, key in ((f"{case_id}{SIDECAR_SUFFIX}", "outputs"), (pending_name(case_id), "outputs")):
-        path = out / record_name
-        record = _read_sidecar(path) if path.is_file() and not path.is_symlink() else None
-        listed = record.get(key) if isinstance(record, dict) else None
-        values = listed.values() if isinstance(listed, dict) else listed if isinstance(listed, list) else []
-        own |= {name for name in values if isinstance(name, str)}
-        if record_name.startswith(".") and isinstance(listed, list):
-            own.add(record_name)
+    path = out / f"{case_id}{SIDECAR_SUFFIX}"
+    record = _read_sidecar(path) if path.is_file() and not path.is_symlink() else None
+    listed = record.get("outputs") if isinstance(record, dict) else None
+    own |= {name for name in (listed.values() if isinstance(listed, dict) else []) if isinstance(name, str)}
+    if _pending_entries(out, case_id) is not None:
+        own |= {pending_name(case_id), *_verified_pending(out, case_id)}
     return own
 
 
@@ -785,8 +856,8 @@ def check_output_names(out: Path, all_cases: Sequence[CaseInput], cases: Sequenc
 
     Every name of every case (:func:`case_output_names`, the pending record, the summary) must fit the file system's
     limit and belong to one case only. In ``out``, a link, a folder or a special file under one of these names is
-    refused always; a file is refused unless ``overwrite``, or a sidecar or pending record of its case lists it (the
-    sidecar itself is judged by the resume), or it is an earlier batch summary; an input of the run is refused even
+    refused always; a file is refused unless ``overwrite``, or a sidecar of its case lists it (the sidecar itself is
+    judged by the resume) or its pending record lists it as it still is (:func:`_verified_pending`), or it is an earlier batch summary; an input of the run is refused even
     with ``overwrite``.
 
     Returns:
@@ -907,7 +978,7 @@ def run_batch(
     formats = options.formats if config.task == "segmentation" else ()
     scans: dict[str, list[Any]] = {}
     to_run = [c for c in cases if options.overwrite or c.case_id not in with_sidecar]
-    output_names = check_output_names(out, all_cases, cases, config, options)
+    check_output_names(out, all_cases, cases, config, options)
     unavailable = {case.case_id: header_problems(case, formats, scans) for case in to_run}
     _refuse_unwritable(formats, to_run, unavailable)
     summary = BatchSummary(options.shard, len(all_cases), out_dir=str(out))
@@ -943,23 +1014,23 @@ def run_batch(
                                 options)
             log(f"{case.case_id}: made by this bundle with these options, skipped")
             continue
-        pending = out / pending_name(case.case_id)
-        earlier = _own_names(out, case.case_id)  # before the pending record is replaced by this run's
-        write_text_atomic(pending, json.dumps({"case_id": case.case_id, "outputs": output_names[case.case_id]}) + "\n")
+        earlier = _own_names(out, case.case_id)
+        claimed = set(_verified_pending(out, case.case_id))
+        _settle_pending(out, case.case_id)  # a record's claims that no longer hold are dropped before any write
         try:
             seconds, written = _run_case(loaded, case, out, options, requested, unavailable[case.case_id], summary,
-                                         log, stop_flag)
+                                         log, stop_flag, functools.partial(note_written, out, case.case_id))
         except (CancelledError, KeyboardInterrupt):
-            _drop_pending(pending, out, output_names[case.case_id])
+            _settle_pending(out, case.case_id)
             raise
         except Exception as error:  # noqa: BLE001 - whatever one case raises is that case's failure
-            _drop_pending(pending, out, output_names[case.case_id])
+            _settle_pending(out, case.case_id)
             record = failure_record(case.case_id, error)
             summary.failed.append(record)
             log(f"{case.case_id}: failed ({record['error_type']}: {record['message']}); continuing", "warning")
             continue
-        _remove_earlier_outputs(out, case.case_id, earlier, written, all_cases, log)
-        pending.unlink(missing_ok=True)
+        _finish_pending(out, case.case_id, earlier - (claimed - set(_verified_pending(out, case.case_id))), written,
+                        all_cases, options.overwrite, log)  # a stopped run's file changed meanwhile is not ours
         summary.done.append(case.case_id)
         log(f"{case.case_id}: done in {seconds:.1f} s")
     if reporter is not None:
@@ -992,18 +1063,33 @@ def review_order(uncertainty: dict[str, dict[str, Any]]) -> list[str]:
     return [case for _, case in sorted(flagged)]
 
 
-def _drop_pending(pending: Path, out: Path, names: Sequence[str]) -> None:
-    """After a case failed or stopped: keep its pending record while any of its outputs exists, so that a re-run may
-    replace them as its own; remove it otherwise."""
-    if not any((out / name).exists() for name in names):
-        pending.unlink(missing_ok=True)
+def _settle_pending(out: Path, case_id: str) -> None:
+    """Before a case runs, and after it failed or stopped: keep in its pending record only the files that are still
+    what MedAnalysis wrote, so a re-run replaces those as its own and nothing else; remove the record when none is
+    left (a case that failed before its first output leaves no claim on a file that was there before)."""
+    if _pending_entries(out, case_id) is not None:
+        _write_pending(out, case_id, _verified_pending(out, case_id))
+
+
+def _finish_pending(out: Path, case_id: str, earlier: set[str], written: dict[str, str],
+                    all_cases: Sequence[CaseInput], overwrite: bool, log: Any) -> None:
+    """After a case's outputs and sidecar are in place: with ``overwrite`` remove what earlier runs left that this
+    run does not make; then drop the pending record, or, when files a stopped run wrote are kept (without
+    ``overwrite`` nothing is removed), keep them recorded as ours, with a warning."""
+    if overwrite:
+        _remove_earlier_outputs(out, case_id, earlier, written, all_cases, log)
+    kept = {name: stamp for name, stamp in _verified_pending(out, case_id).items() if name not in written.values()}
+    _write_pending(out, case_id, kept)
+    if kept:
+        log(f"{case_id}: kept {len(kept)} file(s) an earlier stopped run wrote that this run does not make: "
+            f"{_few(sorted(kept))}; --overwrite removes them", "warning")
 
 
 def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, requested: dict[str, Any],
               unavailable: dict[str, str], summary: BatchSummary, log: Any,
-              stop_flag: Any) -> tuple[float, dict[str, str]]:
-    """Load, predict and write one case; returns its seconds and what was written (``{kind: file name}``). Raises
-    whatever goes wrong (the caller records it)."""
+              stop_flag: Any, on_written: Any = None) -> tuple[float, dict[str, str]]:
+    """Load, predict and write one case; returns its seconds and what was written (``{kind: file name}``);
+    ``on_written`` hears of each output as it lands. Raises whatever goes wrong (the caller records it)."""
     from MedAnalysisLib.inference.predict import predict
 
     volumes = load_case(case)
@@ -1022,7 +1108,8 @@ def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, re
     prediction.details["requested"] = requested  # the sidecar records it; a re-run compares it
     written = write_prediction(prediction, out, case.case_id, input_volume=volumes[0], labels=loaded.labels,
                      formats=options.formats if prediction.label is not None else (),
-                     write_probability_map=options.write_probabilities, unavailable=problems)
+                     write_probability_map=options.write_probabilities, unavailable=problems,
+                     on_written=on_written)
     summary.not_written.extend({"case_id": case.case_id, "output": f"label_{fmt}", "reason": reason}
                                for fmt, reason in problems.items())
     _record_uncertainty(summary, case.case_id, {"task": prediction.task, **prediction.details}, options)
@@ -1031,11 +1118,12 @@ def _run_case(loaded: Any, case: CaseInput, out: Path, options: BatchOptions, re
 
 def _remove_earlier_outputs(out: Path, case_id: str, earlier: set[str], written: dict[str, str],
                             all_cases: Sequence[CaseInput], log: Any) -> None:
-    """After a case's new outputs are in place, remove what its earlier sidecar or pending record listed that this
-    run did not write again (a map of another option, a label map of another --format), so that nobody takes
-    them for current. Only names MedAnalysis writes for this case
+    """With ``--overwrite``, after a case's new outputs are in place, remove what its earlier sidecar or pending record
+    listed that this run did not write again (a map of another option, a label map of another --format), so that
+    nobody takes them for current. Only names MedAnalysis writes for this case
     (:func:`~MedAnalysisLib.inference.writers.is_case_output_name`), never another case's output, a link, or anything
-    but a regular file directly in ``out``, never an input of the run."""
+    but a regular file directly in ``out``, never an input of the run. ``earlier`` holds only pending-record files
+    that matched what was recorded (:func:`_own_names`). Every removal is a warning, shown in every progress mode."""
     others = [c.case_id for c in all_cases if c.case_id != case_id]
     inputs = {Path(image.rsplit("#", 1)[0] if not Path(image).exists() else image).resolve()
               for case in all_cases for image in case.images}
@@ -1054,4 +1142,4 @@ def _remove_earlier_outputs(out: Path, case_id: str, earlier: set[str], written:
         removed.append(name)
     if removed:
         log(f"{case_id}: removed {len(removed)} earlier output(s) this run does not make: "
-            f"{', '.join(terminal_field(n, 80) for n in removed)}")
+            f"{', '.join(terminal_field(n, 80) for n in removed)}", "warning")

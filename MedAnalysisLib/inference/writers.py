@@ -31,7 +31,7 @@ import csv
 import io
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -463,7 +463,8 @@ def probability_file_name(case_id: str, label: Any) -> str:
     return f"{case_id}{PROBABILITY_INFIX}{int(label.value)}_{_safe_name(str(label.name))}.nii.gz"
 
 
-def write_probabilities(probabilities: Volume, out_dir: Path, case_id: str, labels: Sequence[Any]) -> dict[int, str]:
+def write_probabilities(probabilities: Volume, out_dir: Path, case_id: str, labels: Sequence[Any],
+                        on_written: Callable[[str], None] | None = None) -> dict[int, str]:
     """Write one scalar float32 NIfTI per foreground class (the background, 1 minus their sum for soft-max models, is
     left out).
 
@@ -473,6 +474,7 @@ def write_probabilities(probabilities: Volume, out_dir: Path, case_id: str, labe
         out_dir: Output folder.
         case_id: Case name (file name prefix).
         labels: The bundle's labels, in channel order.
+        on_written: Called with each file name right after that file is in place (see :func:`write_prediction`).
 
     Returns:
         ``{label value: file name}``.
@@ -491,6 +493,7 @@ def write_probabilities(probabilities: Volume, out_dir: Path, case_id: str, labe
         write_volume(probabilities.with_array(np.ascontiguousarray(array[..., channel], dtype=np.float32)),
                      Path(out_dir) / name)
         written[int(label.value)] = name
+        _landed(on_written, name)
     return written
 
 
@@ -530,12 +533,22 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_table(rows: Sequence[dict[str, Any]], path_csv: Path) -> tuple[Path, Path]:
-    """Write rows as CSV and, beside it, the same rows as JSON (``.json`` instead of ``.csv``)."""
+def write_table(rows: Sequence[dict[str, Any]], path_csv: Path,
+                on_written: Callable[[str], None] | None = None) -> tuple[Path, Path]:
+    """Write rows as CSV and, beside it, the same rows as JSON (``.json`` instead of ``.csv``); ``on_written`` is
+    called with each file name as soon as that file is in place."""
     write_text_atomic(path_csv, rows_to_csv(rows))
+    _landed(on_written, path_csv.name)
     path_json = path_csv.with_suffix(".json")
     write_text_atomic(path_json, json.dumps(_json_safe(list(rows)), indent=2, allow_nan=False) + "\n")
+    _landed(on_written, path_json.name)
     return path_csv, path_json
+
+
+def _landed(on_written: Callable[[str], None] | None, name: str) -> None:
+    """Tell ``on_written`` (when given) that the output ``name`` is now in place."""
+    if on_written is not None:
+        on_written(name)
 
 
 def _json_safe(value: Any) -> Any:
@@ -633,8 +646,13 @@ def write_prediction(
     formats: Sequence[str] = ("nifti",),
     write_probability_map: bool = False,
     unavailable: dict[str, str] | None = None,
+    on_written: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Write every output of one case into ``out_dir``; the sidecar ``<case_id>.json`` is written last.
+
+    ``on_written`` is called with each output's file name (not the sidecar's) right after that file is in place, and
+    never before: batch prediction records there what it wrote, so that a re-run after a stop knows exactly those
+    files for its own (:func:`MedAnalysisLib.inference.batch.note_written`).
 
     Each format is written on its own: one that fails does not stop the others, the tables or the probability maps.
     Formats in ``unavailable`` (``{format: reason}``, from :func:`format_problems`), and formats whose input needs
@@ -672,9 +690,11 @@ def write_prediction(
                 errors.append(error)
                 continue
             outputs[f"label_{fmt}"] = target.name
+            _landed(on_written, target.name)
     try:
         if write_probability_map and prediction.probabilities is not None:
-            for value, name in write_probabilities(prediction.probabilities, out_dir, case_id, labels).items():
+            for value, name in write_probabilities(prediction.probabilities, out_dir, case_id, labels,
+                                                     on_written).items():
                 outputs[f"probability_{value}"] = name
     except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
         errors.append(error)
@@ -682,14 +702,16 @@ def write_prediction(
         try:
             write_float_map(volume, out_dir / name, input_volume)
             outputs[key] = name
+            _landed(on_written, name)
         except (MedAnalysisError, OSError, ValueError, RuntimeError) as error:
             errors.append(error)
     if prediction.table:
-        csv_path, json_path = write_table(prediction.table, out_dir / table_file_names(case_id, "table")[0])
+        csv_path, json_path = write_table(prediction.table, out_dir / table_file_names(case_id, "table")[0],
+                                          on_written)
         outputs["table_csv"], outputs["table_json"] = csv_path.name, json_path.name
     per_slice = getattr(prediction, "per_slice", None)
     if per_slice and per_slice is not prediction.table:  # sequence models: per-slice rows besides the scan table
-        csv_path, json_path = write_table(per_slice, out_dir / table_file_names(case_id, "slices")[0])
+        csv_path, json_path = write_table(per_slice, out_dir / table_file_names(case_id, "slices")[0], on_written)
         outputs["slices_csv"], outputs["slices_json"] = csv_path.name, json_path.name
     if errors:
         raise errors[0]
