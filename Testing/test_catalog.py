@@ -489,20 +489,24 @@ def test_staging_folders_of_killed_pulls_are_swept_and_live_ones_kept(tmp_path: 
     (live / "bundle.zip.part").write_bytes(b"x")
     aside = cache / "other" / ".staging-corrupt-1-2"  # a corrupt copy moved aside by a pull that died
     aside.mkdir(parents=True)
+    (aside / "bundle.zip").write_bytes(b"bad")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep").write_bytes(b"k")
     (cache / "tiny" / ".staging-link").symlink_to(outside, target_is_directory=True)
     for folder in (dead, live, aside, outside):
         age(folder, 601)
-    assert list_models([], cache_dir=cache).models == []
-    assert (dead.exists(), fresh.exists(), live.exists(), aside.exists()) == (False, True, True, False)
-    assert not (cache / "other").exists() and (outside / "keep").exists()
-    unlock_staging(live, lock)
-    age(live, 601)
+    assert list_models([], cache_dir=cache).models == []  # a listing writes nothing: it does not sweep
+    assert (dead.exists(), fresh.exists(), live.exists(), aside.exists()) == (True, True, True, True)
     pull_refused = pytest.raises(InputError, match="expected a model tiny listed in the catalogs")
     with pull_refused:
-        pull("tiny", catalogs=[], cache_dir=cache)  # a pull sweeps too, before it reads the catalogs
+        pull("tiny", catalogs=[], cache_dir=cache)  # a pull sweeps, before it reads the catalogs
+    assert (dead.exists(), fresh.exists(), live.exists(), aside.exists()) == (False, True, True, False)
+    assert (cache / "other").is_dir() and (outside / "keep").exists()  # model folders are never removed
+    unlock_staging(live, lock)
+    age(live, 601)
+    with pull_refused:
+        pull("tiny", catalogs=[], cache_dir=cache)
     assert not live.exists() and fresh.exists()
 
 
@@ -563,3 +567,211 @@ def test_cli_list_aligns_wide_titles_and_prints_long_statuses_in_full(local_cata
     reason = f"the cached file is corrupt: expected {len(data)} bytes, got 100"
     assert f"* tiny@1.2.0: needs a download ({reason})" in lines
     assert "more characters" not in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------ second probe
+def tree(root: Path) -> dict[str, object]:
+    """Every path under ``root`` with its kind and bytes (a link: its target), to compare layouts exactly."""
+    found: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        key = path.relative_to(root).as_posix()
+        found[key] = ("link", os.readlink(path)) if path.is_symlink() else ("dir",) if path.is_dir() else \
+            ("fifo",) if path.is_fifo() else ("file", path.read_bytes())
+    return found
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_lock_that_is_not_a_regular_file_never_blocks_and_keeps_its_folder(tmp_path: Path, kind: str) -> None:
+    import threading
+
+    from MedAnalysisLib.catalog.cache import _lock_is_free, new_staging, sweep_staging
+
+    cache = tmp_path / "cache"
+    staging = new_staging(cache, "tiny")
+    (staging / "bundle.zip.part").write_bytes(b"x")
+    lock = staging / ".lock"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "link":
+        (tmp_path / "target").write_bytes(b"t")
+        lock.symlink_to(tmp_path / "target")
+    else:
+        lock.mkdir()
+    age(staging, 601)
+    before = tree(tmp_path)
+    swept: list = []
+
+    def sweep() -> None:
+        swept.extend([_lock_is_free(staging), sweep_staging(cache)])  # the lock check alone, then the sweep
+
+    worker = threading.Thread(target=sweep, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and swept == [False, []]
+    assert tree(tmp_path) == before
+
+
+def test_the_sweep_leaves_what_is_not_a_killed_pulls_byte_identical(tmp_path: Path) -> None:
+    """A cache pointed at a folder the user keeps other things in: only a genuine stale staging folder goes."""
+    cache = tmp_path / "cache"
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"mine")
+    layouts = {
+        "thesis/.staging-draft/chapter1.txt": b"chapter",  # not a staging name MedAnalysis makes
+        "tiny/.staging-abcdefgh/chapter1.txt": b"chapter",  # the name, but not what a pull writes
+        "tiny/.staging-abcdefg1/bundle.zip": b"zip",  # a pull's file beside a foreign one
+        "tiny/.staging-abcdefg1/notes.txt": b"notes",
+        "tiny/.staging-abcdefg3/sub/bundle.zip": b"zip",  # a folder inside
+        "Not An Id/.staging-abcdefgh/bundle.zip.part": b"part",  # under a name that is no model id
+        ".hidden/.staging-abcdefgh/bundle.zip.part": b"part",
+        "tiny/.staging-corrupt-1-2/model.bin": b"m",
+    }
+    for name, data in layouts.items():
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_bytes(data)
+    (cache / "tiny" / ".staging-abcdefg2").mkdir()
+    (cache / "tiny" / ".staging-abcdefg2" / "bundle.zip").symlink_to(outside)  # a link, never followed
+    (cache / "tiny" / ".staging-abcdefg4" / "bundle.zip").mkdir(parents=True)  # a folder at a file's name
+    for empty in ("my-empty-folder", "Not An Id Either", "tiny2", ".staging-abcdefgh"):
+        (cache / empty).mkdir()
+    (cache / "linked").symlink_to(tmp_path, target_is_directory=True)
+    for folder in [p for p in cache.rglob("*") if p.is_dir() and not p.is_symlink()]:
+        age(folder, 601)
+    killed = cache / "tiny" / ".staging-zzzzzzzz"  # the one a killed pull left: removed
+    killed.mkdir()
+    for name in (".lock", "bundle.zip.part", "entry.json"):
+        (killed / name).write_bytes(b"k")
+    age(killed, 601)
+    before = tree(tmp_path)
+    assert list_models([], cache_dir=cache, offline=True).models == []
+    assert tree(tmp_path) == before  # a listing, offline or not, writes nothing
+    with pytest.raises(InputError, match="expected a model tiny listed in the catalogs"):
+        pull("tiny", catalogs=[], cache_dir=cache)
+    del before["cache/tiny/.staging-zzzzzzzz"]
+    for name in (".lock", "bundle.zip.part", "entry.json"):
+        del before[f"cache/tiny/.staging-zzzzzzzz/{name}"]
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("reference", ["tiny-x", "tinyy@1.10.0", "tiny@2.0", "tiny@1.10.0.1", "tiny@1.2.0-rc1"])
+def test_path_of_an_id_or_version_no_catalog_lists_says_so(local_catalog, reference: str) -> None:
+    catalog, cache, _data = local_catalog
+    pull("tiny@1.10", catalogs=[str(catalog)], cache_dir=cache)
+    with pytest.raises(InputError, match=r"expected a model .* listed in the catalogs, got (versions 1\.2\.0, "
+                                         r"1\.10\.0 of it|the ids brain, tiny)$"):
+        cached_path(reference, catalogs=[str(catalog)], cache_dir=cache)
+
+
+def test_cli_path_of_an_unlisted_model_exits_2_as_pull_does(tmp_path: Path) -> None:
+    path = run_models(tmp_path, "path", "hippocampus-unet-smal")
+    pulled = run_models(tmp_path, "pull", "hippocampus-unet-small@2.0")
+    versioned = run_models(tmp_path, "path", "hippocampus-unet-small@2.0")
+    assert (path.returncode, pulled.returncode, versioned.returncode) == (2, 2, 2)
+    assert path.stderr.startswith("error: expected a model hippocampus-unet-smal listed in the catalogs, got the ids")
+    assert versioned.stderr == pulled.stderr
+    assert versioned.stderr.startswith("error: expected a model hippocampus-unet-small@2.0 listed in the catalogs, "
+                                       "got versions ")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_catalog_lists_with_spaces_and_colons_in_url_paths_split_into_whole_sources() -> None:
+    text = "/x/nothere.json: https://models.example.org/c.json :\thttps://h.org/models/v1:2/c.json: ./rel.json"
+    assert split_catalog_list(text, ":") == ["/x/nothere.json", "https://models.example.org/c.json",
+                                             "https://h.org/models/v1:2/c.json", "./rel.json"]
+    urls = "https://[::1]:9/a:b/c.json:~/mine.json:http://127.0.0.1:8/x:y:file:///z.json: :"
+    assert split_catalog_list(urls, ":") == ["https://[::1]:9/a:b/c.json", "~/mine.json",
+                                             "http://127.0.0.1:8/x:y", "file:///z.json"]
+
+
+def test_spellings_of_one_version_share_one_cache_folder(tmp_path: Path, local_catalog) -> None:
+    from MedAnalysisLib.catalog.schema import canonical_version
+
+    _catalog, cache, data = local_catalog
+    tiny = dict(id="tiny", task="segmentation", modality="CT", size=len(data), urls=["models/tiny.zip"],
+                sha256=hashlib.sha256(data).hexdigest(), labels=[{"value": 0, "name": "background"},
+                                                                  {"value": 1, "name": "organ"}])
+    short = tmp_path / "short.json"
+    short.write_text(catalog_text(good_entry(**tiny, version="1.0")))
+    path = pull("tiny@1.0", catalogs=[str(short)], cache_dir=cache)
+    assert path.parents[1].name == "1.0.0"
+    for spelling in ("1.0.0", "01.0", "1", "1.0.0.0"):
+        assert cached_path(f"tiny@{spelling}", catalogs=[str(short)], cache_dir=cache) == path
+        assert cached_path(f"tiny@{spelling}", catalogs=[], cache_dir=cache) == path  # from the record
+    assert pull("tiny@1.0.0", catalogs=[str(short)], cache_dir=cache) == path  # not downloaded twice
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == ["1.0.0"]
+    pairs = [("2.0-rc01", "2.0-rc.1"), ("1.2.3.0", "1.2.3"), ("2.0-a.b", "2.0-ab"), ("2.0-1.2", "2.0-12")]
+    assert [canonical_version(a) == canonical_version(b) for a, b in pairs] == [True, True, False, False]
+    assert [version_key(a) == version_key(b) for a, b in pairs] == [True, True, False, False]
+    both = tmp_path / "both.json"
+    both.write_text(catalog_text(good_entry(version="1.0"), good_entry(version="1.0.0")))
+    with pytest.raises(InputError, match=r"got liver-ct@1\.0 and liver-ct@1\.0\.0 \(one version\)$"):
+        parse_catalog(both.read_text(), str(both))
+
+
+def test_pull_without_a_version_takes_the_newest_release(tmp_path: Path) -> None:
+    from MedAnalysisLib.catalog.listing import choose_entry
+
+    def entries(*versions: str) -> list[CatalogEntry]:
+        path = tmp_path / "c.json"
+        path.write_text(catalog_text(*(good_entry(version=v) for v in versions)))
+        return parse_catalog(path.read_text(), str(path))
+
+    mixed = entries("1.9", "2.0-rc10", "1.10", "2.0-rc2")
+    assert choose_entry(mixed, "liver-ct", None, []).version == "1.10"
+    assert choose_entry(mixed, "liver-ct", "2.0-rc10", []).version == "2.0-rc10"
+    assert choose_entry(entries("2.0-rc2", "2.0-rc10"), "liver-ct", None, []).version == "2.0-rc10"
+
+
+def test_cli_pull_without_a_version_says_which_it_chose(tmp_path: Path) -> None:
+    data = real_bundle_zip().read_bytes()
+    (tmp_path / "tiny.zip").write_bytes(data)
+    tiny = dict(id="tiny", task="segmentation", modality="CT", size=len(data), urls=["tiny.zip"],
+                sha256=hashlib.sha256(data).hexdigest(), labels=[{"value": 0, "name": "background"},
+                                                                  {"value": 1, "name": "organ"}])
+    catalog = tmp_path / "c.json"
+    catalog.write_text(catalog_text(good_entry(**tiny, version="2.0-rc10"), good_entry(**tiny, version="1.10")))
+    done = run_models(tmp_path, "pull", "tiny", "--catalog", str(catalog))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == ("chose tiny@1.10 (the newest release, else the newest pre-release; "
+                                            "ID@VERSION picks another)")
+    assert done.stdout.strip().endswith("/tiny/1.10.0/" + tiny["sha256"][:16] + "/bundle.zip")
+
+
+@pytest.mark.parametrize(("deadline", "message"), [
+    (float("nan"), "expected a finite deadline"), (float("inf"), "expected a finite deadline"),
+    ("soon", "expected a deadline as a time.monotonic() instant (a number) or none, got str"),
+    (True, "got bool"), (None, None)])
+def test_deadlines_that_are_not_finite_numbers_are_refused(tmp_path: Path, deadline: object, message: str) -> None:
+    if message is None:
+        assert list_models([], cache_dir=tmp_path, deadline=deadline).models == []
+        return
+    with pytest.raises(InputError, match=re.escape(message)):
+        list_models([], cache_dir=tmp_path, deadline=deadline)
+
+
+def test_a_deadline_on_the_wrong_clock_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"expected a deadline on the time\.monotonic\(\) clock, at most 310 s "
+                                         r"ahead, got one \d+ s ahead \(a time\.time\(\) instant\?\)$"):
+        list_models(["a.json"], cache_dir=tmp_path, timeout=10.0, deadline=time.time() + 1)
+    assert list_models([], cache_dir=tmp_path, deadline=time.monotonic() + 200).models == []
+    with pytest.raises(InputError, match="expected a timeout of a finite number of seconds above 0, got nan"):
+        list_models([], cache_dir=tmp_path, timeout=float("nan"))
+
+
+def test_a_verified_cached_file_is_hashed_again_only_when_it_changed(local_catalog, monkeypatch) -> None:
+    from MedAnalysisLib.catalog import cache as cache_module
+
+    catalog, cache, data = local_catalog
+    path = pull("tiny@1.2.0", catalogs=[str(catalog)], cache_dir=cache)
+    hashed: list[Path] = []
+    real = cache_module.sha256_of
+    monkeypatch.setattr(cache_module, "sha256_of", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(cache_module, "_HASHES", {})
+    listed = list_models([str(catalog)], cache_dir=cache, modality="ct")
+    assert ([m.cached for m in listed.models], hashed) == ([False, True], [])  # the very file the pull verified
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # written since: hashed again
+    assert [m.cached for m in list_models([str(catalog)], cache_dir=cache, modality="ct").models] == [False, True]
+    assert hashed == [path]
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # same size, other bytes
+    found = list_models([str(catalog)], cache_dir=cache, modality="ct").models[1]
+    assert not found.cached and "the cached file is corrupt: expected sha256" in found.status

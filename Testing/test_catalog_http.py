@@ -448,4 +448,4 @@ def test_a_killed_pull_leaves_a_staging_folder_the_next_sweep_removes(served, bu
     process.communicate(timeout=30)
     assert staging.exists()  # SIGKILL: nothing of the pull ran to clean up
     assert sweep_staging(cache, max_age_s=0) == [staging]
-    assert cache_state(cache) == []
+    assert cache_state(cache) == ["killed"]  # the model's folder stays: a sweep never removes one

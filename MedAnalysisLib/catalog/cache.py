@@ -3,7 +3,8 @@
 Layout (under :func:`model_cache_dir`)::
 
     <id>/<version>/<sha>/bundle.zip   the bundle, exactly the bytes whose sha256 the catalog states (<sha>: the
-                                      first 16 hex digits of that sha256)
+                                      first 16 hex digits of that sha256; <version>: the canonical spelling
+                                      of the version, so 1.0 and 1.0.0 share one folder)
     <id>/<version>/<sha>/entry.json   the record: the catalog entry, sha256, size, when and from which URL
     <id>/.staging-*/                  a download in progress (removed when it fails or is cancelled)
     .catalogs/<hash>.json             the last good copy of each remote catalog (for offline listing)
@@ -21,12 +22,20 @@ other verifies the winner's file and discards its own copy ("rename wins").
 
 A download that was killed (SIGKILL, a crash, power loss) leaves its staging folder behind. Each pull holds an
 advisory lock (``flock``) on the ``.lock`` file in its staging folder, which the system drops when the process dies;
-every pull and listing removes staging folders whose lock is free and in which nothing changed for
-:data:`STALE_STAGING_S` seconds (where ``flock`` is missing, the age alone decides).
+every pull (never a listing, which writes nothing) removes staging folders whose lock is free and in which nothing
+changed for :data:`STALE_STAGING_S` seconds (where ``flock`` is missing, the age alone decides). The cache may be
+a folder the user also keeps other things in, so the sweep judges strictly and leaves alone whatever it cannot
+judge: it looks only in folders named like a model id, only at folders named like a staging folder holding
+nothing but regular files a pull writes (:data:`STAGING_FILES`), and a lock file that is not a regular file
+(a FIFO would block whoever opens it) keeps its folder. It removes those files one by one and then the empty
+staging folder, and never removes a model's folder.
 
-Cached files are verified again (size, then sha256) each time they are listed or used; a file that differs is
-reported and never used. Hashes are remembered per process by the file's identity (device, inode, size,
-modification time), so listing many models does not hash them all again and again.
+Cached files are verified each time they are listed or used: the size always; the sha256 only when the file is
+not the very file the pull verified. The record keeps the identity of the file it verified (size, modification
+time in nanoseconds, inode); while the file still has that identity it is the verified file and is not hashed
+again (hashing a large model on every listing takes seconds). A file that differs is hashed, reported when wrong
+and never used. Anyone who can write the cache can also rewrite the record, so this trusts the cache's writers
+no less than hashing each time does. Hashes are also remembered per process by the file's identity.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -44,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from MedAnalysisLib.catalog.schema import CatalogEntry, check_id, check_version
+from MedAnalysisLib.catalog.schema import CatalogEntry, canonical_version, check_id, check_version
 from MedAnalysisLib.errors import InputError
 from MedAnalysisLib.io.atomic import write_bytes_atomic
 from MedAnalysisLib.io.small_files import read_json_file
@@ -57,10 +67,16 @@ STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".lock"
 #: A staging folder in which nothing changed for this long, and whose lock is free, was left by a killed pull.
 STALE_STAGING_S = 600.0
+#: The only files a staging folder holds: the lock, the partial and the complete download, the record.
+STAGING_FILES = frozenset({LOCK_FILE, BUNDLE_FILE + ".part", BUNDLE_FILE, RECORD_FILE})
+#: Names of the staging folders MedAnalysis makes: ``mkdtemp``'s, and a corrupt copy moved aside.
+_STAGING_NAME = re.compile(r"\.staging-(?:[a-z0-9_]{8}|corrupt-\d{1,10}-\d{1,25})")
 #: Hex digits of the sha256 naming a file's folder.
 SHA_FOLDER_DIGITS = 16
 
 _HASHES: dict[tuple[int, int, int, int], str] = {}
+#: Model folders this process created for its staging folders (only these may be removed again when empty).
+_CREATED: set[Path] = set()
 
 
 def model_cache_dir() -> Path:
@@ -81,8 +97,9 @@ def model_cache_dir() -> Path:
 
 
 def version_folder(cache: Path, model_id: str, version: str) -> Path:
-    """``<cache>/<id>/<version>`` (id and version checked, so neither can leave the cache)."""
-    return cache / check_id(model_id) / check_version(version)
+    """``<cache>/<id>/<canonical version>`` (id and version checked, so neither can leave the cache; every
+    spelling of one version, ``1.0`` and ``1.0.0``, names the same folder)."""
+    return cache / check_id(model_id) / canonical_version(check_version(version))
 
 
 def bundle_folder(cache: Path, model_id: str, version: str, sha256: str) -> Path:
@@ -144,6 +161,8 @@ def cached_problem(folder: Path, size: int, sha256: str) -> str | None:
         return "the cached bundle is not a regular file"
     if info.st_size != size:
         return f"the cached file is corrupt: expected {size} bytes, got {info.st_size}"
+    if _verified_identity(folder, sha256) == file_identity(info):
+        return None  # the very file the pull hashed, unchanged since (see the module docstring)
     try:
         found = sha256_of(path)
     except OSError as error:
@@ -151,6 +170,28 @@ def cached_problem(folder: Path, size: int, sha256: str) -> str | None:
     if found != sha256:
         return f"the cached file is corrupt: expected sha256 {sha256}, got {found}"
     return None
+
+
+def file_identity(info: os.stat_result) -> list[int]:
+    """What tells a verified file from one changed since: size, modification time (ns) and inode."""
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _verified_identity(folder: Path, sha256: str) -> list[int] | None:
+    """The identity the record of ``folder`` keeps for the file it verified as ``sha256`` (None when it keeps
+    none, or for another sha256)."""
+    try:
+        record = read_json_file(folder / RECORD_FILE, "a cache record", max_bytes=256 * 1024)
+    except (InputError, OSError):
+        return None
+    verified = record.get("verified") if isinstance(record, dict) else None
+    if not isinstance(verified, dict) or verified.get("sha256") != sha256:
+        return None
+    identity = verified.get("identity")
+    if not isinstance(identity, list) or len(identity) != 3 or \
+            not all(type(n) is int and n >= 0 for n in identity):
+        return None
+    return identity
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -186,7 +227,9 @@ def new_staging(cache: Path, model_id: str) -> Path:
     """A fresh staging folder ``<cache>/<id>/.staging-*`` (the cache folder is created when missing)."""
     parent = cache / check_id(model_id)
     for _attempt in range(3):
-        parent.mkdir(parents=True, exist_ok=True)
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True)
+            _CREATED.add(parent)
         try:
             return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
         except FileNotFoundError:  # another pull's clean-up removed the empty model folder just now
@@ -215,23 +258,30 @@ def unlock_staging(staging: Path, fd: int | None) -> None:
         os.close(fd)
 
 
-def _lock_is_held(staging: Path) -> bool:
-    """Whether a live process holds the lock of ``staging`` (False where there is no lock file or no flock)."""
+def _lock_is_free(staging: Path) -> bool:
+    """Whether no live process holds the lock of ``staging``: True where there is no lock file or no flock, False
+    where it is held or is not a regular file (a FIFO, a device, a link: not ours, never judged). Never blocks:
+    the file is opened non-blocking and without following a link, and checked with ``fstat`` before the lock."""
     try:
         import fcntl
     except ImportError:
-        return False
+        return True
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(staging / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(staging / LOCK_FILE, flags)
+    except FileNotFoundError:
+        return True
     except OSError:
-        return False
+        return False  # a link (ELOOP), no permission...: leave it alone
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return True
+        return False
     finally:
         os.close(fd)  # closing drops the lock just taken
-    return False
+    return True
 
 
 def _last_change(folder: Path) -> float:
@@ -244,41 +294,79 @@ def _last_change(folder: Path) -> float:
     return max(times)
 
 
+def _staging_files(folder: Path) -> list[str] | None:
+    """The names in a staging folder when all are regular files a pull writes (:data:`STAGING_FILES`), else None
+    (something the sweep cannot judge: it stays)."""
+    names = []
+    with os.scandir(folder) as found:
+        for item in found:
+            if item.name not in STAGING_FILES or not stat.S_ISREG(item.stat(follow_symlinks=False).st_mode):
+                return None
+            names.append(item.name)
+    return names
+
+
+def _model_folders(cache: Path) -> list[Path]:
+    """The folders of ``cache`` named like a model id (not links): the only ones a sweep looks into."""
+    folders = []
+    for name in os.listdir(cache):
+        try:
+            check_id(name)
+        except InputError:
+            continue
+        if stat.S_ISDIR(os.lstat(cache / name).st_mode):
+            folders.append(cache / name)
+    return folders
+
+
+def _sweep_one(folder: Path, now: float, max_age_s: float) -> bool:
+    """Remove one staging folder a killed pull left (see :func:`sweep_staging`); whether it was removed."""
+    if not _STAGING_NAME.fullmatch(folder.name) or not stat.S_ISDIR(os.lstat(folder).st_mode):
+        return False
+    names = _staging_files(folder)
+    if names is None or now - _last_change(folder) < max_age_s or not _lock_is_free(folder):
+        return False
+    for name in names:
+        (folder / name).unlink()
+    folder.rmdir()  # fails, and keeps the folder, when something appeared in it meanwhile
+    return True
+
+
 def sweep_staging(cache: Path, max_age_s: float = STALE_STAGING_S) -> list[Path]:
-    """Remove the staging folders killed pulls left behind (lock free, nothing changed for ``max_age_s``
-    seconds) and return them; never raises, never touches a folder a live pull holds."""
+    """Remove the staging folders killed pulls left behind and return them: in folders named like a model id,
+    folders named like a staging folder that hold only the regular files a pull writes, whose lock is free and in
+    which nothing changed for ``max_age_s`` seconds. Everything else stays as it is, the model folders too. Never
+    raises, never blocks, never touches a folder a live pull holds."""
     removed: list[Path] = []
     now = time.time()
     with contextlib.suppress(OSError):
-        models = [cache / name for name in os.listdir(cache)
-                  if not name.startswith(".") and not os.path.islink(cache / name)]  # never sweep through a link
-        for model in models:
+        for model in _model_folders(cache):
             with contextlib.suppress(OSError):
                 for name in os.listdir(model):
-                    folder = model / name
-                    if not name.startswith(STAGING_PREFIX) or folder.is_symlink() or not folder.is_dir():
-                        continue
                     with contextlib.suppress(OSError):
-                        if now - _last_change(folder) >= max_age_s and not _lock_is_held(folder):
-                            shutil.rmtree(folder)
-                            removed.append(folder)
-                with contextlib.suppress(OSError):
-                    model.rmdir()  # only when now empty
+                        if _sweep_one(model / name, now, max_age_s):
+                            removed.append(model / name)
     return removed
 
 
 def remove_staging(staging: Path) -> None:
-    """Remove a staging folder, and its model folder when nothing else is in it (the cache is as it was)."""
+    """Remove a staging folder, and its model folder when this process created it and nothing else is in it
+    (the cache is as it was)."""
     shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.parent.rmdir()  # only succeeds when empty: another pull's staging or a version keeps it
-    except OSError:
-        pass
+    if staging.parent in _CREATED:
+        with contextlib.suppress(OSError):
+            staging.parent.rmdir()  # only succeeds when empty: another pull's staging or a version keeps it
+            _CREATED.discard(staging.parent)
 
 
 def write_record(staging: Path, entry: CatalogEntry, url: str) -> None:
+    """Write the record of a verified download, with the identity of the file verified (which the rename into
+    the cache keeps), so that listings need not hash it again while it stays that file."""
     record = {"entry": entry.to_dict(), "sha256": entry.sha256, "size": entry.size, "url": url,
               "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info = os.lstat(staging / BUNDLE_FILE)
+    if stat.S_ISREG(info.st_mode):
+        record["verified"] = {"sha256": entry.sha256, "identity": file_identity(info)}
     (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
 
 

@@ -7,12 +7,18 @@ wins; a later one that states another file (sha256) is reported as a problem.
 
 Each remote catalog must arrive within ``timeout`` seconds in all; a ``deadline`` (a :func:`time.monotonic`
 instant) bounds the whole listing: catalogs not read by then are listed from their saved copies, with the problem
-line :data:`NOT_REACHED`.
+line :data:`NOT_REACHED`. A deadline that is not a finite number, or lies further ahead than the listing could ever
+take (a :func:`time.time` instant, the wrong clock), is refused rather than silently ignored.
+
+Listing writes nothing in the cache but the saved copies of remote catalogs: it does not sweep staging folders
+(a pull does) and verifies cached files without writing (see :mod:`MedAnalysisLib.catalog.cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,7 +34,6 @@ from MedAnalysisLib.catalog.cache import (
     model_cache_dir,
     read_record,
     save_catalog_copy,
-    sweep_staging,
 )
 from MedAnalysisLib.catalog.schema import MAX_CATALOG_BYTES, CatalogEntry, check_id, check_version, version_key
 from MedAnalysisLib.catalog.sources import check_web_url, default_catalogs, is_remote, local_catalog_path, parse_catalog
@@ -146,8 +151,10 @@ def read_catalogs(catalogs: list[str] | None, cache: Path, *, offline: bool, tim
                 seen[key] = entry
                 found.entries.append(entry)
             elif seen[key].sha256 != entry.sha256:
+                also = "" if seen[key].key == entry.key else f" (as {seen[key].key}, the same version)"
                 found.problems.append(f"catalog {_shown(entry.catalog)}: model {entry.key} is listed by "
-                                      f"{_shown(seen[key].catalog)} too, with another file; the first one is used")
+                                      f"{_shown(seen[key].catalog)}{also} too, with another file; the first one is "
+                                      "used")
     return found
 
 
@@ -180,6 +187,37 @@ def check_modality(modality: str | None) -> str | None:
     return modality
 
 
+#: Seconds a deadline may lie beyond the longest the listing could take before it is taken for the wrong clock.
+DEADLINE_SLACK_S = 300.0
+
+
+def check_deadline(deadline: object, timeout: float, sources: int) -> float | None:
+    """``deadline`` as a float, or None; InputError for a value that is not a finite number, or that lies more than
+    ``timeout`` seconds per catalog (plus :data:`DEADLINE_SLACK_S`) ahead of :func:`time.monotonic` (a
+    :func:`time.time` instant would otherwise be ignored silently)."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, bool) or not isinstance(deadline, numbers.Real):
+        raise InputError(f"expected a deadline as a time.monotonic() instant (a number) or none, got "
+                         f"{type(deadline).__name__}")
+    if not math.isfinite(deadline):
+        raise InputError(f"expected a finite deadline (a time.monotonic() instant), got {deadline}")
+    ahead = float(deadline) - time.monotonic()
+    longest = timeout * max(sources, 1) + DEADLINE_SLACK_S
+    if ahead > longest:
+        raise InputError(f"expected a deadline on the time.monotonic() clock, at most {longest:.0f} s ahead, got one "
+                         f"{ahead:.0f} s ahead (a time.time() instant?)")
+    return float(deadline)
+
+
+def check_timeout(timeout: object) -> float:
+    """``timeout`` as a float; InputError unless a finite number of seconds above 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise InputError(f"expected a timeout of a finite number of seconds above 0, got {terminal_field(timeout)}")
+    return float(timeout)
+
+
 def list_models(catalogs: list[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
                 offline: bool = False, modality: str | None = None, timeout: float = 10.0,
                 deadline: float | None = None) -> ModelList:
@@ -193,11 +231,16 @@ def list_models(catalogs: list[str] | None = None, *, cache_dir: str | os.PathLi
             value is refused (InputError).
         timeout: Seconds each remote catalog may take in all (connect, headers and body).
         deadline: A :func:`time.monotonic` instant for the whole listing: remote catalogs not read by then are
-            listed from their saved copies with the problem line "... not reached within the time limit".
+            listed from their saved copies with the problem line "... not reached within the time limit". A value
+            that is not a finite number, or that lies too far ahead to be on that clock, is refused (InputError).
     """
     check_modality(modality)
+    timeout = check_timeout(timeout)
+    if isinstance(catalogs, (str, os.PathLike)):
+        catalogs = [os.fspath(catalogs)]
+    count = len(default_catalogs()) if catalogs is None else len(list(catalogs))
+    deadline = check_deadline(deadline, timeout, count)
     cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
-    sweep_staging(cache)
     found = read_catalogs(catalogs, cache, offline=offline, timeout=timeout, deadline=deadline)
     entries = [e for e in found.entries if modality is None or _modality_matches(e.modality, modality)]
     entries.sort(key=lambda e: version_key(e.version), reverse=True)
@@ -216,8 +259,16 @@ def split_reference(model_id: str, version: str | None) -> tuple[str, str | None
     return check_id(model_id), None if version is None else check_version(version)
 
 
+def newest(versions: list[str]) -> str:
+    """The newest release (a version without a tag) of ``versions``, or the newest tagged one when none is a
+    release: ``1.10`` over ``2.0-rc10``."""
+    releases = [v for v in versions if "-" not in v]
+    return max(releases or versions, key=version_key)
+
+
 def choose_entry(entries: list[CatalogEntry], model_id: str, version: str | None, problems: list[str]) -> CatalogEntry:
-    """The entry for ``model_id`` at ``version`` (default: the highest); InputError naming what is listed."""
+    """The entry for ``model_id`` at ``version`` (default: the newest release, see :func:`newest`); InputError
+    naming what is listed."""
     matches = [e for e in entries if e.id == model_id]
     if version is not None:
         matches = [e for e in matches if version_key(e.version) == version_key(version)]
@@ -229,7 +280,8 @@ def choose_entry(entries: list[CatalogEntry], model_id: str, version: str | None
         wanted = f"{model_id}@{version}" if version else model_id
         note = f" ({len(problems)} catalog(s) could not be read: {problems[0]})" if problems else ""
         raise InputError(f"expected a model {terminal_field(wanted)} listed in the catalogs, got {found}{note}")
-    return max(matches, key=lambda e: version_key(e.version))
+    chosen = newest([e.version for e in matches])
+    return next(e for e in matches if e.version == chosen)
 
 
 def _recorded_file(cache: Path, model_id: str, version: str) -> tuple[Path | None, CatalogEntry | None]:
@@ -237,7 +289,8 @@ def _recorded_file(cache: Path, model_id: str, version: str) -> tuple[Path | Non
     with the entry its record holds; ``(None, None)`` when there is none."""
     for folder in file_folders(cache, model_id, version):
         record = read_record(folder)
-        if record is not None and record["entry"].key == f"{model_id}@{version}" \
+        if record is not None and record["entry"].id == model_id \
+                and version_key(record["entry"].version) == version_key(version) \
                 and record["entry"].sha256.startswith(folder.name):
             return folder, record["entry"]
     return None, None
@@ -247,32 +300,34 @@ def cached_path(model_id: str, *, version: str | None = None, catalogs: list[str
                 cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The verified cached bundle of ``model_id`` (``id@version`` accepted), without any network.
 
-    The version is ``version``, else the highest one the catalogs list (remote ones from their saved copies), else
-    the highest one in the cache. The file is verified (size, sha256) against its catalog entry, or against its
-    cache record when no catalog lists it any more.
+    The version is ``version``, else the newest release the catalogs list (remote ones from their saved copies),
+    else the newest one in the cache (see :func:`newest`). The file is verified (size, sha256) against its catalog
+    entry, or against its cache record when no catalog lists it any more.
 
     Raises:
-        InputError: The model is not cached ("needs a download", with the command that fetches it), or its cached
-            copy is corrupt.
+        InputError: The model is not cached ("needs a download", with the command that fetches it), its cached
+            copy is corrupt, or no catalog lists it and the cache holds no record of it (the same "listed in the
+            catalogs" message a pull gives).
     """
     model_id, version = split_reference(model_id, version)
     cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
-    listed = [e for e in read_catalogs(catalogs, cache, offline=True, timeout=0).entries if e.id == model_id]
+    found = read_catalogs(catalogs, cache, offline=True, timeout=1.0)
+    listed = [e for e in found.entries if e.id == model_id]
     if version is None:
         versions = [e.version for e in listed] or cached_versions(cache, model_id)
-        version = max(versions, key=version_key) if versions else None
-    if version is None:
-        raise InputError(f"expected model {model_id} in the cache, got none: it needs a download "
-                         f"(medanalysis models pull {model_id})")
-    entry = next((e for e in listed if version_key(e.version) == version_key(version)), None)
-    if entry is None:  # no catalog lists it: the cached folder of an equal version (1.10 is 1.10.0)
-        version = next((v for v in cached_versions(cache, model_id) if version_key(v) == version_key(version)),
-                       version)
+        version = newest(versions) if versions else None
+    entry = next((e for e in listed if version is not None and version_key(e.version) == version_key(version)),
+                 None)
     folder: Path | None = None
     if entry is not None:
         folder = bundle_folder(cache, model_id, entry.version, entry.sha256)
-    else:
+    elif version is not None:  # no catalog lists it: a file the cache holds a record of
         folder, entry = _recorded_file(cache, model_id, version)
+    if entry is None and not found.problems:  # listed nowhere, cached nowhere: the message a pull gives
+        choose_entry(found.entries, model_id, version, found.problems)
+    if version is None:
+        raise InputError(f"expected model {model_id} in the cache, got none: it needs a download "
+                         f"(medanalysis models pull {model_id})")
     problem = "not downloaded" if entry is None or folder is None else \
         cached_problem(folder, entry.size, entry.sha256)
     if problem is not None:
@@ -283,5 +338,5 @@ def cached_path(model_id: str, *, version: str | None = None, catalogs: list[str
     return folder / BUNDLE_FILE
 
 
-__all__ = ["ModelList", "ModelListing", "cached_path", "choose_entry", "list_models", "read_catalogs",
-           "split_reference"]
+__all__ = ["ModelList", "ModelListing", "cached_path", "check_deadline", "choose_entry", "list_models", "newest",
+           "read_catalogs", "split_reference"]

@@ -198,8 +198,10 @@ def fetch_entry(entry: CatalogEntry, url: str, cache: Path, *, reporter: Any = N
 def pull(model_id: str, *, version: str | None = None, catalogs: list[str] | None = None,
          cache_dir: str | os.PathLike[str] | None = None, reporter: Any = None, stop_flag: Any = None,
          timeout: float = 30.0) -> Path:
-    """Make sure the verified bundle of ``model_id`` (``id@version`` accepted; default: the highest version the
-    catalogs list) is in the cache, and return its path. A verified cached copy is used without downloading.
+    """Make sure the verified bundle of ``model_id`` (``id@version`` accepted; default: the newest release the
+    catalogs list, a pre-release such as ``2.0-rc1`` only when no release is listed) is in the cache, and return
+    its path. A verified cached copy is used without downloading. Staging folders killed pulls left behind are
+    swept first (:func:`~MedAnalysisLib.catalog.cache.sweep_staging`, which leaves alone all it cannot judge).
 
     Each of the entry's URLs is tried in order until one gives the right bundle.
 

@@ -135,6 +135,21 @@ def version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, in
     return tuple(parts), 0 if tag else 1, _tag_key(tag)
 
 
+def canonical_version(version: str) -> str:
+    """The one spelling of a version that names its cache folder: every spelling :func:`version_key` finds equal
+    gives the same text, and different versions give different texts. At least three numbers, without leading
+    zeros or trailing ``.0`` beyond the third (``1.0`` and ``1.0.0`` give ``1.0.0``, ``1.2.3.0`` gives ``1.2.3``);
+    the tag's numbers without leading zeros, a dot only between two numbers or two words (``rc.01`` and ``rc1``
+    give ``rc1``)."""
+    numbers, tag_parts = version_key(version)[0], _tag_key(version.partition("-")[2])
+    text = ".".join(str(n) for n in (*numbers, 0, 0)[:max(3, len(numbers))])
+    tag, previous = "", None
+    for kind, number, word in tag_parts:
+        tag += ("." if kind == previous else "") + (str(number) if kind == 0 else word)
+        previous = kind
+    return f"{text}-{tag}" if tag else text
+
+
 def _check_labels(where: str, value: Any) -> tuple[dict, ...]:
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_LABELS:
         raise InputError(f"expected {where} to be a list of 1 to {MAX_LABELS} labels, got {_shown(value)}")
@@ -259,14 +274,16 @@ def parse_catalog_document(text: bytes | str, source: str) -> tuple[str, list[Ca
         raise InputError(f"expected the models of {what} to be a list of at most {MAX_MODELS}, got "
                          f"{type(models).__name__} of {len(models) if isinstance(models, list) else '-'}")
     entries = [CatalogEntry.from_dict(item, source) for item in models]
-    seen: set[tuple[str, tuple]] = set()
+    seen: dict[tuple[str, tuple], CatalogEntry] = {}
     for entry in entries:
         key = (entry.id, version_key(entry.version))
         if key in seen:
-            raise InputError(f"expected each id and version once in {what}, got {entry.key} twice")
-        seen.add(key)
+            first = seen[key].key
+            twice = f"{entry.key} twice" if first == entry.key else f"{first} and {entry.key} (one version)"
+            raise InputError(f"expected each id and version once in {what}, got {twice}")
+        seen[key] = entry
     return name, entries
 
 
-__all__ = ["CATALOG_SCHEMA_VERSION", "CatalogEntry", "MAX_CATALOG_BYTES", "check_id", "check_version",
+__all__ = ["CATALOG_SCHEMA_VERSION", "CatalogEntry", "MAX_CATALOG_BYTES", "canonical_version", "check_id", "check_version",
            "parse_catalog_document", "version_key"]

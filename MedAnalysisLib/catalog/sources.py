@@ -39,23 +39,43 @@ CATALOGS_ENV = "MEDANALYSIS_CATALOGS"
 WEB_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-#: One URL inside a ``:``-separated list: the colons of its scheme and port do not separate items; a ``file:`` URL
-#: (``file:///p``, ``file://localhost/p``, ``file:/p``) runs to the next colon after its scheme.
-_LISTED_URL = re.compile(r"https?://(\[[^\]/]*\]|[^/:\[]*)(:\d*)?(/[^:]*)?|file:[^:]*", re.IGNORECASE)
+#: The start of a web URL inside a ``:``-separated list, through its host and port (whose colons do not separate).
+_LISTED_WEB = re.compile(r"https?://(\[[^\]/]*\]|[^/:\[]*)(:\d*)?", re.IGNORECASE)
+#: What starts a new source after a ``:`` inside a web URL's path: nothing (the end, or an empty item), a path
+#: (``/``, ``~``, ``.``) or a URL scheme. Any other colon (``/models/v1:2/c.json``) is part of the URL.
+_NEW_SOURCE = re.compile(r"\s*(?:$|:|[/~.]|[A-Za-z][A-Za-z0-9+.-]+:)")
+
+
+def _listed_end(text: str, position: int) -> int:
+    """Where the source starting at ``position`` ends (the index of its separating ``:``, or the text's end)."""
+    web = _LISTED_WEB.match(text, position)
+    if web is None:
+        file_url = re.match(r"file:", text[position:], re.IGNORECASE)
+        end = text.find(":", position + (5 if file_url else 0))
+        return len(text) if end < 0 else end
+    end = web.end()
+    while (end := text.find(":", end)) >= 0:
+        if _NEW_SOURCE.match(text, end + 1):
+            return end
+        end += 1
+    return len(text)
 
 
 def split_catalog_list(text: str, separator: str = os.pathsep) -> list[str]:
-    """The sources in a ``MEDANALYSIS_CATALOGS`` value; with ``:`` as the separator (POSIX), the colons of an
-    http(s) URL's scheme and port and of a ``file:`` URL's scheme stay inside the URL
-    (``http://127.0.0.1:8000/c.json:file:///srv/c.json`` is two sources). With ``;`` (Windows) nothing else is
-    special, so drive letters (``C:\\m\\c.json``) and ``file:///C:/m/c.json`` stay whole."""
+    """The sources in a ``MEDANALYSIS_CATALOGS`` value, each stripped of spaces. With ``:`` as the separator
+    (POSIX), the colons of an http(s) URL's scheme and port and of a ``file:`` URL's scheme stay inside the URL
+    (``http://127.0.0.1:8000/c.json:file:///srv/c.json`` is two sources), and so does a colon in a web URL's path
+    unless what follows starts a new source (a path beginning ``/``, ``~`` or ``.``, or a URL):
+    ``https://h.org/v1:2/c.json`` is one source; write a relative path after a URL as ``./c.json``. With ``;``
+    (Windows) nothing else is special, so drive letters (``C:\\m\\c.json``) and ``file:///C:/m/c.json`` stay
+    whole."""
     if separator != ":":
         return [item.strip() for item in text.split(separator) if item.strip()]
     items, position = [], 0
     while position < len(text):
-        match = _LISTED_URL.match(text, position)
-        end = match.end() if match else text.find(":", position)
-        end = len(text) if end < 0 else end
+        while position < len(text) and text[position].isspace():
+            position += 1  # spaces after a separator: the next source starts after them
+        end = _listed_end(text, position)
         items.append(text[position:end].strip())
         position = end + 1
     return [item for item in items if item]

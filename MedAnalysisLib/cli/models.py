@@ -2,7 +2,8 @@
 
 ``list`` shows every model the catalogs list (id, version, title, modality, task, size, status: cached or needs a
 download); ``--offline`` reads remote catalogs only from their saved copies. ``pull`` downloads a model into the
-per-user cache with a progress bar (or JSON lines), verifies it, and prints its path; ``path`` prints the path of a
+per-user cache with a progress bar (or JSON lines), verifies it, and prints its path (without ``@VERSION`` it takes
+the newest release, a version without a tag such as ``-rc1``, and says which on stderr); ``path`` prints the path of a
 cached model without any network, or fails with exit code 2 when it needs a download. ``--catalog`` (repeatable)
 replaces the default list of catalogs (the shipped one and ``MEDANALYSIS_CATALOGS``); ``MEDANALYSIS_MODEL_CACHE``
 moves the cache.
@@ -150,11 +151,25 @@ def run_pull(args: argparse.Namespace, reporter: Reporter) -> int:
     _check_sources(args.catalog)
     path = pull(args.model, catalogs=args.catalog, reporter=reporter, stop_flag=StopFlag().install(),
                 timeout=args.timeout)
+    model, version = _pulled(path)
     if reporter.mode == "jsonl":
-        reporter.result(path=str(path), model=path.parents[2].name, version=path.parents[1].name)
+        reporter.result(path=str(path), model=model, version=version)
     else:
+        if "@" not in args.model:  # say which version "the newest release" was
+            print(f"chose {terminal_field(model)}@{terminal_field(version)} (the newest release, else the newest "
+                  "pre-release; ID@VERSION picks another)", file=sys.stderr, flush=True)
         print(path)
     return 0
+
+
+def _pulled(path: Any) -> tuple[str, str]:
+    """The id and version (as its catalog spells it) of a cached bundle, from its record (else its folders)."""
+    from MedAnalysisLib.catalog.cache import read_record
+
+    record = read_record(path.parent)
+    if record is None:
+        return path.parents[2].name, path.parents[1].name
+    return record["entry"].id, record["entry"].version
 
 
 def run_path(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -163,7 +178,8 @@ def run_path(args: argparse.Namespace, reporter: Reporter) -> int:
     _check_sources(args.catalog)
     path = cached_path(args.model, catalogs=args.catalog)
     if reporter.mode == "jsonl":
-        reporter.result(path=str(path), model=path.parents[2].name, version=path.parents[1].name)
+        model, version = _pulled(path)
+        reporter.result(path=str(path), model=model, version=version)
     else:
         print(path)
     return 0
