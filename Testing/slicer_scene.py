@@ -77,3 +77,16 @@ def make_scene() -> SlicerScene:
         tables_logic=_wire(slicer.vtkSlicerTablesLogic(), scene, app_logic, "Tables"),
         plots_logic=_wire(slicer.vtkSlicerPlotsLogic(), scene, app_logic, "Plots"),
     )
+
+
+def oblique_ct_volume():
+    """A small oblique, anisotropic CT-like volume (int16, a bright box in noise) for the Slicer tests."""
+    import numpy as np
+
+    from MedAnalysisLib.volume import Volume, rotation_about_axis
+
+    rng = np.random.default_rng(0)
+    voxels = rng.normal(0, 20, (12, 20, 24)).astype(np.int16)
+    voxels[4:9, 6:14, 8:16] += 200
+    return Volume(voxels, spacing=(0.9, 1.1, 2.5), origin=(-20.5, 14.0, 31.25),
+                  direction=rotation_about_axis("z", 20) @ rotation_about_axis("x", 10))

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from helpers_packages import pip_into, requirement_files, write_wheel
 from PySide6 import QtCore, QtWidgets
+from slicer_gui import wait_until as layer_wait_until
 from slicer_gui.fixtures import load_module_file, slicer_gui  # noqa: F401 - pytest fixtures
+from slicer_scene import oblique_ct_volume
 
 from MedAnalysisLib import slicer_adapter as adapter
-from MedAnalysisLib.volume import Volume, rotation_about_axis
 
 JOB_TIMEOUT_S = 240
 TINY_TRAINING = "--steps-per-epoch 2 --workers 1 --set patch_size=16,16,16 --set batch_size=2 --hparam filters=[4,8]"
@@ -35,11 +36,7 @@ def panel(slicer_gui, load_module_file):  # noqa: F811 - pytest fixture
 
 
 def add_ct(scene, name: str = "CT", study: bool = True):
-    rng = np.random.default_rng(0)
-    voxels = rng.normal(0, 20, (12, 20, 24)).astype(np.int16)
-    voxels[4:9, 6:14, 8:16] += 200
-    volume = Volume(voxels, spacing=(0.9, 1.1, 2.5), origin=(-20.5, 14.0, 31.25),
-                    direction=rotation_about_axis("z", 20) @ rotation_about_axis("x", 10))
+    volume = oblique_ct_volume()
     node = adapter.scalar_volume_node_from_volume(scene, volume, name)
     if study:
         sh = scene.GetSubjectHierarchyNode()
@@ -50,12 +47,7 @@ def add_ct(scene, name: str = "CT", study: bool = True):
 
 
 def wait_until(condition, timeout_s: float = JOB_TIMEOUT_S) -> None:
-    """Let Qt run (the poll timer included) until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        QtWidgets.QApplication.processEvents()
-        time.sleep(0.02)
-        assert time.monotonic() < deadline, f"still waiting after {timeout_s} s"
+    layer_wait_until(condition, timeout_s)
 
 
 def wait_for_job(widget) -> None:

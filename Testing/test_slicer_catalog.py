@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from helpers_http import LoopbackServer, real_bundle_zip
 from helpers_http import catalog_entry as entry
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore
+from slicer_gui import wait_until as layer_wait_until
 from slicer_gui.fixtures import load_module_file, slicer_gui  # noqa: F401 - pytest fixtures
 
 from MedAnalysisLib import slicer_adapter as adapter
@@ -62,11 +63,7 @@ def panel(slicer_gui, load_module_file):  # noqa: F811 - pytest fixture
 
 
 def wait_until(condition, timeout_s: float = JOB_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        QtWidgets.QApplication.processEvents()
-        time.sleep(0.02)
-        assert time.monotonic() < deadline, f"still waiting after {timeout_s} s"
+    layer_wait_until(condition, timeout_s)
 
 
 def rows(widget) -> list[str]:

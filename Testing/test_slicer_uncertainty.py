@@ -14,11 +14,11 @@ import json
 import numpy as np
 import pytest
 from slicer_gui.fixtures import load_module_file, slicer_gui  # noqa: F401 - pytest fixtures
-from slicer_scene import make_scene
+from slicer_scene import make_scene, oblique_ct_volume
 
 from MedAnalysisLib import slicer_adapter as adapter
 from MedAnalysisLib.errors import GeometryError, MedAnalysisError
-from MedAnalysisLib.volume import Volume, rotation_about_axis
+from MedAnalysisLib.volume import Volume
 
 JOB_TIMEOUT_S = 240
 PATIENT = "Doe^Jane"
@@ -35,11 +35,7 @@ def scene():
 
 def add_ct(scene, name: str = "CT"):
     """An oblique CT under a study whose patient item carries a name (which must never reach a node name)."""
-    rng = np.random.default_rng(0)
-    voxels = rng.normal(0, 20, (12, 20, 24)).astype(np.int16)
-    voxels[4:9, 6:14, 8:16] += 200
-    volume = Volume(voxels, spacing=(0.9, 1.1, 2.5), origin=(-20.5, 14.0, 31.25),
-                    direction=rotation_about_axis("z", 20) @ rotation_about_axis("x", 10))
+    volume = oblique_ct_volume()
     node = adapter.scalar_volume_node_from_volume(scene, volume, name)
     sh = scene.GetSubjectHierarchyNode()
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), PATIENT)

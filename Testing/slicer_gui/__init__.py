@@ -204,3 +204,14 @@ def uninstall() -> list[str]:
             setattr(owner, name, value)
     return [f"{type(e).__name__} raised in a slot or observer: {e}" for e in installed.errors] + \
         installed.dialogs.problems()
+
+
+def wait_until(condition: Any, timeout_s: float) -> None:
+    """Let Qt run (the panel's poll timers included) until ``condition()`` holds; fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        QtWidgets.QApplication.processEvents()
+        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"still waiting after {timeout_s} s"
