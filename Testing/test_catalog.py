@@ -775,3 +775,27 @@ def test_a_verified_cached_file_is_hashed_again_only_when_it_changed(local_catal
     path.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # same size, other bytes
     found = list_models([str(catalog)], cache_dir=cache, modality="ct").models[1]
     assert not found.cached and "the cached file is corrupt: expected sha256" in found.status
+
+
+def test_a_pull_onto_a_full_disk_exits_2_and_keeps_nothing(tmp_path: Path) -> None:
+    """A real file-size limit in a child process stands for a full disk: one error line naming the operation, exit
+    code 2, and no bundle, record or staging file left in the cache."""
+    import resource
+    import signal
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))
+
+    cache = tmp_path / "cache"
+    code = "import sys; from MedAnalysisLib.cli import main; sys.exit(main(sys.argv[1:]))"
+    completed = subprocess.run([sys.executable, "-c", code, "models", "pull", "hippocampus-unet-small", "--progress",
+                                "none"], capture_output=True, text=True, timeout=120, preexec_fn=limit_files,
+                               check=False, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1",
+                                                 "MEDANALYSIS_MODEL_CACHE": str(cache)})
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "error: expected a file size within the system's limit, got File too large (EFBIG) while writing a download "
+        "into the model cache")
+    assert [p for p in cache.rglob("*") if p.is_file()] == []

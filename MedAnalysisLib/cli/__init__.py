@@ -182,6 +182,7 @@ _OPERATIONS = {
     "rename": "renaming into place", "mkstemp": "creating a temporary file", "mkdtemp": "creating a temporary folder",
     "copyfile": "copying a file", "copy2": "copying a file", "chmod": "setting permissions",
     "iterdir": "listing a folder", "scandir": "listing a folder", "stat": "reading a file's status",
+    "stream": "writing a download into the model cache",
 }
 
 
