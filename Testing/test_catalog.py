@@ -799,3 +799,21 @@ def test_a_pull_onto_a_full_disk_exits_2_and_keeps_nothing(tmp_path: Path) -> No
         "error: expected a file size within the system's limit, got File too large (EFBIG) while writing a download "
         "into the model cache")
     assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+
+def test_list_exits_2_only_for_a_catalog_it_could_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two readable catalogs stating another file for one version give a warning, not a failure; a catalog that
+    cannot be read at all is bad input (exit 2), whatever the other problem lines say."""
+    from MedAnalysisLib.cli import main
+
+    monkeypatch.setenv("MEDANALYSIS_MODEL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a.json").write_text(catalog_text(good_entry()))
+    (tmp_path / "b.json").write_text(catalog_text(good_entry(sha256="b" * 64)))
+    both = ["models", "list", "--offline", "--catalog", str(tmp_path / "a.json"), "--catalog", str(tmp_path / "b.json")]
+    assert main(both) == 0
+    err = capsys.readouterr().err
+    assert "model liver-ct@1.0.0 is listed by" in err and "the first one is used" in err
+    assert main([*both, "--catalog", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

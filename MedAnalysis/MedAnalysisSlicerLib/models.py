@@ -15,7 +15,6 @@ starts ``medanalysis models pull`` as a background job so that the panel shows p
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import unicodedata
@@ -171,15 +170,12 @@ class ModelCatalogLogic:
             modality: Only entries for this modality ("CT", "MR", ...); None lists all.
             timeout: Seconds one catalog server may take.
             deadline: A ``time.monotonic()`` instant after which catalogs not read yet are listed from their saved
-                copies (passed on where the catalog library accepts it).
+                copies.
         """
         from MedAnalysisLib.catalog import list_models
 
-        options: dict[str, Any] = {"timeout": timeout}
-        if deadline is not None and "deadline" in inspect.signature(list_models).parameters:
-            options["deadline"] = deadline
         listing = list_models(self.catalogSources(), cache_dir=self.modelCacheDir, offline=offline,
-                              modality=_normalModality(modality) or None, **options)
+                              modality=_normalModality(modality) or None, timeout=timeout, deadline=deadline)
         listing.problems[:0] = self.catalogProblems()
         return listing
 
@@ -287,7 +283,7 @@ class ModelCatalogLogic:
         wanted = _normalModality(modality)
         for path in recentBundles:
             row = self.localEntry(path)
-            if not wanted or row.modality == wanted:
+            if not wanted or _sameModality(row.modality, wanted):  # the families the catalog filter uses
                 rows.append(row)
         return rows, problems
 
@@ -347,7 +343,7 @@ class ModelCatalogLogic:
             (_("About"), entry.description),
             (_("License"), entry.license),
             (_("Citation"), entry.citation),
-            (_("Download"), _("{size}, needs a download").format(size=byteText(entry.size))),
+            (_("Download"), _("{size}, needs a download").format(size=_sizeText(entry.size))),
             (_("Catalog"), catalogText(entry.catalog)),
         ]
         from .logic import useStatementHtml
@@ -369,11 +365,17 @@ def catalogText(source: Any) -> str:
     return str(source or "")
 
 
-def byteText(size: Any) -> str:
-    """A byte count as "12.3 MB"; "unknown size" when it is not a non-negative number."""
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not size >= 0:
-        return _("unknown size")
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{int(size)} B"
+def _sizeText(size: int) -> str:
+    """A catalog entry's size as the command line shows it ("1.3 MiB")."""
+    from MedAnalysisLib.io.validate import format_bytes
+
+    return format_bytes(size)
+
+
+def _sameModality(stated: str, wanted: str) -> bool:
+    """A local bundle's modality against the volume's, with the catalog filter's modality families (T2 is MR)."""
+    try:
+        from MedAnalysisLib.catalog.listing import modality_matches
+    except ImportError:  # the library is not installed yet: compare the names
+        return stated == wanted
+    return modality_matches(stated, wanted)

@@ -239,9 +239,4 @@ def fetch_document(url: str, *, what: str, max_bytes: int, timeout: float, stop_
         return bytes(data), download.url
 
 
-def fetch_bytes(url: str, *, what: str, max_bytes: int, timeout: float, stop_flag: Any = None) -> bytes:
-    """The body of :func:`fetch_document` alone."""
-    return fetch_document(url, what=what, max_bytes=max_bytes, timeout=timeout, stop_flag=stop_flag)[0]
-
-
-__all__ = ["DeadlineError", "Download", "MAX_REDIRECTS", "fetch_bytes", "fetch_document"]
+__all__ = ["DeadlineError", "Download", "MAX_REDIRECTS", "fetch_document"]

@@ -66,12 +66,15 @@ class ModelList:
 
     models: list[ModelListing]
     problems: list[str] = field(default_factory=list)
+    #: The catalogs that could not be read at all (neither from their source nor from a saved copy).
+    unread: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Catalogs:
     entries: list[CatalogEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
     #: Why a catalog was read from its saved copy, by source.
     stale: dict[str, str] = field(default_factory=dict)
 
@@ -144,6 +147,7 @@ def read_catalogs(catalogs: list[str] | None, cache: Path, *, offline: bool, tim
             entries = _read_one(str(source), cache, offline, timeout, found, deadline)
         except InputError as error:
             found.problems.append(f"catalog {_shown(str(source))}: {error}")
+            found.unread.append(str(source))
             continue
         for entry in entries:
             key = (entry.id, version_key(entry.version))
@@ -158,7 +162,7 @@ def read_catalogs(catalogs: list[str] | None, cache: Path, *, offline: bool, tim
     return found
 
 
-def _modality_matches(stated: str, wanted: str) -> bool:
+def modality_matches(stated: str, wanted: str) -> bool:
     """Case-insensitive, with the library's modality families (MR = MRI = T1 = ..., CT = CTA = ...)."""
     from MedAnalysisLib.data.datasets import modality_family
 
@@ -242,10 +246,10 @@ def list_models(catalogs: list[str] | None = None, *, cache_dir: str | os.PathLi
     deadline = check_deadline(deadline, timeout, count)
     cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
     found = read_catalogs(catalogs, cache, offline=offline, timeout=timeout, deadline=deadline)
-    entries = [e for e in found.entries if modality is None or _modality_matches(e.modality, modality)]
+    entries = [e for e in found.entries if modality is None or modality_matches(e.modality, modality)]
     entries.sort(key=lambda e: version_key(e.version), reverse=True)
     entries.sort(key=lambda e: e.id)  # stable: each id's newest version first
-    return ModelList([_listing(e, cache, found.stale.get(e.catalog)) for e in entries], found.problems)
+    return ModelList([_listing(e, cache, found.stale.get(e.catalog)) for e in entries], found.problems, found.unread)
 
 
 def split_reference(model_id: str, version: str | None) -> tuple[str, str | None]:

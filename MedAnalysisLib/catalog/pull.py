@@ -47,21 +47,13 @@ from MedAnalysisLib.catalog.listing import choose_entry, read_catalogs, split_re
 from MedAnalysisLib.catalog.schema import CatalogEntry
 from MedAnalysisLib.catalog.sources import Location, resolve_entry_url
 from MedAnalysisLib.errors import BundleError, CancelledError, InputError, MedAnalysisError
+from MedAnalysisLib.io.validate import format_bytes
 from MedAnalysisLib.sanitize import terminal_field
 
 STAGE = "download"
 #: Least time between two progress reports.
 REPORT_EVERY_S = 0.1
 FILE_CHUNK = 1024 * 1024
-
-
-def human_bytes(size: float) -> str:
-    """``512 B``, ``21.5 KiB``, ``3.2 MiB``, ``1.1 GiB``."""
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 class _Meter:
@@ -77,7 +69,7 @@ class _Meter:
             return
         self.last = now
         rate = done / max(now - self.start, 1e-6)
-        message = f"{self.entry.key}: {human_bytes(done)} of {human_bytes(self.entry.size)} at {human_bytes(rate)}/s"
+        message = f"{self.entry.key}: {format_bytes(done)} of {format_bytes(self.entry.size)} at {format_bytes(rate)}/s"
         self.reporter.progress(STAGE, done, self.entry.size, message, bytes_per_s=rate)
 
 

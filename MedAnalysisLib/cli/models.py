@@ -79,11 +79,11 @@ def _seconds(text: str) -> float:
 
 
 def _row(listing: Any) -> list[str]:
-    from MedAnalysisLib.catalog.pull import human_bytes
+    from MedAnalysisLib.io.validate import format_bytes
 
     entry = listing.entry
     status = listing.status.split(" (", 1)[0] + (" *" if " (" in listing.status else "")
-    values = (entry.id, entry.version, entry.title, entry.modality, entry.task, human_bytes(entry.size), status)
+    values = (entry.id, entry.version, entry.title, entry.modality, entry.task, format_bytes(entry.size), status)
     return [terminal_field(value, FIELD_LIMIT) for value in values]
 
 
@@ -118,7 +118,7 @@ def _listing_dict(listing: Any) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace, reporter: Reporter) -> int:
     from MedAnalysisLib.catalog import list_models
-    from MedAnalysisLib.catalog.listing import NEEDS_DOWNLOAD, STALE_NOTE
+    from MedAnalysisLib.catalog.listing import NEEDS_DOWNLOAD
 
     _check_sources(args.catalog)
     found = list_models(args.catalog, offline=args.offline, modality=args.modality, timeout=args.timeout)
@@ -141,7 +141,7 @@ def run_list(args: argparse.Namespace, reporter: Reporter) -> int:
         for problem in found.problems:
             print(f"warning: {terminal_field(problem, 400)}", file=sys.stderr, flush=True)
     # a catalog read from its saved copy still listed; one not read at all is bad input (a typo, a refused file)
-    return 2 if any(STALE_NOTE not in problem for problem in found.problems) else 0
+    return 2 if found.unread else 0
 
 
 def run_pull(args: argparse.Namespace, reporter: Reporter) -> int:
