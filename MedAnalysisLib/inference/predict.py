@@ -114,12 +114,6 @@ def label_volume_table(label_volume: Volume, labels: Sequence[Any] | dict[int, s
     return rows
 
 
-#: The input checks every inference path shares (kept here under their former names).
-_as_volumes = as_volumes
-_validate = validate_input
-_class_values = class_values
-
-
 def _load(bundle: Any) -> Any:
     from MedAnalysisLib.bundles import LoadedBundle, load_bundle
 
@@ -183,12 +177,6 @@ def _flip_passes_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = T
         y = np.asarray(predict_fn(np.ascontiguousarray(np.flip(x, axes)) if axes else x), np.float32)
         runs.append(np.flip(y, axes) if axes and maps else y)
     return runs
-
-
-def _flip_tta_2d(predict_fn: Any, x: np.ndarray, tta: bool, *, maps: bool = True) -> np.ndarray:
-    """Predict a batch of slices ``(B, H, W, C)``, averaging over H/W flips when ``tta`` (see
-    :func:`_flip_passes_2d`)."""
-    return np.mean(_flip_passes_2d(predict_fn, x, tta, maps=maps), axis=0).astype(np.float32)
 
 
 def _class_probabilities(raw: np.ndarray, n_classes: int) -> np.ndarray:
@@ -302,7 +290,7 @@ def _explained(result: Prediction, loaded: Any, images: Volume | Sequence[Volume
     from MedAnalysisLib.inference.explain import explain as run_explain
 
     t0 = time.perf_counter()
-    explanation = run_explain(loaded, _as_volumes(images), target=target, batch_size=batch_size,
+    explanation = run_explain(loaded, as_volumes(images), target=target, batch_size=batch_size,
                               stop_flag=stop_flag, reporter=reporter)
     timings = {**result.timings, "explain": time.perf_counter() - t0}
     timings["total"] = timings.get("total", 0.0) + timings["explain"]
@@ -363,15 +351,15 @@ class _Job:
     pass_stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.values = _class_values(self.config)
+        self.values = class_values(self.config)
         self.details.update(family=self.family, overlap=self.overlap, tta=self.tta, postprocess=list(self.steps))
 
     @classmethod
     def start(cls, loaded: Any, images: Volume | Sequence[Volume], started: float, *, overlap: float | None,
               tta: bool | None, postprocess: str | Sequence[str] | None, **options: Any) -> _Job:
         """Validate the input against the bundle and resolve the settings against its defaults."""
-        volumes = _as_volumes(images)
-        _validate(volumes, loaded.config.family, loaded.config.plan)
+        volumes = as_volumes(images)
+        validate_input(volumes, loaded.config.family, loaded.config.plan)
         overlap, tta, steps = _settings(loaded.config, overlap, tta, postprocess)
         return cls(loaded, volumes, overlap, tta, steps, started=started, **options)
 
@@ -752,7 +740,7 @@ def _predict_ensemble(
     started = time.perf_counter()
     config = ensemble.config
     overlap, tta, steps = _settings(config, overlap, tta, postprocess)
-    values = _class_values(config)
+    values = class_values(config)
     member_options = {"overlap": overlap, "tta": tta, "postprocess": "none", "batch_size": batch_size,
                       "precision": precision, "memory_budget_mb": memory_budget_mb, "reporter": reporter,
                       "stop_flag": stop_flag, "uncertainty": uncertainty}
@@ -795,9 +783,9 @@ def _run_members(ensemble: Any, images: Volume | Sequence[Volume], values: np.nd
     summed: Volume | None = None
     summed_entropy: Volume | None = None
     for number, member in enumerate(ensemble.members):
-        if not np.array_equal(_class_values(member.config), values):
+        if not np.array_equal(class_values(member.config), values):
             raise BundleError(f"expected every ensemble member to order its output classes as {values.tolist()}, got "
-                              f"{_class_values(member.config).tolist()} in {member.config.name!r}")
+                              f"{class_values(member.config).tolist()} in {member.config.name!r}")
         if reporter is not None:
             reporter.log(f"ensemble member {number + 1}/{len(ensemble.members)}: {member.config.name}")
         try:

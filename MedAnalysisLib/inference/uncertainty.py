@@ -26,8 +26,6 @@ _EPS = 1e-12
 #: Default of ``medanalysis predict --uncertainty-threshold``: a case whose entropy (segmentation: mean over the
 #: voxels predicted foreground) is above it is flagged for review (see docs/outputs.md for the measurements).
 DEFAULT_UNCERTAINTY_THRESHOLD = 0.3
-#: Uncertainty measures, in the order they are reported.
-MEASURES = ("entropy", "disagreement")
 
 
 def class_axis(probabilities: np.ndarray) -> np.ndarray:
